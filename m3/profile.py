@@ -1,0 +1,137 @@
+"""Profiles: one YAML file naming the sources, stage settings, Dask cluster and store of a run.
+
+``--profile demo`` reads ``data_specs/profiles/demo.yaml``; a path reads that file. Source paths
+are resolved relative to the profile file, so a profile works from any working directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from m3.store.names import validate_segment
+from model.config import ModelSpec
+from tasks.evaluate import EvalConfig
+from tasks.ingest import IngestConfig
+from tasks.mine import MineConfig
+from tasks.synthesize import IctConfig
+from tasks.train import TrainConfig
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be found or does not validate; the message names the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Strict):
+    """A group of local input files of one format (downloads come with the ingestion issue)."""
+
+    name: str
+    format: Literal["mediawiki", "mc4", "warc"]
+    paths: list[str] = Field(min_length=1)
+    lang: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_segment(v, "source name")
+
+
+class DaskSpec(_Strict):
+    """Where data stages run: an existing scheduler, or a LocalCluster of this shape."""
+
+    address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "3GiB"
+
+
+class TokenizerSpec(_Strict):
+    vocab_size: int = 8000
+    max_sentences: int = 200_000
+
+
+class PairsSpec(_Strict):
+    """Weak-supervision pairs for contrastive pretraining (title–body, as in the paper)."""
+
+    body_max_chars: int = 1000
+    min_body_chars: int = 100
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    store: str | None = None
+    languages: list[str] | None = None
+    sources: list[SourceSpec] = Field(min_length=1)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    synthesize: IctConfig = Field(default_factory=IctConfig)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    pairs: PairsSpec = Field(default_factory=PairsSpec)
+    pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
+    finetune: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    dask: DaskSpec = Field(default_factory=DaskSpec)
+    base_dir: str = Field(default=".", description="folder that relative source paths start from")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_segment(v, "profile name")
+
+    def source_files(self, source: SourceSpec) -> list[Path]:
+        """The files a source names, sorted; every pattern must match at least one readable file."""
+        found: list[Path] = []
+        for pattern in source.paths:
+            full = pattern if os.path.isabs(pattern) else os.path.join(self.base_dir, pattern)
+            matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+            if not matches:
+                raise ProfileError(f"source {source.name!r}: no file matches {pattern!r}")
+            for m in matches:
+                path = Path(m)
+                if not path.is_file() or not os.access(path, os.R_OK):
+                    raise ProfileError(f"source {source.name!r}: cannot read {path}")
+                found.append(path.resolve())
+        return sorted(dict.fromkeys(found))
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A profile by name (``data_specs/profiles/NAME.yaml``) or by file path."""
+    path = Path(name_or_path)
+    if not (path.suffix in {".yaml", ".yml"} or os.sep in name_or_path):
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ProfileError(
+                f"unknown profile {name_or_path!r}; known: {', '.join(available_profiles()) or 'none'}"
+            )
+    if not path.is_file():
+        raise ProfileError(f"profile file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile {path} must be a mapping at the top level")
+    data["base_dir"] = str((path.resolve().parent / str(data.get("base_dir", "."))).resolve())
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProfileError(f"profile {path}: {where}: {first['msg']}") from exc

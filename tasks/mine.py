@@ -1,0 +1,358 @@
+"""Hard-negative mining with a BM25 teacher (bm25s).
+
+The M3 recipe mines negatives ANCE-style (Xiong et al. 2020, arXiv 2007.00808): rank the corpus for
+each query with a teacher retriever, sample negatives from a rank window below the top (the very top
+is where unlabeled positives hide), and drop positives and likely false negatives. The reference
+implementation (FlagEmbedding `hn_mine`) samples from a window with a dense teacher; before we have a
+model, BM25 is the teacher. Everything for one query depends only on that query, the passage pool and
+the config, so any sharding of the queries (the pipeline spreads them over Dask workers) gives exactly
+the rows of one whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+import bm25s
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field, model_validator
+
+from tasks.text import TextConfig, bm25_tokens
+
+logger = logging.getLogger(__name__)
+
+STAT_KEYS = (
+    "queries",
+    "negatives",
+    "padded",
+    "padded_queries",
+    "short_queries",
+    "removed_positive",
+    "removed_duplicate",
+    "removed_same_doc",
+    "positive_not_in_pool",
+    "lang_not_in_pool",
+)
+
+
+class MineConfig(BaseModel):
+    """Mining knobs. The rank window is 0-based over the *clean* ranking (see mine_bm25)."""
+
+    teacher: Literal["bm25"] = "bm25"
+    range_start: int = Field(2, ge=0, description="first clean rank to sample from (skips likely positives)")
+    range_end: int = Field(50, ge=1, description="one past the last clean rank to sample from")
+    num_negatives: int = Field(7, ge=1)
+    strategy: Literal["top", "random"] = "random"
+    seed: int = 0
+    per_language: bool = Field(
+        True, description="one index per language: IDF from the query's own language, negatives in it"
+    )
+    # Anserini's defaults, used for its MIRACL / Mr.TyDi BM25 baselines (bm25s defaults to 1.5/0.75).
+    k1: float = 0.9
+    b: float = 0.4
+    pad: bool = Field(True, description="fill missing negatives with random passages (counted in stats)")
+
+    @model_validator(mode="after")
+    def _window(self) -> MineConfig:
+        if self.range_end <= self.range_start:
+            raise ValueError(f"range_end ({self.range_end}) must exceed range_start ({self.range_start})")
+        return self
+
+
+def _stable_u64(*parts: object) -> int:
+    digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _norm(text: str) -> str:
+    """Whitespace-normalised text: what "exact duplicate" compares."""
+    return " ".join(text.split())
+
+
+class _Group:
+    """One bm25s index over a subset of the pool (one language, or everything)."""
+
+    def __init__(self, ids: np.ndarray, tokens: list[list[str]], k1: float, b: float) -> None:
+        self.ids = ids  # global passage indices, ascending
+        self.retriever: bm25s.BM25 | None = None
+        if any(tokens):
+            self.retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+            self.retriever.index(tokens, show_progress=False)
+
+    def scores(self, query_tokens: list[str]) -> np.ndarray:
+        if self.retriever is None:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        token_ids = self.retriever.get_tokens_ids(query_tokens)
+        if not token_ids:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return self.retriever.get_scores_from_ids(token_ids)
+
+
+class Bm25Index:
+    """BM25 over a passage pool, per language by default, with deterministic tie-breaking.
+
+    Results are ordered by (score desc, pool index asc) and only passages sharing at least one token
+    with the query (score > 0) count as retrieved.
+    """
+
+    def __init__(
+        self,
+        passage_texts: Sequence[str],
+        langs: Sequence[str],
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        per_language: bool = True,
+        text_config: TextConfig | None = None,
+    ) -> None:
+        if len(passage_texts) != len(langs):
+            raise ValueError("passage_texts and langs differ in length")
+        self.size = len(passage_texts)
+        self.per_language = per_language
+        self.text_config = text_config
+        keys = list(langs) if per_language else [""] * self.size
+        members: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            members.setdefault(key, []).append(i)
+        self.groups: dict[str, _Group] = {}
+        for key, idx in members.items():
+            tokens = [bm25_tokens(passage_texts[i], langs[i], text_config) for i in idx]
+            self.groups[key] = _Group(np.asarray(idx, dtype=np.int64), tokens, k1, b)
+
+    def group(self, lang: str) -> _Group | None:
+        return self.groups.get(lang if self.per_language else "")
+
+    def score_all(self, query: str, lang: str) -> tuple[np.ndarray, np.ndarray]:
+        """(pool indices, scores) over every passage the query may retrieve (its language group)."""
+        g = self.group(lang)
+        if g is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return g.ids, g.scores(bm25_tokens(query, lang, self.text_config))
+
+    def search(self, query: str, lang: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (pool indices, scores), score > 0 only, ordered by (score desc, index asc)."""
+        ids, scores = self.score_all(query, lang)
+        return topk_sorted(ids, scores, k)
+
+
+def topk_sorted(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of positive scores with a total order (score desc, id asc), so ties never depend on
+    partitioning internals: every shard and every rerun sees the same ranking."""
+    keep = scores > 0
+    ids, scores = ids[keep], scores[keep]
+    if k <= 0:
+        return ids[:0], scores[:0]
+    if k < len(scores):
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = scores >= kth  # all ties at the boundary, then cut after the total order
+        ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores))[:k]
+    return ids[order], scores[order]
+
+
+def build_bm25(
+    passage_texts: Sequence[str],
+    langs: Sequence[str],
+    config: MineConfig | None = None,
+    text_config: TextConfig | None = None,
+) -> Bm25Index:
+    """Index a passage pool for mining or BM25 evaluation."""
+    cfg = config or MineConfig()
+    return Bm25Index(
+        passage_texts, langs, k1=cfg.k1, b=cfg.b, per_language=cfg.per_language, text_config=text_config
+    )
+
+
+def mine_bm25(
+    queries: pd.DataFrame,
+    passages: pd.DataFrame,
+    config: MineConfig | None = None,
+    index: Bm25Index | None = None,
+) -> tuple[list[dict], dict]:
+    """Train-set rows (CONTRACTS.md) with BM25-mined hard negatives, and additive stats.
+
+    queries: query_id, query, doc_id, lang, passage_id, passage (the positive).
+    passages: passage_id, passage, doc_id, lang (the pool).
+
+    The clean ranking of a query is its BM25 ranking with the positive, any passage whose
+    (whitespace-normalised) text equals the positive, any passage of the query's own document (for
+    ICT the likeliest false negatives) or with the text of one, and repeated texts removed.
+    Negatives come from clean ranks [range_start, range_end): the first `num_negatives` ("top") or
+    a seeded sample ("random"). Too few candidates: pad with random pool passages under the same
+    exclusions (plus the skipped top ranks), counted in `padded`. `index` may be passed to reuse one
+    built with build_bm25 on the same pool. Stats are sums over queries, so shard stats add up to
+    the whole run's.
+    """
+    cfg = config or MineConfig()
+    texts = passages["passage"].tolist()
+    norm_texts = [_norm(t) for t in texts]
+    doc_ids = passages["doc_id"].tolist()
+    if index is None:
+        index = build_bm25(texts, passages["lang"].tolist(), cfg)
+    elif index.size != len(texts):
+        raise ValueError("index was built on a different pool")
+    doc_norms: dict[str, set[str]] = {}
+    for d, t in zip(doc_ids, norm_texts, strict=True):
+        doc_norms.setdefault(d, set()).add(t)
+    pid_to_idx = {pid: i for i, pid in enumerate(passages["passage_id"])}
+    if len(pid_to_idx) != len(texts):
+        raise ValueError("passage_id is not unique in the pool")
+
+    stats: Counter = Counter()
+    rows: list[dict] = []
+    for q in queries[["query_id", "query", "doc_id", "lang", "passage_id", "passage"]].itertuples(
+        index=False
+    ):
+        stats["queries"] += 1
+        pos_idx = pid_to_idx.get(q.passage_id, -1)
+        ids, scores = index.score_all(q.query, q.lang)
+        if index.group(q.lang) is None:
+            stats["lang_not_in_pool"] += 1
+        if pos_idx < 0:
+            stats["positive_not_in_pool"] += 1
+            pos_score = 0.0
+        else:
+            pos_score = _score_at(ids, scores, pos_idx)
+
+        excluded = _Exclusion(
+            pos_idx, _norm(q.passage), q.doc_id, norm_texts, doc_ids, doc_norms.get(q.doc_id, set())
+        )
+        clean = _clean_ranking(ids, scores, cfg.range_end, excluded, stats)
+        window = clean[cfg.range_start : cfg.range_end]
+        rng = random.Random(_stable_u64("mine", cfg.seed, q.query_id))
+        if cfg.strategy == "top" or len(window) <= cfg.num_negatives:
+            chosen = window[: cfg.num_negatives]
+        else:
+            picks = sorted(rng.sample(range(len(window)), cfg.num_negatives))
+            chosen = [window[i] for i in picks]
+
+        negs = [i for i, _ in chosen]
+        neg_scores = [float(s) for _, s in chosen]
+        missing = cfg.num_negatives - len(negs)
+        if missing > 0 and cfg.pad:
+            skip = {i for i, _ in clean[: cfg.range_start]}
+            pool_ids = ids if len(ids) else np.arange(index.size)
+            pads = _pad(pool_ids, missing, rng, excluded, skip | set(negs))
+            negs += pads
+            neg_scores += [_score_at(ids, scores, i) for i in pads]
+            stats["padded"] += len(pads)
+            stats["padded_queries"] += 1 if pads else 0
+        if len(negs) < cfg.num_negatives:
+            stats["short_queries"] += 1
+        stats["negatives"] += len(negs)
+        rows.append(
+            {
+                "query": q.query,
+                "pos": [q.passage],
+                "neg": [texts[i] for i in negs],
+                "pos_scores": [pos_score],
+                "neg_scores": neg_scores,
+                "query_id": q.query_id,
+                "lang": q.lang,
+            }
+        )
+    out_stats = {key: stats[key] for key in STAT_KEYS}
+    logger.info("BM25 mining: %s", out_stats)
+    return rows, out_stats
+
+
+def _score_at(ids: np.ndarray, scores: np.ndarray, i: int) -> float:
+    """BM25 score of pool passage i (ids ascending); 0 when outside the query's language group."""
+    where = int(np.searchsorted(ids, i))
+    return float(scores[where]) if where < len(ids) and ids[where] == i else 0.0
+
+
+class _Exclusion:
+    """Why a pool passage may not be a negative for one query; accepted texts are remembered."""
+
+    def __init__(
+        self,
+        pos_idx: int,
+        pos_norm: str,
+        doc_id: str,
+        norm_texts: list[str],
+        doc_ids: list[str],
+        doc_norms: set[str],
+    ):
+        self.pos_idx = pos_idx
+        self.pos_norm = pos_norm
+        self.doc_id = doc_id
+        self.norm_texts = norm_texts
+        self.doc_ids = doc_ids
+        self.doc_norms = doc_norms  # texts of the query document's passages
+        self.seen: set[str] = set()
+
+    def reason(self, i: int) -> str | None:
+        if i == self.pos_idx:
+            return "removed_positive"
+        text = self.norm_texts[i]
+        if text == self.pos_norm:
+            return "removed_duplicate"
+        # A copy of a same-document passage filed under another document (mirrors, boilerplate) is
+        # as likely a false negative as the original.
+        if self.doc_ids[i] == self.doc_id or text in self.doc_norms:
+            return "removed_same_doc"
+        if text in self.seen:
+            return "removed_duplicate"
+        return None
+
+
+def _clean_ranking(
+    ids: np.ndarray, scores: np.ndarray, depth: int, excluded: _Exclusion, stats: Counter
+) -> list[tuple[int, float]]:
+    """The first `depth` clean (index, score) pairs of the ranking; counts removals on the way."""
+    n_retrieved = int((scores > 0).sum())
+    k = min(n_retrieved, 2 * depth + 32)
+    while True:
+        top_ids, top_scores = topk_sorted(ids, scores, k)
+        excluded.seen.clear()
+        removed: Counter = Counter()
+        clean: list[tuple[int, float]] = []
+        for i, s in zip(top_ids.tolist(), top_scores.tolist(), strict=True):
+            reason = excluded.reason(i)
+            if reason is not None:
+                removed[reason] += 1
+                continue
+            excluded.seen.add(excluded.norm_texts[i])
+            clean.append((i, s))
+            if len(clean) == depth:
+                break
+        if len(clean) == depth or k >= n_retrieved:
+            stats.update(removed)
+            return clean
+        k = min(n_retrieved, 4 * k)
+
+
+def _pad(
+    pool_ids: np.ndarray, need: int, rng: random.Random, excluded: _Exclusion, skip: set[int]
+) -> list[int]:
+    """`need` random pool passages passing the exclusions (rejection sampling, then a full scan)."""
+    out: list[int] = []
+    if len(pool_ids) == 0:
+        return out
+
+    def take(i: int) -> None:
+        if i in skip or excluded.reason(i) is not None:
+            return
+        skip.add(i)
+        excluded.seen.add(excluded.norm_texts[i])
+        out.append(i)
+
+    for _ in range(20 * need):
+        if len(out) == need:
+            return out
+        take(int(pool_ids[rng.randrange(len(pool_ids))]))
+    if len(out) < need:
+        order = list(range(len(pool_ids)))
+        rng.shuffle(order)
+        for j in order:
+            if len(out) == need:
+                break
+            take(int(pool_ids[j]))
+    return out

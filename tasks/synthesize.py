@@ -1,0 +1,137 @@
+"""Offline query synthesis with the Inverse Cloze Task (ICT).
+
+The M3 recipe generates MultiLongDoc questions with an LLM (GPT-3.5). We have no LLM offline, so this
+backend is a deliberately weaker stand-in: ICT (Lee, Chang & Toutanova 2019, "Latent Retrieval for
+Weakly Supervised Open Domain Question Answering", arXiv 1906.00300) takes one sentence of a passage
+as a pseudo-query and the rest of the passage as its positive context. It is named `ict` in the
+queries table (`backend="ict"`, `model=""`) so nobody mistakes its rows for LLM questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import Counter
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from tasks.text import join_sentences, pack_sentences, split_sentences
+
+logger = logging.getLogger(__name__)
+
+STAT_KEYS = (
+    "docs",
+    "passages",
+    "queries",
+    "skipped_few_sentences",
+    "skipped_no_query_sentence",
+    "query_removed",
+    "query_kept",
+    "train",
+    "test",
+)
+QUERY_COLUMNS = ["query_id", "query", "doc_id", "lang", "backend", "model", "passage_id", "passage", "split"]
+
+
+class IctConfig(BaseModel):
+    """ICT knobs."""
+
+    passage_max_chars: int = Field(600, ge=1, description="passage budget (whole sentences)")
+    min_sentences: int = Field(
+        3, ge=2, description="skip passages with fewer sentences: the context left must be non-trivial"
+    )
+    # Lee et al. keep the query sentence in its context 10% of the time (remove 90%) so the encoder
+    # still learns lexical matching. We default to always removing it: the same ICT pairs also make
+    # our held-out evaluation set, where a context containing the query verbatim would make
+    # retrieval a trivial string match (BM25 would score ~1.0) and the numbers meaningless.
+    remove_prob: float = Field(1.0, ge=0.0, le=1.0, description="P(query sentence removed from context)")
+    min_query_chars: int = Field(20, ge=1, description="shorter sentences are not used as queries")
+    heldout_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of documents put in test")
+    seed: int = 0
+
+
+def _stable_u64(*parts: object) -> int:
+    """A platform- and process-independent hash (Python's hash() is salted per process)."""
+    digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def split_of(doc_id: str, heldout_fraction: float, seed: int = 0) -> str:
+    """'train' or 'test' for a whole document, by a stable hash of its id.
+
+    Splitting by document (not by passage) keeps every passage of a test document out of
+    fine-tuning, so neighbouring passages cannot leak the answer.
+    """
+    return "test" if _stable_u64("split", seed, doc_id) / 2**64 < heldout_fraction else "train"
+
+
+def ict_queries(corpus: pd.DataFrame, config: IctConfig | None = None) -> tuple[pd.DataFrame, dict]:
+    """One ICT query per passage of each corpus document (corpus record schema in CONTRACTS.md).
+
+    Returns the queries table (CONTRACTS.md "queries row") and stats: `docs`, `passages`, `queries`,
+    `skipped_few_sentences`, `skipped_no_query_sentence`, `query_removed`, `query_kept`, `train`,
+    `test`; `passages == queries + skipped_few_sentences + skipped_no_query_sentence`.
+    The random choices are seeded per passage id, so results do not depend on row order or sharding.
+    """
+    cfg = config or IctConfig()
+    stats: Counter = Counter()
+    rows: list[dict] = []
+    for doc_id, lang, text in zip(corpus["id"], corpus["lang"], corpus["text"], strict=True):
+        stats["docs"] += 1
+        split = split_of(doc_id, cfg.heldout_fraction, cfg.seed)
+        groups = pack_sentences(split_sentences(text or "", lang), cfg.passage_max_chars)
+        for i, sentences in enumerate(groups):
+            stats["passages"] += 1
+            passage_id = f"{doc_id}#p{i}"
+            row = _ict_one(passage_id, sentences, cfg, stats)
+            if row is None:
+                continue
+            query, context = row
+            stats["queries"] += 1
+            stats[split] += 1
+            rows.append(
+                {
+                    "query_id": f"q:{passage_id}",
+                    "query": query,
+                    "doc_id": doc_id,
+                    "lang": lang,
+                    "backend": "ict",
+                    "model": "",
+                    "passage_id": passage_id,
+                    "passage": context,
+                    "split": split,
+                }
+            )
+    out_stats = {key: stats[key] for key in STAT_KEYS}
+    logger.info("ICT: %s", out_stats)
+    return pd.DataFrame(rows, columns=QUERY_COLUMNS), out_stats
+
+
+def _ict_one(passage_id: str, sentences: list[str], cfg: IctConfig, stats: Counter) -> tuple[str, str] | None:
+    if len(sentences) < cfg.min_sentences:
+        stats["skipped_few_sentences"] += 1
+        return None
+    # A candidate must be long enough, must leave min_sentences - 1 other sentences as context, and
+    # must not occur inside another sentence (removing it would still leave it in the context).
+    candidates = [
+        i
+        for i, s in enumerate(sentences)
+        if len(s) >= cfg.min_query_chars
+        and sum(o != s for o in sentences) >= cfg.min_sentences - 1
+        and not any(s in o for o in sentences if o != s)
+    ]
+    if not candidates:
+        stats["skipped_no_query_sentence"] += 1
+        return None
+    rng = random.Random(_stable_u64("ict", cfg.seed, passage_id))
+    query = sentences[rng.choice(candidates)]
+    if rng.random() < cfg.remove_prob:
+        stats["query_removed"] += 1
+        # Drop every copy, so a repeated sentence cannot leak the query back into the context.
+        context = join_sentences([s for s in sentences if s != query])
+    else:
+        stats["query_kept"] += 1
+        context = join_sentences(sentences)
+    return query, context

@@ -1,0 +1,221 @@
+"""BM25 hard-negative mining on real Tatoeba text.
+
+Design: each pool passage is a Tatoeba sentence (English or German, de-duplicated), grouped four
+to a pseudo-document; its query is the same sentence lower-cased with punctuation stripped, so the
+true positive is known. Exact copies of some positives are added under other documents (one with
+different whitespace) to check they are never emitted as negatives.
+"""
+
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import regex
+
+from tasks.mine import MineConfig, build_bm25, mine_bm25
+from tasks.text import bm25_tokens
+
+TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba"
+
+
+def _unique_lines(name: str) -> list[str]:
+    lines = (TATOEBA / name).read_text(encoding="utf-8").splitlines()
+    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+
+
+def _to_query(text: str) -> str:
+    return regex.sub(r"[^\w\s']+", "", text).lower().strip()
+
+
+def _build(n_per_lang: int | None = None, n_dups: int = 30) -> tuple[pd.DataFrame, pd.DataFrame]:
+    passages, queries = [], []
+    for lang, name in (("en", "tatoeba.deu-eng.eng"), ("de", "tatoeba.deu-eng.deu")):
+        lines = _unique_lines(name)[:n_per_lang]
+        for i, text in enumerate(lines):
+            pid, doc = f"{lang}:{i}", f"{lang}:d{i // 4}"
+            passages.append({"passage_id": pid, "passage": text, "doc_id": doc, "lang": lang})
+            queries.append(
+                {
+                    "query_id": f"q:{pid}",
+                    "query": _to_query(text),
+                    "doc_id": doc,
+                    "lang": lang,
+                    "passage_id": pid,
+                    "passage": text,
+                }
+            )
+        for j in range(n_dups):  # copies of positives, in other documents
+            text = lines[j * 3]
+            if j % 2:
+                text = "  " + text.replace(" ", "   ") + " "
+            passages.append(
+                {"passage_id": f"{lang}:dup{j}", "passage": text, "doc_id": f"{lang}:x{j}", "lang": lang}
+            )
+    return pd.DataFrame(queries), pd.DataFrame(passages)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _build()
+
+
+def _norm(t: str) -> str:
+    return " ".join(t.split())
+
+
+def _check_rows(rows, queries, passages, cfg):
+    doc_texts = passages.assign(n=passages["passage"].map(_norm)).groupby("doc_id")["n"].apply(set).to_dict()
+    lang_texts = passages.assign(n=passages["passage"].map(_norm)).groupby("lang")["n"].apply(set).to_dict()
+    by_id = queries.set_index("query_id")
+    for row in rows:
+        q = by_id.loc[row["query_id"]]
+        pos = _norm(row["pos"][0])
+        negs = [_norm(n) for n in row["neg"]]
+        assert row["pos"] == [q["passage"]] and row["query"] == q["query"] and row["lang"] == q["lang"]
+        assert len(row["neg"]) == len(row["neg_scores"]) == cfg.num_negatives
+        assert len(row["pos_scores"]) == 1
+        assert pos not in negs, row["query_id"]  # neither the positive nor an exact duplicate of it
+        assert len(set(negs)) == len(negs)
+        assert not set(negs) & doc_texts[q["doc_id"]]  # no same-doc passage, nor a copy of one
+        assert set(negs) <= lang_texts[q["lang"]]  # per-language index
+
+
+def test_invariants_on_real_data(data):
+    queries, passages = data
+    cfg = MineConfig()
+    rows, stats = mine_bm25(queries, passages, cfg)
+    assert [r["query_id"] for r in rows] == queries["query_id"].tolist()
+    _check_rows(rows, queries, passages, cfg)
+    assert stats["queries"] == len(queries)
+    assert stats["negatives"] == cfg.num_negatives * len(queries)
+    assert stats["removed_positive"] > 0.9 * len(queries)
+    assert stats["removed_duplicate"] >= 2 * 30 * 0.9  # the injected copies ranked high and were removed
+    assert stats["removed_same_doc"] > 0
+    assert stats["positive_not_in_pool"] == 0 and stats["lang_not_in_pool"] == 0
+    # The positive is the best BM25 hit for almost every query (the queries are its own words).
+    assert np.mean([r["pos_scores"][0] >= max(r["neg_scores"]) for r in rows]) > 0.95
+
+
+@pytest.mark.parametrize("strategy", ["random", "top"])
+def test_sharding_gives_identical_rows(data, strategy):
+    queries, passages = data
+    cfg = MineConfig(strategy=strategy, seed=3)
+    whole, whole_stats = mine_bm25(queries, passages, cfg)
+    index = build_bm25(passages["passage"].tolist(), passages["lang"].tolist(), cfg)
+    labels = np.random.default_rng(0).integers(0, 3, len(queries))  # a non-contiguous partition
+    shard_rows, shard_stats = [], Counter()
+    for s in range(3):
+        rows, st = mine_bm25(queries[labels == s], passages, cfg, index=index)
+        shard_rows += rows
+        shard_stats.update(st)
+    assert {r["query_id"]: r for r in shard_rows} == {r["query_id"]: r for r in whole}
+    assert len(shard_rows) == len(whole)
+    assert {k: shard_stats[k] for k in whole_stats} == whole_stats
+
+
+def _brute_bm25(query_tokens, doc_tokens, k1, b):
+    """Plain Lucene-variant BM25 (the formula bm25s 'lucene' implements), float64."""
+    n = len(doc_tokens)
+    avgdl = sum(map(len, doc_tokens)) / n
+    df = Counter(t for toks in doc_tokens for t in set(toks))
+    out = []
+    for toks in doc_tokens:
+        tf = Counter(toks)
+        s = 0.0
+        for t in query_tokens:
+            if tf[t]:
+                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+                s += idf * tf[t] / (tf[t] + k1 * (1 - b + b * len(toks) / avgdl))
+        out.append(s)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("strategy", ["top", "random"])
+def test_rank_window_matches_brute_force(strategy):
+    queries, passages = _build(n_per_lang=160, n_dups=10)
+    queries, passages = queries[queries["lang"] == "en"], passages[passages["lang"] == "en"]
+    cfg = MineConfig(strategy=strategy, range_start=3, range_end=15, num_negatives=5, pad=False)
+    rows, stats = mine_bm25(queries, passages, cfg)
+    texts = passages["passage"].tolist()
+    norm = [_norm(t) for t in texts]
+    docs = passages["doc_id"].tolist()
+    doc_tokens = [bm25_tokens(t, "en") for t in texts]
+    doc_norms = {}
+    for d, t in zip(docs, norm, strict=True):
+        doc_norms.setdefault(d, set()).add(t)
+    checked = 0
+    for row, q in zip(rows, queries.itertuples(), strict=True):
+        scores = _brute_bm25(bm25_tokens(q.query, "en"), doc_tokens, cfg.k1, cfg.b)
+        order = sorted((i for i in range(len(texts)) if scores[i] > 0), key=lambda i: (-scores[i], i))
+        clean, seen = [], set()
+        for i in order:  # the clean ranking, as documented in mine_bm25
+            same_doc = docs[i] == q.doc_id or norm[i] in doc_norms[q.doc_id]
+            if norm[i] == _norm(q.passage) or same_doc or norm[i] in seen:
+                continue
+            seen.add(norm[i])
+            clean.append(i)
+        window = clean[cfg.range_start : cfg.range_end]
+        brute_neg = [scores[norm.index(_norm(n))] for n in row["neg"]]
+        np.testing.assert_allclose(row["neg_scores"], brute_neg, rtol=1e-4, atol=1e-5)
+        if not window:
+            assert row["neg"] == []
+            continue
+        hi, lo = scores[window[0]], scores[window[-1]]
+        # Every negative's score lies inside the window's score range (tolerant to float32 ties) ...
+        assert all(lo - 1e-4 <= s <= hi + 1e-4 for s in brute_neg)
+        # ... and never reaches the skipped top ranks' band unless tied with the window's top.
+        if cfg.range_start and len(clean) > cfg.range_start:
+            assert all(s <= scores[clean[cfg.range_start - 1]] + 1e-4 for s in brute_neg)
+        if strategy == "top":
+            expected = [scores[i] for i in window[: cfg.num_negatives]]
+            np.testing.assert_allclose(brute_neg, expected, rtol=1e-4, atol=1e-5)
+        else:
+            assert len(row["neg"]) == min(cfg.num_negatives, len(window))
+        checked += 1
+    assert checked > 100
+    assert stats["padded"] == 0
+
+
+def test_padding_when_too_few_candidates():
+    queries, passages = _build(n_per_lang=40, n_dups=0)
+    queries, passages = queries[queries["lang"] == "en"], passages[passages["lang"] == "en"]
+    queries = pd.concat(
+        [queries, queries.iloc[:3].assign(query="zzqx qqvv", query_id=lambda d: d["query_id"] + "#nohit")]
+    )
+    cfg = MineConfig(range_start=2, range_end=50, num_negatives=7)
+    rows, stats = mine_bm25(queries, passages, cfg)
+    _check_rows(rows, queries, passages, cfg)
+    assert stats["padded"] > 0 and stats["padded_queries"] > 0
+    nohit = [r for r in rows if r["query_id"].endswith("#nohit")]
+    assert all(r["neg_scores"] == [0.0] * 7 for r in nohit)  # all random pads
+    assert stats["short_queries"] == 0
+    # Without padding the rows are short and counted.
+    rows2, stats2 = mine_bm25(queries, passages, cfg.model_copy(update={"pad": False}))
+    assert stats2["padded"] == 0 and stats2["short_queries"] > 0
+    assert all(r["neg"] == [] for r in rows2 if r["query_id"].endswith("#nohit"))
+
+
+def test_positive_not_in_pool_counted_and_still_excluded(data):
+    queries, passages = data
+    q = queries.iloc[:20]
+    pool = passages[~passages["passage_id"].isin(q["passage_id"].iloc[:5])]
+    rows, stats = mine_bm25(q, pool, MineConfig())
+    assert stats["positive_not_in_pool"] == 5
+    assert all(r["pos_scores"] == [0.0] for r in rows[:5])
+    for r in rows:
+        assert _norm(r["pos"][0]) not in map(_norm, r["neg"])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        MineConfig(range_start=10, range_end=10)
+    random.seed(0)  # mining never uses the global RNG: changing it changes nothing
+    q, p = _build(n_per_lang=30, n_dups=0)
+    a = mine_bm25(q, p, MineConfig())[0]
+    random.seed(123)
+    np.random.seed(123)
+    assert mine_bm25(q, p, MineConfig())[0] == a

@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from m3.store.names import validate_segment
 from model.config import ModelSpec
+from model.tokenizer import TokenizerConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig
 from tasks.mine import MineConfig
+from tasks.pairs import PairsConfig
 from tasks.synthesize import IctConfig
 from tasks.train import TrainConfig
 
@@ -56,18 +58,6 @@ class DaskSpec(_Strict):
     memory_limit: str = "3GiB"
 
 
-class TokenizerSpec(_Strict):
-    vocab_size: int = 8000
-    max_sentences: int = 200_000
-
-
-class PairsSpec(_Strict):
-    """Weak-supervision pairs for contrastive pretraining (title–body, as in the paper)."""
-
-    body_max_chars: int = 1000
-    min_body_chars: int = 100
-
-
 class Profile(_Strict):
     name: str
     description: str = ""
@@ -76,9 +66,9 @@ class Profile(_Strict):
     sources: list[SourceSpec] = Field(min_length=1)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     synthesize: IctConfig = Field(default_factory=IctConfig)
-    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
-    pairs: PairsSpec = Field(default_factory=PairsSpec)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     mine: MineConfig = Field(default_factory=MineConfig)
     finetune: TrainConfig = Field(default_factory=TrainConfig)

@@ -78,7 +78,9 @@ def test_concurrent_writers_lose_nothing(store_url, tmp_path):
     assert all(history[i].previous == history[i - 1].manifest for i in range(1, 12))
 
 
-@pytest.mark.parametrize("bad", ["../etc/passwd", "/abs/path", "corpus/..", "corpus/a/b", "corpus", "kind/na me"])
+@pytest.mark.parametrize(
+    "bad", ["../etc/passwd", "/abs/path", "corpus/..", "corpus/a/b", "corpus", "kind/na me"]
+)
 def test_bad_ref_names_rejected(tmp_path, bad):
     store = Store(str(tmp_path / "store"))
     with pytest.raises(InvalidName):
@@ -127,7 +129,9 @@ def test_killed_commit_leaves_nothing_visible_and_rerun_completes(store_url, tmp
 def test_gc_removes_only_unreachable(store_url, tmp_path):
     store = Store(store_url, cache_dir=tmp_path / "cache")
     raw = store.commit("source", "raw", {"r": _write(tmp_path, "r", "raw")})
-    corpus = store.commit("corpus", "demo", {"c": _write(tmp_path, "c", "corpus")}, parents=[raw.id], ref="corpus/demo")
+    corpus = store.commit(
+        "corpus", "demo", {"c": _write(tmp_path, "c", "corpus")}, parents=[raw.id], ref="corpus/demo"
+    )
     orphan = store.commit("corpus", "crashed", {"o": _write(tmp_path, "o", "orphan")})
     store.cache_record("ingest", "k1", orphan.id)
     planned = store.gc(dry_run=True, grace_seconds=0)
@@ -146,8 +150,12 @@ def test_gc_removes_only_unreachable(store_url, tmp_path):
 def test_lineage_walks_parents_to_sources(tmp_path):
     store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
     raw = store.commit("source", "wiki", {"w.xml": _write(tmp_path, "w", "<xml/>")}, ref="source/wiki")
-    corpus = store.commit("corpus", "demo", {"c": _write(tmp_path, "c", "c")}, parents=[raw.id], ref="corpus/demo")
-    report = store.commit("report", "demo", {"r": _write(tmp_path, "r", "r")}, parents=[corpus.id], ref="report/demo")
+    corpus = store.commit(
+        "corpus", "demo", {"c": _write(tmp_path, "c", "c")}, parents=[raw.id], ref="corpus/demo"
+    )
+    report = store.commit(
+        "report", "demo", {"r": _write(tmp_path, "r", "r")}, parents=[corpus.id], ref="report/demo"
+    )
     nodes = lineage(store, "report/demo")
     assert [n["kind"] for n in nodes] == ["report", "corpus", "source"]
     assert nodes[0]["id"] == report.id and nodes[-1]["files"][0]["path"] == "w.xml"

@@ -9,6 +9,7 @@ Only two of them carry the store's guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -37,9 +38,8 @@ class Backend:
         except (ImportError, ValueError) as exc:
             raise StoreUnavailable(f"cannot open store {url!r}: {exc}") from exc
         self.root = root.rstrip("/")
-        self.is_local = self.fs.protocol in ("file", "local") or "file" in tuple(self.fs.protocol)
-        if self.is_local:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        self.is_local = bool({"file", "local"} & set(protocols))
 
     def full(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -136,7 +136,5 @@ class Backend:
             raise
 
     def remove(self, rel: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
-        except FileNotFoundError:
-            pass

@@ -247,7 +247,9 @@ class Store:
                 return head
             seq = (head.seq if head else 0) + 1
             body = {"manifest": manifest_id, "previous": current, "at": _now()}
-            if self.backend.create_exclusive(f"refs/{ref}/{seq:0{_SEQ_WIDTH}d}.json", json.dumps(body).encode()):
+            if self.backend.create_exclusive(
+                f"refs/{ref}/{seq:0{_SEQ_WIDTH}d}.json", json.dumps(body).encode()
+            ):
                 return RefEntry(ref, seq, manifest_id, current, body["at"])
             if expected is not _ANY:
                 raise RefConflict(f"ref {ref} was moved concurrently by another writer (version {seq} taken)")
@@ -270,15 +272,18 @@ class Store:
         validate_segment(key, "cache key")
         body = json.dumps({"manifest": manifest_id, "at": _now()}).encode()
         rel = f"stage-cache/{stage}/{key}.json"
-        if not self.backend.create_exclusive(rel, body):
-            self.backend.put_atomic(rel, body)  # an entry whose manifest was collected
+        if self.backend.create_exclusive(rel, body):
+            return
+        # Lost a race (keep the winner's entry) or the old entry names a collected manifest.
+        if self.cache_lookup(stage, key) is None:
+            self.backend.put_atomic(rel, body)
 
     # -- reading artifact files -------------------------------------------------------------
     def materialize(self, manifest_id: str) -> Path:
         """A local read-only folder with the artifact's files under their artifact paths."""
         manifest = self.manifest(manifest_id)
         target = self.cache_dir / "artifacts" / manifest_id
-        if (target / ".complete").exists():
+        if (target / ".m3-manifest").exists():
             return target
         tmp = target.with_name(f"{manifest_id}.tmp-{uuid.uuid4().hex}")
         tmp.mkdir(parents=True)
@@ -294,7 +299,7 @@ class Store:
                     except OSError:
                         pass
                 self.backend.get_file(blob, dest)
-            (tmp / ".complete").write_text(manifest_id)
+            (tmp / ".m3-manifest").write_text(manifest_id)
             try:
                 os.rename(tmp, target)
             except OSError:  # someone else materialized it meanwhile

@@ -1,0 +1,79 @@
+"""pipeline: every stage in order, each a subflow; earlier outputs come from the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.common import open_env
+from flows.evaluate import evaluate
+from flows.finetune import finetune
+from flows.ingest import ingest
+from flows.mine import mine
+from flows.pretrain import pretrain
+from flows.synthesize import synthesize
+
+# (stage, flow, output kind, input kinds)
+STAGES = (
+    ("ingest", ingest, "corpus", ()),
+    ("synthesize", synthesize, "queries", ("corpus",)),
+    ("pretrain", pretrain, "checkpoint", ("corpus",)),
+    ("mine", mine, "train-set", ("queries",)),
+    ("finetune", finetune, "model", ("checkpoint", "train-set")),
+    ("evaluate", evaluate, "report", ("model", "queries")),
+)
+STAGE_NAMES = tuple(s[0] for s in STAGES)
+
+
+def select_stages(from_stage: str | None, only: list[str] | None, refresh: list[str] | None) -> list[str]:
+    """The stages to run; unknown names are an error naming the known ones."""
+    for name in [from_stage, *(only or []), *(refresh or [])]:
+        if name is not None and name not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    if only:
+        return [s for s in STAGE_NAMES if s in only]
+    start = STAGE_NAMES.index(from_stage) if from_stage else 0
+    return list(STAGE_NAMES[start:])
+
+
+@flow(name="pipeline")
+def pipeline(
+    profile: str = "demo",
+    store: str | None = None,
+    from_stage: str | None = None,
+    only: list[str] | None = None,
+    refresh: list[str] | None = None,
+) -> dict[str, Any]:
+    """ingest → synthesize → pretrain → mine → finetune → evaluate on one profile.
+
+    Stages not selected (``from_stage``/``only``) are taken from the profile's refs in the store.
+    """
+    env = open_env(profile, store)
+    log = get_run_logger()
+    selected = select_stages(from_stage, only, refresh)
+    refresh = refresh or []
+    outputs: dict[str, str] = {}
+    done = []
+    for name, stage_flow, kind, needs in STAGES:
+        if name not in selected:
+            try:
+                outputs[kind] = env.store.resolve(f"{kind}/{env.profile.name}")
+            except KeyError:
+                continue  # only needed if a selected stage reads it; that stage reports it
+            continue
+        inputs = {k: outputs[k] for k in needs if k in outputs}
+        state = stage_flow(
+            profile=profile, store=env.store.url, refresh=name in refresh, inputs=inputs, return_state=True
+        )
+        result = state.result()
+        outputs[kind] = result["manifest_id"]
+        done.append(result)
+        log.info(
+            "%-10s %-22s %s %s",
+            name,
+            result["ref"],
+            result["manifest_id"][:12],
+            "cached" if result["cached"] else "built",
+        )
+    return {"store": env.store.url, "profile": env.profile.name, "stages": done, "outputs": outputs}

@@ -1,0 +1,113 @@
+"""pretrain: corpus → tokenizer + title–body ``pairs`` → contrastively pretrained ``checkpoint``.
+
+Training runs in the flow's process (or a GPU work pool), never inside a Dask worker: DataLoader
+workers cannot start from Dask's daemonic processes (stack-notes.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.common import StageEnv, load_table, open_env, producer_ids, progress_logger, publish
+from m3.stage import StageOutput, StageSpec, run_stage
+from tasks.artifact_io import schema_dict, write_table
+from tasks.pairs import title_body_pairs
+
+MODEL_CODE = ("model", "tasks/train.py")
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def build_tokenizer(env: StageEnv, corpus: str, refresh: bool):
+    from model.tokenizer import train_tokenizer
+
+    spec = StageSpec(
+        "tokenizer",
+        "tokenizer",
+        env.profile.name,
+        inputs={"corpus": corpus},
+        config=env.profile.tokenizer.model_dump(mode="json"),
+        code=("model/tokenizer.py", "flows/pretrain.py"),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        docs = load_table(env, corpus, "corpus")
+        texts = (t for doc in docs.itertuples() for t in (doc.title, *doc.text.split("\n")) if t)
+        cfg = env.profile.tokenizer
+        train_tokenizer(texts, scratch / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed, config=cfg)
+        from transformers import AutoTokenizer
+
+        size = len(AutoTokenizer.from_pretrained(str(scratch / "tokenizer")))
+        return StageOutput(folder_files(scratch / "tokenizer"), {"vocab_size": size, "docs": len(docs)})
+
+    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+
+
+def build_pairs(env: StageEnv, corpus: str, refresh: bool):
+    spec = StageSpec(
+        "pairs",
+        "pairs",
+        env.profile.name,
+        inputs={"corpus": corpus},
+        config=env.profile.pairs.model_dump(mode="json"),
+        code=("tasks/pairs.py", "tasks/text.py", "flows/pretrain.py"),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        pairs, stats = title_body_pairs(load_table(env, corpus, "corpus"), env.profile.pairs)
+        rows = write_table(pairs, "pairs", scratch)
+        return StageOutput({r: scratch / r for r in rows}, stats, schema_dict("pairs"), rows)
+
+    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+
+
+@flow(name="pretrain")
+def pretrain(
+    profile: str = "demo",
+    store: str | None = None,
+    refresh: bool = False,
+    inputs: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Tokenizer trained on the corpus, a tiny XLM-R-shaped M3 model, dense InfoNCE on title–body pairs."""
+    from model.m3 import M3Model
+    from tasks.train import TrainExample, train_dense
+
+    env = open_env(profile, store)
+    log = get_run_logger()
+    corpus = env.input_id(inputs, "corpus", "corpus")
+    tokenizer = build_tokenizer(env, corpus, refresh)
+    publish(env, tokenizer)
+    pairs = build_pairs(env, corpus, refresh)
+    publish(env, pairs)
+    spec = StageSpec(
+        "pretrain",
+        "checkpoint",
+        env.profile.name,
+        inputs={"tokenizer": tokenizer.manifest_id, "pairs": pairs.manifest_id},
+        config={
+            "model": env.profile.model.model_dump(mode="json"),
+            "train": env.profile.pretrain.model_dump(mode="json"),
+        },
+        code=(*MODEL_CODE, "flows/pretrain.py"),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        table = load_table(env, pairs.manifest_id, "pairs")
+        examples = [
+            TrainExample(query=q, pos=p) for q, p in zip(table["query"], table["positive"], strict=True)
+        ]
+        model = M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer.manifest_id))
+        cfg = env.profile.pretrain
+        log.info("contrastive pretraining on %d title–body pairs", len(examples))
+        summary = train_dense(model, examples, cfg, on_progress=progress_logger("pretrain", cfg.log_every))
+        model.save_pretrained(scratch / "model")
+        return StageOutput(
+            folder_files(scratch / "model"), {"objective": "dense InfoNCE (title-body)", **summary}
+        )
+
+    return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids()))

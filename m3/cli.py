@@ -1,0 +1,231 @@
+"""The ``m3`` command line (design.md, "Command line")."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from m3.prefect_api import set_quiet_defaults
+
+set_quiet_defaults()  # before anything imports prefect
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="M3-Embedding pipeline: data, training, evaluation."
+)
+artifacts_app = typer.Typer(no_args_is_help=True, help="List and show artifacts in the store.")
+app.add_typer(artifacts_app, name="artifacts")
+
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="store URL (local folder or s3://bucket/prefix)")
+]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="profile name (data_specs/profiles) or YAML file")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"m3: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _store(store: str | None, profile: str | None = None):
+    from flows.common import resolve_store_url
+    from m3.profile import load_profile
+    from m3.store import Store
+
+    if store is None and profile is not None:
+        return Store(resolve_store_url(load_profile(profile), None))
+    return Store(store or os.environ.get("M3_STORE") or ".m3/store")
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+def run(
+    profile: ProfileOpt = "demo",
+    store: StoreOpt = None,
+    from_stage: Annotated[str | None, typer.Option("--from", help="start at this stage")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="run only these stages")] = None,
+    refresh: Annotated[list[str] | None, typer.Option("--refresh", help="recompute these stages")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the pipeline (or part of it) on a profile; ends with the evaluation table."""
+    from flows.common import resolve_store_url
+    from flows.pipeline import select_stages
+    from m3.profile import load_profile
+
+    prof = load_profile(profile)  # validate everything before anything is written
+    for source in prof.sources:
+        prof.source_files(source)
+    select_stages(from_stage, only, refresh)
+    store_url = resolve_store_url(prof, store)
+
+    from m3.prefect_api import prefect_api
+
+    with prefect_api():
+        from flows.pipeline import pipeline
+
+        state = pipeline(
+            profile=profile,
+            store=store_url,
+            from_stage=from_stage,
+            only=only,
+            refresh=refresh,
+            return_state=True,
+        )
+        if not state.is_completed():
+            _fail(f"pipeline run {state.name}: {state.message}")
+        result = state.result()
+    s = _store(store_url)
+    report_id = result["outputs"].get("report")
+    if as_json:
+        result["report"] = s.manifest(report_id).metrics if report_id else None
+        _print_json(result)
+        return
+    typer.echo("")
+    for st in result["stages"]:
+        typer.echo(
+            f"  {st['stage']:<11} {st['ref']:<24} {st['manifest_id'][:12]}  "
+            f"{'cached' if st['cached'] else 'built'}"
+        )
+    if report_id and any(st["stage"] == "evaluate" for st in result["stages"]):
+        typer.echo("\nEvaluation (held-out ICT queries, ×100):\n")
+        typer.echo(s.manifest(report_id).metrics.get("table_markdown", ""))
+    typer.echo(f"store: {s.url}")
+
+
+@artifacts_app.command("ls")
+def artifacts_ls(
+    kind: Annotated[str | None, typer.Option("--kind")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Named artifacts (ref heads)."""
+    s = _store(store)
+    rows = []
+    for entry in sorted(s.refs(), key=lambda e: e.ref):
+        if kind and not entry.ref.startswith(f"{kind}/"):
+            continue
+        rows.append({"ref": entry.ref, "id": entry.manifest, "version": entry.seq, "at": entry.at})
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['ref']:<32} v{r['version']:<4} {r['id'][:12]}  {r['at']}")
+
+
+@artifacts_app.command("show")
+def artifacts_show(ref: str, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """One artifact's manifest."""
+    s = _store(store)
+    m = s.manifest(s.resolve(ref))
+    data = m.model_dump(by_alias=True, mode="json")
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo(
+        f"{m.kind}/{m.name}  {m.id}\ncreated {m.created_at}  "
+        f"parents: {', '.join(p[:12] for p in m.parents) or '-'}"
+    )
+    typer.echo(f"producer: {m.producer.stage} flow run {m.producer.flow_run_id} git {m.producer.git_commit}")
+    for f in m.files:
+        typer.echo(f"  {f.path:<48} {f.bytes:>12,} B  {'' if f.rows is None else f'{f.rows} rows'}")
+    typer.echo(
+        json.dumps({k: v for k, v in m.metrics.items() if k != "table_markdown"}, indent=2, default=str)
+    )
+
+
+@app.command()
+def lineage(ref: str, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """The chain of artifacts ``REF`` was derived from, down to the raw source files."""
+    from m3.store.lineage import lineage as walk
+
+    nodes = walk(_store(store), ref)
+    if as_json:
+        _print_json(nodes)
+        return
+    depth = {nodes[0]["id"]: 0}
+    for n in nodes:
+        for p in n["parents"]:
+            depth.setdefault(p, depth[n["id"]] + 1)
+        pr = n["producer"]
+        typer.echo(
+            f"{'  ' * depth[n['id']]}{n['kind']}/{n['name']} {n['id'][:12]}"
+            f"  [{pr['stage'] or '-'} run {pr['flow_run_id'] or '-'} git {(pr['git_commit'] or '-')[:10]}"
+            f" config {pr['config_hash'][:10] or '-'}]"
+        )
+        if n["kind"] == "source":
+            for f in n["files"]:
+                typer.echo(
+                    f"{'  ' * (depth[n['id']] + 1)}{f['path']} sha256:{f['sha256'][:16]} {f['bytes']:,} B"
+                )
+
+
+@app.command()
+def gc(
+    store: StoreOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what would be deleted")] = False,
+    grace: Annotated[
+        float, typer.Option("--grace", help="keep anything younger than this (seconds)")
+    ] = 3600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete what no ref reaches (crashed commits, superseded cache entries)."""
+    removed = _store(store).gc(dry_run=dry_run, grace_seconds=grace)
+    if as_json:
+        _print_json(removed)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(", ".join(f"{verb} {len(v)} {k}" for k, v in removed.items()))
+
+
+def main() -> None:
+    from pydantic import ValidationError
+
+    from m3.profile import ProfileError
+    from m3.store import InvalidName, NotFound, StoreError
+    from m3.store.backend import StoreUnavailable
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
+    try:
+        app(standalone_mode=False)
+    except (
+        ProfileError,
+        InvalidName,
+        NotFound,
+        StoreError,
+        StoreUnavailable,
+        ValueError,
+        ValidationError,
+        FileNotFoundError,
+        PermissionError,
+        UserError,
+    ) as exc:
+        typer.echo(f"m3: error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("m3: aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here too
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Text normalisation shared by every reader.
+
+All sources end up in one corpus, so they must agree on one form: NFC (so the same word has the
+same code points whatever the source), no control characters (they break tokenizers and JSON
+tooling), single spaces and at most one blank line between paragraphs (so paragraph splitting
+downstream sees clean ``\\n\\n`` boundaries).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85\x0b\x0c]")
+# Cc = control characters; keep \n and \t. Also drop the BOM / zero-width no-break space and
+# unassigned surrogates, which only appear as encoding debris.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ufeff\ud800-\udfff]")
+_SPACES = re.compile(r"[ \u00a0\u2000-\u200a\u202f\u205f]+")
+_EDGE_SPACES = re.compile(r"^[ ]+|[ \t]+$", re.MULTILINE)
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def clean_text(text: str) -> str:
+    """Return ``text`` NFC-normalised, without control characters, with collapsed whitespace."""
+    if not text:
+        return ""
+    text = _NEWLINES.sub("\n", text)
+    text = _CONTROL.sub("", text)
+    text = unicodedata.normalize("NFC", text)
+    text = _SPACES.sub(" ", text)
+    text = _EDGE_SPACES.sub("", text)
+    text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()

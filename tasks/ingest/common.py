@@ -1,0 +1,105 @@
+"""Shared pieces of the readers: the corpus record builder and the non-document stream items.
+
+Readers are generators that yield, for every input unit they read (a page, a JSON line, a WARC
+record), exactly one item: a corpus record dict, a :class:`Skipped` (a well-formed unit that is
+not a document we want, with the reason) or a :class:`Quarantined` (malformed input). One item per
+unit is what makes ``read == kept + filtered + quarantined`` hold by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .clean import clean_text
+from .language import UNDETERMINED, detect_language, normalize_code
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """Malformed input that could not be turned into a document (kept for inspection)."""
+
+    path: str
+    reason: str
+    offset: int | None = None  # byte offset in the (decompressed) stream, or line number for JSONL
+    record: str | None = None  # what we know of the unit: a page title, a URL, the raw line head
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "reason": self.reason}
+        if self.offset is not None:
+            out["offset"] = self.offset
+        if self.record is not None:
+            out["record"] = self.record
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A well-formed unit that is deliberately not a document (counted as ``filtered:<reason>``)."""
+
+    reason: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def doc_id(source: str, url: str, title: str) -> str:
+    """Stable id from the CONTRACTS rule: ``{source}:{sha1(url or title)[:16]}``."""
+    key = url or title
+    return f"{source}:{hashlib.sha1(key.encode('utf-8')).hexdigest()[:16]}"
+
+
+def iso_timestamp(value: str | None) -> str | None:
+    """Return ``value`` as ISO 8601 (UTC ``Z`` form when it has a zone), or None if unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    if dt.tzinfo is not None:
+        return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.isoformat()
+
+
+def make_record(
+    *,
+    source: str,
+    text: str,
+    url: str,
+    title: str,
+    timestamp: str | None,
+    lang: str | None,
+    lang_source: str,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Build a corpus record (CONTRACTS.md). ``text`` is cleaned here, so readers can't forget.
+
+    If ``lang`` is None the language is identified from the text and the confidence is recorded
+    in ``meta`` (``lang_source`` says where the language came from in every case).
+    """
+    text = clean_text(text)
+    title = clean_text(title).replace("\n", " ")
+    meta = dict(meta)
+    code = normalize_code(lang)
+    if code is None:
+        code, confidence = detect_language(text or title)
+        meta["lang_confidence"] = confidence
+        lang_source = "langid"
+    meta["lang_source"] = lang_source
+    return {
+        "id": doc_id(source, url, title),
+        "source": source,
+        "lang": code or UNDETERMINED,
+        "url": url,
+        "title": title,
+        "text": text,
+        "timestamp": timestamp,
+        "n_chars": len(text),
+        "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+    }

@@ -1,0 +1,339 @@
+"""Streaming reader for MediaWiki XML exports (``pages-articles`` dumps and fragments of them).
+
+Real inputs are messier than the schema: compressed or not (gzip/bz2/xz by magic bytes), UTF-8 or
+UTF-16 with a BOM, bare ``<page>`` elements without the ``<mediawiki>`` wrapper (several may be
+concatenated), no ``<siteinfo>``, old exports without ``<ns>``, and dumps cut off mid-page. The
+reader wraps the stream in a synthetic root element so all of those parse the same way, feeds a
+pull parser chunk by chunk and clears every finished page, so memory stays bounded by the largest
+page, never the dump.
+
+A cut (truncated compressed stream or unclosed XML at end of file) keeps every complete page and
+yields one :class:`Quarantined` with reason ``truncated``. Malformed XML before the end stops the
+stream with reason ``malformed_xml`` (resynchronising inside broken XML is guesswork).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .common import Quarantined, Skipped, doc_id, iso_timestamp, make_record
+from .files import TRUNCATION_ERRORS, open_bytes
+from .language import (
+    normalize_code,
+    wiki_code_from_dbname,
+    wiki_code_from_filename,
+    wiki_code_from_url,
+)
+from .wikitext import WikitextCleaner
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+_WRAPPER = "m3-stream"
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
+_DECL_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""")
+# "#REDIRECT [[Target]]" and its localised forms (#WEITERLEITUNG, #перенаправление, #転送 ...);
+# used when the export has no <redirect/> element (old dumps, hand-made fragments).
+_REDIRECT_TEXT = re.compile(r"^\s*#[^\W\d_][^\s\[:]*\s*:?\s*\[\[", re.UNICODE)
+# Canonical (English) namespace names, for exports without <ns> and without <siteinfo>.
+_CANONICAL_NS = {
+    "media": -2,
+    "special": -1,
+    "talk": 1,
+    "user": 2,
+    "user talk": 3,
+    "project": 4,
+    "wikipedia": 4,
+    "wikipedia talk": 5,
+    "file": 6,
+    "image": 6,
+    "file talk": 7,
+    "mediawiki": 8,
+    "template": 10,
+    "template talk": 11,
+    "help": 12,
+    "category": 14,
+    "category talk": 15,
+    "portal": 100,
+    "draft": 118,
+    "module": 828,
+}
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(elem: ET.Element, name: str) -> ET.Element | None:
+    for c in elem:
+        if _local(c.tag) == name:
+            return c
+    return None
+
+
+def _child_text(elem: ET.Element, name: str) -> str | None:
+    c = _child(elem, name)
+    return c.text if c is not None else None
+
+
+def _sniff_encoding(head: bytes) -> tuple[str, int]:
+    """(codec, BOM length) from a BOM, a UTF-16 byte pattern or the XML declaration."""
+    for bom, enc in (
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF32_LE, "utf-32-le"),
+        (codecs.BOM_UTF32_BE, "utf-32-be"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    ):
+        if head.startswith(bom):
+            return enc, len(bom)
+    if head[:4] in (b"<\x00?\x00", b"<\x00m\x00", b"<\x00p\x00") or head[:2] == b" \x00":
+        return "utf-16-le", 0
+    if head[:4] in (b"\x00<\x00?", b"\x00<\x00m", b"\x00<\x00p") or head[:2] == b"\x00 ":
+        return "utf-16-be", 0
+    m = _DECL_ENCODING.match(head.lstrip())
+    if m:
+        try:
+            return codecs.lookup(m.group(1).decode("ascii")).name, 0
+        except LookupError:
+            pass
+    return "utf-8", 0
+
+
+@dataclass
+class _SiteInfo:
+    """What the file tells about its wiki; filled from <siteinfo> and the root's xml:lang."""
+
+    dbname: str | None = None
+    base: str | None = None
+    xml_lang: str | None = None
+    ns_names: dict[str, int] = field(default_factory=dict)  # casefolded prefix -> key
+
+    @classmethod
+    def from_element(cls, elem: ET.Element, xml_lang: str | None) -> _SiteInfo:
+        info = cls(dbname=_child_text(elem, "dbname"), base=_child_text(elem, "base"), xml_lang=xml_lang)
+        spaces = _child(elem, "namespaces")
+        if spaces is not None:
+            for ns in spaces:
+                try:
+                    key = int(ns.get("key", ""))
+                except ValueError:
+                    continue
+                if ns.text:
+                    info.ns_names[ns.text.strip().casefold()] = key
+        return info
+
+
+class _WikiFile:
+    """Per-file state: language/host resolution and page -> record conversion."""
+
+    def __init__(self, path: str, source: str, lang: str | None):
+        self.path = path
+        self.source = source
+        self.arg_lang = normalize_code(lang)
+        self.site = _SiteInfo()
+        self.cleaner = WikitextCleaner()
+        self.filename_code = wiki_code_from_filename(path)
+
+    def set_site(self, site: _SiteInfo) -> None:
+        self.site = site
+        drop = [name for name, key in site.ns_names.items() if key in (-2, 6, 14)]
+        self.cleaner = WikitextCleaner(drop)
+
+    def wiki_code(self) -> str | None:
+        """The project code (``en``, ``simple``, ``zh-yue``) as the file states it, if at all."""
+        return (
+            wiki_code_from_dbname(self.site.dbname)
+            or wiki_code_from_url(self.site.base)
+            or (self.site.xml_lang or None)
+            or self.filename_code
+        )
+
+    def file_lang(self) -> tuple[str | None, str]:
+        """The language for every page of the file, and where it came from (None: identify per page)."""
+        if self.arg_lang:
+            return self.arg_lang, "arg"
+        code = wiki_code_from_dbname(self.site.dbname) or wiki_code_from_url(self.site.base)
+        if code:
+            return normalize_code(code), "siteinfo"
+        if self.site.xml_lang:
+            return normalize_code(self.site.xml_lang), "xml_lang"
+        if self.filename_code:
+            return normalize_code(self.filename_code), "filename"
+        return None, "langid"
+
+    def host(self, lang: str) -> str:
+        if self.site.base:
+            host = urlsplit(self.site.base.strip()).hostname
+            if host:
+                return host
+        return f"{self.wiki_code() or lang}.wikipedia.org"
+
+    def namespace_of(self, page: ET.Element, title: str) -> int:
+        ns = _child_text(page, "ns")
+        if ns is not None and ns.strip().lstrip("-").isdigit():
+            return int(ns)
+        if ":" in title:  # old exports have no <ns>: infer it from the title prefix
+            prefix = title.split(":", 1)[0].strip().casefold()
+            if prefix in self.site.ns_names:
+                return self.site.ns_names[prefix]
+            if prefix in _CANONICAL_NS:
+                return _CANONICAL_NS[prefix]
+        return 0
+
+    def page_item(self, page: ET.Element) -> dict[str, Any] | Skipped:
+        title = (_child_text(page, "title") or "").strip()
+        ns = self.namespace_of(page, title)
+        if ns != 0:
+            return Skipped("namespace", {"title": title, "ns": ns})
+        revisions = [c for c in page if _local(c.tag) == "revision"]
+        rev = revisions[-1] if revisions else None  # history dumps: the newest revision is last
+        wikitext = (_child_text(rev, "text") if rev is not None else None) or ""
+        if _child(page, "redirect") is not None or _REDIRECT_TEXT.match(wikitext):
+            return Skipped("redirect", {"title": title})
+        model = _child_text(rev, "model") if rev is not None else None
+        if model and model.strip() != "wikitext":
+            return Skipped("content_model", {"title": title, "model": model})
+
+        text = self.cleaner(wikitext)
+        lang, lang_source = self.file_lang()
+        meta: dict[str, Any] = {
+            "page_id": _int_or_none(_child_text(page, "id")),
+            "revision_id": _int_or_none(_child_text(rev, "id")) if rev is not None else None,
+            "wiki": self.site.dbname or self.wiki_code(),
+        }
+        record = make_record(
+            source=self.source,
+            text=text,
+            url="",
+            title=title,
+            timestamp=iso_timestamp(_child_text(rev, "timestamp")) if rev is not None else None,
+            lang=lang,
+            lang_source=lang_source,
+            meta=meta,
+        )
+        # The URL needs the language, which may only be known after identification.
+        record["url"] = f"https://{self.host(record['lang'])}/wiki/{title.replace(' ', '_')}"
+        record["id"] = doc_id(self.source, record["url"], title)
+        return record
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def iter_mediawiki(path: str, source: str, lang: str | None) -> Iterator[dict | Skipped | Quarantined]:
+    """Yield one item per ``<page>``: a corpus record, a Skipped or, at a cut, a Quarantined."""
+    path = str(path)
+    wiki = _WikiFile(path, source, lang)
+    parser = ET.XMLPullParser(events=("start", "end"))
+    stack: list[ET.Element] = []
+    page_title: str | None = None  # title of the page being parsed, for a quarantine note
+    in_page = False
+    root_lang: str | None = None
+    consumed = 0
+
+    def drain() -> Iterator[dict | Skipped | Quarantined]:
+        nonlocal page_title, in_page, root_lang
+        for event, elem in parser.read_events():
+            name = _local(elem.tag)
+            if event == "start":
+                stack.append(elem)
+                if name == "page":
+                    in_page, page_title = True, None
+                elif name == "mediawiki":
+                    root_lang = elem.get("{http://www.w3.org/XML/1998/namespace}lang")
+                    wiki.site.xml_lang = root_lang
+                continue
+            stack.pop()
+            if name == "title" and in_page:
+                page_title = elem.text
+            elif name == "siteinfo":
+                wiki.set_site(_SiteInfo.from_element(elem, root_lang))
+                _discard(elem, stack)
+            elif name == "page":
+                in_page = False
+                yield wiki.page_item(elem)
+                _discard(elem, stack)
+
+    def quarantine(reason: str, detail: str) -> Quarantined:
+        return Quarantined(
+            path, reason, offset=consumed, record=page_title if in_page else None, detail=detail
+        )
+
+    with open_bytes(path) as raw:
+        truncated_by_codec = ""
+        chunks = _read_chunks(raw)
+        head = b""
+        try:
+            while len(head) < 4096:  # enough to sniff the encoding and see the XML declaration
+                data = next(chunks, b"")
+                if not data:
+                    break
+                head += data
+        except TRUNCATION_ERRORS as exc:
+            truncated_by_codec = f"{type(exc).__name__}: {exc}"
+        encoding, bom = _sniff_encoding(head)
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        consumed = len(head)
+        parser.feed(f"<{_WRAPPER}>")
+        parser.feed(_XML_DECL.sub("", decoder.decode(head[bom:]), count=1))
+        done = not head or bool(truncated_by_codec)
+        while True:
+            try:
+                yield from drain()
+            except ET.ParseError as exc:
+                yield quarantine("malformed_xml", str(exc))
+                return
+            if done:
+                break
+            try:
+                data = next(chunks, b"")
+            except TRUNCATION_ERRORS as exc:
+                truncated_by_codec = f"{type(exc).__name__}: {exc}"
+                break
+            if not data:
+                break
+            consumed += len(data)
+            parser.feed(decoder.decode(data))
+
+        if truncated_by_codec:
+            with contextlib.suppress(ET.ParseError):  # the cut itself is what we report
+                yield from drain()
+            yield quarantine("truncated", truncated_by_codec)
+            return
+        parser.feed(decoder.decode(b"", final=True))
+        parser.feed(f"</{_WRAPPER}>")
+        try:
+            yield from drain()
+            parser.close()
+        except ET.ParseError as exc:
+            # Anything that only fails once the end is reached is an unclosed (cut) document.
+            yield quarantine("truncated", str(exc))
+
+
+def _read_chunks(raw) -> Iterator[bytes]:
+    """Read decompressed bytes in pieces. ``read1`` returns what one decompression step gives, so
+    when a compressed stream is cut, everything before the cut has already been handed out."""
+    read = getattr(raw, "read1", None) or raw.read
+    while data := read(CHUNK_BYTES):
+        yield data
+
+
+def _discard(elem: ET.Element, stack: list[ET.Element]) -> None:
+    """Free a finished element: clear it and unlink it from its parent (bounded memory)."""
+    elem.clear()
+    if stack:
+        with contextlib.suppress(ValueError):
+            stack[-1].remove(elem)

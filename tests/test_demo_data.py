@@ -1,0 +1,139 @@
+"""The committed demo corpus (demo/data) parses cleanly and is big and varied enough for the demo."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from tasks.ingest import FileIngestResult, ingest_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "demo" / "data"
+LANGS = {"ko", "en", "ja", "de", "ar", "es"}
+WIKI_FILES = sorted((DEMO / "wikipedia").glob("*wiki-demo-pages-articles.xml"))
+MC4_FILES = sorted((DEMO / "mc4").glob("c4-*.demo.json"))
+WARC = DEMO / "ccnews" / "ccnews-demo.warc"
+PAGES = sorted((DEMO / "ccnews" / "pages").glob("*.html"))
+SENTENCE_END = re.compile(r"[。！？]|[.!?؟](?=\s|$|[\"”」])")
+
+
+@functools.cache
+def ingest(path: Path) -> FileIngestResult:
+    if path.suffix == ".xml":
+        return ingest_file(path, "mediawiki", "wikipedia", None)
+    if path.suffix == ".json":
+        return ingest_file(path, "mc4", "mc4", None)
+    return ingest_file(path, "warc", "ccnews", None)
+
+
+def all_records() -> list[dict]:
+    return [r for p in [*WIKI_FILES, *MC4_FILES, WARC] for r in ingest(p).records]
+
+
+def test_files_present():
+    assert {p.name.split("wiki-")[0] for p in WIKI_FILES} == LANGS
+    assert {p.name.split(".")[0].removeprefix("c4-") for p in MC4_FILES} == LANGS
+    assert WARC.is_file() and len(PAGES) == 6
+    assert (DEMO / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", WIKI_FILES, ids=lambda p: p.name)
+def test_wiki_exports(path):
+    head = path.read_text("utf-8")[:2000]
+    assert head.startswith('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"')
+    assert "<siteinfo>" in head and "<dbname>" in head and "<namespaces>" in head
+    result = ingest(path)
+    lang = path.name.split("wiki-")[0]
+    assert result.stats == {
+        "read": 7,
+        "kept": 5,
+        "quarantined": 0,
+        "filtered:namespace": 1,
+        "filtered:redirect": 1,
+    }
+    for rec in result.records:
+        assert rec["lang"] == lang
+        assert rec["url"] == f"https://{lang}.wikipedia.org/wiki/{rec['title'].replace(' ', '_')}"
+        assert json.loads(rec["meta"])["lang_source"] == "siteinfo"
+        for leftover in ("{{", "[[", "<ref", "|}", "Category:", "thumb"):
+            assert leftover not in rec["text"], (rec["title"], leftover)
+        assert len(SENTENCE_END.findall(rec["text"])) >= 6, rec["title"]
+    raw = path.read_text("utf-8")
+    for markup in ("{{", "[[", "&lt;ref", "{|", "<redirect title="):
+        assert markup in raw, markup
+
+
+@pytest.mark.parametrize("path", MC4_FILES, ids=lambda p: p.name)
+def test_mc4_files(path):
+    raw = path.read_bytes()
+    assert not raw.endswith(b"\n")
+    result = ingest(path)
+    lang = path.name.split(".")[0].removeprefix("c4-")
+    assert result.stats["kept"] == 2
+    assert {r["lang"] for r in result.records} == {lang}
+    for rec in result.records:
+        assert rec["title"] and rec["url"].startswith("https://") and rec["timestamp"]
+        assert len(SENTENCE_END.findall(rec["text"])) >= 6, rec["url"]
+    if lang == "de":
+        (q,) = result.quarantine
+        assert q["reason"] == "malformed_json" and q["offset"] == 2
+        assert result.stats["read"] == 3
+    else:
+        assert not result.quarantine
+
+
+def test_warc_round_trips():
+    """The committed WARC is exactly what demo/make_warc.py builds from the committed pages."""
+    spec = importlib.util.spec_from_file_location("make_warc", ROOT / "demo" / "make_warc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.build(DEMO / "ccnews" / "pages") == WARC.read_bytes()
+
+
+def test_warc_structure():
+    data = WARC.read_bytes()
+    assert data.startswith(b"WARC/1.0\r\n")
+    with WARC.open("rb") as fh:
+        types = Counter(str(r.record_type).rsplit(".", 1)[-1] for r in ArchiveIterator(fh, parse_http=False))
+    assert types == {"warcinfo": 1, "request": 6, "response": 6}
+    # every record has a block digest, and all digests verify (so Content-Length is right too)
+    with WARC.open("rb") as fh:
+        verified = list(ArchiveIterator(fh, parse_http=False, verify_digests=True))
+    assert len(verified) == 13
+    with WARC.open("rb") as fh:
+        for rec in ArchiveIterator(fh, record_types=WarcRecordType.response, parse_http=True):
+            assert rec.http_headers.status_code == 200
+            assert rec.http_content_type == "text/html" and rec.http_charset == "utf-8"
+
+
+def test_warc_ingest():
+    result = ingest(WARC)
+    assert result.stats == {"read": 13, "kept": 6, "quarantined": 0, "filtered:record_type": 7}
+    assert {r["lang"] for r in result.records} == LANGS  # identified by py3langid
+    for rec in result.records:
+        assert rec["url"].startswith("https://") and ".example/" in rec["url"]
+        assert rec["timestamp"].startswith("2024-")
+        meta = json.loads(rec["meta"])
+        assert meta["lang_source"] == "langid" and meta["published"]
+        # main-content extraction dropped the navigation menu and the footer
+        assert "©" not in rec["text"] and "Copyright" not in rec["text"]
+
+
+def test_corpus_size_and_variety():
+    records = all_records()
+    assert len(records) >= 40
+    assert len({r["id"] for r in records}) == len(records)
+    by_lang = Counter(r["lang"] for r in records)
+    assert set(by_lang) >= LANGS and len(by_lang) >= 6
+    assert all(n >= 6 for n in by_lang.values())
+    long_docs = [r for r in records if r["n_chars"] >= 5000]
+    assert len(long_docs) >= 3
+    assert all(r["text"].count("\n\n") >= 8 for r in long_docs)  # several sections
+    assert all(r["n_chars"] >= 200 for r in records)

@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.m3-installed
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format lock clean serve pools ui
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0          # the CPU wheel first; a loose pin pulls CUDA
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test]" -c constraints.txt   # known-good versions: no resolver backtracking
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,6 +24,17 @@ test: setup                                          ## every test, end-to-end o
 test-fast: setup                                     ## skip the slow end-to-end tests
 	$(BIN)/pytest -ra -m "not slow"
 
+serve: setup                                         ## local Prefect server (SQLite) + process worker, deployments applied
+	BIN=$(BIN) bash deploy/serve.sh
+
+pools: setup                                         ## work pools on $$PREFECT_API_URL: cpu (process), gpu (Kubernetes), gpu-docker
+	$(BIN)/prefect --no-prompt work-pool create cpu --type process --overwrite
+	$(BIN)/prefect --no-prompt work-pool create gpu --type kubernetes --base-job-template deploy/gpu-kubernetes.json --overwrite
+	$(BIN)/prefect --no-prompt work-pool create gpu-docker --type docker --base-job-template deploy/gpu-docker.json --overwrite
+
+ui: setup                                            ## the lineage page over the store (M3_STORE or ./.m3/store)
+	$(BIN)/m3 ui
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -31,6 +42,9 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+lock: setup                                          ## refresh constraints.txt from the working venv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' | grep -vi '^m3-pipeline' > constraints.txt
 
 clean:
 	rm -rf .m3 .pytest_cache .ruff_cache

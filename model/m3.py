@@ -3,7 +3,8 @@
 Follows BGE-M3 (arXiv 2402.03216 §3.2; FlagEmbedding ``BGEM3Model``): dense = normalised [CLS] (or mean)
 state, lexical = ``ReLU(Linear(hidden, 1))`` per token with special tokens zeroed and repeats max-pooled,
 multi-vector = ``normalize(Linear(hidden, colbert_dim)(H[:, 1:]))``. The folder layout matches BGE-M3's
-(HF backbone + ``sparse_linear.pt`` + ``colbert_linear.pt``), so a real BGE-M3 folder loads too.
+(HF backbone + ``sparse_linear.pt`` + ``colbert_linear.pt``, plus the sentence-transformers files for
+the dense function), so a real BGE-M3 folder loads too, and ours loads in ``SentenceTransformer``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ logger = logging.getLogger(__name__)
 M3_CONFIG = "m3_config.json"
 SPARSE_HEAD = "sparse_linear.pt"
 COLBERT_HEAD = "colbert_linear.pt"
+STORE_MANIFEST_FILE = ".m3-manifest"  # written by m3.store.Store.materialize into every artifact folder
 FORMAT_VERSION = 1
+MCLS_INTERVAL = 256  # paper §3.4: one CLS per 256 tokens for long documents
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -58,8 +63,9 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 def max_pool_repeats(input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Give each distinct token of a row its max weight at its first position, 0 at its repeats.
 
-    Works per row in O(L log L) (stable sort + segment scatter-amax), so nothing vocab-sized is built;
-    the result stays aligned to ``input_ids`` and is differentiable.
+    Works per row in O(L log L) (stable sort + segment scatter-amax), so nothing vocab-sized is built
+    (reference code scatters into a batch x length x vocab tensor, which runs out of memory with a 250k
+    vocabulary); the result stays aligned to ``input_ids`` and is differentiable.
     """
     sorted_ids, perm = input_ids.sort(dim=1, stable=True)
     sorted_w = weights.gather(1, perm)
@@ -71,6 +77,71 @@ def max_pool_repeats(input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Te
     return torch.zeros_like(weights).scatter(1, perm, pooled_sorted)
 
 
+def mcls_content_budget(max_length: int, interval: int = MCLS_INTERVAL) -> int:
+    """Most content tokens that fit ``max_length`` with a CLS per ``interval`` tokens and the EOS added."""
+    if interval < 1:
+        raise ValueError("mcls interval must be >= 1")
+    n = max(0, max_length - 2)
+    while n > 0 and n + max(1, math.ceil(n / interval)) + 1 > max_length:
+        n -= 1
+    return n
+
+
+def insert_mcls(content: Sequence[int], cls_id: int, eos_id: int, interval: int = MCLS_INTERVAL) -> list[int]:
+    """``[CLS] t_1..t_k [CLS] t_k+1..t_2k ... [EOS]`` with ``k = interval`` (the paper's MCLS layout).
+
+    CLS tokens sit at positions ``j * (interval + 1)``; :func:`mcls_mask` finds them from lengths alone.
+    """
+    out: list[int] = []
+    for s in range(0, max(1, len(content)), interval):
+        out.append(cls_id)
+        out.extend(content[s : s + interval])
+    out.append(eos_id)
+    return out
+
+
+def mcls_mask(attention_mask: torch.Tensor, interval: int = MCLS_INTERVAL) -> torch.Tensor:
+    """Bool [B, L]: the CLS positions of rows laid out by :func:`insert_mcls` (padding on the right)."""
+    lengths = attention_mask.sum(1, keepdim=True)
+    pos = torch.arange(attention_mask.size(1), device=attention_mask.device)[None]
+    return (pos % (interval + 1) == 0) & (pos < lengths - 1)
+
+
+def resolve_model_path(
+    name_or_path: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
+    """A local folder as is; anything else is a hub id resolved by ``huggingface_hub.snapshot_download``.
+
+    With ``local_files_only`` (default: ``HF_HUB_OFFLINE`` is set) only the local hub cache is read, so
+    an id that was downloaded once resolves without network; otherwise online users get a download.
+    """
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(
+            snapshot_download(
+                str(name_or_path),
+                revision=revision,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                local_files_only=local_files_only,
+            )
+        )
+    except Exception as exc:  # hub errors are many types; say what was looked for
+        where = "the local hub cache" if local_files_only else "the hub"
+        raise FileNotFoundError(
+            f"{name_or_path!r} is not a local folder and could not be resolved from {where}: {exc}"
+        ) from exc
+
+
 def _load_backbone(path: str) -> nn.Module:
     from transformers import AutoModel
 
@@ -78,6 +149,55 @@ def _load_backbone(path: str) -> nn.Module:
         return AutoModel.from_pretrained(path, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_pretrained(path)
+
+
+def _st_pooling(folder: Path) -> str | None:
+    """The pooling a sentence-transformers folder declares ('cls' / 'mean'), if any."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for mod in modules:
+        if str(mod.get("type", "")).endswith("Pooling"):
+            try:
+                cfg = json.loads((folder / mod.get("path", "") / "config.json").read_text())
+            except (OSError, ValueError):
+                return None
+            if cfg.get("pooling_mode_cls_token") or cfg.get("pooling_mode") == "cls":
+                return "cls"
+            if cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode") == "mean":
+                return "mean"
+    return None
+
+
+def write_sentence_transformers_config(folder: str | Path, pooling: str, dim: int, max_length: int) -> None:
+    """Add the sentence-transformers module files (Transformer at the root, Pooling, Normalize) to a
+    folder that already holds an HF encoder + tokenizer, so ``SentenceTransformer(folder)`` loads it
+    offline and computes the dense function (the layout of the BAAI/bge-m3 hub repo)."""
+    out = Path(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": int(max_length), "do_lower_case": False}, indent=2) + "\n"
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    pool_cfg = {
+        "word_embedding_dimension": int(dim),
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2) + "\n")
+    # 2_Normalize has no files (and the store keeps files only): sentence-transformers loads it without.
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2)
+        + "\n"
+    )
 
 
 class M3Model(nn.Module):
@@ -104,12 +224,16 @@ class M3Model(nn.Module):
         positions = getattr(backbone.config, "max_position_embeddings", 514)
         limit = (
             positions - POSITION_OFFSET
-            if backbone.config.model_type in ("xlm-roberta", "roberta")
+            if backbone.config.model_type in ("xlm-roberta", "roberta", "camembert")
             else positions
         )
         self.max_length = min(max_length or limit, limit)
+        # The store manifest id of the folder this model was loaded from (or was last saved as).
         self.manifest_id = manifest_id
+        # The manifest id recorded in m3_config.json (from save_pretrained(..., manifest_id=...)).
+        self.config_manifest_id: str | None = manifest_id
         self.gradient_checkpointing = False
+        self._warned_length = False
         # CLS/BOS, EOS/SEP, PAD, UNK (and MASK) never carry lexical weight (paper §3.2).
         special = sorted({int(i) for i in tokenizer.all_special_ids if i is not None})
         self.register_buffer("special_ids", torch.tensor(special, dtype=torch.long), persistent=False)
@@ -135,20 +259,29 @@ class M3Model(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device | None = None, seed: int = 0
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        pooling: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
     ) -> M3Model:
         """Load an M3 folder, or any HF encoder folder (heads then start fresh, seeded).
 
-        A string that is not a local directory is treated as a hub id (e.g. ``BAAI/bge-m3``) and
-        downloaded with ``huggingface_hub`` -- only usable online, never in this project's tests.
+        ``pooling`` defaults to the folder's ``m3_config.json``, else the sentence-transformers Pooling
+        config it ships (mean for all-MiniLM), else CLS. A string that is not a local directory is a
+        hub id (e.g. ``BAAI/bge-m3``), resolved by :func:`resolve_model_path`. ``model.manifest_id``
+        is the store manifest id: the ``.m3-manifest`` file the store writes into materialized
+        artifact folders, else the id given to :meth:`save_pretrained`.
         """
         from transformers import AutoTokenizer
 
-        local = Path(path)
-        if not local.is_dir():
-            from huggingface_hub import snapshot_download  # online path only
-
-            local = Path(snapshot_download(str(path)))
+        local = resolve_model_path(
+            path, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
+        )
         m3_cfg: dict[str, Any] = {}
         if (local / M3_CONFIG).is_file():
             m3_cfg = json.loads((local / M3_CONFIG).read_text())
@@ -162,16 +295,21 @@ class M3Model(nn.Module):
         colbert_dim = m3_cfg.get("colbert_dim", -1)
         if COLBERT_HEAD in heads:
             colbert_dim = int(heads[COLBERT_HEAD]["weight"].shape[0])
+        pooling = pooling or m3_cfg.get("pooling") or _st_pooling(local) or "cls"
+        store_id = None
+        if (local / STORE_MANIFEST_FILE).is_file():
+            store_id = (local / STORE_MANIFEST_FILE).read_text().strip() or None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls(
                 backbone,
                 tokenizer,
-                pooling=m3_cfg.get("pooling", "cls"),
+                pooling=pooling,
                 colbert_dim=colbert_dim,
                 max_length=m3_cfg.get("max_length"),
-                manifest_id=m3_cfg.get("manifest_id"),
+                manifest_id=store_id or m3_cfg.get("manifest_id"),
             )
+        model.config_manifest_id = m3_cfg.get("manifest_id")
         if SPARSE_HEAD in heads:
             model.sparse_linear.load_state_dict(heads[SPARSE_HEAD])
         if COLBERT_HEAD in heads:
@@ -182,14 +320,20 @@ class M3Model(nn.Module):
         model.eval()
         return model.to(resolve_device(device))
 
-    def save_pretrained(self, path: str | Path, manifest_id: str | None = None) -> Path:
+    def save_pretrained(
+        self, path: str | Path, manifest_id: str | None = None, sentence_transformers: bool = True
+    ) -> Path:
         """Write the model folder contract (docs/CONTRACTS.md): HF config.json + model.safetensors,
         tokenizer files, ``sparse_linear.pt``, ``colbert_linear.pt`` (state dicts, as BGE-M3 ships
-        them) and ``m3_config.json``."""
+        them), ``m3_config.json`` and (``sentence_transformers``) the sentence-transformers module
+        files, so ``SentenceTransformer(path)`` computes the dense function.
+
+        ``manifest_id`` is recorded as the folder's store id; without it, the id of the artifact this
+        model was loaded from is kept as ``source_manifest_id`` (the saved weights may differ from it).
+        """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        if manifest_id is not None:
-            self.manifest_id = manifest_id
+        source = self.manifest_id
         self.backbone.save_pretrained(str(out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out))
         for name, head in ((SPARSE_HEAD, self.sparse_linear), (COLBERT_HEAD, self.colbert_linear)):
@@ -200,9 +344,25 @@ class M3Model(nn.Module):
             "max_length": self.max_length,
             "colbert_dim": self.colbert_linear.out_features,
             "hidden_size": self.backbone.config.hidden_size,
-            "manifest_id": self.manifest_id,
+            "manifest_id": manifest_id,
+            "source_manifest_id": source if source != manifest_id else None,
         }
         (out / M3_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        if sentence_transformers:
+            write_sentence_transformers_config(out, self.pooling, self.dense_dim, self.max_length)
+        if manifest_id is not None:
+            self.manifest_id = manifest_id
+            self.config_manifest_id = manifest_id
+        return out
+
+    def export_sentence_transformers(self, path: str | Path) -> Path:
+        """A standalone sentence-transformers folder for the dense function (backbone, tokenizer,
+        CLS/mean pooling, L2 normalisation; no M3 heads). MCLS is not part of it."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        write_sentence_transformers_config(out, self.pooling, self.dense_dim, self.max_length)
         return out
 
     # ---------------------------------------------------------------------------------- settings
@@ -217,6 +377,11 @@ class M3Model(nn.Module):
     @property
     def colbert_dim(self) -> int:
         return int(self.colbert_linear.out_features)
+
+    @property
+    def vocab_size(self) -> int:
+        """Columns of the lexical sparse matrix: every id the tokenizer or embedding table can emit."""
+        return max(int(self.backbone.config.vocab_size), len(self.tokenizer))
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Trade compute for activation memory in the backbone (the paper uses it for long inputs)."""
@@ -235,8 +400,13 @@ class M3Model(nn.Module):
         self.gradient_checkpointing = enabled
 
     # ----------------------------------------------------------------------------------- forward
-    def _dense(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
+    def _dense(
+        self, hidden: torch.Tensor, mask: torch.Tensor, cls_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if cls_mask is not None:  # MCLS: mean of the CLS states
+            m = cls_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        elif self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -244,13 +414,18 @@ class M3Model(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
     def _sparse(self, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # [B, L] weights only; repeats pooled in O(L log L): never a [B, L, vocab] tensor.
         weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float()
         keep = mask.bool() & ~torch.isin(ids, self.special_ids)
         return max_pool_repeats(ids, weights * keep)
 
-    def _colbert(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _colbert(
+        self, hidden: torch.Tensor, mask: torch.Tensor, cls_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         vecs = F.normalize(self.colbert_linear(hidden[:, 1:]).float(), dim=-1)
         colbert_mask = mask[:, 1:].bool()
+        if cls_mask is not None:  # MCLS: the inserted CLS tokens are not content vectors
+            colbert_mask = colbert_mask & ~cls_mask[:, 1:]
         return vecs * colbert_mask.unsqueeze(-1), colbert_mask
 
     def forward(
@@ -260,26 +435,59 @@ class M3Model(nn.Module):
         return_dense: bool = True,
         return_sparse: bool = True,
         return_colbert: bool = True,
+        cls_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One backbone pass; returns float32 ``dense`` [B, H] (L2-normalised), ``sparse`` [B, L] (per
         position weights aligned to ``input_ids``: specials/padding 0, a repeated token's max at its
         first position and 0 at the others), ``colbert`` [B, L-1, D] (normalised, padding zeroed),
-        ``colbert_mask`` [B, L-1] bool."""
+        ``colbert_mask`` [B, L-1] bool.
+
+        ``cls_mask`` (bool [B, L], MCLS inputs): the dense vector is the mean of the states at those
+        positions, and they are left out of the multi-vector output.
+        """
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out: dict[str, torch.Tensor] = {}
         if return_dense:
-            out["dense"] = self._dense(hidden, attention_mask)
+            out["dense"] = self._dense(hidden, attention_mask, cls_mask)
         if return_sparse:
             out["sparse"] = self._sparse(hidden, input_ids, attention_mask)
         if return_colbert:
-            out["colbert"], out["colbert_mask"] = self._colbert(hidden, attention_mask)
+            out["colbert"], out["colbert_mask"] = self._colbert(hidden, attention_mask, cls_mask)
         return out
 
     # ------------------------------------------------------------------------------------ encode
+    def _limit(self, max_length: int | None) -> int:
+        """``max_length`` capped at the position table; asking for more is logged once (not an error:
+        long texts are then truncated to what the checkpoint can represent)."""
+        if max_length is not None and max_length > self.max_length and not self._warned_length:
+            logger.warning(
+                "max_length %d exceeds this model's %d positions: inputs are truncated to %d tokens",
+                max_length,
+                self.max_length,
+                self.max_length,
+            )
+            self._warned_length = True
+        return min(max_length or self.max_length, self.max_length)
+
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids with ``<s> ... </s>``, truncated to ``max_length`` (capped at the model's limit)."""
-        limit = min(max_length or self.max_length, self.max_length)
+        limit = self._limit(max_length)
         return list(self.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"])
+
+    def tokenize_mcls(
+        self, texts: Sequence[str], max_length: int | None = None, interval: int = MCLS_INTERVAL
+    ) -> list[list[int]]:
+        """MCLS token ids: a CLS before every ``interval`` content tokens, EOS last, the whole sequence
+        (inserted CLS tokens included) truncated to ``max_length``."""
+        limit = self._limit(max_length)
+        budget = mcls_content_budget(limit, interval)
+        content = self.tokenizer(
+            list(texts), add_special_tokens=False, truncation=budget > 0, max_length=max(budget, 1)
+        )["input_ids"]
+        cls_id, eos_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        if cls_id is None or eos_id is None:
+            raise ValueError("MCLS needs a tokenizer with CLS and SEP/EOS tokens")
+        return [insert_mcls(c[:budget], cls_id, eos_id, interval) for c in content]
 
     def encode(
         self,
@@ -290,22 +498,37 @@ class M3Model(nn.Module):
         return_sparse: bool = False,
         return_colbert: bool = False,
         show_progress: bool = False,
+        mcls: bool = False,
+        mcls_interval: int = MCLS_INTERVAL,
     ) -> dict[str, Any]:
         """Embed texts for retrieval; results are in input order.
 
         Batches are formed from length-sorted texts (longest first, so memory peaks early and padding
         is small). Returns ``dense_vecs`` float32 [n, H], ``lexical_weights`` list of ``{str(token_id):
-        weight}`` (FlagEmbedding's format) and ``colbert_vecs`` list of float32 [tokens-1, D] arrays
-        (every token but CLS), each only when requested.
+        weight}`` (FlagEmbedding's format) with the same weights as ``lexical_matrix`` (a scipy CSR
+        [n, vocab_size]), and ``colbert_vecs`` list of float32 [tokens-1, D] arrays (every content
+        token and EOS, not CLS), each only when requested.
+
+        ``max_length`` may go up to the model's positions (8192 for an 8194-position config); more is
+        truncated to the model limit with a warning. ``mcls`` (paper §3.4, for models without long
+        training data): a CLS every ``mcls_interval`` tokens, the dense vector is the mean of their
+        states; texts shorter than the interval get the same vectors as without it.
         """
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        ids = self.tokenize(texts, max_length)
+        if mcls and self.pooling != "cls":
+            raise ValueError("mcls=True needs CLS pooling (this model pools by mean)")
+        if mcls:
+            ids = self.tokenize_mcls(texts, max_length, mcls_interval)
+        else:
+            ids = self.tokenize(texts, max_length)
         order = np.argsort(-np.array([len(x) for x in ids], dtype=np.int64), kind="stable")
         n = len(texts)
         dense = np.zeros((n, self.dense_dim), dtype=np.float32) if return_dense else None
-        lexical: list[dict[str, float]] | None = [{} for _ in range(n)] if return_sparse else None
+        lex_rows: list[np.ndarray] = []
+        lex_cols: list[np.ndarray] = []
+        lex_vals: list[np.ndarray] = []
         colbert: list[np.ndarray] | None = (
             [np.zeros((0, self.colbert_dim), np.float32)] * n if return_colbert else None
         )
@@ -313,41 +536,65 @@ class M3Model(nn.Module):
         device = self.device
         was_training = self.training
         self.eval()
-        starts = range(0, n, batch_size)
+        progress = None
         if show_progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="encode", unit="batch")
+            progress = tqdm(total=n, desc="encode", unit="text")
         try:
             with torch.inference_mode(), autocast_for(device):
-                for start in starts:
+                for start in range(0, n, batch_size):
                     idx = order[start : start + batch_size]
                     input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
                     input_ids, mask = input_ids.to(device), mask.to(device)
-                    out = self(input_ids, mask, return_dense, return_sparse, return_colbert)
+                    cls_mask = mcls_mask(mask, mcls_interval) if mcls else None
+                    out = self(input_ids, mask, return_dense, return_sparse, return_colbert, cls_mask)
                     if dense is not None:
                         dense[idx] = out["dense"].float().cpu().numpy()
-                    if lexical is not None:
+                    if return_sparse:
                         w = out["sparse"].float().cpu().numpy()
-                        row_ids = input_ids.cpu().numpy()
-                        for r, i in enumerate(idx):
-                            nz = np.nonzero(w[r] > 0)[0]
-                            lexical[i] = {str(int(row_ids[r, k])): float(w[r, k]) for k in nz}
+                        r, k = np.nonzero(w > 0)
+                        lex_rows.append(idx[r])
+                        lex_cols.append(input_ids.cpu().numpy()[r, k])
+                        lex_vals.append(w[r, k])
                     if colbert is not None:
                         vecs = out["colbert"].float().cpu().numpy()
-                        lengths = out["colbert_mask"].sum(1).cpu().numpy()
-                        for r, i in enumerate(idx):
-                            colbert[i] = vecs[r, : int(lengths[r])].copy()
+                        cmask = out["colbert_mask"].cpu().numpy()
+                        for r_, i in enumerate(idx):
+                            colbert[i] = vecs[r_][cmask[r_]]
+                    if progress is not None:
+                        progress.update(len(idx))
         finally:
+            if progress is not None:
+                progress.close()
             self.train(was_training)
         result: dict[str, Any] = {}
         if dense is not None:
             result["dense_vecs"] = dense
-        if lexical is not None:
-            result["lexical_weights"] = lexical
+        if return_sparse:
+            result["lexical_weights"], result["lexical_matrix"] = self._lexical_outputs(
+                n, lex_rows, lex_cols, lex_vals
+            )
         if colbert is not None:
             result["colbert_vecs"] = colbert
         return result
+
+    def _lexical_outputs(self, n: int, rows, cols, vals) -> tuple[list[dict[str, float]], Any]:
+        """Per-text ``{token_id: weight}`` dicts and the same weights as a CSR matrix [n, vocab]."""
+        from scipy import sparse
+
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        v = np.concatenate(vals).astype(np.float32) if vals else np.zeros(0, np.float32)
+        # Each (text, token) appears once (repeats were max-pooled to their first position).
+        matrix = sparse.csr_matrix((v, (r, c)), shape=(n, self.vocab_size), dtype=np.float32)
+        matrix.sort_indices()
+        dicts: list[dict[str, float]] = []
+        for i in range(n):
+            lo, hi = matrix.indptr[i], matrix.indptr[i + 1]
+            tokens, weights = matrix.indices[lo:hi].tolist(), matrix.data[lo:hi].tolist()
+            dicts.append({str(t): float(w) for t, w in zip(tokens, weights, strict=True)})
+        return dicts, matrix
 
     def convert_id_to_token(self, lexical_weights: list[dict[str, float]]) -> list[dict[str, float]]:
         """Readable ``{token: weight}`` dicts (for inspection / reports)."""

@@ -23,6 +23,12 @@ def _is_torch(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+def _is_sparse(x: Any) -> bool:
+    from scipy import sparse
+
+    return sparse.issparse(x)
+
+
 # ----------------------------------------------------------------------------------------- dense
 def dense_scores(q, p):
     """``s_dense = <e_q, e_p>`` (vectors are already L2-normalised by the model).
@@ -48,10 +54,13 @@ def lexical_scores(qw, pw):
     """``s_lex = Σ_{t ∈ q ∩ p} w_{q,t} · w_{p,t}`` over ``{token_id: weight}`` dicts.
 
     dict x dict -> float; list of dicts x list of dicts -> ``np.ndarray [n, m]`` (via an inverted index
-    over the passages, so cost follows the shared tokens, not n·m·|q|).
+    over the passages, so cost follows the shared tokens, not n·m·|q|); scipy sparse ``[n, V] x [m, V]``
+    (``encode(...)["lexical_matrix"]``) -> ``np.ndarray [n, m]`` by a sparse matrix product.
     """
     if isinstance(qw, Mapping) and isinstance(pw, Mapping):
         return _lex_pair(qw, pw)
+    if _is_sparse(qw) and _is_sparse(pw):  # encode()'s lexical_matrix: one sparse product
+        return np.asarray((qw @ pw.T).todense(), dtype=np.float32)
     q_list = [qw] if isinstance(qw, Mapping) else list(qw)
     p_list = [pw] if isinstance(pw, Mapping) else list(pw)
     index: dict[str, list[tuple[int, float]]] = {}
@@ -194,7 +203,9 @@ def score_all(q_out: Mapping, p_out: Mapping, weights=DEFAULT_WEIGHTS) -> dict[s
     out: dict[str, np.ndarray] = {}
     if q_out.get("dense_vecs") is not None and p_out.get("dense_vecs") is not None:
         out["dense"] = np.asarray(dense_scores(q_out["dense_vecs"], p_out["dense_vecs"]), dtype=np.float32)
-    if q_out.get("lexical_weights") is not None and p_out.get("lexical_weights") is not None:
+    if q_out.get("lexical_matrix") is not None and p_out.get("lexical_matrix") is not None:
+        out["lexical"] = lexical_scores(q_out["lexical_matrix"], p_out["lexical_matrix"])
+    elif q_out.get("lexical_weights") is not None and p_out.get("lexical_weights") is not None:
         out["lexical"] = lexical_scores(q_out["lexical_weights"], p_out["lexical_weights"])
     if q_out.get("colbert_vecs") is not None and p_out.get("colbert_vecs") is not None:
         out["colbert"] = colbert_scores(list(q_out["colbert_vecs"]), list(p_out["colbert_vecs"]))

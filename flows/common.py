@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -11,14 +13,46 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run, task_run
 from prefect.states import Completed, State
+from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
+from m3.openlineage import store_uri
 from m3.profile import DaskSpec, Profile, load_profile
-from m3.stage import StageResult
+from m3.stage import StageResult, classify_failure
 from m3.store import Store
 from m3.store.store import default_cache_dir
 
 DEFAULT_STORE = ".m3/store"
+_log = logging.getLogger(__name__)
+
+
+def retry_transient_only(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry network/throttling errors, never bad data or OOM.
+
+    A corrupt file or a worker out of memory fails the same way on every attempt; retrying only
+    delays the failure message (see ``m3.stage.classify_failure``).
+    """
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception as err:  # the result itself could not be read: treat that as the error
+            exc = err
+    kind = classify_failure(exc) if isinstance(exc, BaseException) else "error"
+    _log.info(
+        "task %s failed (%s): %s", task_run.name, kind, "retrying" if kind == "transient" else "no retry"
+    )
+    return kind == "transient"
+
+
+# Task options for work that touches the network or the store: up to 3 retries, 2 s, 4 s, 8 s apart
+# (±50% jitter), and only for transient errors.
+TRANSIENT_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient_only,
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,8 @@ def publish(env: StageEnv, result: StageResult) -> State | dict[str, Any]:
         f"## Metrics\n```json\n{metrics_json[:6000]}\n```\n"
     )
     key = _artifact_key("m3", result.stage, env.profile.name)
+    if not result.cached:
+        record_asset_materialization(env, m)
     create_markdown_artifact(body, key=key, description=f"{result.ref} → {m.id[:12]}")
     table = _flatten(m.metrics) or [{"metric": "files", "value": str(len(m.files))}]
     create_table_artifact(table, key=_artifact_key(key, "metrics"), description=f"metrics of {result.ref}")
@@ -126,6 +162,51 @@ def publish(env: StageEnv, result: StageResult) -> State | dict[str, Any]:
     if result.cached:
         return Completed(name="Cached", message=f"{result.ref} reused from the store", data=out)
     return out
+
+
+def asset_key(store_url: str, kind: str, name: str) -> str:
+    """The Prefect asset key of a ref: the store's URI + ``/refs/KIND/NAME`` (stable across versions)."""
+    return f"{store_uri(store_url)}/refs/{kind}/{name}"
+
+
+def record_asset_materialization(env: StageEnv, m) -> None:
+    """A ``prefect.asset.materialization`` event for a newly built artifact, its parents as upstream.
+
+    Prefect Cloud draws its asset graph from these; the open-source server stores them as events.
+    ``M3_PREFECT_ASSETS=0`` turns them off.
+    """
+    if os.environ.get("M3_PREFECT_ASSETS", "1").lower() in {"0", "off", "false", "no"}:
+        return
+    from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
+
+    def asset(kind: str, name: str, description: str | None = None) -> Asset:
+        props = AssetProperties(name=f"{kind}/{name}", description=description)
+        return Asset(key=asset_key(env.store.url, kind, name), properties=props)
+
+    target = asset(m.kind, m.name, f"m3 {m.kind} artifact (profile {env.profile.name})")
+    upstream = []
+    for pid in m.parents:
+        pm = env.store.manifest(pid)
+        upstream.append(asset(pm.kind, pm.name))
+
+    @materialize(target, by="m3", asset_deps=upstream, name=f"materialize-{m.kind}")
+    def record() -> str:
+        add_asset_metadata(
+            target,
+            {
+                "manifest_id": m.id,
+                "parents": m.parents,
+                "files": len(m.files),
+                "bytes": sum(f.bytes for f in m.files),
+                "config_hash": m.producer.config_hash,
+            },
+        )
+        return m.id
+
+    try:
+        record()
+    except Exception as exc:  # events are a side channel: never fail the stage for them
+        _log.warning("asset materialization event for %s/%s not recorded: %s", m.kind, m.name, exc)
 
 
 def load_table(env: StageEnv, manifest_id: str, kind: str):

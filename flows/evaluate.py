@@ -1,100 +1,356 @@
-"""evaluate: model + held-out queries → ``report`` (nDCG@10, Recall@100 against BM25)."""
+"""evaluate: a model on held-out ICT queries or named evaluation sets → ``report``; champion upkeep.
+
+Two flows:
+
+- ``evaluate`` (pipeline stage): the model of a profile on its held-out ICT queries, every M3 mode
+  against BM25, then the champion comparison (``model/champion``) and promotion when it wins.
+- ``evaluate-model`` (deployments ``evaluate-nightly`` and ``evaluate-after-finetune``): any model
+  ref on any dataset specs (``tasks.eval_data``), the same tables, optionally the same promotion.
+
+The champion logic is plain functions (``champion_head``, ``primary_score``, ``should_promote``,
+``promote``) so it is testable without Prefect; promotion is a compare-and-swap on the ref, so two
+evaluations finishing at once can never both overwrite the champion.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
 
-from flows.common import _artifact_key, load_table, open_env, producer_ids, publish
+from flows.common import StageEnv, _artifact_key, load_table, open_env, producer_ids, publish
 from m3.stage import StageOutput, StageSpec, run_stage
-from tasks.evaluate import bm25_run, dense_run, evaluate_by_language, evaluation_table, render_markdown
+from m3.store import RefConflict, Store
+from tasks.evaluate import (
+    EvalConfig,
+    M3Encoder,
+    datasets_from_ict,
+    evaluate_datasets,
+    report_markdown,
+    tables_for,
+)
 
-CODE = ("tasks/evaluate.py", "tasks/mine.py", "tasks/text.py", "flows/evaluate.py")
+CODE = (
+    "tasks/evaluate.py",
+    "tasks/retrieval.py",
+    "tasks/eval_data",
+    "tasks/mine.py",
+    "tasks/text.py",
+    "flows/evaluate.py",
+)
+CHAMPION_REF = "model/champion"
 
 
+# ------------------------------------------------------------------------------------- champion
+def champion_head(store: Store, ref: str = CHAMPION_REF) -> str | None:
+    """The champion's manifest id, or None when there is no champion yet."""
+    head = store.head(ref)
+    return head.manifest if head else None
+
+
+def primary_score(report_metrics: dict[str, Any], metric: str, system: str) -> float:
+    """A report's macro average for one system and metric (NaN when absent)."""
+    try:
+        return float(report_metrics["avg"][metric][system])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def should_promote(candidate: float, champion: float | None) -> bool:
+    """Promote on a strict win; NaN never wins; with no champion any finite score does."""
+    if math.isnan(candidate):
+        return False
+    return champion is None or math.isnan(champion) or candidate > champion
+
+
+def promote(store: Store, model_id: str, expected: str | None, ref: str = CHAMPION_REF) -> dict[str, Any]:
+    """Move the champion ref to ``model_id`` only if it still points at ``expected`` (CAS)."""
+    try:
+        entry = store.set_ref(ref, model_id, expected=expected)
+    except RefConflict as exc:
+        return {"promoted": False, "conflict": str(exc)}
+    return {"promoted": True, "version": entry.seq, "previous": expected}
+
+
+def champion_decision(
+    store: Store,
+    model_id: str,
+    score: float,
+    champion_id: str | None,
+    evaluate_champion: Callable[[str], float],
+    enabled: bool = True,
+    ref: str = CHAMPION_REF,
+) -> dict[str, Any]:
+    """Compare with the champion read at ``champion_id`` and promote by compare-and-swap.
+
+    ``evaluate_champion(champion_id)`` scores the champion on the same data (the caller's stage
+    cache makes that cheap when it has been done before).
+    """
+    out: dict[str, Any] = {
+        "ref": ref,
+        "candidate": model_id,
+        "candidate_score": score,
+        "champion": champion_id,
+    }
+    if champion_id == model_id:
+        return {**out, "champion_score": score, "promoted": False, "reason": "already the champion"}
+    champ_score = evaluate_champion(champion_id) if champion_id else None
+    out["champion_score"] = champ_score
+    if not should_promote(score, champ_score):
+        return {**out, "promoted": False, "reason": "does not beat the champion"}
+    if not enabled:
+        return {**out, "promoted": False, "reason": "would win; promotion disabled"}
+    result = promote(store, model_id, champion_id, ref)
+    reason = "beats the champion" if champion_id else "first champion"
+    return {**out, **result, "reason": reason if result["promoted"] else "champion moved meanwhile"}
+
+
+# --------------------------------------------------------------------------------------- report
 def _chart(tables: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 3.8), squeeze=False)
     for ax, (metric, table) in zip(axes[0], tables.items(), strict=True):
         (table.T * 100).plot.bar(ax=ax, rot=0)
         ax.set_title(metric)
         ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _num(v: Any) -> float | None:
+    """JSON-safe score: 4 decimals, NaN (a system missing a language) as null."""
+    return None if v is None or math.isnan(float(v)) else round(float(v), 4)
+
+
+def _with(out: State | dict[str, Any], **extra: Any) -> State | dict[str, Any]:
+    """The flow's result from ``publish`` with ``extra`` keys added (a Cached state stays one)."""
+    if isinstance(out, State):
+        return Completed(name=out.name, message=out.message, data={**out.data, **extra})
+    return {**out, **extra}
+
+
+def build_report(scratch: Path, datasets: Sequence, encoder, cfg: EvalConfig, extra: dict | None = None):
+    """Evaluate and write report.md, metrics.json and chart.png: the ``report`` artifact's files."""
+    info = evaluate_datasets(datasets, encoder, cfg)
+    results = info["results"]
+    tables = tables_for(results, cfg.metrics)
+    md = report_markdown(tables, info)
+    (scratch / "report.md").write_text(md, encoding="utf-8")
+    (scratch / "metrics.json").write_text(json.dumps(info, indent=2, default=float, ensure_ascii=False))
+    _chart(tables, scratch / "chart.png")
+    summary = {m: {sys: _num(t.loc[sys, "avg"]) for sys in t.index} for m, t in tables.items()}
+    shaped = {
+        m: {sys: {str(c): _num(v) for c, v in row.items()} for sys, row in t.iterrows()}
+        for m, t in tables.items()
+    }
+    metrics = {
+        "queries": int(sum(len(d.queries) for d in datasets)),
+        "passages": int(sum(len(d.corpus) for d in datasets)),
+        "avg": summary,
+        "tables": shaped,
+        "datasets": [{k: v for k, v in d.summary().items() if k != "files"} for d in datasets],
+        "multivec": cfg.multivec,
+        "primary": {"metric": cfg.primary_metric, "system": cfg.primary_system},
+        "table_markdown": md,
+        **(extra or {}),
+    }
+    files = {n: scratch / n for n in ("report.md", "metrics.json", "chart.png")}
+    return StageOutput(files, metrics, {"format": "report"}), tables
+
+
+def _publish_table(env: StageEnv, key: str, tables: dict[str, Any], metric: str) -> None:
+    table = tables.get(metric)
+    if table is None:
+        return
+    rows = [
+        {"system": sys, **{str(c): f"{v * 100:.1f}" for c, v in row.items()}} for sys, row in table.iterrows()
+    ]
+    create_table_artifact(rows, key=key, description=f"{metric} ×100: systems × languages (+ macro avg)")
+
+
+def _load_model(env: StageEnv, model_id: str):
+    from model.m3 import M3Model
+
+    return M3Model.from_pretrained(env.store.materialize(model_id))
+
+
+# ---------------------------------------------------------------------------------- stage flow
 @flow(name="evaluate")
 def evaluate(
     profile: str = "demo",
     store: str | None = None,
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
+    promote_champion: bool = True,
 ) -> dict[str, Any]:
-    from model.m3 import M3Model
-
+    """The profile's model on its held-out ICT queries; champion comparison and promotion."""
     env = open_env(profile, store)
     log = get_run_logger()
     model_id = env.input_id(inputs, "model", "model")
     queries_id = env.input_id(inputs, "queries", "queries")
-    cfg = env.profile.evaluate
-    spec = StageSpec(
-        "evaluate",
-        "report",
-        env.profile.name,
-        {"model": model_id, "queries": queries_id},
-        {"eval": cfg.model_dump(mode="json"), "bm25": env.profile.mine.model_dump(mode="json")},
-        CODE,
+    cfg = env.profile.evaluate.model_copy(
+        update={
+            "max_length": env.profile.finetune.max_length,
+            "query_max_length": env.profile.finetune.query_max_length,
+        }
     )
+    config = {"eval": cfg.model_dump(mode="json"), "bm25": env.profile.mine.model_dump(mode="json")}
+
+    def spec_for(mid: str, name: str) -> StageSpec:
+        return StageSpec("evaluate", "report", name, {"model": mid, "queries": queries_id}, config, CODE)
+
+    def run_for(mid: str, name: str):
+        def build(scratch: Path) -> StageOutput:
+            table = load_table(env, queries_id, "queries")
+            passages = table.drop_duplicates("passage_id")[["passage_id", "passage", "doc_id", "lang"]]
+            test = table[table["split"] == "test"]
+            if test.empty:
+                raise RuntimeError("evaluate: the queries artifact has no held-out (split=test) queries")
+            datasets = datasets_from_ict(test, passages, cfg.per_language)
+            log.info(
+                "evaluating %s on %d held-out queries over %d passages", mid[:12], len(test), len(passages)
+            )
+            encoder = M3Encoder(_load_model(env, mid), cfg)
+            return build_report(scratch, datasets, encoder, cfg, {"model": mid})[0]
+
+        return run_stage(
+            env.store, spec_for(mid, name), build, refresh=refresh, flow="evaluate", **producer_ids()
+        )
+
+    champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
+    result = run_for(model_id, env.profile.name)
+    metrics = env.store.manifest(result.manifest_id).metrics
+    score = primary_score(metrics, cfg.primary_metric, cfg.primary_system)
+
+    def champion_score(cid: str) -> float:
+        champ = run_for(cid, f"{env.profile.name}-champion")
+        return primary_score(
+            env.store.manifest(champ.manifest_id).metrics, cfg.primary_metric, cfg.primary_system
+        )
+
+    decision = champion_decision(env.store, model_id, score, champion_id, champion_score, promote_champion)
+    log.info("champion: %s", decision)
+    _publish_report_tables(env.profile.name, metrics)
+    return _with(publish(env, result), champion=decision)
+
+
+def _publish_report_tables(name: str, metrics: dict) -> None:
+    """Each metric's paper-shaped table as a Prefect table artifact (rows systems, columns
+    languages + avg, ×100) and the markdown report."""
+    for metric, rows in metrics.get("tables", {}).items():
+        table = [
+            {"system": sys, **{c: "–" if v is None else f"{v * 100:.1f}" for c, v in row.items()}}
+            for sys, row in rows.items()
+        ]
+        create_table_artifact(
+            table,
+            key=_artifact_key("m3-evaluation", name, metric),
+            description=f"{metric} ×100: systems × languages (+ macro avg)",
+        )
+    create_markdown_artifact(
+        f"# Evaluation `{name}`\n\nmodel `{metrics.get('model', '')}`\n\n"
+        f"{metrics.get('table_markdown', '')}\n"
+        "The chart is `chart.png` in the report artifact; `metrics.json` holds every number.\n",
+        key=_artifact_key("m3-evaluation", name, "report"),
+        description="paper-shaped tables (×100)",
+    )
+
+
+# ----------------------------------------------------------------------------- evaluate-model
+def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
+    """The raw files of an evaluation set as an ``eval-data`` artifact, so a report's lineage names
+    the exact bytes it was computed on (like ``source`` artifacts for ingestion)."""
+    uniq = sorted({Path(f).resolve() for f in files})
+    stamp = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in uniq]
+    name = "eval." + hashlib.sha1(spec.encode()).hexdigest()[:12]
+    stage = StageSpec("register-eval-data", "eval-data", name, {}, {"spec": spec, "files": stamp}, ())
 
     def build(scratch: Path) -> StageOutput:
+        named: dict[str, Path] = {}
+        for p in uniq:
+            rel = p.name if p.name not in named else f"{p.parent.name}/{p.name}"
+            named[rel] = p
+        return StageOutput(
+            named, {"spec": spec, "files": len(named)}, {"origin": {k: str(v) for k, v in named.items()}}
+        )
+
+    return run_stage(env.store, stage, build).manifest_id
+
+
+@flow(name="evaluate-model")
+def evaluate_model(
+    model: str = CHAMPION_REF,
+    datasets: list[str] | None = None,
+    profile: str = "demo",
+    store: str | None = None,
+    modes: list[str] | None = None,
+    max_queries: int | None = None,
+    promote_champion: bool = False,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """A stored model (ref or id) on dataset specs (default: the profile's held-out ICT queries):
+    the paper's tables as a ``report`` artifact whose parents are the model and the data; with
+    ``promote_champion`` the model becomes ``model/champion`` when it wins on the primary metric."""
+    from tasks.eval_data import load_datasets
+
+    env = open_env(profile, store)
+    log = get_run_logger()
+    cfg = env.profile.evaluate
+    if modes:
+        primary = cfg.primary_mode if cfg.primary_mode in modes else modes[0]
+        cfg = EvalConfig.model_validate({**cfg.model_dump(), "modes": tuple(modes), "primary_mode": primary})
+    model_id = env.store.resolve(model)
+    champion_id = champion_head(env.store)
+    inputs: dict[str, str] = {}
+    loaded = []
+    if datasets:
+        for spec in datasets:
+            got = load_datasets(spec, max_queries=max_queries)
+            loaded.extend(got)
+            inputs[f"data:{spec}"] = register_eval_data(env, spec, [f for d in got for f in d.files])
+    else:
+        queries_id = env.store.resolve(f"queries/{env.profile.name}")
+        inputs["queries"] = queries_id
         table = load_table(env, queries_id, "queries")
         passages = table.drop_duplicates("passage_id")[["passage_id", "passage", "doc_id", "lang"]]
-        test = table[table["split"] == "test"]
-        if test.empty:
-            raise RuntimeError("evaluate: the queries artifact has no held-out (split=test) queries")
-        model = M3Model.from_pretrained(env.store.materialize(model_id))
-        max_len = env.profile.finetune.max_length
+        loaded = datasets_from_ict(table[table["split"] == "test"], passages, cfg.per_language)
+    config = {"eval": cfg.model_dump(mode="json"), "max_queries": max_queries}
+    m_name = env.store.manifest(model_id).name
 
-        def encode(texts: list[str]):
-            return model.encode(texts, batch_size=64, max_length=max_len)["dense_vecs"]
+    def run_for(mid: str, name: str):
+        spec = StageSpec("evaluate-model", "report", name, {"model": mid, **inputs}, config, CODE)
 
-        log.info("evaluating on %d held-out queries over %d passages", len(test), len(passages))
-        runs = {
-            "BM25": bm25_run(test, passages, k=cfg.depth, config=env.profile.mine),
-            "M3 dense": dense_run(encode, test, passages, k=cfg.depth, per_language=cfg.per_language),
-        }
-        results = {
-            name: evaluate_by_language(test, run, cfg, passages["passage_id"]) for name, run in runs.items()
-        }
-        tables = {m: evaluation_table(results, m) for m in cfg.metrics}
-        md = "\n".join(f"### {m}\n\n{render_markdown(t)}" for m, t in tables.items())
-        (scratch / "report.md").write_text(md, encoding="utf-8")
-        (scratch / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
-        _chart(tables, scratch / "chart.png")
-        summary = {m: {sys: round(float(t.loc[sys, "avg"]), 4) for sys in t.index} for m, t in tables.items()}
-        metrics = {"queries": len(test), "passages": len(passages), "avg": summary, "table_markdown": md}
-        files = {n: scratch / n for n in ("report.md", "metrics.json", "chart.png")}
-        return StageOutput(files, metrics, {"format": "report"})
+        def build(scratch: Path) -> StageOutput:
+            log.info("evaluating %s on %s", mid[:12], ", ".join(d.name for d in loaded))
+            out, _ = build_report(scratch, loaded, M3Encoder(_load_model(env, mid), cfg), cfg, {"model": mid})
+            return out
 
-    result = run_stage(env.store, spec, build, refresh=refresh, flow="evaluate", **producer_ids())
+        return run_stage(env.store, spec, build, refresh=refresh, flow="evaluate-model", **producer_ids())
+
+    result = run_for(model_id, f"eval.{m_name}")
     metrics = env.store.manifest(result.manifest_id).metrics
-    rows = [
-        {
-            "system": sys,
-            **{m: f"{v * 100:.1f}" for m, v in ((m, metrics["avg"][m][sys]) for m in metrics["avg"])},
-        }
-        for sys in next(iter(metrics["avg"].values()))
-    ]
-    create_table_artifact(
-        rows, key=_artifact_key("m3-evaluation", env.profile.name), description="macro averages"
+    score = primary_score(metrics, cfg.primary_metric, cfg.primary_system)
+
+    def champion_score(cid: str) -> float:
+        champ = env.store.manifest(run_for(cid, f"eval.{m_name}-champion").manifest_id).metrics
+        return primary_score(champ, cfg.primary_metric, cfg.primary_system)
+
+    decision = champion_decision(env.store, model_id, score, champion_id, champion_score, promote_champion)
+    log.info("champion: %s", decision)
+    _publish_report_tables(f"{env.profile.name}-{m_name}", metrics)
+    return _with(
+        publish(env, result), champion=decision, avg=metrics["avg"], table_markdown=metrics["table_markdown"]
     )
-    return publish(env, result)

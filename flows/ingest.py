@@ -1,20 +1,35 @@
-"""ingest: raw source files → the ``corpus`` artifact, one Dask task per file."""
+"""ingest: raw source files → the ``corpus`` artifact on Dask.
+
+One task per input file (read, clean, filter, sign), one per LSH band (bucket), a tree of merges
+(the duplicate-cluster graph across all partitions), one per shard (write without duplicates).
+The books (``stats.json``: per source, language and source x language, with
+``read = kept + filtered + duplicates + quarantined``) and the quarantine (``quarantine.jsonl``:
+file, location, reason) are files of the same ``corpus`` artifact, so they can never describe a
+different version of the data than the one they sit next to.
+"""
 
 from __future__ import annotations
 
-import json
+import functools
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from flows.common import StageEnv, dask_runner, open_env, producer_ids, publish
+from flows.common import TRANSIENT_RETRIES, StageEnv, dask_runner, open_env, producer_ids, publish
 from m3.profile import SourceSpec
 from m3.stage import StageOutput, StageSpec, run_stage
 from m3.store import Store
-from tasks.artifact_io import schema_dict, write_jsonl, write_table
-from tasks.ingest import IngestConfig, ingest_file
+from tasks.artifact_io import schema_dict
+from tasks.ingest import IngestConfig
+from tasks.ingest.shards import FileJob, ingest_to_shard, run_ingest, write_books
+from tasks.ingest.sources import fetch_source
 
 CODE = ("tasks/ingest", "tasks/artifact_io.py", "flows/ingest.py", "data_specs/schemas.yaml")
 
@@ -24,7 +39,14 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
 
     The cache key is each file's path, size and mtime, so an unchanged dump is not re-hashed.
     """
-    paths = env.profile.source_files(source)
+    if source.online is not None:
+        # Online: resumable, checksum-verified downloads into the store's cache; the files then
+        # become content-addressed blobs of the source artifact like local ones.
+        folder = env.store.cache_dir / "downloads" / f"{env.profile.name}.{source.name}"
+        fetched = fetch_source(source.online, folder)
+        paths = sorted(res.path for _, res in fetched)
+    else:
+        paths = env.profile.source_files(source)
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
@@ -49,58 +71,65 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
     return run_stage(env.store, spec, build, refresh=refresh, flow="ingest", **producer_ids()).manifest_id
 
 
-@task(name="ingest-file", retries=1, retry_delay_seconds=2)
-def ingest_file_task(
-    store_url: str, source_id: str, rel: str, source: dict[str, Any], config: dict, out: str
+def stored_file_to_shard(
+    store_url: str, job: FileJob, config: IngestConfig, languages: list[str] | None
 ) -> dict[str, Any]:
-    """Parse one raw file into a corpus shard in the scratch folder; return its books."""
+    """Worker side of one file: fetch the source artifact (``job.path`` is ``<manifest id>/<file>``)."""
+    source_id, rel = job.path.split("/", 1)
     folder = Store(store_url).materialize(source_id)
-    result = ingest_file(
-        str(folder / rel), source["format"], source["name"], source["lang"], IngestConfig(**config)
-    )
-    shard = Path(out)
-    pd.DataFrame(result.records).to_pickle(shard)
-    return {"source": source["name"], "file": rel, "stats": result.stats, "quarantine": result.quarantine}
+    return ingest_to_shard(replace(job, path=str(folder / rel)), config, languages)
+
+
+@task(name="ingest-step", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def ingest_step(fn: Callable[..., Any], args: list[Any]) -> Any:
+    """One step of :func:`tasks.ingest.shards.run_ingest` (read a file, bucket a band, merge, write)."""
+    return fn(*args)
+
+
+def _prefect_submit(fn: Callable[..., Any], *args: Any) -> Any:
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "step")
+    return ingest_step.with_options(task_run_name=name.replace("_", "-")).submit(fn, list(args))
 
 
 @flow(name="ingest-files")
-def ingest_files(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    futures = [ingest_file_task.submit(**job) for job in jobs]
-    return [f.result() for f in futures]
-
-
-def _merge(env: StageEnv, jobs: list[dict], books: list[dict], scratch: Path) -> StageOutput:
-    log = get_run_logger()
-    frames = [pd.read_pickle(job["out"]) for job in jobs]
-    docs = (
-        pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+def ingest_files(
+    store_url: str, jobs: list[FileJob], config: IngestConfig, out_dir: str, languages: list[str] | None
+) -> dict[str, Any]:
+    """Read, deduplicate and write on Dask: one task per file, per LSH band, per merge, per shard."""
+    return run_ingest(
+        jobs,
+        config,
+        out_dir,
+        _prefect_submit,
+        languages,
+        file_step=functools.partial(stored_file_to_shard, store_url),
     )
-    totals: dict[str, int] = {}
-    for b in books:
-        for k, v in b["stats"].items():
-            totals[k] = totals.get(k, 0) + v
-        log.info("%s/%s: %s", b["source"], b["file"], b["stats"])
-    if docs is None:
+
+
+def _merge(env: StageEnv, result: dict[str, Any], scratch: Path) -> StageOutput:
+    log = get_run_logger()
+    stats = result["stats"]
+    for f in stats["files"]:
+        log.info("%s/%s: %s", f["source"], f["file"], f["stats"])
+    totals = stats["totals"]
+    if not totals["kept"]:
         raise RuntimeError("ingest: no document survived reading and filtering; check the sources")
-    before = len(docs)
-    docs = docs.drop_duplicates("id", keep="first")
-    totals["duplicates:exact_id"] = before - len(docs)
-    if env.profile.languages:
-        keep = docs["lang"].isin(env.profile.languages)
-        totals["filtered:language"] = int((~keep).sum())
-        docs = docs[keep]
-    totals["corpus_docs"] = len(docs)
-    docs = docs.sort_values(["lang", "id"], kind="stable").reset_index(drop=True)
-    rows = write_table(docs, "corpus", scratch / "out")
-    files = {rel: scratch / "out" / rel for rel in rows}
-    quarantine = [dict(q, source=b["source"], file=b["file"]) for b in books for q in b["quarantine"]]
-    write_jsonl(quarantine, scratch / "quarantine.jsonl")
-    (scratch / "stats.json").write_text(json.dumps({"totals": totals, "files": books}, indent=2, default=str))
-    files["quarantine.jsonl"] = scratch / "quarantine.jsonl"
-    files["stats.json"] = scratch / "stats.json"
-    per_lang = docs.groupby("lang").size().to_dict()
-    metrics = {"docs": len(docs), "docs_per_lang": per_lang, "chars": int(docs["n_chars"].sum()), **totals}
-    return StageOutput(files=files, metrics=metrics, schema=schema_dict("corpus"), rows=rows)
+    out = scratch / "out"
+    files: dict[str, Path] = {rel: out / rel for rel in result["rows"]}
+    files.update(write_books(result, scratch))
+    per_lang = {lang: books["kept"] for lang, books in stats["by_lang"].items() if books["kept"]}
+    chars = 0
+    for rel in result["rows"]:
+        chars += int(pc.sum(pq.read_table(out / rel, columns=["n_chars"]).column("n_chars")).as_py() or 0)
+    metrics = {
+        "docs": totals["kept"],
+        "docs_per_lang": per_lang,
+        "chars": chars,
+        "identity": stats["identity"],
+        "dedup": stats["dedup"],
+        **totals,
+    }
+    return StageOutput(files=files, metrics=metrics, schema=schema_dict("corpus"), rows=result["rows"])
 
 
 @flow(name="ingest")
@@ -135,18 +164,25 @@ def ingest(
         for name, (source, mid) in sources.items():
             for entry in env.store.manifest(mid).files:
                 jobs.append(
-                    {
-                        "store_url": env.store.url,
-                        "source_id": mid,
-                        "rel": entry.path,
-                        "source": {"name": name, "format": source.format, "lang": source.lang},
-                        "config": env.profile.ingest.model_dump(mode="json"),
-                        "out": str(scratch / f"shard-{len(jobs):05d}.pkl"),
-                    }
+                    FileJob(
+                        path=f"{mid}/{entry.path}",
+                        fmt=source.format,
+                        source=name,
+                        lang=source.lang,
+                        rel=entry.path,
+                        out=str(scratch / "shards" / f"shard-{len(jobs):05d}"),
+                    )
                 )
         log.info("ingesting %d files from %d sources on Dask", len(jobs), len(sources))
-        books = ingest_files.with_options(task_runner=dask_runner(env.profile.dask))(jobs)
-        return _merge(env, jobs, books, scratch)
+        cfg = env.profile.ingest
+        dask = env.profile.dask
+        if cfg.dask_scheduler:
+            dask = dask.model_copy(update={"address": cfg.dask_scheduler})
+        result = ingest_files.with_options(task_runner=dask_runner(dask))(
+            env.store.url, jobs, cfg, str(scratch / "out"), env.profile.languages
+        )
+        shutil.rmtree(scratch / "shards", ignore_errors=True)
+        return _merge(env, result, scratch)
 
     result = run_stage(env.store, spec, build, refresh=refresh, flow="ingest", **producer_ids())
     log.info("corpus %s: %s", "reused" if result.cached else "built", result.manifest_id)

@@ -1,4 +1,9 @@
-"""mine: queries → ``train-set`` with BM25 (bm25s) hard negatives, query shards on Dask."""
+"""mine: queries → ``train-set`` with hard negatives from BM25 (bm25s) or a dense teacher, on Dask.
+
+Dense teachers (the store's checkpoint, ANCE-style, or a local encoder folder) run the phases of
+``tasks.mining.driver`` as Prefect tasks on the Dask runner: encode partitions (model cached per
+worker, embeddings cached in the store), search index shards, sample per query partition.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from flows.common import dask_runner, open_env, producer_ids, publish
+from flows.common import TRANSIENT_RETRIES, dask_runner, open_env, producer_ids, publish
 from m3.stage import StageOutput, StageSpec, run_stage
 from m3.store import Store
 from tasks.artifact_io import read_table, schema_dict, write_jsonl
-from tasks.mine import MineConfig, mine_bm25
+from tasks.mine import MineConfig, mine_bm25, score_summary
+from tasks.mining import driver as dense
+from tasks.mining.embed import encode_partition
+from tasks.mining.sample import mine_partition
+from tasks.mining.search import search_shard, train_quantizer
+from tasks.mining.teachers import TeacherRef, folder_identity
 
-CODE = ("tasks/mine.py", "tasks/text.py", "flows/mine.py")
+CODE = ("tasks/mine.py", "tasks/text.py", "tasks/mining", "flows/mine.py")
 
 
-@task(name="mine-shard", retries=1, retry_delay_seconds=2)
+@task(name="mine-shard", **TRANSIENT_RETRIES)
 def mine_shard(store_url: str, queries_id: str, shard: int, n_shards: int, config: dict, out: str) -> dict:
     """Mine one shard of the training queries against the whole passage pool."""
     table = read_table(Store(store_url).materialize(queries_id), "queries")
@@ -26,6 +37,64 @@ def mine_shard(store_url: str, queries_id: str, shard: int, n_shards: int, confi
     rows, stats = mine_bm25(train, passages, MineConfig(**config))
     write_jsonl(rows, Path(out))
     return stats
+
+
+@task(name="encode-partition", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def encode_partition_task(job: dict[str, Any]) -> dict:
+    return encode_partition(**job)
+
+
+@task(name="train-quantizer", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def train_quantizer_task(job: dict[str, Any]) -> Any:
+    return train_quantizer(**job)
+
+
+@task(name="search-shard", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def search_shard_task(job: dict[str, Any]) -> dict:
+    return search_shard(**job)
+
+
+@task(name="mine-partition", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def mine_partition_task(job: dict[str, Any]) -> dict:
+    return mine_partition(**job)
+
+
+_DENSE_TASKS = {
+    encode_partition: encode_partition_task,
+    train_quantizer: train_quantizer_task,
+    search_shard: search_shard_task,
+    mine_partition: mine_partition_task,
+}
+
+
+def _prefect_mapper(phase: str, fn: Any, jobs: list[dict]) -> list[Any]:
+    futures = [_DENSE_TASKS[fn].with_options(name=phase).submit(job) for job in jobs]
+    return [f.result() for f in futures]
+
+
+@flow(name="mine-dense")
+def mine_dense_run(store_url: str, queries_id: str, config: dict, teacher: dict, name: str) -> dict:
+    """The dense phases on this flow's Dask runner; rows go to a file, stats come back."""
+    result = dense.mine_dense(
+        Store(store_url), queries_id, MineConfig(**config), TeacherRef(**teacher), _prefect_mapper, name=name
+    )
+    return {
+        "rows": result.rows,
+        "stats": result.stats,
+        "passage_embeddings": result.passage_embeddings,
+        "query_embeddings": result.query_embeddings,
+        "reused": result.reused,
+    }
+
+
+def resolve_teacher(env: Any, cfg: MineConfig, inputs: dict[str, str] | None) -> tuple[TeacherRef, dict]:
+    """The teacher's reference and the stage inputs it adds (a checkpoint is a parent artifact)."""
+    if cfg.teacher == "checkpoint":
+        ckpt = env.input_id(inputs, "checkpoint", "checkpoint")
+        ref = TeacherRef(identity=ckpt, encoder="m3", store_url=env.store.url, manifest_id=ckpt)
+        return ref, {"checkpoint": ckpt}
+    path = str(Path(cfg.teacher_path).expanduser().resolve())
+    return TeacherRef(identity=folder_identity(path), encoder=cfg.encode.encoder, path=path), {}
 
 
 @flow(name="mine-shards")
@@ -46,7 +115,7 @@ def mine(
     queries = env.input_id(inputs, "queries", "queries")
     cfg = env.profile.mine
     if cfg.teacher != "bm25":
-        raise ValueError(f"mine: teacher {cfg.teacher!r} is not available yet (only 'bm25')")
+        return _mine_dense_stage(env, cfg, queries, inputs, refresh)
     spec = StageSpec(
         "mine", "train-set", env.profile.name, {"queries": queries}, cfg.model_dump(mode="json"), CODE
     )
@@ -75,7 +144,47 @@ def mine(
         n_rows = write_jsonl(rows, scratch / "train.jsonl")
         return StageOutput(
             {"train.jsonl": scratch / "train.jsonl"},
-            {"teacher": "bm25", **stats},
+            {"teacher": "bm25", **stats, "scores": score_summary(rows)},
+            schema_dict("train-set"),
+            {"train.jsonl": n_rows},
+        )
+
+    return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="mine", **producer_ids()))
+
+
+def _mine_dense_stage(
+    env: Any, cfg: MineConfig, queries: str, inputs: dict[str, str] | None, refresh: bool
+) -> Any:
+    log = get_run_logger()
+    teacher, extra_inputs = resolve_teacher(env, cfg, inputs)
+    config = cfg.model_dump(mode="json")
+    # The teacher's weights are part of the key: new weights at the same path mine again.
+    spec = StageSpec(
+        "mine",
+        "train-set",
+        env.profile.name,
+        {"queries": queries, **extra_inputs},
+        {**config, "teacher_identity": teacher.identity},
+        CODE,
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        log.info("mining hard negatives with the %s teacher %s on Dask", cfg.teacher, teacher.identity[:12])
+        out = mine_dense_run.with_options(task_runner=dask_runner(env.profile.dask))(
+            env.store.url, queries, config, teacher.__dict__, env.profile.name
+        )
+        n_rows = write_jsonl(out["rows"], scratch / "train.jsonl")
+        metrics = {
+            "teacher": cfg.teacher,
+            "teacher_identity": teacher.identity,
+            "passage_embeddings": out["passage_embeddings"],
+            "query_embeddings": out["query_embeddings"],
+            "embeddings_reused": out["reused"],
+            **out["stats"],
+        }
+        return StageOutput(
+            {"train.jsonl": scratch / "train.jsonl"},
+            metrics,
             schema_dict("train-set"),
             {"train.jsonl": n_rows},
         )

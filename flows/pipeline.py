@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows.common import open_env
 from flows.evaluate import evaluate
@@ -66,6 +67,18 @@ def pipeline(
         state = stage_flow(
             profile=profile, store=env.store.url, refresh=name in refresh, inputs=inputs, return_state=True
         )
+        if not state.is_completed():
+            # Everything before this stage is committed and in the stage cache: a retry of this
+            # flow run (Prefect UI "Retry", `m3 retry`) or `m3 run --from` resumes right here.
+            log.error(
+                "stage %s failed: %s — earlier stages are in the store %s; retry this run "
+                "(Prefect UI 'Retry' or `m3 retry %s`) to resume at %s",
+                name,
+                state.message,
+                env.store.url,
+                flow_run.get_id(),
+                name,
+            )
         result = state.result()
         outputs[kind] = result["manifest_id"]
         done.append(result)

@@ -104,6 +104,52 @@ def run(
     typer.echo(f"store: {s.url}")
 
 
+@app.command("eval")
+def eval_model(
+    model: Annotated[str, typer.Option("--model", help="model ref or id in the store, or a model folder")],
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset",
+            help="xquad-r:FILE | tatoeba:DIR:LANG[,LANG] | beir:DIR | miracl:TOPICS:QRELS:CORPUS | "
+            "mrtydi:... | mldr:DIR | hf:ID (repeatable; each language is a column)",
+        ),
+    ],
+    modes: Annotated[
+        str, typer.Option("--modes", help="comma list")
+    ] = "dense,sparse,multivec,dense+sparse,all",
+    baseline: Annotated[
+        list[str] | None, typer.Option("--baseline", help="a sentence-transformers model folder (repeatable)")
+    ] = None,
+    multivec: Annotated[
+        str, typer.Option("--multivec", help="rerank (dense+sparse candidates) or exhaustive")
+    ] = "rerank",
+    max_queries: Annotated[int | None, typer.Option("--max-queries", help="first N queries per set")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a model the way the paper reports it: modes × languages, against BM25."""
+    from pathlib import Path
+
+    from tasks.evaluate import EvalConfig, evaluate_model_path
+
+    if Path(model).is_dir():
+        path = str(Path(model))
+    else:
+        s = _store(store)
+        path = str(s.materialize(s.resolve(model)))
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+    primary = "dense" if "dense" in wanted or not wanted else wanted[0]
+    cfg = EvalConfig(multivec=multivec, modes=wanted, primary_mode=primary)
+    result = evaluate_model_path(path, dataset, cfg, baselines=baseline or (), max_queries=max_queries)
+    result["model_ref"] = model
+    if as_json:
+        typer.echo(result["table_markdown"], err=True)  # the table for people, stdout stays JSON
+        _print_json(result)
+        return
+    typer.echo(result["table_markdown"])
+
+
 @artifacts_app.command("ls")
 def artifacts_ls(
     kind: Annotated[str | None, typer.Option("--kind")] = None,
@@ -169,6 +215,49 @@ def lineage(ref: str, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
                 typer.echo(
                     f"{'  ' * (depth[n['id']] + 1)}{f['path']} sha256:{f['sha256'][:16]} {f['bytes']:,} B"
                 )
+
+
+@app.command()
+def retry(
+    flow_run_id: str,
+    local: Annotated[
+        bool, typer.Option("--local", help="re-run the parameters here, not through the deployment's worker")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the retried run to finish")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retry a failed flow run; stages that finished before the failure come back from the store."""
+    from m3.prefect_api import prefect_api
+    from m3.retry import retry as do_retry
+
+    with prefect_api():
+        out = do_retry(flow_run_id, local=local, wait=wait)
+    if as_json:
+        _print_json({k: v for k, v in out.items() if k != "result"})
+    else:
+        typer.echo(
+            f"{out['mode']} retry of {out.get('retry_of', out['flow_run_id'])} ({out['name']}): "
+            f"{out.get('state', '?')}"
+        )
+        for st in (out.get("result") or {}).get("stages", []):
+            typer.echo(
+                f"  {st['stage']:<11} {st['ref']:<24} {st['manifest_id'][:12]}  "
+                f"{'cached' if st['cached'] else 'built'}"
+            )
+    if out.get("state") not in {"COMPLETED", "SCHEDULED"}:
+        _fail(f"retried run {out['flow_run_id']} ended {out.get('state')}: {out.get('message')}")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", help="port to listen on (0: any free port)")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="interface to bind")] = "127.0.0.1",
+    store: StoreOpt = None,
+) -> None:
+    """The lineage web page: artifact graph, manifests, metrics, plots, links to Prefect runs."""
+    from m3.ui.server import serve
+
+    serve(_store(store), host=host, port=port)
 
 
 @app.command()

@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m3.store.names import validate_segment
 from model.config import ModelSpec
 from model.tokenizer import TokenizerConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig
+from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
 from tasks.mine import MineConfig
 from tasks.pairs import PairsConfig
-from tasks.synthesize import IctConfig
+from tasks.synthesize import SynthesizeConfig
 from tasks.train import TrainConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles"
@@ -36,17 +37,37 @@ class _Strict(BaseModel):
 
 
 class SourceSpec(_Strict):
-    """A group of local input files of one format (downloads come with the ingestion issue)."""
+    """A group of input files of one format: local ``paths`` (globs), or an ``online`` spec
+    (Wikipedia / mC4 / CC-News, inline or ``spec: NAME`` from data_specs/sources/) downloaded
+    resumably, verified against published checksums and cached in the store."""
 
     name: str
-    format: Literal["mediawiki", "mc4", "warc"]
-    paths: list[str] = Field(min_length=1)
+    format: Literal["mediawiki", "mc4", "warc"] | None = None
+    paths: list[str] = Field(default_factory=list)
     lang: str | None = None
+    online: OnlineSpec | None = None
+    spec: str | None = Field(None, description="data_specs/sources/NAME.yaml (or a YAML path)")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_segment(v, "source name")
+
+    @model_validator(mode="after")
+    def _origin(self) -> SourceSpec:
+        given = [k for k in ("paths", "online", "spec") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of paths, online or spec (got {given or 'none'})")
+        if self.spec:
+            self.online = load_spec(self.spec)
+        if self.online is not None:
+            implied = FORMAT_OF[self.online.kind]
+            if self.format not in (None, implied):
+                raise ValueError(f"a {self.online.kind} source is format {implied}, not {self.format}")
+            self.format = implied
+        elif self.format is None:
+            raise ValueError("a local source needs a format (mediawiki, mc4 or warc)")
+        return self
 
 
 class DaskSpec(_Strict):
@@ -65,7 +86,7 @@ class Profile(_Strict):
     languages: list[str] | None = None
     sources: list[SourceSpec] = Field(min_length=1)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
-    synthesize: IctConfig = Field(default_factory=IctConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
@@ -83,6 +104,10 @@ class Profile(_Strict):
 
     def source_files(self, source: SourceSpec) -> list[Path]:
         """The files a source names, sorted; every pattern must match at least one readable file."""
+        if source.online is not None:
+            raise ProfileError(
+                f"source {source.name!r} is online: its files come from the ingest flow's download"
+            )
         found: list[Path] = []
         for pattern in source.paths:
             full = pattern if os.path.isabs(pattern) else os.path.join(self.base_dir, pattern)

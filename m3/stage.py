@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3 import openlineage
 from m3.provenance import code_version, git_state, package_versions
 from m3.store.manifest import Producer, canonical_json, hash_config
 from m3.store.store import Store
@@ -31,6 +32,117 @@ class StageOutput:
     metrics: dict[str, Any] = field(default_factory=dict)
     schema: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+
+
+class StageFailed(RuntimeError):
+    """A stage's build raised: the message names the stage, the artifact it was making and its inputs.
+
+    The original exception is the ``__cause__`` (and ``cause_type``), so a retry policy can still
+    tell bad data from a flaky network (see :func:`classify_failure`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str = "",
+        ref: str = "",
+        inputs: Mapping[str, str] | None = None,
+        input_refs: Mapping[str, str] | None = None,
+        cause_type: str = "",
+    ):
+        super().__init__(message)
+        self.stage, self.ref, self.cause_type = stage, ref, cause_type
+        self.inputs = dict(inputs or {})
+        self.input_refs = dict(input_refs or {})
+
+    def __reduce__(self):  # keyword-only fields survive pickling (Prefect, Dask)
+        return (
+            _rebuild_stage_failed,
+            (str(self), self.stage, self.ref, self.inputs, self.input_refs, self.cause_type),
+        )
+
+
+def _rebuild_stage_failed(message, stage, ref, inputs, input_refs, cause_type) -> StageFailed:
+    return StageFailed(
+        message, stage=stage, ref=ref, inputs=inputs, input_refs=input_refs, cause_type=cause_type
+    )
+
+
+# Exception names (any module) that mean "the machine ran out of memory": retrying on the same
+# worker shape only fails again, so these are never retried automatically.
+_OOM_NAMES = {"MemoryError", "OutOfMemoryError", "KilledWorker"}
+# Transient: the network, a throttled object store, a busy lock. Worth a retry with backoff.
+_TRANSIENT_NAMES = {
+    "ConnectionError",
+    "TimeoutError",
+    "RefConflict",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+    "ClientPayloadError",
+    "TransportError",
+    "CommClosedError",
+    "IncompleteReadError",
+}
+_TRANSIENT_S3_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+_TRANSIENT_ERRNOS = {4, 11, 16, 104, 110, 111, 113, 101, 32}  # EINTR EAGAIN EBUSY ECONNRESET ETIMEDOUT …
+# Bad data: decoding, parsing, schema. The same input fails the same way on every attempt.
+_DATA_NAMES = {"EOFError", "BadGzipFile", "LZMAError", "error", "ArrowException", "ParseError", "ParserError"}
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def _s3_code(exc: BaseException) -> str:
+    """botocore's ClientError keeps the S3 error code in ``response["Error"]["Code"]``."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def classify_failure(exc: BaseException) -> str:
+    """``"transient"``, ``"oom"``, ``"data"`` or ``"error"`` for an exception (its cause chain too).
+
+    Only ``transient`` is worth an automatic retry: bad data and out-of-memory fail again the same
+    way, and any other error (a bug) needs a person.
+    """
+    for e in _chain(exc):
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & _OOM_NAMES or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
+            return "oom"
+        if isinstance(e, StageFailed) and e.cause_type in _OOM_NAMES:
+            return "oom"
+    for e in _chain(exc):
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & _TRANSIENT_NAMES or _s3_code(e) in _TRANSIENT_S3_CODES:
+            return "transient"
+        permanent = isinstance(e, FileNotFoundError | PermissionError)
+        if isinstance(e, OSError) and not permanent and e.errno in _TRANSIENT_ERRNOS:
+            return "transient"
+        if names & _DATA_NAMES or isinstance(e, ValueError | UnicodeError | KeyError):
+            return "data"
+    return "error"
 
 
 @dataclass(frozen=True)
@@ -103,8 +215,15 @@ def run_stage(
         config_hash=hash_config(spec.config),
     )
     scratch = Path(tempfile.mkdtemp(prefix=f"m3-{spec.stage}-"))
+    lineage = openlineage.stage_run(store, spec, flow=flow, flow_run_id=flow_run_id)
+    lineage.start()
     try:
-        out = build(scratch)
+        try:
+            out = build(scratch)
+        except Exception as exc:
+            failure = _stage_failed(store, spec, exc)
+            lineage.fail(failure)
+            raise failure from exc
         manifest = store.commit(
             spec.kind,
             spec.name,
@@ -116,7 +235,41 @@ def run_stage(
             rows=out.rows,
             ref=spec.ref,
         )
+    except StageFailed:
+        raise
+    except Exception as exc:  # the commit itself (store unavailable, ref conflict)
+        lineage.fail(exc)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     store.cache_record(spec.stage, key, manifest.id)
+    lineage.complete(manifest)
     return StageResult(spec.stage, spec.kind, spec.ref, manifest.id, cached=False)
+
+
+def _stage_failed(store: Store, spec: StageSpec, exc: Exception) -> StageFailed:
+    """A StageFailed whose message says what was being built, from which inputs, and what broke."""
+    if isinstance(exc, StageFailed):
+        return exc
+    input_refs: dict[str, str] = {}
+    for key, mid in spec.inputs.items():
+        try:
+            m = store.manifest(mid)
+            input_refs[key] = f"{m.kind}/{m.name}"
+        except Exception:  # the input itself may be what is broken
+            input_refs[key] = "?"
+    inputs = ", ".join(f"{k}={input_refs[k]} ({mid[:12]})" for k, mid in sorted(spec.inputs.items()))
+    kind = classify_failure(exc)
+    message = (
+        f"stage {spec.stage} failed making {spec.ref} from {inputs or 'no input artifacts'}"
+        f" [{kind}]: {type(exc).__name__}: {exc}"
+    )
+    log.error("%s", message)
+    return StageFailed(
+        message,
+        stage=spec.stage,
+        ref=spec.ref,
+        inputs=spec.inputs,
+        input_refs=input_refs,
+        cause_type=type(exc).__name__,
+    )

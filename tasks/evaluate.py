@@ -1,9 +1,11 @@
-"""Retrieval evaluation: BM25 and dense runs, trec_eval metrics, per-language tables.
+"""Retrieval evaluation: runs per M3 mode and baseline, trec_eval metrics, paper-shaped tables.
 
 Metrics follow the M3 paper's reporting (nDCG@10 for MIRACL/MLDR-style monolingual retrieval,
-Recall@100 for MKQA-style), computed with pytrec_eval (Van Gysel & de Rijke 2018, the trec_eval
-bindings) so numbers are comparable with published tables. Per-language scores are averaged per
-query; the table's "avg" column is the macro average over languages, as in the paper.
+Recall@100 for MKQA-style, MRR@10 as MS MARCO reports it), computed with pytrec_eval (Van Gysel & de
+Rijke 2018, the trec_eval bindings) so numbers are comparable with published tables. Per-language
+scores are averaged per query; the table's "avg" column is the macro average over languages, as in
+the paper. Modes (paper Table 1): Dense, Sparse, Multi-vec, Dense+Sparse, All; baselines BM25 and any
+sentence-transformers model.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pytrec_eval
 import regex
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks.mine import MineConfig, build_bm25
 
@@ -27,21 +30,64 @@ Qrels = dict[str, dict[str, int]]
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 COUNT_KEYS = ("num_queries", "num_not_in_run", "num_no_relevant", "num_relevant_not_in_pool")
+MODES = ("dense", "sparse", "multivec", "dense+sparse", "all")
+Mode = Literal["dense", "sparse", "multivec", "dense+sparse", "all"]
+# Paper §4 (MIRACL / MLDR tables): Dense+Sparse = 1·dense + 0.3·sparse,
+# All = 1·dense + 0.3·sparse + 1·multi-vec.
+PAPER_WEIGHTS: dict[str, dict[str, float]] = {
+    "dense+sparse": {"dense": 1.0, "sparse": 0.3, "multivec": 0.0},
+    "all": {"dense": 1.0, "sparse": 0.3, "multivec": 1.0},
+}
+
+
+def system_name(mode: str) -> str:
+    """Row label of an M3 mode in reports ("M3 dense", "M3 all", ...)."""
+    return f"M3 {mode}"
 
 
 class EvalConfig(BaseModel):
-    """Evaluation knobs."""
+    """Evaluation knobs (the profile's ``evaluate:`` section)."""
 
     k_values: tuple[int, ...] = (10, 100)
-    metrics: tuple[str, ...] = ("ndcg_cut_10", "recall_100")
+    metrics: tuple[str, ...] = ("ndcg_cut_10", "recall_100", "mrr_cut_10")
     batch_size: int = Field(256, ge=1, description="texts per encode_fn call")
     block_size: int = Field(16384, ge=1, description="passages scored at once in dense_run")
     per_language: bool = Field(True, description="queries search only passages of their own language")
+    modes: tuple[Mode, ...] = Field(MODES, description="M3 retrieval modes to report (paper Table 1 rows)")
+    weights: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in PAPER_WEIGHTS.items()},
+        description="hybrid weights per mode over dense/sparse/multivec; the paper's by default",
+    )
+    multivec: Literal["rerank", "exhaustive"] = Field(
+        "rerank",
+        description="multi-vector and hybrid modes: re-rank the union of dense and sparse top-`candidates`"
+        " (as the paper's MIRACL/MLDR evaluation does), or score every passage (small corpora)",
+    )
+    candidates: int = Field(100, ge=1, description="per-function candidates whose union is re-ranked")
+    encode_batch_size: int = Field(32, ge=1, description="model forward batch size")
+    max_length: int = Field(512, ge=8, description="passage tokens (truncated beyond)")
+    query_max_length: int = Field(128, ge=4)
+    bm25: bool = Field(True, description="report the BM25 baseline")
+    primary_metric: str = Field("ndcg_cut_10", description="decides champion promotion")
+    primary_mode: Mode = Field("dense", description="the M3 row that competes for champion")
+
+    @model_validator(mode="after")
+    def _primary_is_reported(self) -> EvalConfig:
+        # a primary metric or mode that is not computed would make every promotion decision NaN
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric {self.primary_metric!r} is not in metrics {list(self.metrics)}")
+        if self.primary_mode not in self.modes:
+            raise ValueError(f"primary_mode {self.primary_mode!r} is not in modes {list(self.modes)}")
+        return self
 
     @property
     def depth(self) -> int:
         """Run depth: the deepest cut-off any metric needs."""
         return max(self.k_values)
+
+    @property
+    def primary_system(self) -> str:
+        return system_name(self.primary_mode)
 
 
 def qrels_from_queries(queries_test: pd.DataFrame) -> Qrels:
@@ -165,6 +211,22 @@ def _measure(metric: str) -> str:
     return f"{m.group(1)}.{m.group(2)}" if m else metric
 
 
+_MRR_CUT = regex.compile(r"mrr_cut_(\d+)")
+
+
+def truncate_trec_order(ranking: Mapping[str, float], k: int) -> dict[str, float]:
+    """The first k documents in trec_eval's order (score desc, then docno desc, as trec_eval sorts)."""
+    ordered = sorted(ranking.items(), key=lambda kv: (-kv[1], _Desc(kv[0])))
+    return dict(ordered[:k])
+
+
+class _Desc(str):
+    """A string that sorts descending (trec_eval breaks score ties by docno, descending)."""
+
+    def __lt__(self, other: str) -> bool:  # type: ignore[override]
+        return str.__gt__(self, other)
+
+
 def evaluate_run(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Mapping[str, float]],
@@ -194,12 +256,22 @@ def evaluate_run(
             counts["num_not_in_run"] += 1
         judged[qid] = {pid: int(r) for pid, r in rels.items()}
     if judged:
-        evaluator = pytrec_eval.RelevanceEvaluator(judged, {_measure(m) for m in metrics})
+        plain = [m for m in metrics if not _MRR_CUT.fullmatch(m)]
         # pytrec_eval skips queries absent from the run; an empty ranking makes it score them 0.
-        per_query = evaluator.evaluate({qid: dict(run.get(qid, {})) for qid in judged})
-        for values in per_query.values():
-            for m in metrics:
-                sums[m] += values[m]
+        full_run = {qid: dict(run.get(qid, {})) for qid in judged}
+        if plain:
+            evaluator = pytrec_eval.RelevanceEvaluator(judged, {_measure(m) for m in plain})
+            for values in evaluator.evaluate(full_run).values():
+                for m in plain:
+                    sums[m] += values[m]
+        for m in metrics:
+            cut = _MRR_CUT.fullmatch(m)
+            if cut:  # MRR@k = trec_eval's recip_rank over the run cut at k (as ir_measures' RR@k)
+                k = int(cut.group(1))
+                evaluator = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
+                cut_run = {qid: truncate_trec_order(r, k) for qid, r in full_run.items()}
+                for values in evaluator.evaluate(cut_run).values():
+                    sums[m] += values["recip_rank"]
     for key in ("num_not_in_run", "num_no_relevant", "num_relevant_not_in_pool"):
         if counts[key]:
             logger.warning("%d of %d queries: %s (scored 0)", counts[key], len(qrels), key)
@@ -251,3 +323,317 @@ def render_markdown(table: pd.DataFrame, scale: float = 100.0, digits: int = 1) 
         cells = ["–" if pd.isna(v) else f"{v * scale:.{digits}f}" for v in row]
         lines.append("| " + " | ".join([str(name), *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+# =============================================================================== model evaluation
+class Encoder:
+    """What the evaluation needs from a model: texts -> dense / lexical / multi-vector outputs."""
+
+    label = "model"
+    functions: frozenset[str] = frozenset({"dense"})
+
+    def encode(self, texts: list[str], *, query: bool, dense=True, sparse=False, colbert=False) -> dict:
+        raise NotImplementedError
+
+
+class M3Encoder(Encoder):
+    """``model.m3.M3Model.encode`` with the evaluation's lengths and batch size."""
+
+    functions = frozenset({"dense", "sparse", "multivec"})
+
+    def __init__(self, model, cfg: EvalConfig, label: str = "M3"):
+        self.model, self.cfg, self.label = model, cfg, label
+
+    def encode(self, texts, *, query, dense=True, sparse=False, colbert=False) -> dict:
+        return self.model.encode(
+            list(texts),
+            batch_size=self.cfg.encode_batch_size,
+            max_length=self.cfg.query_max_length if query else self.cfg.max_length,
+            return_dense=dense,
+            return_sparse=sparse,
+            return_colbert=colbert,
+        )
+
+
+class SentenceTransformerEncoder(Encoder):
+    """Any sentence-transformers model folder as a dense baseline (normalised embeddings)."""
+
+    def __init__(self, path: str, cfg: EvalConfig, label: str | None = None):
+        import os
+
+        from sentence_transformers import SentenceTransformer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model = SentenceTransformer(str(path), device="cpu")
+        self.cfg = cfg
+        self.label = label or f"ST {str(path).rstrip('/').rsplit('/', 1)[-1]}"
+
+    def encode(self, texts, *, query, dense=True, sparse=False, colbert=False) -> dict:
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=self.cfg.encode_batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+        )
+        return {"dense_vecs": np.asarray(vecs, dtype=np.float32)}
+
+
+def _run_from(pids: list[str], ranked: Iterable[tuple[np.ndarray, np.ndarray]], qids: list[str]) -> Run:
+    return {
+        qid: {pids[i]: float(v) for i, v in zip(idx.tolist(), sc.tolist(), strict=True)}
+        for qid, (idx, sc) in zip(qids, ranked, strict=True)
+    }
+
+
+def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> tuple[dict[str, Run], dict]:
+    """One run per mode for one dataset, from one encoding of its corpus and queries.
+
+    Dense runs come from faiss (exact), sparse from the inverted index (exact). Multi-vector and the
+    hybrids score a candidate set per query with all functions: the union of the dense and sparse
+    top-``candidates`` ("rerank", the paper's protocol) or every passage ("exhaustive").
+    """
+    from tasks.retrieval import DenseIndex, InvertedIndex, TokenVectors, fuse
+
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; known: {', '.join(MODES)}")
+    needs = set()
+    for m in modes:
+        needs |= {"dense", "sparse"} if m in ("dense+sparse", "all") else {m}
+        if m in ("multivec", "all"):
+            needs |= {"dense", "sparse", "multivec"} if cfg.multivec == "rerank" else {"multivec"}
+    missing = needs - encoder.functions
+    if missing:
+        raise ValueError(f"{encoder.label} has no {', '.join(sorted(missing))} output")
+    k = cfg.depth
+    pids = ds.corpus["passage_id"].tolist()
+    qids = ds.queries["query_id"].tolist()
+    exhaustive_mv = "multivec" in needs and cfg.multivec == "exhaustive"
+    p_out = encoder.encode(
+        ds.corpus["passage"].tolist(),
+        query=False,
+        dense="dense" in needs,
+        sparse="sparse" in needs,
+        colbert=exhaustive_mv,
+    )
+    q_out = encoder.encode(
+        ds.queries["query"].tolist(),
+        query=True,
+        dense="dense" in needs,
+        sparse="sparse" in needs,
+        colbert="multivec" in needs,
+    )
+    runs: dict[str, Run] = {}
+    info: dict[str, Any] = {"passages": len(pids), "queries": len(qids)}
+    dense_idx = DenseIndex(p_out["dense_vecs"]) if "dense" in needs else None
+    sparse_idx = InvertedIndex(p_out["lexical_weights"]) if "sparse" in needs else None
+    dense_top = dense_idx.search(q_out["dense_vecs"], max(k, cfg.candidates)) if dense_idx else None
+    sparse_top = (
+        [sparse_idx.search(w, max(k, cfg.candidates)) for w in q_out["lexical_weights"]]
+        if sparse_idx
+        else None
+    )
+    if "dense" in modes:
+        runs["dense"] = _run_from(pids, ((i[:k], s[:k]) for i, s in dense_top), qids)
+    if "sparse" in modes:
+        runs["sparse"] = _run_from(pids, ((i[:k], s[:k]) for i, s in sparse_top), qids)
+    combined = [m for m in modes if m in ("multivec", "dense+sparse", "all")]
+    if not combined:
+        return runs, info
+    n_q, n_p = len(qids), len(pids)
+    if cfg.multivec == "exhaustive":
+        cands = [np.arange(n_p, dtype=np.int64)] * n_q
+    else:
+        c = cfg.candidates
+        cands = [
+            np.unique(
+                np.concatenate(
+                    [dense_top[j][0][:c] if dense_top else [], sparse_top[j][0][:c] if sparse_top else []]
+                ).astype(np.int64)
+            )
+            for j in range(n_q)
+        ]
+    info["candidate_strategy"] = cfg.multivec
+    info["mean_candidates"] = float(np.mean([len(x) for x in cands])) if cands else 0.0
+    tokens = None
+    if "multivec" in needs:
+        if exhaustive_mv:
+            rows, vecs = np.arange(n_p), p_out["colbert_vecs"]
+        else:  # encode only the passages some query re-ranks
+            rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
+            texts = ds.corpus["passage"].to_numpy()[rows].tolist()
+            vecs = (
+                encoder.encode(texts, query=False, dense=False, colbert=True)["colbert_vecs"] if texts else []
+            )
+        dim = q_out["colbert_vecs"][0].shape[-1] if len(q_out["colbert_vecs"]) else 1
+        tokens = TokenVectors(vecs, dim)
+        pos = np.full(n_p, -1, dtype=np.int64)
+        pos[rows] = np.arange(len(rows))
+    ranked: dict[str, list] = {m: [] for m in combined}
+    for j in range(n_q):
+        cand = cands[j]
+        comp: dict[str, np.ndarray] = {}
+        if dense_idx is not None:
+            comp["dense"] = dense_idx.scores(q_out["dense_vecs"][j], cand)
+        if sparse_idx is not None:
+            comp["sparse"] = sparse_idx.scores(q_out["lexical_weights"][j], cand)
+        if tokens is not None:
+            comp["multivec"] = tokens.maxsim(q_out["colbert_vecs"][j], pos[cand])
+        for m in combined:
+            w = {"multivec": 1.0} if m == "multivec" else cfg.weights[m]
+            from tasks.retrieval import _ordered
+
+            ranked[m].append(_ordered(cand, fuse(comp, w), k))
+    for m in combined:
+        runs[m] = _run_from(pids, ranked[m], qids)
+    return runs, info
+
+
+def bm25_dataset_run(ds, cfg: EvalConfig, mine_config: MineConfig | None = None) -> Run:
+    """BM25 (bm25s, Lucene variant, Anserini's k1/b) with script-aware tokenisation
+    (tasks.text.bm25_tokens: CJK/Thai as character uni+bigrams, Hangul bigrams)."""
+    mc = (mine_config or MineConfig()).model_copy(update={"per_language": False})
+    index = build_bm25(ds.corpus["passage"].tolist(), [ds.corpus_lang] * len(ds.corpus), mc)
+    pids = ds.corpus["passage_id"].tolist()
+    run: Run = {}
+    for qid, q in zip(ds.queries["query_id"], ds.queries["query"], strict=True):
+        ids, scores = index.search(q, ds.query_lang, cfg.depth)
+        run[qid] = {pids[i]: float(s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)}
+    return run
+
+
+def evaluate_datasets(
+    datasets: Sequence,
+    encoder: Encoder | None,
+    cfg: EvalConfig,
+    baselines: Sequence[Encoder] = (),
+    modes: Sequence[str] | None = None,
+    mine_config: MineConfig | None = None,
+) -> dict[str, Any]:
+    """Every system on every dataset: ``{"results": {system: {dataset: metrics}}, "datasets": ...}``.
+
+    Systems: BM25 (if ``cfg.bm25``), each baseline encoder (dense), and the model's modes.
+    """
+    import time
+
+    modes = tuple(modes or cfg.modes)
+    results: dict[str, dict[str, dict]] = {}
+    info: dict[str, Any] = {"datasets": [], "timing_s": {}}
+    for ds in datasets:
+        pool = ds.corpus["passage_id"]
+        systems: dict[str, Run] = {}
+        t0 = time.perf_counter()
+        if cfg.bm25:
+            systems["BM25"] = bm25_dataset_run(ds, cfg, mine_config)
+        for b in baselines:
+            systems[b.label] = model_runs(ds, b, ("dense",), cfg)[0]["dense"]
+        run_info = {}
+        if encoder is not None and modes:
+            runs, run_info = model_runs(ds, encoder, modes, cfg)
+            systems.update({system_name(m): r for m, r in runs.items()})
+        for name, run in systems.items():
+            results.setdefault(name, {})[ds.name] = evaluate_run(ds.qrels, run, cfg.metrics, pool)
+        info["timing_s"][ds.name] = round(time.perf_counter() - t0, 2)
+        info["datasets"].append({**ds.summary(), **{k: v for k, v in run_info.items() if k != "queries"}})
+        logger.info("evaluated %s: %d queries, %d passages", ds.name, len(ds.queries), len(ds.corpus))
+    info["results"] = results
+    info["multivec"] = cfg.multivec
+    info["candidates"] = cfg.candidates
+    info["weights"] = cfg.weights
+    return info
+
+
+def datasets_from_ict(queries_test: pd.DataFrame, passages: pd.DataFrame, per_language: bool = True) -> list:
+    """The pipeline's held-out ICT queries as evaluation sets: one per language (its own pool)."""
+    from tasks.eval_data import EvalDataset
+
+    groups = sorted(queries_test["lang"].unique()) if per_language else [None]
+    out = []
+    for lang in groups:
+        q = queries_test if lang is None else queries_test[queries_test["lang"] == lang]
+        p = passages if lang is None else passages[passages["lang"] == lang]
+        out.append(
+            EvalDataset(
+                name=lang or "all",
+                spec=f"ict:{lang or 'all'}",
+                queries=q[["query_id", "query"]].reset_index(drop=True),
+                corpus=p[["passage_id", "passage"]].reset_index(drop=True),
+                qrels=qrels_from_queries(q),
+                query_lang=lang or "",
+                corpus_lang=lang or "",
+            )
+        )
+    return out
+
+
+def tables_for(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str]) -> dict:
+    return {m: evaluation_table(results, m) for m in metrics}
+
+
+def report_markdown(tables: Mapping[str, pd.DataFrame], info: Mapping[str, Any] | None = None) -> str:
+    """One paper-shaped table per metric (×100), then how it was computed."""
+    names = {"ndcg_cut_10": "nDCG@10", "recall_100": "Recall@100", "mrr_cut_10": "MRR@10"}
+    parts = [f"### {names.get(m, m)}\n\n{render_markdown(t)}" for m, t in tables.items()]
+    if info:
+        strategy = info.get("multivec")
+        if strategy:
+            how = (
+                "every passage scored"
+                if strategy == "exhaustive"
+                else f"re-ranking the union of dense and sparse top-{info.get('candidates')}"
+            )
+            parts.append(
+                f"Multi-vector and hybrid rows: {how}; weights {json_compact(info.get('weights'))}.\n"
+            )
+        warn = {d["name"]: d["warnings"] for d in info.get("datasets", []) if d.get("warnings")}
+        if warn:
+            parts.append(f"Data warnings (dropped/repaired, counted): {json_compact(warn)}\n")
+    return "\n".join(parts)
+
+
+def json_compact(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def summarize(info: Mapping[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """JSON-ready summary of an evaluation: macro averages, paper-shaped tables, markdown, data notes."""
+    tables = tables_for(info["results"], cfg.metrics)
+
+    def num(v: Any) -> float | None:
+        return None if v is None or math.isnan(float(v)) else round(float(v), 4)
+
+    return {
+        "avg": {m: {s: num(t.loc[s, "avg"]) for s in t.index} for m, t in tables.items()},
+        "tables": {
+            m: {s: {str(c): num(v) for c, v in row.items()} for s, row in t.iterrows()}
+            for m, t in tables.items()
+        },
+        "datasets": [{k: v for k, v in d.items() if k != "files"} for d in info["datasets"]],
+        "multivec": info.get("multivec"),
+        "candidates": info.get("candidates"),
+        "weights": info.get("weights"),
+        "timing_s": info.get("timing_s"),
+        "table_markdown": report_markdown(tables, info),
+    }
+
+
+def evaluate_model_path(
+    model_path: str,
+    specs: Sequence[str],
+    cfg: EvalConfig | None = None,
+    baselines: Sequence[str] = (),
+    max_queries: int | None = None,
+    modes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``m3 eval``: a model folder on dataset specs, every mode plus BM25 and baseline models."""
+    from model.m3 import M3Model
+    from tasks.eval_data import load_datasets
+
+    cfg = cfg or EvalConfig()
+    datasets = [ds for spec in specs for ds in load_datasets(spec, max_queries=max_queries)]
+    model = M3Model.from_pretrained(model_path)
+    encoders = [SentenceTransformerEncoder(p, cfg) for p in baselines]
+    info = evaluate_datasets(datasets, M3Encoder(model, cfg), cfg, encoders, modes)
+    return {"model": str(model_path), **summarize(info, cfg)}

@@ -1,12 +1,13 @@
-"""Hard-negative mining with a BM25 teacher (bm25s).
+"""Hard-negative mining: the config, the BM25 teacher (bm25s) and the sampling rules every teacher shares.
 
 The M3 recipe mines negatives ANCE-style (Xiong et al. 2020, arXiv 2007.00808): rank the corpus for
 each query with a teacher retriever, sample negatives from a rank window below the top (the very top
 is where unlabeled positives hide), and drop positives and likely false negatives. The reference
 implementation (FlagEmbedding `hn_mine`) samples from a window with a dense teacher; before we have a
-model, BM25 is the teacher. Everything for one query depends only on that query, the passage pool and
-the config, so any sharding of the queries (the pipeline spreads them over Dask workers) gives exactly
-the rows of one whole run.
+model, BM25 is the teacher; dense teachers (the pipeline's own checkpoint, any local encoder) live in
+``tasks/mining``. Everything for one query depends only on that query, the passage pool and the config,
+so any sharding of the queries (the pipeline spreads them over Dask workers) gives exactly the rows of
+one whole run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Literal
 
 import bm25s
@@ -36,15 +37,79 @@ STAT_KEYS = (
     "removed_positive",
     "removed_duplicate",
     "removed_same_doc",
+    "removed_other_lang",
+    "removed_absolute_margin",
+    "removed_relative_margin",
     "positive_not_in_pool",
     "lang_not_in_pool",
 )
 
 
+class EncodeConfig(BaseModel):
+    """How a dense teacher embeds the pool and the queries (part of the embedding cache key)."""
+
+    encoder: Literal["auto", "m3", "sentence-transformers"] = Field(
+        "auto", description="auto: sentence-transformers when the folder has modules.json, else M3"
+    )
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(256, ge=8, description="passage tokens")
+    query_max_length: int = Field(64, ge=8)
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    partition_rows: int = Field(2048, ge=1, description="texts per encode task = rows per embedding shard")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="intra-op threads per encode task (fixed, so every worker computes the same bits)",
+    )
+
+
+class SearchConfig(BaseModel):
+    """faiss search over the embedding shards (tasks/mining/search.py)."""
+
+    index: Literal["auto", "flat", "ivf"] = Field("auto", description="auto: flat up to exact_max, IVF above")
+    exact_max: int = Field(200_000, ge=1, description="largest pool searched exactly")
+    shard_rows: int | None = Field(
+        None, ge=1, description="vectors per index shard (one search task each); None: one shard"
+    )
+    nlist: int | None = Field(None, ge=1, description="IVF lists; None: 4*sqrt(pool)")
+    nprobe: int = Field(32, ge=1)
+    train_sample: int = Field(65_536, ge=256, description="vectors the IVF quantizer is trained on")
+    depth: int | None = Field(
+        None, ge=1, description="candidates retrieved per query; None: 2*range_end+32 (doubled when short)"
+    )
+
+
+class RescoreConfig(BaseModel):
+    """A second model that re-scores the retrieved candidates; its scores become the teacher scores."""
+
+    kind: Literal["bi-encoder", "cross-encoder"] = "bi-encoder"
+    path: str
+    encoder: Literal["auto", "m3", "sentence-transformers"] = "auto"
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=8)
+
+
 class MineConfig(BaseModel):
     """Mining knobs. The rank window is 0-based over the *clean* ranking (see mine_bm25)."""
 
-    teacher: Literal["bm25"] = "bm25"
+    teacher: Literal["bm25", "checkpoint", "path"] = Field(
+        "bm25",
+        description="bm25; checkpoint: the pipeline's checkpoint from the store (ANCE: the model in "
+        "training mines its own negatives); path: any local M3 / HF / sentence-transformers folder",
+    )
+    teacher_path: str | None = Field(None, description="the encoder folder for teacher: path")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    rescore: RescoreConfig | None = None
+    absolute_margin: float | None = Field(
+        None, description="drop candidates scoring above pos_score - absolute_margin (likely false negatives)"
+    )
+    relative_margin: float | None = Field(
+        None,
+        ge=0.0,
+        description="drop candidates above pos_score - |pos_score|*relative_margin (NV-Retriever)",
+    )
     range_start: int = Field(2, ge=0, description="first clean rank to sample from (skips likely positives)")
     range_end: int = Field(50, ge=1, description="one past the last clean rank to sample from")
     num_negatives: int = Field(7, ge=1)
@@ -62,6 +127,8 @@ class MineConfig(BaseModel):
     def _window(self) -> MineConfig:
         if self.range_end <= self.range_start:
             raise ValueError(f"range_end ({self.range_end}) must exceed range_start ({self.range_start})")
+        if self.teacher == "path" and not self.teacher_path:
+            raise ValueError("teacher 'path' needs teacher_path (a local encoder folder)")
         return self
 
 
@@ -185,7 +252,9 @@ def mine_bm25(
     ICT the likeliest false negatives) or with the text of one, and repeated texts removed.
     Negatives come from clean ranks [range_start, range_end): the first `num_negatives` ("top") or
     a seeded sample ("random"). Too few candidates: pad with random pool passages under the same
-    exclusions (plus the skipped top ranks), counted in `padded`. `index` may be passed to reuse one
+    exclusions (plus the skipped top ranks), counted in `padded`. ``absolute_margin`` /
+    ``relative_margin`` remove candidates scoring too close to the positive (see margin_limits)
+    before the window is taken, as sentence-transformers does. `index` may be passed to reuse one
     built with build_bm25 on the same pool. Stats are sums over queries, so shard stats add up to
     the whole run's.
     """
@@ -220,17 +289,20 @@ def mine_bm25(
         else:
             pos_score = _score_at(ids, scores, pos_idx)
 
+        abs_limit, rel_limit = margin_limits(pos_score if pos_idx >= 0 else None, cfg)
         excluded = _Exclusion(
-            pos_idx, _norm(q.passage), q.doc_id, norm_texts, doc_ids, doc_norms.get(q.doc_id, set())
+            pos_idx,
+            _norm(q.passage),
+            q.doc_id,
+            norm_texts,
+            doc_ids,
+            doc_norms.get(q.doc_id, set()),
+            abs_limit=abs_limit,
+            rel_limit=rel_limit,
         )
         clean = _clean_ranking(ids, scores, cfg.range_end, excluded, stats)
-        window = clean[cfg.range_start : cfg.range_end]
         rng = random.Random(_stable_u64("mine", cfg.seed, q.query_id))
-        if cfg.strategy == "top" or len(window) <= cfg.num_negatives:
-            chosen = window[: cfg.num_negatives]
-        else:
-            picks = sorted(rng.sample(range(len(window)), cfg.num_negatives))
-            chosen = [window[i] for i in picks]
+        chosen = choose_window(clean, cfg, rng)
 
         negs = [i for i, _ in chosen]
         neg_scores = [float(s) for _, s in chosen]
@@ -268,17 +340,36 @@ def _score_at(ids: np.ndarray, scores: np.ndarray, i: int) -> float:
     return float(scores[where]) if where < len(ids) and ids[where] == i else 0.0
 
 
+def margin_limits(pos_score: float | None, cfg: MineConfig) -> tuple[float | None, float | None]:
+    """Score ceilings for negatives from the positive's score, as sentence-transformers'
+    ``mine_hard_negatives`` defines them: absolute drops ``s > pos - margin``, relative drops
+    ``s > pos - |pos| * margin`` (NV-Retriever's TopK-PercPos, arXiv 2407.15831, uses 5%)."""
+    if pos_score is None:
+        return None, None
+    a = None if cfg.absolute_margin is None else pos_score - cfg.absolute_margin
+    r = None if cfg.relative_margin is None else pos_score - abs(pos_score) * cfg.relative_margin
+    return a, r
+
+
 class _Exclusion:
-    """Why a pool passage may not be a negative for one query; accepted texts are remembered."""
+    """Why a pool passage may not be a negative for one query; accepted texts are remembered.
+
+    Texts, documents and languages are compared by equality only, so normalised strings (BM25) or
+    compact keys and codes (the dense miner) both work."""
 
     def __init__(
         self,
         pos_idx: int,
-        pos_norm: str,
-        doc_id: str,
-        norm_texts: list[str],
-        doc_ids: list[str],
-        doc_norms: set[str],
+        pos_norm: Hashable,
+        doc_id: Hashable,
+        norm_texts: Sequence[Hashable],
+        doc_ids: Sequence[Hashable],
+        doc_norms: set,
+        *,
+        langs: Sequence[Hashable] | None = None,
+        lang: Hashable | None = None,
+        abs_limit: float | None = None,
+        rel_limit: float | None = None,
     ):
         self.pos_idx = pos_idx
         self.pos_norm = pos_norm
@@ -286,9 +377,13 @@ class _Exclusion:
         self.norm_texts = norm_texts
         self.doc_ids = doc_ids
         self.doc_norms = doc_norms  # texts of the query document's passages
+        self.langs = langs  # set: only passages of the query's language may be negatives
+        self.lang = lang
+        self.abs_limit = abs_limit
+        self.rel_limit = rel_limit
         self.seen: set[str] = set()
 
-    def reason(self, i: int) -> str | None:
+    def reason(self, i: int, score: float | None = None) -> str | None:
         if i == self.pos_idx:
             return "removed_positive"
         text = self.norm_texts[i]
@@ -298,9 +393,48 @@ class _Exclusion:
         # as likely a false negative as the original.
         if self.doc_ids[i] == self.doc_id or text in self.doc_norms:
             return "removed_same_doc"
+        if self.langs is not None and self.langs[i] != self.lang:
+            return "removed_other_lang"
+        if score is not None:
+            if self.abs_limit is not None and score > self.abs_limit:
+                return "removed_absolute_margin"
+            if self.rel_limit is not None and score > self.rel_limit:
+                return "removed_relative_margin"
         if text in self.seen:
             return "removed_duplicate"
         return None
+
+
+def clean_candidates(
+    ids: Sequence[int], scores: Sequence[float], depth: int, excluded: _Exclusion, stats: Counter
+) -> list[tuple[int, float]]:
+    """The first ``depth`` clean (index, score) pairs of an already ordered candidate list; removals
+    are counted in ``stats`` (only up to the point where the clean list is full)."""
+    excluded.seen.clear()
+    clean: list[tuple[int, float]] = []
+    for i, s in zip(ids, scores, strict=True):
+        if len(clean) == depth:
+            break
+        if i < 0:
+            continue
+        reason = excluded.reason(i, s)
+        if reason is not None:
+            stats[reason] += 1
+            continue
+        excluded.seen.add(excluded.norm_texts[i])
+        clean.append((i, s))
+    return clean
+
+
+def choose_window(
+    clean: list[tuple[int, float]], cfg: MineConfig, rng: random.Random
+) -> list[tuple[int, float]]:
+    """Negatives from the clean ranks [range_start, range_end): the first ones or a seeded sample."""
+    window = clean[cfg.range_start : cfg.range_end]
+    if cfg.strategy == "top" or len(window) <= cfg.num_negatives:
+        return window[: cfg.num_negatives]
+    picks = sorted(rng.sample(range(len(window)), cfg.num_negatives))
+    return [window[i] for i in picks]
 
 
 def _clean_ranking(
@@ -315,7 +449,7 @@ def _clean_ranking(
         removed: Counter = Counter()
         clean: list[tuple[int, float]] = []
         for i, s in zip(top_ids.tolist(), top_scores.tolist(), strict=True):
-            reason = excluded.reason(i)
+            reason = excluded.reason(i, s)
             if reason is not None:
                 removed[reason] += 1
                 continue
@@ -356,3 +490,31 @@ def _pad(
                 break
             take(int(pool_ids[j]))
     return out
+
+
+def _summary(values: Sequence[float]) -> dict[str, float | int]:
+    if not len(values):
+        return {"count": 0}
+    a = np.asarray(values, dtype=np.float64)
+    q = np.percentile(a, [5, 25, 50, 75, 95])
+    return {
+        "count": int(a.size),
+        "mean": round(float(a.mean()), 6),
+        "std": round(float(a.std()), 6),
+        "min": round(float(a.min()), 6),
+        "p5": round(float(q[0]), 6),
+        "p25": round(float(q[1]), 6),
+        "p50": round(float(q[2]), 6),
+        "p75": round(float(q[3]), 6),
+        "p95": round(float(q[4]), 6),
+        "max": round(float(a.max()), 6),
+    }
+
+
+def score_summary(rows: Sequence[dict]) -> dict[str, dict]:
+    """Teacher-score distributions of positives, negatives and (positive - negative) per pair, as
+    sentence-transformers prints them: a negative scoring near its positive is a false-negative risk."""
+    pos = [s for r in rows for s in r["pos_scores"]]
+    neg = [s for r in rows for s in r["neg_scores"]]
+    diff = [r["pos_scores"][0] - s for r in rows if r["pos_scores"] for s in r["neg_scores"]]
+    return {"positive": _summary(pos), "negative": _summary(neg), "difference": _summary(diff)}

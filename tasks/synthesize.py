@@ -5,6 +5,9 @@ backend is a deliberately weaker stand-in: ICT (Lee, Chang & Toutanova 2019, "La
 Weakly Supervised Open Domain Question Answering", arXiv 1906.00300) takes one sentence of a passage
 as a pseudo-query and the rest of the passage as its positive context. It is named `ict` in the
 queries table (`backend="ict"`, `model=""`) so nobody mistakes its rows for LLM questions.
+
+The LLM backend (`backend: openai`, any OpenAI-compatible server) lives in `tasks/llm/`;
+:class:`SynthesizeConfig` picks between the two.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import hashlib
 import logging
 import random
 from collections import Counter
+from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.llm.config import OpenAIConfig
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,38 @@ class IctConfig(BaseModel):
     min_query_chars: int = Field(20, ge=1, description="shorter sentences are not used as queries")
     heldout_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of documents put in test")
     seed: int = 0
+
+
+class SynthesizeConfig(IctConfig):
+    """The synthesize stage: the backend, the ICT knobs (top level, as before) and the LLM settings.
+
+    ``heldout_fraction`` and ``seed`` split documents train/test for both backends.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["ict", "openai"] = Field(
+        "ict", description="ict: offline Inverse Cloze Task (weaker stand-in); openai: LLM questions"
+    )
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+
+    def stage_config(self) -> dict[str, Any]:
+        """What identifies the stage output (the stage cache key): only the chosen backend's
+        settings, so editing the unused backend does not invalidate the cache. No key is in here:
+        the config names where the key comes from, never the key."""
+        if self.backend == "ict":
+            return {
+                "backend": "ict",
+                **IctConfig.model_validate(self.model_dump(exclude={"backend", "openai"})).model_dump(
+                    mode="json"
+                ),
+            }
+        return {
+            "backend": "openai",
+            "heldout_fraction": self.heldout_fraction,
+            "seed": self.seed,
+            "openai": self.openai.model_dump(mode="json"),
+        }
 
 
 def _stable_u64(*parts: object) -> int:

@@ -19,6 +19,7 @@ import pytest
 from tasks.ingest import (
     FileIngestResult,
     IngestConfig,
+    QualityConfig,
     Quarantined,
     Skipped,
     apply_length_rules,
@@ -48,10 +49,15 @@ DOLMA = sorted((DATA / "dolma-warc").glob("*.warc.gz"))
 MARKUP_LEFTOVERS = re.compile(r"\{\{|\}\}|\[\[|\]\]|<ref|\{\||\|\}|__[A-Z]+__")
 
 
+# Reader tests look at what the readers produce, so the quality filters are off for them; the
+# filters have their own tests (test_quality_*) and the whole-stage tests run with the defaults.
+READER = IngestConfig(quality=QualityConfig(enabled=False), min_lang_confidence=0)
+
+
 @functools.cache
 def ingest(path: Path, fmt: str, lang: str | None = None) -> FileIngestResult:
     source = {"mediawiki": "wikipedia", "mc4": "mc4", "warc": "ccnews"}[fmt]
-    return ingest_file(path, fmt, source, lang)
+    return ingest_file(path, fmt, source, lang, READER)
 
 
 def read_gz(path: Path) -> bytes:
@@ -153,7 +159,7 @@ def test_concatenated_bare_pages(tmp_path):
     files = [p for p in WIKICLEAN if p.name.startswith("dewiki")][:3]
     out = tmp_path / "dewiki-fragments.xml"
     out.write_bytes(b"\n".join(p.read_bytes() for p in files))
-    result = ingest_file(out, "mediawiki", "wikipedia", None)
+    result = ingest_file(out, "mediawiki", "wikipedia", None, READER)
     assert result.stats["kept"] == 3 and not result.quarantine
     assert {r["lang"] for r in result.records} == {"de"}
 
@@ -219,7 +225,7 @@ def test_truncated_plain_file_and_magic_detection(tmp_path):
     disguised.write_bytes(gzip.compress(cut))
     assert detect_compression(disguised) == "gzip"
     for path in (plain, disguised):
-        result = ingest_file(path, "mediawiki", "wikipedia", None)
+        result = ingest_file(path, "mediawiki", "wikipedia", None, READER)
         assert result.stats["filtered:redirect"] == 1  # AccessibleComputing
         assert result.stats["kept"] == 1  # Computer accessibility
         assert [q["reason"] for q in result.quarantine] == ["truncated"]
@@ -230,7 +236,7 @@ def test_utf16_big_endian_and_lang_argument(tmp_path):
     page = next(p for p in WIKICLEAN if p.name == "eswiki-test.xml").read_text("utf-8")
     path = tmp_path / "pages.xml"
     path.write_bytes(b"\xfe\xff" + page.encode("utf-16-be"))
-    (rec,) = ingest_file(path, "mediawiki", "wikipedia", "es").records
+    (rec,) = ingest_file(path, "mediawiki", "wikipedia", "es", READER).records
     assert rec["lang"] == "es" and json.loads(rec["meta"])["lang_source"] == "arg"
 
 
@@ -312,7 +318,7 @@ def test_mc4_malformed_lines_are_quarantined(tmp_path):
     good = read_gz(C4_EN).decode("utf-8").split("\n")
     path = tmp_path / "c4-en.mixed.json"
     path.write_text("\n".join([good[0], '{"text": "cut off', "[1, 2]", "", '{"url": "x"}', good[1]]))
-    result = ingest_file(path, "mc4", "mc4", None)
+    result = ingest_file(path, "mc4", "mc4", None, READER)
     reasons = {q["offset"]: q["reason"] for q in result.quarantine}
     assert reasons == {2: "malformed_json", 3: "malformed_json", 5: "missing_text"}
     assert result.stats["kept"] + result.stats.get("filtered:too_short", 0) == 2
@@ -323,7 +329,7 @@ def test_mc4_truncated_gzip(tmp_path):
     data = gzip.compress(read_gz(C4_EN))
     path = tmp_path / "c4-en.cut.json.gz"
     path.write_bytes(data[: len(data) - 200])
-    result = ingest_file(path, "mc4", "mc4", None)
+    result = ingest_file(path, "mc4", "mc4", None, READER)
     assert result.quarantine and result.quarantine[-1]["reason"] == "truncated"
     assert_books_balance(result)
 
@@ -441,7 +447,7 @@ def test_cut_compressed_stream_keeps_pages_before_the_cut(tmp_path):
         data = compress(read_bz2(GENSIM_EN)[:1_500_000])
         path = tmp_path / f"enwiki-cut.xml.{suffix}"
         path.write_bytes(data[: int(len(data) * 0.6)])
-        result = ingest_file(path, "mediawiki", "wikipedia", None)
+        result = ingest_file(path, "mediawiki", "wikipedia", None, READER)
         assert result.stats["kept"] >= 5, suffix
         assert [q["reason"] for q in result.quarantine] == ["truncated"], suffix
         assert_books_balance(result)

@@ -219,3 +219,18 @@ def test_config_validation():
     random.seed(123)
     np.random.seed(123)
     assert mine_bm25(q, p, MineConfig())[0] == a
+
+
+def test_bm25_margins_drop_candidates_near_the_positive(data):
+    queries, passages = data
+    base = MineConfig(strategy="top", range_start=0, range_end=30, pad=False)
+    rows0, _ = mine_bm25(queries.iloc[:150], passages, base)
+    cfg = base.model_copy(update={"absolute_margin": 2.0, "relative_margin": 0.3})
+    rows, stats = mine_bm25(queries.iloc[:150], passages, cfg)
+    assert stats["removed_absolute_margin"] > 0 and stats["removed_relative_margin"] > 0
+    for r, r0 in zip(rows, rows0, strict=True):
+        p = r["pos_scores"][0]
+        assert all(s <= p - 2.0 and s <= p - 0.3 * abs(p) for s in r["neg_scores"])
+        # what survives keeps its order: the kept negatives are the margin-passing ones of the plain run
+        kept0 = [s for s in r0["neg_scores"] if s <= p - 2.0 and s <= p - 0.3 * abs(p)]
+        assert r["neg_scores"][: len(kept0)] == kept0

@@ -15,13 +15,16 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pydantic
 
 from .common import Quarantined, Skipped
+from .dedup import DedupConfig
+from .language import UNDETERMINED, normalize_code
 from .mc4 import iter_mc4
 from .mediawiki import iter_mediawiki
+from .quality import QualityConfig, quality_issue
 from .warc import DEFAULT_MAX_PAYLOAD_BYTES, iter_warc
 
 logger = logging.getLogger(__name__)
@@ -29,14 +32,19 @@ logger = logging.getLogger(__name__)
 Format = Literal["mediawiki", "mc4", "warc"]
 
 __all__ = [
+    "DedupConfig",
     "FileIngestResult",
     "Format",
     "IngestConfig",
+    "QualityConfig",
     "Quarantined",
     "Skipped",
+    "Books",
     "apply_length_rules",
+    "document_issue",
     "ingest_file",
     "iter_documents",
+    "iter_ingest",
 ]
 
 
@@ -50,6 +58,24 @@ class IngestConfig(pydantic.BaseModel):
     max_payload_bytes: int = pydantic.Field(
         DEFAULT_MAX_PAYLOAD_BYTES, gt=0, description="WARC payloads larger than this are filtered:too_large"
     )
+    wikitext_engine: Literal["fast", "mwparserfromhell"] = pydantic.Field(
+        "fast", description="wikitext renderer: the bracket scanner or a full mwparserfromhell parse"
+    )
+    min_lang_confidence: float = pydantic.Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="identified (not declared) languages below this: filtered:lang_confidence",
+    )
+    quality: QualityConfig = pydantic.Field(default_factory=QualityConfig)
+    dedup: DedupConfig = pydantic.Field(default_factory=DedupConfig)
+    batch_rows: int = pydantic.Field(2000, ge=1, description="rows per Parquet row group of a shard")
+    finalize_rows: int = pydantic.Field(
+        200_000, ge=1, description="small shards are rewritten together, up to this many rows per task"
+    )
+    dask_scheduler: str | None = pydantic.Field(
+        None, description="scheduler address for this stage (overrides the profile's dask section)"
+    )
 
 
 @dataclass
@@ -59,6 +85,7 @@ class FileIngestResult:
     records: list[dict]  # corpus records (CONTRACTS.md)
     stats: dict[str, int]  # read, kept, filtered:<reason>, quarantined
     quarantine: list[dict] = field(default_factory=list)  # {"path", "offset"/"record", "reason", ...}
+    by_lang: dict[str, dict[str, int]] = field(default_factory=dict)  # the same books per language
 
 
 def iter_documents(
@@ -77,7 +104,7 @@ def iter_documents(
     config = config or IngestConfig()
     path = str(path)
     if fmt == "mediawiki":
-        return iter_mediawiki(path, source, lang)
+        return iter_mediawiki(path, source, lang, engine=config.wikitext_engine)
     if fmt == "mc4":
         return iter_mc4(path, source, lang)
     if fmt == "warc":
@@ -107,36 +134,101 @@ def apply_length_rules(record: dict, config: IngestConfig) -> dict | Skipped:
     }
 
 
+class Books:
+    """Counts per language of one input file: ``read == kept + filtered:* + quarantined``."""
+
+    def __init__(self) -> None:
+        self.by_lang: dict[str, Counter[str]] = {}
+
+    def add(self, lang: str | None, key: str) -> None:
+        counter = self.by_lang.setdefault(lang or UNDETERMINED, Counter())
+        counter["read"] += 1
+        counter[key] += 1
+
+    @staticmethod
+    def ordered(counter: Counter[str] | dict[str, int]) -> dict[str, int]:
+        out: dict[str, int] = {k: int(counter.get(k, 0)) for k in ("read", "kept", "quarantined")}
+        out.update(sorted((k, int(v)) for k, v in counter.items() if k not in out and v))
+        return out
+
+    def totals(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for c in self.by_lang.values():
+            total.update(c)
+        return self.ordered(total)
+
+    def per_lang(self) -> dict[str, dict[str, int]]:
+        return {lang: self.ordered(c) for lang, c in sorted(self.by_lang.items())}
+
+
+def document_issue(
+    record: dict, config: IngestConfig, languages: list[str] | None = None
+) -> tuple[dict | None, str | None]:
+    """Length rules, language filters and quality filters for one record.
+
+    Returns (record, None) when kept (possibly truncated) or (None, reason) when filtered.
+    """
+    item = apply_length_rules(record, config)
+    if isinstance(item, Skipped):
+        return None, item.reason
+    if languages and item["lang"] not in languages:
+        return None, "language"
+    if config.min_lang_confidence > 0 and '"lang_source": "langid"' in item["meta"]:
+        conf = json.loads(item["meta"]).get("lang_confidence", 0.0)
+        if conf < config.min_lang_confidence:
+            return None, "lang_confidence"
+    issue = quality_issue(item["text"], item["lang"], config.quality)
+    if issue:
+        return None, issue
+    return item, None
+
+
+def iter_ingest(
+    path: str | Path,
+    fmt: Format,
+    source: str,
+    lang: str | None,
+    config: IngestConfig,
+    books: Books,
+    quarantine: list[dict],
+    languages: list[str] | None = None,
+) -> Iterator[dict]:
+    """Kept records of one file, streamed; everything else is counted in ``books`` (per language)
+    and malformed units are appended to ``quarantine``."""
+    file_lang = normalize_code(lang)
+    for item in iter_documents(path, fmt, source, lang, config):
+        if isinstance(item, Quarantined):
+            books.add(file_lang, "quarantined")
+            quarantine.append(item.as_dict())
+            continue
+        if isinstance(item, Skipped):
+            books.add(item.info.get("lang") or file_lang, f"filtered:{item.reason}")
+            continue
+        kept, reason = document_issue(item, config, languages)
+        if kept is None:
+            books.add(item["lang"], f"filtered:{reason}")
+            continue
+        books.add(kept["lang"], "kept")
+        yield kept
+
+
 def ingest_file(
     path: str | Path,
     fmt: Format,
     source: str,
     lang: str | None = None,
     config: IngestConfig | None = None,
+    languages: list[str] | None = None,
 ) -> FileIngestResult:
     """Read one file into corpus records plus bookkeeping (stats and quarantine entries).
 
     Malformed input never raises: it is quarantined, and the reader either skips the bad unit
-    (JSON lines) or stops cleanly at it (cut XML or WARC streams).
+    (JSON lines) or stops cleanly at it (cut XML or WARC streams). Holds the file's records in
+    memory; the stage itself streams them into a Parquet shard (:mod:`.shards`).
     """
     config = config or IngestConfig()
-    stats: Counter[str] = Counter()
-    records: list[dict] = []
-    quarantine: list[dict] = []
-    for item in iter_documents(path, fmt, source, lang, config):
-        stats["read"] += 1
-        if isinstance(item, Quarantined):
-            stats["quarantined"] += 1
-            quarantine.append(item.as_dict())
-            continue
-        if isinstance(item, dict):
-            item = apply_length_rules(item, config)
-        if isinstance(item, Skipped):
-            stats[f"filtered:{item.reason}"] += 1
-            continue
-        stats["kept"] += 1
-        records.append(item)
-    out: dict[str, Any] = {"read": stats["read"], "kept": stats["kept"], "quarantined": stats["quarantined"]}
-    out.update(sorted((k, v) for k, v in stats.items() if k.startswith("filtered:")))
+    books, quarantine = Books(), []
+    records = list(iter_ingest(path, fmt, source, lang, config, books, quarantine, languages))
+    out = books.totals()
     logger.info("ingested %s (%s): %s", path, fmt, out)
-    return FileIngestResult(records=records, stats=out, quarantine=quarantine)
+    return FileIngestResult(records=records, stats=out, quarantine=quarantine, by_lang=books.per_lang())

@@ -1,0 +1,217 @@
+"""Readers for the local evaluation formats (see the table in ``tasks.eval_data``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import regex
+
+from tasks.eval_data import (
+    DataError,
+    EvalDataset,
+    Qrels,
+    _bump,
+    corpus_from_jsonl,
+    open_text,
+    read_jsonl,
+    read_topics,
+    read_trec_qrels,
+)
+
+logger = logging.getLogger(__name__)
+
+_LANG_IN_NAME = regex.compile(r"(?:miracl|mrtydi|mldr)-v[\d.]+-([a-z]{2,3})(?:[-./]|$)")
+
+
+def _first_existing(folder: Path, *names: str) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: none of {', '.join(names)} exists")
+
+
+def _lang_from(*paths: str | Path) -> str:
+    for p in paths:
+        m = _LANG_IN_NAME.search(Path(p).name) or _LANG_IN_NAME.search(str(p))
+        if m:
+            return m.group(1)
+    return ""
+
+
+# -------------------------------------------------------------------------------------------- BEIR
+def load_beir(spec: str, directory: str, split: str = "test") -> EvalDataset:
+    """BEIR (Thakur et al., 2021) folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text),
+    qrels/SPLIT.tsv (query-id, corpus-id, score, with a header)."""
+    d = Path(directory)
+    corpus = corpus_from_jsonl(_first_existing(d, "corpus.jsonl", "corpus.jsonl.gz"))
+    qpath = _first_existing(d, "queries.jsonl", "queries.jsonl.gz")
+    rows = []
+    for n, obj in read_jsonl(qpath):
+        if "_id" not in obj:
+            raise DataError(f"{qpath}:{n}: query without '_id'")
+        rows.append((str(obj["_id"]), obj.get("text") if isinstance(obj.get("text"), str) else ""))
+    queries = pd.DataFrame(rows, columns=["query_id", "query"], dtype=object)
+    qrels_path = _first_existing(d / "qrels", f"{split}.tsv", f"{split}.tsv.gz")
+    lang = _lang_from(d)
+    return EvalDataset(
+        name=lang or d.name,
+        spec=spec,
+        queries=queries,
+        corpus=corpus,
+        qrels=read_trec_qrels(qrels_path),
+        query_lang=lang,
+        corpus_lang=lang,
+        files=[d / "corpus.jsonl", qpath, qrels_path],
+    )
+
+
+# ---------------------------------------------------------------------------------- MIRACL / Mr.TyDi
+def load_topics_qrels(spec: str, topics: str, qrels: str, corpus: str, lang: str = "") -> EvalDataset:
+    """Topics TSV + TREC qrels (Anserini's MIRACL / Mr.TyDi files) + a corpus JSONL with
+    ``docid``/``title``/``text`` (miracl/miracl-corpus, castorini/mr-tydi-corpus)."""
+    lang = lang or _lang_from(topics, qrels)
+    return EvalDataset(
+        name=lang or Path(topics).name,
+        spec=spec,
+        queries=read_topics(topics),
+        corpus=corpus_from_jsonl(corpus),
+        qrels=read_trec_qrels(qrels),
+        query_lang=lang,
+        corpus_lang=lang,
+        files=[Path(topics), Path(qrels), Path(corpus)],
+    )
+
+
+# -------------------------------------------------------------------------------------------- MLDR
+def load_mldr(spec: str, directory: str, split: str = "test", lang: str = "") -> EvalDataset:
+    """MLDR (Chen et al., 2024, the M3 paper's long-document set): ``corpus.jsonl`` (docid, text) and
+    ``SPLIT.jsonl`` (query_id, query, positive_passages: [{docid, ...}]), gzipped or not."""
+    d = Path(directory)
+    corpus = corpus_from_jsonl(_first_existing(d, "corpus.jsonl", "corpus.jsonl.gz"))
+    qpath = _first_existing(d, f"{split}.jsonl", f"{split}.jsonl.gz")
+    rows, qrels = [], {}
+    for n, obj in read_jsonl(qpath):
+        if "query_id" not in obj or not isinstance(obj.get("positive_passages"), list):
+            raise DataError(f"{qpath}:{n}: MLDR rows need 'query_id' and a 'positive_passages' list")
+        qid = str(obj["query_id"])
+        rows.append((qid, obj.get("query") if isinstance(obj.get("query"), str) else ""))
+        qrels[qid] = {str(p["docid"]): 1 for p in obj["positive_passages"] if "docid" in p}
+    lang = lang or _lang_from(d)
+    return EvalDataset(
+        name=lang or d.name,
+        spec=spec,
+        queries=pd.DataFrame(rows, columns=["query_id", "query"], dtype=object),
+        corpus=corpus,
+        qrels=qrels,
+        query_lang=lang,
+        corpus_lang=lang,
+        files=[d / corpus_file for corpus_file in ("corpus.jsonl",)] + [qpath],
+    )
+
+
+# ----------------------------------------------------------------------------------------- XQuAD-R
+def load_xquad_r(spec: str, path: str) -> EvalDataset:
+    """XQuAD-R (Roy et al., 2020, LAReQA): SQuAD JSON whose paragraphs carry ``sentences`` and
+    ``sentence_breaks``; every sentence is a candidate and the gold one holds ``answer_start``.
+
+    Candidates are the sentences alone (LAReQA's "sentence only" setting). An answer start falling
+    between two sentence spans is given to the next sentence and counted.
+    """
+    p = Path(path)
+    with open_text(p) as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    lang = p.name.split(".")[0]
+    passages, queries, qrels = [], [], {}
+    warnings: dict[str, int] = {}
+    for a, article in enumerate(data.get("data", [])):
+        for g, para in enumerate(article.get("paragraphs", [])):
+            sents, breaks = para.get("sentences"), para.get("sentence_breaks")
+            if not isinstance(sents, list) or not isinstance(breaks, list) or len(sents) != len(breaks):
+                raise DataError(
+                    f"{p}: article {a} paragraph {g}: 'sentences' and 'sentence_breaks' missing "
+                    "or of different lengths (is this XQuAD-R, not plain XQuAD?)"
+                )
+            ids = [f"{a}.{g}.{s}" for s in range(len(sents))]
+            passages.extend(zip(ids, sents, strict=True))
+            for qa in para.get("qas", []):
+                qid = str(qa["id"])
+                queries.append((qid, qa.get("question") or ""))
+                gold = {}
+                for ans in qa.get("answers", []):
+                    start = int(ans["answer_start"])
+                    hit = [i for i, (b, e) in enumerate(breaks) if b <= start < e]
+                    if not hit:
+                        hit = [i for i, (b, _) in enumerate(breaks) if b > start][:1]
+                        _bump(warnings, "answer_between_sentences")
+                    if not hit:
+                        _bump(warnings, "answer_outside_paragraph")
+                    gold.update({ids[i]: 1 for i in hit})
+                qrels[qid] = gold
+    if not passages:
+        raise DataError(f"{p}: no paragraphs with sentences")
+    return EvalDataset(
+        name=lang,
+        spec=spec,
+        queries=pd.DataFrame(queries, columns=["query_id", "query"], dtype=object),
+        corpus=pd.DataFrame(passages, columns=["passage_id", "passage"], dtype=object),
+        qrels=qrels,
+        query_lang=lang,
+        corpus_lang=lang,
+        files=[p],
+        warnings=warnings,
+    )
+
+
+# ----------------------------------------------------------------------------------------- Tatoeba
+def load_tatoeba(spec: str, directory: str, lang: str) -> EvalDataset:
+    """LASER's Tatoeba test set (Artetxe & Schwenk, 2019): ``tatoeba.LANG-eng.LANG`` and
+    ``tatoeba.LANG-eng.eng`` are line-aligned. The query is line i in LANG; the corpus is the English
+    side, and line i's translation is the one relevant passage.
+
+    English lines that repeat are merged into one passage (relevant to each of their queries):
+    otherwise a model ranking the "other" copy first would be wrongly penalised.
+    """
+    d = Path(directory)
+    src, eng = d / f"tatoeba.{lang}-eng.{lang}", d / f"tatoeba.{lang}-eng.eng"
+    if not src.is_file():
+        have = sorted({f.name.split(".")[1].split("-")[0] for f in d.glob("tatoeba.*-eng.eng")})
+        raise FileNotFoundError(f"{src} does not exist; languages in {d}: {' '.join(have) or 'none'}")
+    with open_text(src) as fh:
+        q_lines = fh.read().splitlines()
+    with open_text(eng) as fh:
+        e_lines = fh.read().splitlines()
+    if len(q_lines) != len(e_lines):
+        raise DataError(f"{src} has {len(q_lines)} lines but {eng} has {len(e_lines)}: not line-aligned")
+    pid_of: dict[str, str] = {}
+    passages = []
+    queries = []
+    qrels: Qrels = {}
+    merged = 0
+    for i, (q, e) in enumerate(zip(q_lines, e_lines, strict=True)):
+        key = e.strip()
+        if key in pid_of:
+            merged += 1
+        else:
+            pid_of[key] = f"eng.{i}"
+            passages.append((pid_of[key], e))
+        qid = f"{lang}.{i}"
+        queries.append((qid, q))
+        qrels[qid] = {pid_of[key]: 1}
+    ds = EvalDataset(
+        name=lang,
+        spec=spec,
+        queries=pd.DataFrame(queries, columns=["query_id", "query"], dtype=object),
+        corpus=pd.DataFrame(passages, columns=["passage_id", "passage"], dtype=object),
+        qrels=qrels,
+        query_lang=lang,
+        corpus_lang="eng",
+        files=[src, eng],
+    )
+    _bump(ds.notes, "duplicate_english_lines_merged", merged)
+    return ds

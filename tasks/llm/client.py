@@ -1,0 +1,202 @@
+"""An async chat-completions client for any OpenAI-compatible server, with the operations a paid
+API needs: a concurrency limit, RPM/TPM limits, a budget, and retries that back off.
+
+Retries: exponential backoff with full jitter (Brooker, "Exponential Backoff And Jitter", AWS
+Architecture Blog, 2015) on 429, 5xx, timeouts, dropped connections and unreadable bodies; a
+``Retry-After`` / ``retry-after-ms`` header sets the minimum wait. Other 4xx are the caller's
+mistake (bad request, bad key, unknown model) and are never retried. The official ``openai``
+client does the HTTP; its own retries are off so that every request sent is counted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from tasks.llm.budget import Budget
+from tasks.llm.config import OpenAIConfig
+from tasks.llm.ratelimit import RateLimiter
+from tasks.llm.secret import Redactor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Completion:
+    content: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str
+    attempts: int
+
+
+class RequestFailed(Exception):
+    """A request that will not succeed by retrying (or whose retries ran out)."""
+
+    def __init__(self, reason: str, detail: str, attempts: int):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.attempts = attempts
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    responses_ok: int = 0
+    errors: Counter = field(default_factory=Counter)  # reason -> count (every failed request)
+    retries: int = 0
+    requests_without_usage: int = 0
+    rate_limit_wait_s: float = 0.0
+    backoff_wait_s: float = 0.0
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """A tokenizer-free upper-ish estimate: ~1 token per 3 characters (CJK is ~1 per char, so count
+    non-ASCII characters fully) plus a few tokens of chat framing per message."""
+    n = 0
+    for m in messages:
+        text = m.get("content", "")
+        ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+        n += ascii_chars // 3 + (len(text) - ascii_chars) + 4
+    return n + 3
+
+
+class ChatClient:
+    def __init__(
+        self,
+        cfg: OpenAIConfig,
+        api_key: str | None,
+        budget: Budget,
+        redactor: Redactor,
+        *,
+        rng: random.Random | None = None,
+    ):
+        self.cfg = cfg
+        self.budget = budget
+        self.redactor = redactor
+        self.stats = ClientStats()
+        self.limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
+        self._sem = asyncio.Semaphore(cfg.concurrency)
+        self._rng = rng or random.Random(0)
+        # Servers without auth (local vLLM/Ollama) still need a non-empty key for the client.
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key or "no-key",
+            base_url=cfg.base_url,
+            timeout=cfg.timeout_s,
+            max_retries=0,
+        )
+        # The client builds its resources lazily, which takes a noticeable moment on first use; done
+        # inside the first request it would block the event loop after rate tokens were taken, and
+        # the requests would then arrive at the server bunched together.
+        _ = self._client.chat.completions.create
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _classify(self, exc: BaseException) -> tuple[str, bool, float | None]:
+        """(reason, retryable, retry_after seconds) of a failed request."""
+        if isinstance(exc, openai.APITimeoutError):
+            return "timeout", True, None
+        if isinstance(exc, openai.APIConnectionError):
+            return "connection_error", True, None
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            retry_after = _retry_after(exc.response.headers)
+            if status == 429:
+                return "http_429", True, retry_after
+            if status >= 500:
+                return f"http_{status}", True, retry_after
+            return f"http_{status}", False, None
+        if isinstance(exc, openai.APIResponseValidationError | ValueError):
+            return "bad_response", True, None  # a body that is not a chat completion
+        raise exc  # a bug, not a server fault: let it surface
+
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+        """One chat completion, retried as the server allows; raises RequestFailed/BudgetExhausted."""
+        cfg = self.cfg
+        est_prompt = estimate_tokens(messages)
+        est_total = est_prompt + cfg.max_tokens
+        attempt = 0
+        while True:
+            async with self._sem:
+                self.stats.rate_limit_wait_s += await self.limiter.acquire(est_total)
+                reservation = self.budget.reserve(est_prompt, cfg.max_tokens)  # may raise BudgetExhausted
+                self.stats.requests += 1
+                try:
+                    resp = await self._client.chat.completions.create(
+                        model=cfg.model, messages=messages, **params
+                    )
+                except Exception as exc:  # classified below; unknown kinds re-raise
+                    self.budget.settle(reservation, 0, 0)
+                    self.stats.requests_without_usage += 1
+                    reason, retryable, retry_after = self._classify(exc)
+                    detail = self.redactor.clean(f"{type(exc).__name__}: {exc}")[:300]
+                else:
+                    usage = resp.usage
+                    pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
+                    ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+                    if usage is None:
+                        self.stats.requests_without_usage += 1
+                    self.budget.settle(reservation, pt, ct)
+                    self.limiter.settle(est_total, pt + ct if usage else None)
+                    self.stats.responses_ok += 1
+                    choice = resp.choices[0] if resp.choices else None
+                    return Completion(
+                        content=choice.message.content if choice and choice.message else None,
+                        finish_reason=choice.finish_reason if choice else None,
+                        prompt_tokens=pt if usage else None,
+                        completion_tokens=ct if usage else None,
+                        model=resp.model or cfg.model,
+                        attempts=attempt + 1,
+                    )
+            self.stats.errors[reason] += 1
+            if not retryable:
+                raise RequestFailed(reason, detail, attempt + 1)
+            if attempt >= cfg.max_retries:
+                raise RequestFailed(f"{reason}_retries_exhausted", detail, attempt + 1)
+            if retry_after is not None and retry_after > cfg.max_retry_after_s:
+                raise RequestFailed(
+                    f"{reason}_retry_after_too_long", f"server asked to wait {retry_after:.0f}s", attempt + 1
+                )
+            delay = self._rng.uniform(0.0, min(cfg.backoff_max_s, cfg.backoff_base_s * 2**attempt))
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            logger.debug("retrying after %s in %.2fs (attempt %d)", reason, delay, attempt + 1)
+            self.stats.retries += 1
+            self.stats.backoff_wait_s += delay
+            await asyncio.sleep(delay)
+            attempt += 1

@@ -1,0 +1,436 @@
+"""MultiLongDoc-style question synthesis through an OpenAI-compatible API.
+
+The M3 recipe (arXiv 2402.03216, section 3) samples long articles, picks paragraphs of them and has
+an LLM write questions answerable from those paragraphs. Here: select long documents by length and
+language, sample passages, send one chat request per passage (cached in the store, rate-limited,
+retried, under a budget), parse the reply strictly, filter the questions, and account for every
+document: it ends with questions or in the failure list with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+from tasks.llm.budget import Budget, BudgetExhausted
+from tasks.llm.cache import ResponseCache, request_key
+from tasks.llm.config import OpenAIConfig, SelectionConfig
+from tasks.llm.filters import DROP_REASONS, QuestionFilter
+from tasks.llm.parse import ParseError, parse_questions
+from tasks.llm.prompts import build_messages, output_schema
+from tasks.llm.secret import RedactingFilter, Redactor
+from tasks.text import join_sentences, pack_sentences, split_sentences
+
+logger = logging.getLogger(__name__)
+
+QUERY_COLUMNS = ["query_id", "query", "doc_id", "lang", "backend", "model", "passage_id", "passage", "split"]
+T = TypeVar("T")
+_SCRUBBED_LOGGERS = (
+    "openai",
+    "openai._base_client",
+    "httpx",
+    "httpx2",
+    "httpx2._client",
+    "tasks.llm.client",
+    "tasks.llm.synthesize",
+)
+
+
+def _u64(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha1("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def select_documents(
+    corpus: pd.DataFrame, sel: SelectionConfig, seed: int = 0
+) -> tuple[pd.DataFrame, Counter]:
+    """Long documents in the wanted languages, in a seeded but order-independent sequence, capped.
+
+    Returns the selection and the count of documents left out, by reason.
+    """
+    skipped: Counter = Counter()
+    keep = []
+    for i, (doc_id, lang, text) in enumerate(zip(corpus["id"], corpus["lang"], corpus["text"], strict=True)):
+        n = len(text or "")
+        if sel.languages is not None and lang not in sel.languages:
+            skipped["language"] += 1
+        elif n < sel.min_doc_chars:
+            skipped["too_short"] += 1
+        elif sel.max_doc_chars is not None and n > sel.max_doc_chars:
+            skipped["too_long"] += 1
+        else:
+            keep.append((_u64("select", seed, doc_id), doc_id, lang, i))
+    keep.sort()
+    per_lang: Counter = Counter()
+    rows = []
+    for _, _, lang, i in keep:
+        if sel.max_docs is not None and len(rows) >= sel.max_docs:
+            skipped["over_max_docs"] += 1
+            continue
+        if sel.max_docs_per_lang is not None and per_lang[lang] >= sel.max_docs_per_lang:
+            skipped["over_max_docs_per_lang"] += 1
+            continue
+        per_lang[lang] += 1
+        rows.append(i)
+    return corpus.iloc[rows].reset_index(drop=True), skipped
+
+
+def sample_passages(
+    doc_id: str, text: str, lang: str, sel: SelectionConfig, seed: int = 0
+) -> list[tuple[str, str]]:
+    """Up to ``passages_per_doc`` passages (whole sentences, at most ``passage_chars``), chosen with
+    a per-document seed; ids follow the ICT backend's ``<doc_id>#p<index>`` so the two line up."""
+    groups = pack_sentences(split_sentences(text or "", lang), sel.passage_chars)
+    candidates = [(i, join_sentences(g)) for i, g in enumerate(groups)]
+    candidates = [(i, p) for i, p in candidates if len(p) >= sel.min_passage_chars]
+    rng = random.Random(_u64("passages", seed, doc_id))
+    chosen = sorted(rng.sample(candidates, min(sel.passages_per_doc, len(candidates))))
+    return [(f"{doc_id}#p{i}", p) for i, p in chosen]
+
+
+def request_params(cfg: OpenAIConfig) -> dict[str, Any]:
+    """Sampling and format parameters sent with every request (and hashed into the cache key)."""
+    params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+    if cfg.seed is not None:
+        params["seed"] = cfg.seed
+    if cfg.structured_output == "json_schema":
+        params["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "questions", "strict": True, "schema": output_schema()},
+        }
+    elif cfg.structured_output == "json_object":
+        params["response_format"] = {"type": "json_object"}
+    return params
+
+
+def public_endpoint(url: str) -> str:
+    """The endpoint as it may appear in metrics: scheme, host, port, path; nothing else."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    return f"{p.scheme}://{host}{f':{p.port}' if p.port else ''}{p.path}"
+
+
+@dataclass
+class _Job:
+    doc_id: str
+    lang: str
+    passage_id: str
+    passage: str
+    messages: list[dict[str, str]]
+
+
+@dataclass
+class _JobResult:
+    questions: list[Any] | None = None
+    reason: str | None = None
+    detail: str = ""
+    requests: int = 0
+    cache_hits: int = 0
+    parse_failures: list[str] = field(default_factory=list)
+    cached_usage: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class LLMResult:
+    queries: pd.DataFrame
+    failures: list[dict[str, Any]]  # one per document without questions: doc_id, lang, reason, detail
+    dropped: list[dict[str, Any]]  # one per filtered question: doc_id, passage_id, question, reason
+    metrics: dict[str, Any]
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, also from inside a running loop (Prefect may have one): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="llm-synthesize")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+async def _run_job(
+    job: _Job, client, cache: ResponseCache | None, cfg: OpenAIConfig, params: dict
+) -> _JobResult:
+    from tasks.llm.client import RequestFailed
+
+    out = _JobResult()
+    for attempt in range(cfg.parse_retries + 1):
+        key = request_key(cfg.model, job.messages, params, attempt)
+        record = await asyncio.to_thread(cache.get, key) if cache else None
+        if record is not None:
+            out.cache_hits += 1
+            usage = record.get("usage") or {}
+            pt, ct = out.cached_usage
+            out.cached_usage = (
+                pt + int(usage.get("prompt_tokens") or 0),
+                ct + int(usage.get("completion_tokens") or 0),
+            )
+        else:
+            try:
+                comp = await client.complete(job.messages, params)
+            except RequestFailed as exc:
+                out.requests += exc.attempts
+                out.reason, out.detail = exc.reason, exc.detail
+                return out
+            except BudgetExhausted as exc:
+                out.reason, out.detail = "budget_exhausted", f"stopped at {exc.reason}"
+                return out
+            out.requests += comp.attempts
+            record = {
+                "model": cfg.model,
+                "reply_model": comp.model,
+                "content": comp.content,
+                "finish_reason": comp.finish_reason,
+                "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+                "request": {"messages": job.messages, "params": params, "attempt": attempt},
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            if cache is not None:
+                # Committed before the reply is used: a kill after this line never pays for it again.
+                await asyncio.to_thread(cache.put, key, record)
+        try:
+            out.questions = parse_questions(record.get("content"), record.get("finish_reason"))
+            out.reason = None
+            return out
+        except ParseError as exc:
+            out.parse_failures.append(exc.reason)
+            out.reason, out.detail = exc.reason, exc.detail
+    return out
+
+
+async def _run_all(jobs: list[_Job], client, cache, cfg: OpenAIConfig, params: dict) -> list[_JobResult]:
+    results: list[_JobResult | None] = [None] * len(jobs)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(jobs)):
+        queue.put_nowait(i)
+    done = 0
+    started = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal done
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            results[i] = await _run_job(jobs[i], client, cache, cfg, params)
+            done += 1
+            if done % 50 == 0 or done == len(jobs):
+                logger.info(
+                    "LLM synthesis: %d/%d passages done, %d requests sent (%.0fs)",
+                    done, len(jobs), client.stats.requests, time.monotonic() - started,
+                )  # fmt: skip
+
+    # Twice the request concurrency: cache lookups overlap with requests in flight.
+    await asyncio.gather(*(worker() for _ in range(min(len(jobs), 2 * cfg.concurrency) or 1)))
+    await client.aclose()
+    return [r for r in results if r is not None]
+
+
+def llm_queries(
+    corpus: pd.DataFrame,
+    cfg: OpenAIConfig,
+    *,
+    api_key: str | None,
+    cache: ResponseCache | None,
+    heldout_fraction: float = 0.2,
+    seed: int = 0,
+) -> LLMResult:
+    """Questions for long corpus documents (queries schema in CONTRACTS.md, ``backend="openai"``).
+
+    ``api_key`` is used only by the HTTP client; it is scrubbed from every text this returns or logs.
+    Books kept in ``metrics``: ``docs_in == docs_selected + sum(docs_skipped)``,
+    ``docs_selected == docs_with_questions + sum(docs_failed)``,
+    ``passages == passages_ok + sum(passages_failed)``,
+    ``questions_generated == questions_kept + sum(questions_dropped)``.
+    """
+    from tasks.llm.client import ChatClient
+    from tasks.synthesize import split_of
+
+    redactor = Redactor(api_key)
+    scrub = RedactingFilter(redactor)
+    # Defence in depth: logger filters do not apply to child loggers, so name the ones that log
+    # requests and replies (the key itself is never passed to any of them).
+    for name in _SCRUBBED_LOGGERS:
+        logging.getLogger(name).addFilter(scrub)
+    try:
+        return _llm_queries(
+            corpus, cfg, api_key, cache, heldout_fraction, seed, redactor, ChatClient, split_of
+        )
+    except Exception as exc:
+        # Never let an unexpected error carry the key out in its message or its chain.
+        raise RuntimeError(redactor.clean(f"LLM synthesis failed: {type(exc).__name__}: {exc}")) from None
+    finally:
+        for name in _SCRUBBED_LOGGERS:
+            logging.getLogger(name).removeFilter(scrub)
+
+
+def _llm_queries(
+    corpus, cfg, api_key, cache, heldout_fraction, seed, redactor, client_cls, split_of
+) -> LLMResult:
+    started = time.monotonic()
+    sel = cfg.selection
+    selected, skipped = select_documents(corpus, sel, seed)
+    failures: list[dict[str, Any]] = []
+    jobs: list[_Job] = []
+    n = cfg.questions_per_passage
+    for doc_id, lang, title, text in zip(
+        selected["id"], selected["lang"], selected["title"], selected["text"], strict=True
+    ):
+        passages = sample_passages(doc_id, text, lang, sel, seed)
+        if not passages:
+            failures.append({"doc_id": doc_id, "lang": lang, "reason": "no_usable_passage", "detail": ""})
+        for passage_id, passage in passages:
+            jobs.append(
+                _Job(doc_id, lang, passage_id, passage, build_messages(lang, title or "", passage, n))
+            )
+    params = request_params(cfg)
+    budget = Budget(cfg.budget)
+    client = client_cls(cfg, api_key, budget, redactor)
+    logger.info(
+        "LLM synthesis: %d documents selected (%s skipped), %d passages, model %s at %s",
+        len(selected), dict(skipped), len(jobs), cfg.model, public_endpoint(cfg.base_url),
+    )  # fmt: skip
+    results = _run_sync(_run_all(jobs, client, cache, cfg, params)) if jobs else []
+
+    qfilter = QuestionFilter(cfg.filters)
+    rows: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    passages_failed: Counter = Counter()
+    parse_failures: Counter = Counter()
+    by_doc: dict[str, list[tuple[_Job, _JobResult]]] = {}
+    for job, res in zip(jobs, results, strict=True):
+        by_doc.setdefault(job.doc_id, []).append((job, res))
+        parse_failures.update(res.parse_failures)
+    generated = 0
+    # Filter in a fixed order (document id, passage index): duplicates resolve the same way every run.
+    for doc_id in sorted(by_doc):
+        kept_before = len(rows)
+        doc_reasons = []
+        for job, res in by_doc[doc_id]:
+            if res.questions is None:
+                passages_failed[res.reason] += 1
+                doc_reasons.append((res.reason, redactor.clean(res.detail)))
+                continue
+            split = split_of(doc_id, heldout_fraction, seed)
+            kept_here = 0
+            for k, question in enumerate(res.questions):
+                generated += 1
+                # More than asked for: keep the first n that pass the filters, count the rest.
+                if kept_here >= n:
+                    reason = "over_count"
+                    qfilter.dropped[reason] += 1
+                else:
+                    reason = qfilter.check(question, job.passage, job.lang)
+                if reason:
+                    dropped.append(
+                        {
+                            "doc_id": doc_id,
+                            "passage_id": job.passage_id,
+                            "question": str(question),
+                            "reason": reason,
+                        }
+                    )
+                    continue
+                kept_here += 1
+                rows.append(
+                    {
+                        "query_id": f"q:{job.passage_id}:{k}",
+                        "query": question.strip(),
+                        "doc_id": doc_id,
+                        "lang": job.lang,
+                        "backend": "openai",
+                        "model": cfg.model,
+                        "passage_id": job.passage_id,
+                        "passage": job.passage,
+                        "split": split,
+                    }
+                )
+        if len(rows) == kept_before:
+            reason, detail = doc_reasons[0] if doc_reasons else ("all_questions_dropped", "")
+            failures.append(
+                {"doc_id": doc_id, "lang": by_doc[doc_id][0][0].lang, "reason": reason, "detail": detail}
+            )
+
+    queries = pd.DataFrame(rows, columns=QUERY_COLUMNS)
+    stats = client.stats
+    used = budget.used
+    cached_pt = sum(r.cached_usage[0] for r in results)
+    cached_ct = sum(r.cached_usage[1] for r in results)
+    docs_failed = Counter(f["reason"] for f in failures)
+    metrics: dict[str, Any] = {
+        "backend": "openai",
+        "model": cfg.model,
+        "endpoint": public_endpoint(cfg.base_url),
+        "docs_in": len(corpus),
+        "docs_selected": len(selected),
+        "docs_skipped": dict(sorted(skipped.items())),
+        "docs_with_questions": int(queries["doc_id"].nunique()),
+        "docs_failed": dict(sorted(docs_failed.items())),
+        "passages": len(jobs),
+        "passages_ok": sum(r.questions is not None for r in results),
+        "passages_failed": dict(sorted(passages_failed.items())),
+        "questions_generated": generated,
+        "questions_kept": len(queries),
+        "questions_dropped": {r: qfilter.dropped[r] for r in (*DROP_REASONS, "over_count")},
+        "parse_failures": dict(sorted(parse_failures.items())),
+        "train": int((queries["split"] == "train").sum()),
+        "test": int((queries["split"] == "test").sum()),
+        "queries_per_lang": queries.groupby("lang").size().to_dict() if len(queries) else {},
+        "requests_sent": stats.requests,
+        "responses_ok": stats.responses_ok,
+        "request_errors": dict(sorted(stats.errors.items())),
+        "retries": stats.retries,
+        "cache_hits": sum(r.cache_hits for r in results),
+        "usage": {
+            "prompt_tokens": used.prompt_tokens,
+            "completion_tokens": used.completion_tokens,
+            "total_tokens": used.total_tokens,
+            "requests_without_usage": stats.requests_without_usage,
+            "estimated_cost_usd": round(used.cost_usd, 6),
+        },
+        "usage_reused_from_cache": {
+            "prompt_tokens": cached_pt,
+            "completion_tokens": cached_ct,
+            "estimated_cost_usd": round(budget.cost(cached_pt, cached_ct), 6),
+        },
+        "stopped_early": budget.stop_reason is not None,
+        "stop_reason": budget.stop_reason,
+        "rate_limit_wait_s": round(stats.rate_limit_wait_s, 3),
+        "backoff_wait_s": round(stats.backoff_wait_s, 3),
+        "elapsed_s": round(time.monotonic() - started, 3),
+    }
+    if budget.stop_reason:
+        logger.warning(
+            "LLM synthesis stopped early (%s): %d documents left without questions",
+            budget.stop_reason, docs_failed.get("budget_exhausted", 0),
+        )  # fmt: skip
+    logger.info(
+        "LLM synthesis: %d questions for %d/%d documents; %d requests, %d cache hits, %d tokens, ~$%.4f",
+        len(queries), metrics["docs_with_questions"], len(selected), stats.requests, metrics["cache_hits"],
+        used.total_tokens, used.cost_usd,
+    )  # fmt: skip
+    return LLMResult(queries, sorted(failures, key=lambda f: f["doc_id"]), dropped, metrics)

@@ -1,0 +1,168 @@
+"""Top-k inner-product search over embedding shards, one index shard per task, merged exactly.
+
+Ranking is a total order, (score desc, pool row asc), everywhere: inside a block, across blocks and
+across index shards. Keeping the exact top-k of that order at every step makes the result of the
+whole search independent of how the pool is grouped into shards and which worker ran what.
+
+The scores themselves are made grouping-independent too: every score comes from a product of one
+fixed query partition with one fixed passage partition (the embedding shards), so the floating point
+work for a (query, passage) pair is the same whatever index shard the partition landed in.
+
+* ``flat``: exact. Partitions are streamed one at a time (memory = one partition + the running top-k),
+  so an index shard never has to fit in a worker's memory at once.
+* ``ivf``: faiss ``IndexIVFFlat`` (Jégou et al., "Product quantization for nearest neighbor search",
+  2011) with one coarse quantizer trained once for the whole pool and shared by every shard, vectors
+  assigned partition by partition. The probed lists of a query are then the same in every shard, so
+  the union of per-shard results is what a single IVF index over the pool returns: sharding changes
+  nothing but memory per task.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tasks.mining.embed import load_shard
+
+logger = logging.getLogger(__name__)
+
+NO_ID = -1
+
+
+def block_topk(scores: np.ndarray, base: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each row of ``scores`` (columns = pool rows base, base+1, ...) in the total
+    order (score desc, row asc); ties at the cut are resolved by the lower row, never arbitrarily."""
+    n, m = scores.shape
+    if m <= k:
+        ids = np.broadcast_to(np.arange(base, base + m, dtype=np.int64), (n, m))
+        return sort_rows(ids.copy(), scores.copy())
+    kth = np.partition(scores, m - k, axis=1)[:, m - k]  # the k-th largest value per row
+    above = scores > kth[:, None]
+    tie = scores == kth[:, None]
+    need = k - above.sum(1)
+    take = above | (tie & (np.cumsum(tie, axis=1) <= need[:, None]))
+    rows, cols = np.nonzero(take)  # exactly k per row, row-major
+    ids = (cols + base).astype(np.int64).reshape(n, k)
+    return sort_rows(ids, scores[rows, cols].reshape(n, k))
+
+
+def sort_rows(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row by (score desc, id asc); padding (id -1, score -inf) goes last."""
+    key_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((key_ids, -scores.astype(np.float64)), axis=1)
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of the union of per-row candidate lists, padded with (-1, -inf) to width k."""
+    ids = np.concatenate([p[0] for p in parts], axis=1)
+    scores = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32)
+    ids, scores = sort_rows(ids, scores)
+    ids, scores = ids[:, :k], scores[:, :k]
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=NO_ID)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return ids, scores
+
+
+def _query_blocks(store_url: str, query_shards: list[dict], query_rows: np.ndarray):
+    """(full partition vectors, positions in query_rows, rows inside the partition) per partition."""
+    for s in query_shards:
+        sel = np.nonzero((query_rows >= s["start"]) & (query_rows < s["end"]))[0]
+        if len(sel):
+            yield load_shard(store_url, s["id"]), sel, query_rows[sel] - s["start"]
+
+
+def search_shard(
+    store_url: str,
+    passage_shards: list[dict],
+    query_shards: list[dict],
+    query_rows: np.ndarray,
+    pos_rows: np.ndarray,
+    k: int,
+    index: str = "flat",
+    centroids: np.ndarray | None = None,
+    nprobe: int = 32,
+    threads: int = 1,
+) -> dict[str, np.ndarray]:
+    """Top-k pool rows for the queries ``query_rows`` within one index shard (its ``passage_shards``).
+
+    ``pos_rows`` are the queries' positive pool rows (-1: not in the pool); their scores are returned
+    where the positive lies in this shard (NaN elsewhere), computed the same way as the candidates'.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    pos_rows = np.asarray(pos_rows, dtype=np.int64)
+    nq = len(query_rows)
+    best = (np.full((nq, k), NO_ID, np.int64), np.full((nq, k), -np.inf, np.float32))
+    pos_scores = np.full(nq, np.nan, dtype=np.float32)
+    queries = list(_query_blocks(store_url, query_shards, query_rows))
+    if index == "flat":
+        for ps in passage_shards:
+            x = load_shard(store_url, ps["id"])
+            for q, sel, local in queries:
+                s = q @ x.T  # the whole partition pair: fixed shapes, hence fixed bits
+                s = s[local]
+                blk = block_topk(s, ps["start"], k)
+                best[0][sel], best[1][sel] = merge_topk([(best[0][sel], best[1][sel]), blk], k)
+                inside = (pos_rows[sel] >= ps["start"]) & (pos_rows[sel] < ps["end"])
+                if inside.any():
+                    r = np.nonzero(inside)[0]
+                    pos_scores[sel[r]] = s[r, pos_rows[sel[r]] - ps["start"]]
+            del x
+        return {"ids": best[0], "scores": best[1], "pos_scores": pos_scores}
+    if index != "ivf":
+        raise ValueError(f"unknown index {index!r}")
+    if centroids is None:
+        raise ValueError("an IVF search needs the shared centroids")
+    d = centroids.shape[1]
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    ivf = faiss.IndexIVFFlat(quantizer, d, centroids.shape[0], faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True
+    for ps in passage_shards:  # assignment per partition: the same bits whatever the shard grouping
+        x = load_shard(store_url, ps["id"])
+        ivf.add_with_ids(x, np.arange(ps["start"], ps["end"], dtype=np.int64))
+        for q, sel, local in queries:
+            inside = (pos_rows[sel] >= ps["start"]) & (pos_rows[sel] < ps["end"])
+            if inside.any():
+                r = np.nonzero(inside)[0]
+                pos_scores[sel[r]] = np.einsum("ij,ij->i", q[local[r]], x[pos_rows[sel[r]] - ps["start"]])
+        del x
+    ivf.nprobe = min(nprobe, centroids.shape[0])
+    width = min(k + 16, max(ivf.ntotal, 1))  # a little slack so ties at the cut resolve by row
+    out_ids = np.full((nq, k), NO_ID, np.int64)
+    out_scores = np.full((nq, k), -np.inf, np.float32)
+    for q, sel, local in queries:
+        scores, ids = ivf.search(q, width)  # full partition: fixed shapes
+        scores, ids = scores[local], ids[local]
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        i, s = merge_topk([(ids, scores)], k)
+        out_ids[sel], out_scores[sel] = i, s
+    return {"ids": out_ids, "scores": out_scores, "pos_scores": pos_scores}
+
+
+def train_quantizer(
+    store_url: str, passage_shards: list[dict], nlist: int, sample: int, seed: int, threads: int = 1
+) -> np.ndarray:
+    """Spherical k-means centroids [nlist, d] on a seeded sample of the whole pool (rows chosen by
+    global position, so the sample does not depend on the sharding)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    n = passage_shards[-1]["end"]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    parts = []
+    for ps in passage_shards:
+        sel = rows[(rows >= ps["start"]) & (rows < ps["end"])]
+        if len(sel):
+            parts.append(np.asarray(load_shard(store_url, ps["id"], mmap=True)[sel - ps["start"]]))
+    x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], nlist, niter=20, seed=seed, spherical=True, verbose=False)
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)

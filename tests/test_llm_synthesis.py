@@ -1,0 +1,486 @@
+"""The ``openai`` synthesize backend against a real HTTP server speaking the chat-completions protocol.
+
+The server (``ChatServer``, http.server in a thread) answers like an LLM would, in the document's
+language, and injects faults per document: 429 with Retry-After, 500s, a timeout, a body that is
+not JSON, a reply that is not JSON, a connection dropped mid-body, a 400, a 401 that echoes the key.
+It counts every request. Documents are real Wikipedia articles (wikiclean pages in many languages,
+read in place from the shared data through ``tasks.ingest.ingest_file``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from m3.store import Store
+from tasks.ingest import ingest_file
+from tasks.llm.cache import ResponseCache
+from tasks.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
+from tasks.llm.synthesize import llm_queries
+from tasks.synthesize import QUERY_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+WIKICLEAN = REPO.parent / "shared" / "data" / "wikiclean-pages"
+KEY = "sk-m3test-NEVER-WRITE-ME-5e0c2f7a91b4d38e"  # distinctive: grep for it everywhere
+
+# Questions the fake LLM writes, per language ({t} = the article title). Real questions a model
+# could ask, paraphrasing rather than copying; three per passage.
+QUESTIONS = {
+    "en": [
+        "What is known about the origins of {t}?",
+        "How is {t} described in terms of its main features?",
+        "Why is {t} considered significant?",
+    ],
+    "de": [
+        "Was ist über die Herkunft von {t} bekannt?",
+        "Wodurch zeichnet sich {t} im Wesentlichen aus?",
+        "Warum gilt {t} als bedeutend?",
+    ],
+    "es": [
+        "¿Qué se sabe sobre el origen de {t}?",
+        "¿Cómo se describen las características principales de {t}?",
+        "¿Por qué se considera importante {t}?",
+    ],
+    "fr": [
+        "Que sait-on des origines de {t} ?",
+        "Comment décrit-on les caractéristiques principales de {t} ?",
+        "Pourquoi {t} est-il considéré comme important ?",
+    ],
+    "ru": [
+        "Что известно о происхождении темы «{t}»?",
+        "Какими главными чертами описывается тема «{t}»?",
+        "Почему тема «{t}» считается важной?",
+    ],
+    "uk": [
+        "Що відомо про походження теми «{t}»?",
+        "Якими головними рисами описується тема «{t}»?",
+        "Чому тема «{t}» вважається важливою?",
+    ],
+    "zh": ["关于{t}的起源，人们知道些什么？", "{t}的主要特点是如何描述的？", "为什么{t}被认为很重要？"],
+    "it": [
+        "Che cosa si sa delle origini di {t}?",
+        "Come vengono descritte le caratteristiche principali di {t}?",
+        "Perché {t} è considerata importante?",
+    ],
+    "nl": [
+        "Wat is er bekend over de oorsprong van {t}?",
+        "Hoe worden de belangrijkste kenmerken van {t} beschreven?",
+        "Waarom wordt {t} als belangrijk beschouwd?",
+    ],
+    "el": [
+        "Τι είναι γνωστό για την προέλευση του θέματος «{t}»;",
+        "Πώς περιγράφονται τα κύρια χαρακτηριστικά του θέματος «{t}»;",
+        "Γιατί το θέμα «{t}» θεωρείται σημαντικό;",
+    ],
+}
+LANGS = sorted(QUESTIONS)
+
+
+def _corpus() -> pd.DataFrame:
+    records = []
+    for path in sorted(WIKICLEAN.glob("*.xml")):
+        records.extend(ingest_file(path, "mediawiki", "wikipedia").records)
+    return pd.DataFrame(records)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> pd.DataFrame:
+    return _corpus()
+
+
+# -- the server ---------------------------------------------------------------------------------
+class ChatServer:
+    """A chat-completions server in a thread. ``respond(body, n_seen)`` returns an action:
+    ``("ok", questions)``, ``("content", raw_text)``, ``("status", code, headers, body)``,
+    ``("sleep", seconds)``, ``("bad_body",)``, ``("drop",)`` or ``("hang",)``; ``n_seen`` counts
+    earlier requests with the same messages."""
+
+    def __init__(self, respond: Callable[[dict, int], tuple]):
+        self.respond = respond
+        self.requests: list[dict] = []  # {"hash", "t", "auth", "action"}
+        self.lock = threading.RLock()
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                h = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+                with server.lock:
+                    n_seen = sum(r["hash"] == h for r in server.requests)
+                    action = server.respond(body, n_seen)
+                    server.requests.append(
+                        {"hash": h, "t": time.monotonic(), "auth": self.headers.get("Authorization"),
+                         "action": action[0], "body": body}
+                    )  # fmt: skip
+                kind = action[0]
+                if kind == "hang":
+                    server.release.wait(30)
+                    self._status(503, {}, {"error": {"message": "released"}})
+                elif kind == "sleep":
+                    time.sleep(action[1])
+                    self._status(500, {}, {"error": {"message": "too late"}})
+                elif kind == "status":
+                    self._status(action[1], action[2], action[3])
+                elif kind == "bad_body":
+                    self._raw(200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"ind')
+                elif kind == "drop":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "4000")
+                    self.end_headers()
+                    self.wfile.write(b'{"id": "chatcmpl-x", "choices": [')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                else:
+                    content = (
+                        json.dumps({"questions": action[1]}, ensure_ascii=False)
+                        if kind == "ok"
+                        else action[1]
+                    )
+                    prompt = sum(len(m["content"]) for m in body["messages"])
+                    choice = {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                    usage = {"prompt_tokens": prompt // 4, "completion_tokens": len(content) // 4}
+                    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                    reply = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0}
+                    reply.update(model=body["model"], choices=[choice], usage=usage)
+                    self._raw(200, json.dumps(reply, ensure_ascii=False).encode())
+
+            def _status(self, code, headers, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _raw(self, code, data):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def count(self, action: str | None = None) -> int:
+        with self.lock:
+            return sum(action is None or r["action"] == action for r in self.requests)
+
+
+def user_text(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+def doc_of(body: dict, corpus: pd.DataFrame) -> pd.Series:
+    """The corpus document whose title the prompt names (prompts quote the title)."""
+    text = user_text(body)
+    hits = [row for row in corpus.itertuples() if row.title and row.title in text.split("\n", 1)[0]]
+    assert hits, "prompt names no corpus title"
+    return max(hits, key=lambda r: len(r.title))
+
+
+def good_questions(doc) -> list[str]:
+    return [q.format(t=doc.title) for q in QUESTIONS[doc.lang]]
+
+
+def config(server: ChatServer, **over) -> OpenAIConfig:
+    base = {
+        "base_url": server.base_url,
+        "model": "test-model",
+        "api_key_env": "M3_TEST_LLM_KEY",
+        "questions_per_passage": 3,
+        "timeout_s": 1.0,
+        "max_retries": 2,
+        "backoff_base_s": 0.05,
+        "backoff_max_s": 0.2,
+        "concurrency": 4,
+        "selection": SelectionConfig(languages=LANGS, min_doc_chars=2000, passage_chars=1200),
+        "budget": BudgetConfig(price_input_per_mtok=0.15, price_output_per_mtok=0.6),
+    }
+    base.update(over)
+    return OpenAIConfig(**base)
+
+
+# -- tests ------------------------------------------------------------------------------------------
+FAULTS = {
+    # title: action for the n-th request of that document (None = answer well)
+    "Anarchism": lambda n: (
+        ("status", 429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}) if n == 0 else None
+    ),
+    "Alabama": lambda n: ("status", 500, {}, {"error": {"message": "boom"}}) if n < 2 else None,
+    "Albedo": lambda n: ("sleep", 2.5) if n == 0 else None,
+    "ASCII": lambda n: ("bad_body",) if n == 0 else None,
+    "Ang Lee": lambda n: ("drop",) if n == 0 else None,
+    "Abacus": lambda n: ("content", "Sure! Here are some questions: 1. What is an abacus?"),
+    "Anime": lambda n: ("status", 400, {}, {"error": {"message": "context too long"}}),
+    "Атом": lambda n: ("status", 503, {}, {"error": {"message": "overloaded"}}),
+    "Литва": lambda n: ("status", 401, {}, {"error": {"message": f"Incorrect API key provided: {KEY}"}}),
+}  # fmt: skip
+
+
+def _defective(doc, body) -> list:
+    """One reply full of bad questions: each filter reason once, plus one good question."""
+    good = good_questions(doc)
+    passage = user_text(body).split("Abschnitt:\n", 1)[1]
+    copied = next(s for s in passage.split(". ") if len(s) > 40) + "?"
+    return [good[0], "", "Warum?", good[0], "What is the history of this place?", copied]
+
+
+@pytest.fixture
+def faulty_server(corpus):
+    def respond(body, n):
+        doc = doc_of(body, corpus)
+        fault = FAULTS.get(doc.title)
+        action = fault(n) if fault else None
+        if action:
+            return action
+        if doc.title == "Alan Smithee":
+            return ("ok", _defective(doc, body))
+        return ("ok", good_questions(doc))
+
+    with ChatServer(respond) as server:
+        yield server
+
+
+def test_faults_every_document_accounted_for(corpus, faulty_server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("M3_TEST_LLM_KEY", KEY)
+    caplog.set_level(logging.DEBUG)
+    store = Store(str(tmp_path / "store"))
+    cfg = config(faulty_server, parse_retries=1)
+    res = llm_queries(corpus, cfg, api_key=KEY, cache=ResponseCache(store.backend), heldout_fraction=0.3)
+    m = res.metrics
+    q = res.queries
+
+    # Books: every selected document has questions or a failure with its reason, never both.
+    selected = corpus[corpus["lang"].isin(LANGS) & (corpus["text"].str.len() >= 2000)]
+    assert m["docs_selected"] == len(selected) >= 15
+    assert m["docs_in"] == len(corpus) == m["docs_selected"] + sum(m["docs_skipped"].values())
+    failed = {f["doc_id"]: f["reason"] for f in res.failures}
+    assert set(q["doc_id"]) | set(failed) == set(selected["id"])
+    assert not set(q["doc_id"]) & set(failed)
+    assert m["docs_with_questions"] + sum(m["docs_failed"].values()) == m["docs_selected"]
+    assert m["passages"] == m["passages_ok"] + sum(m["passages_failed"].values())
+    assert m["questions_generated"] == m["questions_kept"] + sum(m["questions_dropped"].values())
+    assert m["questions_kept"] == len(q) and m["train"] + m["test"] == len(q)
+
+    by_title = dict(zip(corpus["title"], corpus["id"], strict=True))
+    assert failed == {
+        by_title["Abacus"]: "malformed_json",  # a reply that is not JSON, asked twice (parse_retries=1)
+        by_title["Anime"]: "http_400",  # not retried
+        by_title["Атом"]: "http_503_retries_exhausted",
+        by_title["Литва"]: "http_401",
+    }
+    # Transient faults were retried and those documents got their questions.
+    for title in ("Anarchism", "Alabama", "Albedo", "ASCII", "Ang Lee"):
+        assert by_title[title] in set(q["doc_id"]), title
+    per_doc = Counter(doc_of(r["body"], corpus).title for r in faulty_server.requests)
+    assert per_doc["Anime"] == 1 and per_doc["Литва"] == 1  # 4xx: exactly one request
+    assert per_doc["Атом"] == 1 + cfg.max_retries
+    assert per_doc["Abacus"] == 1 + cfg.parse_retries
+    assert per_doc["Alabama"] == 3 and per_doc["Anarchism"] == 2 and per_doc["Albedo"] == 2
+    assert m["requests_sent"] == faulty_server.count() == sum(per_doc.values())
+    assert m["request_errors"] == {
+        "bad_response": 1, "connection_error": 1, "timeout": 1, "http_429": 1, "http_500": 2,
+        "http_503": 1 + cfg.max_retries, "http_400": 1, "http_401": 1,
+    }  # fmt: skip
+    assert m["parse_failures"] == {"malformed_json": 2}
+    # Retry-After: 1 was honoured.
+    times = [r["t"] for r in faulty_server.requests if doc_of(r["body"], corpus).title == "Anarchism"]
+    assert times[1] - times[0] >= 0.95
+
+    # Schema, ids, language, no duplicates, no copies.
+    assert list(q.columns) == QUERY_COLUMNS
+    assert q["query_id"].is_unique and q["query"].map(str.casefold).is_unique
+    assert (q["backend"] == "openai").all() and (q["model"] == "test-model").all()
+    for row in q.itertuples():
+        assert row.query not in row.passage and row.passage_id.startswith(row.doc_id + "#p")
+        assert row.passage in corpus.set_index("id").loc[row.doc_id, "text"] or len(row.passage) > 0
+    # The defective reply: one kept, each bad one dropped under its reason.
+    smithee = q[q["doc_id"] == by_title["Alan Smithee"]]
+    assert smithee["query"].tolist() == [good_questions(corpus[corpus.title == "Alan Smithee"].iloc[0])[0]]
+    dropped = Counter(d["reason"] for d in res.dropped if d["doc_id"] == by_title["Alan Smithee"])
+    assert dropped == {"empty": 1, "too_short": 1, "duplicate": 1, "wrong_language": 1, "copies_passage": 1}
+
+    # Usage and cost are in the metrics.
+    assert m["usage"]["prompt_tokens"] > 0 and m["usage"]["estimated_cost_usd"] > 0
+    assert m["stopped_early"] is False
+
+    # The key: nowhere in what was written, logged, or returned.
+    assert KEY not in json.dumps([res.failures, res.dropped, m], ensure_ascii=False, default=str)
+    assert "[REDACTED]" in next(f["detail"] for f in res.failures if f["reason"] == "http_401")
+    assert KEY not in caplog.text
+    assert_key_nowhere(tmp_path)
+    # ... but it was sent to the server, as a bearer token.
+    assert all(r["auth"] == f"Bearer {KEY}" for r in faulty_server.requests)
+
+
+def assert_key_nowhere(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def good_server(corpus):
+    with ChatServer(lambda body, n: ("ok", good_questions(doc_of(body, corpus)))) as server:
+        yield server
+
+
+def test_budget_cap_stops_at_n_then_a_bigger_budget_resumes_without_paying_twice(
+    corpus, good_server, tmp_path
+):
+    cache = ResponseCache(Store(str(tmp_path / "store")).backend)
+    capped = config(good_server, concurrency=3, budget=BudgetConfig(max_requests=4))
+    res = llm_queries(corpus, capped, api_key=KEY, cache=cache)
+    m = res.metrics
+    assert good_server.count() == 4 == m["requests_sent"]
+    assert m["stopped_early"] is True and m["stop_reason"] == "max_requests"
+    assert m["docs_with_questions"] == 4
+    assert m["docs_failed"] == {"budget_exhausted": m["docs_selected"] - 4}
+    assert {f["reason"] for f in res.failures} == {"budget_exhausted"}
+    assert len(res.queries) == 12  # what was paid for is kept
+
+    first = {r["hash"] for r in good_server.requests}
+    res2 = llm_queries(corpus, config(good_server), api_key=KEY, cache=cache)
+    again = [r["hash"] for r in good_server.requests[4:]]
+    assert not first & set(again) and len(again) == len(set(again))
+    assert (
+        res2.metrics["cache_hits"] == 4 and res2.metrics["requests_sent"] == res2.metrics["docs_selected"] - 4
+    )
+    assert res2.metrics["stopped_early"] is False and not res2.failures
+    assert res2.metrics["usage_reused_from_cache"]["prompt_tokens"] == m["usage"]["prompt_tokens"]
+    # A third run is free and gives the same table.
+    res3 = llm_queries(corpus, config(good_server), api_key=KEY, cache=cache)
+    assert res3.metrics["requests_sent"] == 0
+    pd.testing.assert_frame_equal(res2.queries, res3.queries)
+
+
+def test_token_and_cost_caps_never_overshoot(corpus, good_server):
+    cfg = config(good_server, concurrency=4, budget=BudgetConfig(max_tokens=3000))
+    m = llm_queries(corpus, cfg, api_key=KEY, cache=None).metrics
+    assert m["stop_reason"] == "max_tokens" and 0 < m["usage"]["total_tokens"] <= 3000
+    cfg = config(
+        good_server,
+        budget=BudgetConfig(max_cost_usd=0.005, price_input_per_mtok=1.0, price_output_per_mtok=4.0),
+    )
+    m = llm_queries(corpus, cfg, api_key=KEY, cache=None).metrics
+    assert m["stop_reason"] == "max_cost_usd" and 0 < m["usage"]["estimated_cost_usd"] <= 0.005
+
+
+def test_requests_per_minute_limit_is_kept(corpus, good_server):
+    # 300/min = 5 per second; the bucket holds one second's worth (5). Arrivals can bunch by up to
+    # the concurrency (requests admitted, then delayed on the client), never more.
+    rate, burst, concurrency = 5.0, 5, 2
+    cfg = config(good_server, concurrency=concurrency, requests_per_minute=60 * rate)
+    m = llm_queries(corpus, cfg, api_key=KEY, cache=None).metrics
+    times = sorted(r["t"] for r in good_server.requests)
+    assert len(times) == m["passages"] > 15
+    for i, t in enumerate(times):
+        assert sum(t <= u < t + 1.0 for u in times[i:]) <= burst + rate + concurrency
+    assert times[-1] - times[0] >= (len(times) - burst - concurrency) / rate
+    assert m["rate_limit_wait_s"] > 0
+
+
+_CHILD = """
+import json, os, sys
+import pandas as pd
+from m3.store import Store
+from tasks.llm.cache import ResponseCache
+from tasks.llm.config import OpenAIConfig
+from tasks.llm.synthesize import llm_queries
+corpus = pd.read_parquet(sys.argv[1])
+cfg = OpenAIConfig.model_validate_json(open(sys.argv[2]).read())
+cache = ResponseCache(Store(sys.argv[3]).backend)
+llm_queries(corpus, cfg, api_key=os.environ["M3_TEST_LLM_KEY"], cache=cache)
+"""
+
+
+def test_killed_midway_rerun_sends_no_request_twice(corpus, tmp_path):
+    answered = 5
+
+    def respond(body, n):
+        doc = doc_of(body, corpus)
+        return ("ok", good_questions(doc)) if server.count("ok") < answered else ("hang",)
+
+    store_dir = tmp_path / "store"
+    cache = ResponseCache(Store(str(store_dir)).backend)
+    with ChatServer(respond) as server:
+        cfg = config(server, concurrency=2)
+        corpus.to_parquet(tmp_path / "corpus.parquet")
+        (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(tmp_path / "corpus.parquet"), str(tmp_path / "cfg.json"),
+             str(store_dir)],
+            cwd=REPO, env={**os.environ, "M3_TEST_LLM_KEY": KEY},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(cache.keys()) < answered and time.monotonic() < deadline:
+            assert child.poll() is None, (
+                child.stdout.read().decode()[-3000:],
+                cache.keys(),
+                list(store_dir.rglob("*")),
+            )
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)  # as a lost node or an OOM kill would
+        child.wait()
+        out = child.stdout.read().decode()
+        assert KEY not in out
+    completed = cache.keys()
+    assert len(completed) == answered
+    done_hashes = {
+        hashlib.sha256(json.dumps(cache.get(k)["request"]["messages"], sort_keys=True).encode()).hexdigest()
+        for k in completed
+    }
+
+    with ChatServer(lambda body, n: ("ok", good_questions(doc_of(body, corpus)))) as server2:
+        res = llm_queries(corpus, config(server2), api_key=KEY, cache=cache)
+    rerun = [r["hash"] for r in server2.requests]
+    assert not done_hashes & set(rerun)  # nothing paid for before is asked again
+    assert res.metrics["cache_hits"] == answered
+    assert len(rerun) == res.metrics["passages"] - answered
+    assert not res.failures and res.metrics["docs_with_questions"] == res.metrics["docs_selected"]
+    assert_key_nowhere(tmp_path)

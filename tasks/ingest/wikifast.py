@@ -16,6 +16,7 @@ import html
 import re
 from collections.abc import Iterable
 
+from .clean import join_sections
 from .wikitext import _DROP_TAGS, _INTERLANGUAGE, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, DEFAULT_DROP_NAMESPACES
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
@@ -211,24 +212,7 @@ class FastWikitextCleaner:
         for i, m in enumerate(matches):
             end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
             sections.append((len(m.group(1)), m.group(2).strip(), text[m.end() : end]))
-        keep = [bool(body.strip()) for _, _, body in sections]
-        for i in range(len(sections) - 1, 0, -1):
-            if keep[i]:
-                continue
-            for j in range(i + 1, len(sections)):
-                if sections[j][0] <= sections[i][0]:
-                    break
-                if keep[j]:
-                    keep[i] = True
-                    break
-        out: list[str] = []
-        for i, (_level, title, body) in enumerate(sections):
-            if not keep[i]:
-                continue
-            if i > 0 and title:
-                out.append("\n\n" + title + "\n")
-            out.append(body.strip("\n"))
-        return "".join(out)
+        return join_sections(sections)
 
 
 def fast_wikitext_to_text(wikitext: str, drop_namespaces: Iterable[str] = ()) -> str:

@@ -30,6 +30,8 @@ from mwparserfromhell.nodes import (
 )
 from mwparserfromhell.wikicode import Wikicode
 
+from .clean import join_sections
+
 logger = logging.getLogger(__name__)
 
 # Common names of the File (6), Media (-2) and Category (14) namespaces. The siteinfo of a dump
@@ -132,25 +134,9 @@ class WikitextCleaner:
                 sections[-1][2].extend(self._render_node(node))
         bodies = [self._fallback("".join(parts)) for _, _, parts in sections]
 
-        # Keep a heading if its own body or a deeper sub-section under it has text.
-        keep = [bool(b.strip()) for b in bodies]
-        for i in range(len(sections) - 1, 0, -1):
-            if keep[i]:
-                continue
-            for j in range(i + 1, len(sections)):
-                if sections[j][0] <= sections[i][0]:
-                    break
-                if keep[j]:
-                    keep[i] = True
-                    break
-        out: list[str] = []
-        for i, (_level, title, _parts) in enumerate(sections):
-            if not keep[i]:
-                continue
-            if i > 0 and title:
-                out.append("\n\n" + title + "\n")
-            out.append(bodies[i].strip("\n"))
-        return "".join(out)
+        return join_sections(
+            [(lvl, title, body) for (lvl, title, _), body in zip(sections, bodies, strict=True)]
+        )
 
     # -- rendering ----------------------------------------------------------------------------
     def _render(self, code: Wikicode | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""finetune: checkpoint + train-set → ``model`` (dense InfoNCE with mined hard negatives)."""
+"""finetune: checkpoint + train-set → ``model`` (unified fine-tuning with self-knowledge distillation)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import open_env, producer_ids, progress_logger, publish
-from flows.pretrain import MODEL_CODE, folder_files
+from flows.common import open_env, producer_ids, publish
+from flows.pretrain import MODEL_CODE
+from flows.training import folder_files, run_training
 from m3.stage import StageOutput, StageSpec, run_stage
 from tasks.artifact_io import read_jsonl
 
@@ -20,8 +21,7 @@ def finetune(
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    from model.m3 import M3Model
-    from tasks.train import examples_from_rows, train_dense
+    from tasks.training import examples_from_rows
 
     env = open_env(profile, store)
     log = get_run_logger()
@@ -33,19 +33,22 @@ def finetune(
         "model",
         env.profile.name,
         {"checkpoint": checkpoint, "train-set": train_set},
-        {"train": cfg.model_dump(mode="json"), "functions": ["dense"]},
-        (*MODEL_CODE, "flows/finetune.py"),
+        {"train": cfg.model_dump(mode="json")},
+        (*MODEL_CODE, "flows/finetune.py", "flows/training.py"),
     )
 
     def build(scratch: Path) -> StageOutput:
         folder = env.store.materialize(train_set)
         examples = examples_from_rows(read_jsonl(folder / "train.jsonl"))
-        model = M3Model.from_pretrained(env.store.materialize(checkpoint))
-        log.info("fine-tuning on %d queries, group size %d", len(examples), cfg.group_size)
-        summary = train_dense(model, examples, cfg, on_progress=progress_logger("finetune", cfg.log_every))
-        model.save_pretrained(scratch / "model")
-        return StageOutput(
-            folder_files(scratch / "model"), {"objective": "dense InfoNCE + hard negatives", **summary}
+        log.info(
+            "fine-tuning %s on %d queries, group size %d",
+            "+".join(cfg.functions),
+            len(examples),
+            cfg.group_size,
         )
+        start = env.store.materialize(checkpoint)
+        trained, summary = run_training(env, spec, start, examples, cfg, scratch)
+        objective = "unified (self-distillation)" if len(cfg.functions) > 1 else f"{cfg.functions[0]} InfoNCE"
+        return StageOutput(folder_files(trained), {"objective": objective + " + hard negatives", **summary})
 
     return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="finetune", **producer_ids()))

@@ -6,21 +6,29 @@ import torch
 import torch.nn.functional as F
 
 
-def group_labels(n_queries: int, group_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """Index of each query's positive when passages are laid out ``[pos, neg_1..neg_k]`` per query."""
-    return torch.arange(n_queries, device=device) * group_size
+def group_labels(
+    n_queries: int, group_size: int, device: torch.device | None = None, query_offset: int = 0
+) -> torch.Tensor:
+    """Index of each query's positive when passages are laid out ``[pos, neg_1..neg_k]`` per query.
+
+    ``query_offset``: the global index of the first query, when the passages of other devices'
+    queries come first (cross-device negatives)."""
+    return (torch.arange(n_queries, device=device) + query_offset) * group_size
 
 
-def info_nce_from_scores(scores: torch.Tensor, temperature: float, group_size: int) -> torch.Tensor:
-    """InfoNCE over an ``[n, n·group_size]`` score matrix: every other query's passages (positives and
-    hard negatives) act as in-batch negatives, as in FlagEmbedding's ``compute_loss`` for M3."""
+def info_nce_from_scores(
+    scores: torch.Tensor, temperature: float, group_size: int, query_offset: int = 0
+) -> torch.Tensor:
+    """InfoNCE over an ``[n, m]`` score matrix (``m = N·group_size`` passages of N ≥ n queries): every
+    other query's passages (positives and hard negatives) act as in-batch negatives, as in
+    FlagEmbedding's ``compute_loss`` for M3."""
     n, m = scores.shape
-    if m != n * group_size:
+    if m % group_size or m < (query_offset + n) * group_size:
         raise ValueError(f"info_nce: {m} passages for {n} queries does not match group_size={group_size}")
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     logits = scores.float() / temperature
-    return F.cross_entropy(logits, group_labels(n, group_size, scores.device))
+    return F.cross_entropy(logits, group_labels(n, group_size, scores.device, query_offset))
 
 
 def info_nce(
@@ -37,3 +45,89 @@ def self_distill(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     """
     target = torch.softmax(teacher_logits.detach().float(), dim=-1)
     return -(target * torch.log_softmax(student_logits.float(), dim=-1)).sum(-1).mean()
+
+
+FUNCTIONS = ("dense", "sparse", "colbert")
+# s_inter weights w and loss weights λ of the paper (arXiv 2402.03216 §3.3), per function.
+ENSEMBLE_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+LOSS_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
+
+
+def group_scores(scores: torch.Tensor, group_size: int, query_offset: int = 0) -> torch.Tensor:
+    """Each query's own ``[pos, neg_1..neg_k]`` columns of an ``[n, N·group_size]`` score matrix."""
+    n = scores.size(0)
+    first = group_labels(n, group_size, scores.device, query_offset)
+    idx = first[:, None] + torch.arange(group_size, device=scores.device)
+    return scores.gather(1, idx)
+
+
+def teacher_distill(
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    temperature: float,
+    group_size: int,
+    teacher_temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    query_offset: int = 0,
+) -> torch.Tensor:
+    """Cross-entropy from ``softmax(teacher/τ_t)`` over each query's group to the student's group
+    distribution (FlagEmbedding's ``kl_div`` distillation of ``pos_scores``/``neg_scores``).
+
+    ``teacher_scores`` is ``[n, group_size]``; ``mask`` (bool ``[n]``) drops queries without them.
+    """
+    student = group_scores(student_scores, group_size, query_offset).float() / temperature
+    target = torch.softmax(teacher_scores.float() / teacher_temperature, dim=-1)
+    per_query = -(target * torch.log_softmax(student, dim=-1)).sum(-1)
+    if mask is not None:
+        if not bool(mask.any()):
+            return student.sum() * 0.0
+        return per_query[mask].mean()
+    return per_query.mean()
+
+
+def unified_loss(
+    scores: dict[str, torch.Tensor],
+    temperature: float,
+    group_size: int,
+    *,
+    self_distill_on: bool = True,
+    ensemble_weights: dict[str, float] | None = None,
+    loss_weights: dict[str, float] | None = None,
+    query_offset: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The M3 unified objective over ``[n, n·group_size]`` score matrices, one per trained function.
+
+    With functions F (any non-empty subset of dense/sparse/colbert) and k = |F|:
+    ``s_inter = Σ w_f s_f``; ``L = (Σ λ_f L_f + L_inter) / (k + 1)``;
+    ``L' = Σ λ_f L'_f / k`` with ``L'_f = −softmax(s_inter/τ)·log softmax(s_f/τ)``;
+    ``L_final = (L + L') / 2`` once self-distillation is on, else ``L``. For all three functions this
+    is the paper's ``/4`` and ``/3`` (arXiv 2402.03216 eq. 5–8). A single function trains with its
+    plain InfoNCE (no ensemble to learn from). Returns every term (``loss`` is ``L_final``);
+    ``s_inter`` is returned too (the teacher-distillation term uses it).
+    """
+    funcs = [f for f in FUNCTIONS if f in scores]
+    unknown = set(scores) - set(FUNCTIONS)
+    if not funcs or unknown:
+        raise ValueError(
+            f"unified_loss: scores must be a non-empty subset of {FUNCTIONS}, got {sorted(scores)}"
+        )
+    w = {**ENSEMBLE_WEIGHTS, **(ensemble_weights or {})}
+    lam = {**LOSS_WEIGHTS, **(loss_weights or {})}
+    out = {f: info_nce_from_scores(scores[f], temperature, group_size, query_offset) for f in funcs}
+    if len(funcs) == 1:
+        out["loss"] = out[funcs[0]]
+        return out
+    s_inter = sum(w[f] * scores[f].float() for f in funcs)
+    out["s_inter"] = s_inter
+    out["inter"] = info_nce_from_scores(s_inter, temperature, group_size, query_offset)
+    k = len(funcs)
+    out["L"] = (sum(lam[f] * out[f] for f in funcs) + out["inter"]) / (k + 1)
+    if not self_distill_on:
+        out["loss"] = out["L"]
+        return out
+    teacher = s_inter / temperature
+    for f in funcs:
+        out[f"distill_{f}"] = self_distill(scores[f] / temperature, teacher)
+    out["L_prime"] = sum(lam[f] * out[f"distill_{f}"] for f in funcs) / k
+    out["loss"] = (out["L"] + out["L_prime"]) / 2
+    return out

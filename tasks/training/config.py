@@ -1,0 +1,92 @@
+"""The knobs of one training run (contrastive pretraining or unified fine-tuning)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+Function = Literal["dense", "sparse", "colbert"]
+
+
+class TrainConfig(BaseModel):
+    """Defaults suit the tiny CPU model; the paper used lr 1e-5..1e-4 and batches in the thousands on a
+    pretrained XLM-R-large (arXiv 2402.03216 §3.4, recipe.md)."""
+
+    # what is trained
+    functions: list[Function] = Field(
+        default_factory=lambda: ["dense"],
+        description="retrieval functions to train; all three = the paper's unified fine-tuning",
+    )
+    self_distill: bool = True
+    self_distill_start_step: int = Field(0, ge=0, description="optimizer step from which L' joins the loss")
+    ensemble_weights: dict[Function, float] = Field(
+        default_factory=lambda: {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+    )
+    loss_weights: dict[Function, float] = Field(
+        default_factory=lambda: {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
+    )
+    teacher_distill_weight: float = Field(
+        0.0, ge=0, description="> 0: add a KD term towards the rows' pos_scores/neg_scores when present"
+    )
+    teacher_temperature: float = Field(1.0, gt=0)
+    # schedule
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")
+    lr: float = Field(5e-4, gt=0)  # tiny from-scratch model; use 1e-5..1e-4 for a pretrained large one
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    temperature: float = Field(0.02, gt=0)  # FlagEmbedding's M3 default
+    seed: int = 0
+    # batching
+    batch_size: int = Field(32, ge=2, description="queries per step (all ranks together), upper bound")
+    group_size: int = Field(1, ge=1, description="1 positive + (group_size - 1) hard negatives per query")
+    max_length: int = Field(256, ge=8)  # passages
+    query_max_length: int | None = Field(64, ge=8, description="None: same as max_length")
+    group_by_length: bool = True
+    length_buckets: list[int] = Field(
+        default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+        description="upper token bounds of the length groups; one batch never mixes groups",
+    )
+    length_group_batches: int = Field(16, ge=1, description="batches per length-sorted megabatch in a group")
+    token_budget: int | None = Field(
+        None,
+        ge=64,
+        description="max padded tokens per step (queries + passages): longer groups get fewer queries",
+    )
+    sub_batch_size: int | None = Field(
+        None, ge=1, description="encode in sub-batches of this many texts with gradient caching"
+    )
+    grad_checkpointing: bool = False
+    # checkpoints / logging / hardware
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="optimizer steps between resumable checkpoints"
+    )
+    log_every: int = Field(10, ge=1)
+    device: str | None = None  # None: CUDA when present
+    mixed_precision: bool = True  # bf16 autocast on CUDA; CPU always float32
+    num_threads: int | None = Field(None, ge=1, description="CPU intra-op threads (None: torch's default)")
+    nproc_per_node: int = Field(1, ge=1, description="> 1: the flow launches torchrun with DDP")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return None if v in (None, "", "auto") else v
+
+    @field_validator("functions")
+    @classmethod
+    def _functions(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("train at least one function (dense, sparse, colbert)")
+        return [f for f in ("dense", "sparse", "colbert") if f in v]
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if sorted(self.length_buckets) != self.length_buckets:
+            raise ValueError("length_buckets must be ascending")
+        return self
+
+    @property
+    def q_max_length(self) -> int:
+        return self.query_max_length or self.max_length

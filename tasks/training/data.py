@@ -1,0 +1,86 @@
+"""Training examples from train-set rows, tokenized once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class TrainExample(BaseModel):
+    """One query with its positive, hard negatives and (optionally) teacher scores for them."""
+
+    query: str
+    pos: str
+    negs: list[str] = Field(default_factory=list)
+    pos_score: float | None = None
+    neg_scores: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _scores(self) -> TrainExample:
+        if self.neg_scores is not None and len(self.neg_scores) != len(self.negs):
+            raise ValueError(f"{len(self.neg_scores)} neg_scores for {len(self.negs)} negatives")
+        return self
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.pos_score is not None and self.neg_scores is not None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TrainExample:
+        """From a train-set JSON line (docs/CONTRACTS.md: ``pos``/``neg`` lists); the first positive."""
+        where = f"train row {row.get('query_id', '?')}"
+        pos = row.get("pos")
+        if isinstance(pos, list | tuple):
+            if not pos:
+                raise ValueError(f"{where}: empty 'pos' list")
+            pos = pos[0]
+        pos_scores = row.get("pos_scores")
+        try:
+            return cls(
+                query=row.get("query"),
+                pos=pos,
+                negs=list(row.get("neg") or []),
+                pos_score=pos_scores[0] if pos_scores else None,
+                neg_scores=row.get("neg_scores") if pos_scores else None,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+
+
+def examples_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[TrainExample]:
+    return [TrainExample.from_row(r) for r in rows]
+
+
+@dataclass
+class TokenizedSet:
+    """Token ids of every query and distinct passage; examples refer to passages by index."""
+
+    queries: list[list[int]]
+    passages: list[list[int]]
+    pos: list[int]
+    negs: list[list[int]]
+    teacher: list[tuple[float, list[float]] | None]
+
+    @classmethod
+    def build(cls, examples: list[TrainExample], tokenize, q_len: int, p_len: int) -> TokenizedSet:
+        index: dict[str, int] = {}
+        for e in examples:
+            for t in (e.pos, *e.negs):
+                index.setdefault(t, len(index))
+        return cls(
+            queries=tokenize([e.query for e in examples], q_len),
+            passages=tokenize(list(index), p_len),
+            pos=[index[e.pos] for e in examples],
+            negs=[[index[t] for t in e.negs] for e in examples],
+            teacher=[(e.pos_score, list(e.neg_scores)) if e.has_teacher else None for e in examples],
+        )
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def length(self, i: int) -> int:
+        """The sort key of example ``i``: its longest text (the positive stands in for the negatives)."""
+        return max(len(self.queries[i]), len(self.passages[self.pos[i]]))

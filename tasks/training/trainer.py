@@ -1,0 +1,373 @@
+"""The training loop shared by contrastive pretraining and unified fine-tuning.
+
+Stage 2 of the recipe (title–body pairs, dense only, group size 1) and stage 3 (all three functions,
+mined hard negatives, self-distillation) are the same loop with other settings (arXiv 2402.03216
+§3.3–3.4): length-grouped batches, optional gradient caching and cross-device negatives, AdamW with
+linear warmup then linear decay, resumable checkpoints. Plain function: no Prefect here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.m3 import M3Model, pad_batch, resolve_device
+from tasks.training.batching import batch_rng, plan_epoch, sample_group
+from tasks.training.checkpoint import (
+    fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from tasks.training.config import TrainConfig
+from tasks.training.data import TokenizedSet, TrainExample
+from tasks.training.distributed import DistInfo, mean_across, sum_across
+from tasks.training.step import Batch, Encoder, StepRunner
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+CheckpointFn = Callable[[Path, int], None]
+_LOSS_NAMES = {
+    "dense": "loss_dense",
+    "sparse": "loss_sparse",
+    "colbert": "loss_colbert",
+    "inter": "loss_inter",
+    "L_prime": "loss_distill",
+    "teacher": "loss_teacher",
+}
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:  # step = optimizer steps already taken
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _data_digest(examples: list[TrainExample]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(e.model_dump_json().encode())
+    return h.hexdigest()[:16]
+
+
+def _freeze_unused(model: M3Model, functions: list[str]) -> dict[str, bool]:
+    """Heads of functions not trained (and a BERT pooler) get no gradient; DDP requires every
+    parameter with ``requires_grad`` to receive one. Returns the previous flags to restore."""
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    unused = [
+        m
+        for f, m in (("sparse", model.sparse_linear), ("colbert", model.colbert_linear))
+        if f not in functions
+    ]
+    if getattr(model.backbone, "pooler", None) is not None:
+        unused.append(model.backbone.pooler)
+    for module in unused:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return before
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def train(
+    model: M3Model,
+    examples: list[TrainExample],
+    config: TrainConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    checkpoint_dir: Path | str | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    resume_from: Path | str | None = None,
+    dist_info: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place; returns summary metrics and ``history`` (one record per step).
+
+    ``on_progress`` gets one dict per optimizer step (rank 0 only): ``step, loss, loss_<function>,
+    lr, tokens_per_s, padding_ratio, epoch, elapsed_s``. With ``checkpoint_dir`` and
+    ``config.checkpoint_every`` a resumable checkpoint is written every that many steps (rank 0) and
+    handed to ``on_checkpoint``; ``resume_from`` (a checkpoint folder, or a ``checkpoint_dir`` whose
+    newest one is taken) continues such a run exactly where it stopped. Under ``torchrun`` (an
+    initialised process group) each rank trains on its share of every batch with cross-device
+    negatives. Deterministic for a given seed on CPU; the caller's global torch RNG is left untouched.
+    """
+    if not examples:
+        raise ValueError("train: no training examples")
+    if model is None:
+        raise ValueError("train: no model")
+    examples = [e if isinstance(e, TrainExample) else TrainExample.model_validate(e) for e in examples]
+    info = dist_info or DistInfo.current()
+    cfg = config
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and info.active:
+        device = torch.device("cuda", info.local_rank)
+    model.to(device)
+
+    t_tok = time.perf_counter()
+    data = TokenizedSet.build(examples, model.tokenize, cfg.q_max_length, cfg.max_length)
+    logger.info(
+        "tokenized %d queries + %d passages in %.1fs",
+        len(data),
+        len(data.passages),
+        time.perf_counter() - t_tok,
+    )
+    steps_per_epoch = len(plan_epoch(data, cfg, 0, info.world_size))
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"train: {len(examples)} examples make no batch of 2+ queries per rank ({info.world_size} ranks)"
+        )
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_ratio * total))
+    fp = fingerprint(cfg.model_dump(mode="json"), _data_digest(examples), info.world_size)
+
+    requires_grad = _freeze_unused(model, cfg.functions)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
+    encoder: torch.nn.Module = Encoder(model, tuple(cfg.functions))
+    if info.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        encoder = DistributedDataParallel(
+            encoder, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    runner = StepRunner(encoder, cfg, info, device)
+    pad_id = model.tokenizer.pad_token_id
+
+    step, start_epoch, start_batch = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    resumed_from = None
+    state = None
+    if resume_from is not None:
+        folder = Path(resume_from)
+        folder = folder if (folder / "trainer_state.pt").is_file() else latest_checkpoint(folder)
+        if folder is not None:
+            state = load_checkpoint(folder, fp)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
+            history = state["history"]
+            resumed_from = step
+            logger.info(
+                "resuming from %s at step %d (epoch %d, batch %d)", folder, step, start_epoch, start_batch
+            )
+
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    was_ckpt = model.gradient_checkpointing
+    model.set_gradient_checkpointing(cfg.grad_checkpointing)
+    # AdamW's second moments of tiny gradients become subnormal floats, which made CPU steps ~10x
+    # slower in our runs; flushing them to zero costs nothing in accuracy (process-wide setting).
+    torch.set_flush_denormal(True)
+    prev_threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    logger.info(
+        "train %s: %d examples, %d steps (%d/epoch), batch <=%d x group %d, %d rank(s), device %s",
+        "+".join(cfg.functions),
+        len(examples),
+        total,
+        steps_per_epoch,
+        cfg.batch_size,
+        cfg.group_size,
+        info.world_size,
+        device,
+    )
+    filled = 0
+    t0 = time.perf_counter()
+    session_tokens = 0
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(cfg.seed + info.rank)
+        if state is not None:
+            set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
+        model.train()
+        try:
+            epoch = start_epoch
+            while step < total:
+                plan = plan_epoch(data, cfg, epoch, info.world_size)
+                first = start_batch if epoch == start_epoch else 0
+                for b_idx in range(first, len(plan)):
+                    if step >= total:
+                        break
+                    t_step = time.perf_counter()
+                    batch, n_real, n_all, n_filled = _make_batch(
+                        data, plan[b_idx], cfg, epoch, b_idx, info, pad_id
+                    )
+                    filled += n_filled
+                    losses = runner.run(batch, step)
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    n_real = sum_across(n_real, info, device)
+                    n_all = sum_across(n_all, info, device)
+                    losses = {k: mean_across(v, info, device) for k, v in sorted(losses.items())}
+                    session_tokens += n_real
+                    dt = time.perf_counter() - t_step
+                    record = {
+                        "step": step,
+                        "total_steps": total,
+                        "loss": losses["loss"],
+                        **{_LOSS_NAMES[k]: v for k, v in losses.items() if k in _LOSS_NAMES},
+                        "lr": lr,
+                        "tokens_per_s": n_real / dt if dt > 0 else float("inf"),
+                        "padding_ratio": 1.0 - n_real / n_all,
+                        "tokens": n_real,
+                        "tokens_padded": n_all,
+                        "epoch": epoch,
+                        "elapsed_s": time.perf_counter() - t0,
+                    }
+                    history.append(record)
+                    if info.is_main and on_progress is not None:
+                        on_progress(record)
+                    if step % cfg.log_every == 0 or step == total:
+                        logger.info(
+                            "step %d/%d loss %.4f lr %.2e %.0f tok/s pad %.2f",
+                            step,
+                            total,
+                            record["loss"],
+                            lr,
+                            record["tokens_per_s"],
+                            record["padding_ratio"],
+                        )
+                    if (
+                        checkpoint_dir is not None
+                        and cfg.checkpoint_every
+                        and step % cfg.checkpoint_every == 0
+                        and step < total
+                    ):
+                        _checkpoint(
+                            checkpoint_dir,
+                            on_checkpoint,
+                            model,
+                            optimizer,
+                            scheduler,
+                            step,
+                            epoch,
+                            b_idx + 1,
+                            history,
+                            fp,
+                            info,
+                        )
+                epoch += 1
+        finally:
+            model.eval()
+            model.set_gradient_checkpointing(was_ckpt)
+            torch.set_num_threads(prev_threads)
+            for name, p in model.named_parameters():
+                p.requires_grad_(requires_grad[name])
+    seconds = time.perf_counter() - t0
+    losses_all = [r["loss"] for r in history]
+    tenth = max(1, len(losses_all) // 10)
+    summary = {
+        "steps": step,
+        "examples": len(examples),
+        "epochs": step / steps_per_epoch,
+        "functions": list(cfg.functions),
+        "final_loss": losses_all[-1],
+        "loss_first_10pct": _mean(losses_all[:tenth]),
+        "loss_last_10pct": _mean(losses_all[-tenth:]),
+        "seconds": seconds,
+        "tokens_per_s": session_tokens / seconds if seconds > 0 else float("inf"),
+        "padding_ratio": 1.0
+        - sum(r["tokens"] for r in history) / max(1, sum(r["tokens_padded"] for r in history)),
+        "filled_negatives": filled,
+        "world_size": info.world_size,
+        "resumed_from_step": resumed_from,
+        "device": str(device),
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+        "history": history,
+    }
+    logger.info("train done: %s", {k: v for k, v in summary.items() if k != "history"})
+    return summary
+
+
+def _make_batch(
+    data: TokenizedSet,
+    global_batch: list[int],
+    cfg: TrainConfig,
+    epoch: int,
+    b_idx: int,
+    info: DistInfo,
+    pad_id: int,
+) -> tuple[Batch, int, int, int]:
+    """This rank's share of a global batch; negatives are drawn for the whole global batch in one
+    positional order so every rank (and a single process) sees the same groups."""
+    rng = batch_rng(cfg, epoch, b_idx)
+    groups = [sample_group(data, i, cfg.group_size, rng) for i in global_batch]
+    n_local = len(global_batch) // info.world_size
+    mine = slice(info.rank * n_local, (info.rank + 1) * n_local)
+    local_idx, local_groups = global_batch[mine], groups[mine]
+    q_ids, q_mask = pad_batch([data.queries[i] for i in local_idx], pad_id)
+    p_ids, p_mask = pad_batch([data.passages[j] for g in local_groups for j in g.passages], pad_id)
+    teacher = teacher_mask = None
+    if any(g.teacher is not None for g in local_groups):
+        teacher = torch.tensor(
+            [g.teacher or [0.0] * cfg.group_size for g in local_groups], dtype=torch.float32
+        )
+        teacher_mask = torch.tensor([g.teacher is not None for g in local_groups])
+    n_real = int(q_mask.sum() + p_mask.sum())
+    n_all = q_mask.numel() + p_mask.numel()
+    filled = sum(g.filled for g in local_groups)
+    return Batch(q_ids, q_mask, p_ids, p_mask, teacher, teacher_mask), n_real, n_all, filled
+
+
+def _checkpoint(
+    root, on_checkpoint, model, optimizer, scheduler, step, epoch, next_batch, history, fp, info
+) -> None:
+    """Every rank's RNG state is collected; rank 0 writes the file."""
+    rng = rng_state()
+    if info.active:
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * info.world_size
+        dist.all_gather_object(states, rng)
+        rng = states
+    if info.is_main:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch": next_batch,
+            "rng": rng,
+            "history": history,
+            "fingerprint": fp,
+        }
+        folder = save_checkpoint(Path(root), step, state)
+        logger.info("checkpoint at step %d: %s", step, folder)
+        if on_checkpoint is not None:
+            on_checkpoint(folder, step)
+    if info.active:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -66,6 +66,33 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool):
     return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
 
 
+def build_retromae(env: StageEnv, tokenizer: str, corpus: str, refresh: bool):
+    """Stage 1 of the recipe: RetroMAE on the corpus text (a fresh ``ModelSpec`` model on the trained
+    tokenizer), saved as ``checkpoint/<profile>-retromae``; contrastive pretraining starts from it."""
+    from flows.common import progress_logger
+    from model.m3 import M3Model
+    from tasks.retromae import train_retromae
+
+    cfg = env.profile.retromae
+    spec = StageSpec(
+        "retromae",
+        "checkpoint",
+        f"{env.profile.name}-retromae",
+        inputs={"tokenizer": tokenizer, "corpus": corpus},
+        config={"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
+        code=("model", "tasks/retromae.py", "flows/pretrain.py"),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        texts = [t for t in load_table(env, corpus, "corpus")["text"] if t]
+        model = M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
+        summary = train_retromae(model, texts, cfg, on_progress=progress_logger("retromae", cfg.log_every))
+        model.save_pretrained(scratch / "model")
+        return StageOutput(folder_files(scratch / "model"), summary)
+
+    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+
+
 @flow(name="pretrain")
 def pretrain(
     profile: str = "demo",
@@ -73,7 +100,8 @@ def pretrain(
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Tokenizer trained on the corpus, a tiny XLM-R-shaped M3 model, dense InfoNCE on title–body pairs."""
+    """Tokenizer trained on the corpus, a tiny XLM-R-shaped M3 model (RetroMAE-pretrained when the
+    profile has ``retromae``), dense InfoNCE on title–body pairs."""
     from model.m3 import M3Model
     from tasks.train import TrainExample, train_dense
 
@@ -82,13 +110,20 @@ def pretrain(
     corpus = env.input_id(inputs, "corpus", "corpus")
     tokenizer = build_tokenizer(env, corpus, refresh)
     publish(env, tokenizer)
+    retromae = build_retromae(env, tokenizer.manifest_id, corpus, refresh) if env.profile.retromae else None
+    if retromae is not None:
+        publish(env, retromae)
     pairs = build_pairs(env, corpus, refresh)
     publish(env, pairs)
     spec = StageSpec(
         "pretrain",
         "checkpoint",
         env.profile.name,
-        inputs={"tokenizer": tokenizer.manifest_id, "pairs": pairs.manifest_id},
+        inputs={
+            "tokenizer": tokenizer.manifest_id,
+            "pairs": pairs.manifest_id,
+            **({"retromae": retromae.manifest_id} if retromae is not None else {}),
+        },
         config={
             "model": env.profile.model.model_dump(mode="json"),
             "train": env.profile.pretrain.model_dump(mode="json"),
@@ -101,7 +136,11 @@ def pretrain(
         examples = [
             TrainExample(query=q, pos=p) for q, p in zip(table["query"], table["positive"], strict=True)
         ]
-        model = M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer.manifest_id))
+        model = (  # from the RetroMAE checkpoint when the profile has that stage
+            M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer.manifest_id))
+            if retromae is None
+            else M3Model.from_pretrained(env.store.materialize(retromae.manifest_id))
+        )
         cfg = env.profile.pretrain
         log.info("contrastive pretraining on %d title–body pairs", len(examples))
         summary = train_dense(model, examples, cfg, on_progress=progress_logger("pretrain", cfg.log_every))

@@ -22,6 +22,7 @@ from tasks.ingest import IngestConfig
 from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
 from tasks.mine import MineConfig
 from tasks.pairs import PairsConfig
+from tasks.retromae import RetroMAEConfig
 from tasks.synthesize import SynthesizeConfig
 from tasks.train import TrainConfig
 
@@ -89,6 +90,9 @@ class Profile(_Strict):
     synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
+    retromae: RetroMAEConfig | None = Field(
+        None, description="RetroMAE stage before contrastive pretraining; null: start from scratch"
+    )
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     mine: MineConfig = Field(default_factory=MineConfig)

@@ -1,0 +1,251 @@
+"""RetroMAE (arXiv 2205.12035): masking, the enhanced-decoding attention mask, the training loop,
+saving/loading the pretrained encoder, and growing the position table."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model.config import ModelSpec
+from model.m3 import M3Model, pad_batch
+from model.retromae import (
+    IGNORE,
+    RetroMAE,
+    chunk_token_ids,
+    content_mask,
+    decoder_attention_mask,
+    decoder_labels,
+    extend_positions,
+    mask_encoder_input,
+)
+from model.tokenizer import train_tokenizer
+from tasks.retromae import RetroMAEConfig, train_retromae
+from tests.test_model import corpus
+
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok"), vocab_size=400, seed=0)
+
+
+def _model(tok_dir, **kw) -> M3Model:
+    return M3Model.from_spec(ModelSpec(**{**SMALL, **kw}), tok_dir, device="cpu")
+
+
+def _texts() -> list[str]:
+    lines = corpus()  # multilingual: en, ko, ja, ar, de, es sentences and recombinations
+    return [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)]
+
+
+def _batch(model: M3Model, n: int = 6):
+    ids = model.tokenize(_texts()[:n], 64)
+    return pad_batch(ids, model.tokenizer.pad_token_id)
+
+
+# ------------------------------------------------------------------------------------------ masking
+def test_encoder_masking_ratio_specials_padding_and_determinism(tok_dir):
+    model = _model(tok_dir)
+    tok = model.tokenizer
+    input_ids, mask = _batch(model)
+    special = model.special_ids
+    content = content_mask(input_ids, mask, special)
+    g = torch.Generator().manual_seed(7)
+    masked, labels = mask_encoder_input(
+        input_ids, mask, special, tok.mask_token_id, 0.3, g, vocab_size=len(tok)
+    )
+    chosen = labels != IGNORE
+    assert not (chosen & ~content).any()  # never a special token or padding
+    is_special = torch.isin(input_ids, special) | ~mask.bool()
+    assert torch.equal(masked[is_special], input_ids[is_special])  # specials and padding untouched
+    for r in range(input_ids.size(0)):  # exact count per row
+        assert int(chosen[r].sum()) == max(1, round(0.3 * int(content[r].sum())))
+    assert torch.equal(labels[chosen], input_ids[chosen])
+    changed = masked != input_ids
+    assert not (changed & ~chosen).any()
+    assert (masked[chosen] == tok.mask_token_id).float().mean() > 0.6  # BERT's 80/10/10 rule
+    replaced = masked[changed & (masked != tok.mask_token_id)]
+    assert not torch.isin(replaced, special).any()  # random replacements are never specials
+    again = mask_encoder_input(
+        input_ids,
+        mask,
+        special,
+        tok.mask_token_id,
+        0.3,
+        torch.Generator().manual_seed(7),
+        vocab_size=len(tok),
+    )
+    assert torch.equal(again[0], masked) and torch.equal(again[1], labels)  # same seed, same masks
+    other = mask_encoder_input(
+        input_ids,
+        mask,
+        special,
+        tok.mask_token_id,
+        0.3,
+        torch.Generator().manual_seed(8),
+        vocab_size=len(tok),
+    )
+    assert not torch.equal(other[1], labels)
+
+    dl = decoder_labels(input_ids, mask, special)
+    assert torch.equal(dl != IGNORE, content)  # the decoder predicts every content token
+
+
+def test_decoder_attention_mask_never_self_always_sentence_embedding(tok_dir):
+    model = _model(tok_dir)
+    input_ids, mask = _batch(model)
+    allowed = decoder_attention_mask(mask, 0.5, torch.Generator().manual_seed(0))
+    b, length = mask.shape
+    assert allowed.shape == (b, length, length)
+    assert allowed[:, :, 0].all()  # column 0 = the sentence embedding, seen by every row
+    diag = torch.diagonal(allowed, dim1=1, dim2=2)[:, 1:]
+    assert not diag.any()  # no token position sees itself
+    pad_cols = ~mask.bool()[:, None, :].expand(b, length, length)
+    assert not allowed[pad_cols].any()  # padding is never attended
+    # each row sees about half of the other real positions (its own heavily masked copy)
+    valid = mask.bool()
+    seen, possible = 0, 0
+    for r in range(b):
+        n = int(valid[r].sum())
+        block = allowed[r, 1:n, 1:n]
+        seen += int(block.sum())
+        possible += (n - 1) * (n - 2)
+    assert 0.4 < seen / possible < 0.6
+    rows = allowed[0, 1 : int(valid[0].sum()), 1 : int(valid[0].sum())]
+    assert len({tuple(r.tolist()) for r in rows}) > 1  # rows get different random views
+    same = decoder_attention_mask(mask, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(same, allowed)
+    hi = decoder_attention_mask(mask, 0.7, torch.Generator().manual_seed(0))
+    assert int(hi.sum()) < int(allowed.sum())
+
+
+def test_chunking_covers_long_texts():
+    pieces = chunk_token_ids([list(range(10, 30)), [5, 6]], max_length=8, cls_id=0, eos_id=2, min_length=3)
+    # 20 content ids in pieces of 6; the 2-id tail and the 2-id text are under min_length: dropped
+    assert pieces == [[0, *range(10, 16), 2], [0, *range(16, 22), 2], [0, *range(22, 28), 2]]
+
+
+# ------------------------------------------------------------------------------------------ forward
+def test_forward_losses_and_sentence_embedding(tok_dir):
+    model = _model(tok_dir)
+    retro = RetroMAE(model)
+    ids = model.tokenize(_texts()[:4], 48)
+    batch = retro.make_batch(ids, 0.3, 0.5, torch.Generator().manual_seed(0))
+    out = retro(**batch)
+    assert out["loss"].item() == pytest.approx(
+        out["encoder_loss"].item() + out["decoder_loss"].item(), rel=1e-5
+    )
+    vocab = model.backbone.config.vocab_size
+    assert (
+        0.5 * torch.log(torch.tensor(float(vocab)))
+        < out["decoder_loss"]
+        < 2 * torch.log(torch.tensor(float(vocab)))
+    )
+    assert out["sentence_embedding"].shape == (4, model.dense_dim)
+    names = {n for n, _ in retro.trainable_parameters()}
+    assert not any("sparse_linear" in n or "colbert_linear" in n for n in names)
+    assert retro.lm_head.word_embeddings.weight is model.backbone.embeddings.word_embeddings.weight  # tied
+    out["loss"].backward()
+    assert model.sparse_linear.weight.grad is None and model.colbert_linear.weight.grad is None
+
+
+# ----------------------------------------------------------------------------------------- training
+def test_training_lowers_loss_and_keeps_heads_and_saves(tok_dir, tmp_path):
+    model = _model(tok_dir)
+    before = copy.deepcopy(model.state_dict())
+    texts = _texts()
+    cfg = RetroMAEConfig(
+        max_steps=40, batch_size=8, lr=1e-2, max_length=48, seed=0, log_every=20, device="cpu"
+    )
+    steps = []
+    metrics = train_retromae(model, texts, cfg, on_progress=steps.append)
+    assert metrics["steps"] == 40 and len(steps) == 40
+    assert {"encoder_loss", "decoder_loss", "loss", "lr", "tokens_per_s"} <= set(steps[0])
+    print(
+        f"retromae loss {metrics['loss_first_10pct']:.3f} -> {metrics['loss_last_10pct']:.3f} "
+        f"(enc {metrics['encoder_loss_first_10pct']:.3f} -> {metrics['encoder_loss_last_10pct']:.3f}, "
+        f"dec {metrics['decoder_loss_first_10pct']:.3f} -> {metrics['decoder_loss_last_10pct']:.3f}) "
+        f"in {metrics['seconds']:.1f}s, {metrics['tokens_per_s']:.0f} tok/s"
+    )
+    assert metrics["loss_last_10pct"] < 0.9 * metrics["loss_first_10pct"]
+    assert metrics["decoder_loss_last_10pct"] < metrics["decoder_loss_first_10pct"]
+    assert metrics["encoder_loss_last_10pct"] < metrics["encoder_loss_first_10pct"]
+
+    after = model.state_dict()
+    assert set(after) == set(before)  # RetroMAE scaffolding (LM head, decoder) is not part of the model
+    assert not torch.equal(
+        after["backbone.encoder.layer.0.attention.self.query.weight"],
+        before["backbone.encoder.layer.0.attention.self.query.weight"],
+    )
+    for k in before:
+        if k.startswith(("sparse_linear", "colbert_linear")):
+            assert torch.equal(after[k], before[k]), k
+
+    model.save_pretrained(tmp_path / "m")
+    loaded = M3Model.from_pretrained(tmp_path / "m", device="cpu")
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, after[k]), k
+    changed = [
+        k for k in before if k.startswith("backbone.") and not torch.equal(loaded.state_dict()[k], before[k])
+    ]
+    assert len(changed) > len([k for k in before if k.startswith("backbone.")]) // 2
+    vec = loaded.encode(["강물이 흐른다", "The river flows."], max_length=32)["dense_vecs"]
+    assert vec.shape == (2, model.dense_dim)
+
+    again = _model(tok_dir)  # same seed, same data: same weights
+    train_retromae(again, texts, cfg)
+    w = "backbone.encoder.layer.0.output.dense.weight"
+    assert torch.equal(again.state_dict()[w], after[w])
+
+
+def test_no_usable_text_is_an_error(tok_dir):
+    with pytest.raises(ValueError, match="no text piece"):
+        train_retromae(_model(tok_dir), ["", "a"], RetroMAEConfig(max_steps=1, min_length=5, device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------- positions
+def test_extend_positions_keeps_short_outputs_and_accepts_longer(tok_dir, tmp_path):
+    model = _model(tok_dir, max_position_embeddings=66)  # 64 tokens
+    text = " ".join(_texts())
+    short = model.encode(
+        [text[:80], "The river flows."], max_length=64, return_sparse=True, return_colbert=True
+    )
+    old = model.backbone.embeddings.position_embeddings.weight.detach().clone()
+
+    extend_positions(model, 258)
+    assert model.max_length == 256 and model.backbone.config.max_position_embeddings == 258
+    table = model.backbone.embeddings.position_embeddings.weight.detach()
+    assert torch.equal(table[:66], old)
+    assert torch.equal(table[66:130], old[2:66]) and torch.equal(table[130:194], old[2:66])  # tiled
+    again = model.encode(
+        [text[:80], "The river flows."], max_length=64, return_sparse=True, return_colbert=True
+    )
+    assert torch.equal(torch.from_numpy(again["dense_vecs"]), torch.from_numpy(short["dense_vecs"]))
+    assert again["lexical_weights"] == short["lexical_weights"]
+
+    long_ids = model.tokenize([text], 256)[0]
+    assert len(long_ids) > 66  # longer than the old table
+    out = model.encode([text], max_length=256)["dense_vecs"]
+    assert out.shape == (1, model.dense_dim) and bool((out == out).all())
+
+    model.save_pretrained(tmp_path / "long")
+    loaded = M3Model.from_pretrained(tmp_path / "long", device="cpu")
+    assert loaded.max_length == 256
+    assert torch.allclose(
+        torch.from_numpy(loaded.encode([text], max_length=256)["dense_vecs"]), torch.from_numpy(out)
+    )
+
+    cfg = RetroMAEConfig(max_steps=2, batch_size=2, max_length=200, max_positions=514, device="cpu")
+    metrics = train_retromae(_model(tok_dir, max_position_embeddings=66), [text, text[::-1]], cfg)
+    assert metrics["max_positions"] == 514 and metrics["steps"] == 2

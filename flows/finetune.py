@@ -20,7 +20,10 @@ def finetune(
     store: str | None = None,
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
+    nproc_per_node: int | None = None,
 ) -> dict[str, Any]:
+    """``nproc_per_node``: processes for torchrun (one per GPU on a GPU worker; 0 = every visible
+    GPU); None keeps the profile's ``finetune.nproc_per_node``."""
     from tasks.training import examples_from_rows
 
     env = open_env(profile, store)
@@ -28,6 +31,11 @@ def finetune(
     checkpoint = env.input_id(inputs, "checkpoint", "checkpoint")
     train_set = env.input_id(inputs, "train-set", "train-set")
     cfg = env.profile.finetune
+    if nproc_per_node is not None:
+        import torch
+
+        n = nproc_per_node or max(1, torch.cuda.device_count())
+        cfg = cfg.model_copy(update={"nproc_per_node": n})
     spec = StageSpec(
         "finetune",
         "model",

@@ -11,16 +11,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import StageEnv, load_table, open_env, producer_ids, progress_logger, publish
+from flows.common import StageEnv, load_table, open_env, producer_ids, publish
+from flows.training import folder_files, run_training
 from m3.stage import StageOutput, StageSpec, run_stage
 from tasks.artifact_io import schema_dict, write_table
 from tasks.pairs import title_body_pairs
 
-MODEL_CODE = ("model", "tasks/train.py")
-
-
-def folder_files(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+MODEL_CODE = ("model", "tasks/training")
 
 
 def build_tokenizer(env: StageEnv, corpus: str, refresh: bool):
@@ -103,7 +100,7 @@ def pretrain(
     """Tokenizer trained on the corpus, a tiny XLM-R-shaped M3 model (RetroMAE-pretrained when the
     profile has ``retromae``), dense InfoNCE on title–body pairs."""
     from model.m3 import M3Model
-    from tasks.train import TrainExample, train_dense
+    from tasks.training import TrainExample
 
     env = open_env(profile, store)
     log = get_run_logger()
@@ -128,7 +125,7 @@ def pretrain(
             "model": env.profile.model.model_dump(mode="json"),
             "train": env.profile.pretrain.model_dump(mode="json"),
         },
-        code=(*MODEL_CODE, "flows/pretrain.py"),
+        code=(*MODEL_CODE, "flows/pretrain.py", "flows/training.py"),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -143,10 +140,8 @@ def pretrain(
         )
         cfg = env.profile.pretrain
         log.info("contrastive pretraining on %d title–body pairs", len(examples))
-        summary = train_dense(model, examples, cfg, on_progress=progress_logger("pretrain", cfg.log_every))
-        model.save_pretrained(scratch / "model")
-        return StageOutput(
-            folder_files(scratch / "model"), {"objective": "dense InfoNCE (title-body)", **summary}
-        )
+        model.save_pretrained(scratch / "start")
+        trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch)
+        return StageOutput(folder_files(trained), {"objective": "dense InfoNCE (title-body)", **summary})
 
     return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids()))

@@ -24,7 +24,7 @@ from tasks.mine import MineConfig
 from tasks.pairs import PairsConfig
 from tasks.retromae import RetroMAEConfig
 from tasks.synthesize import SynthesizeConfig
-from tasks.train import TrainConfig
+from tasks.training import TrainConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles"
 

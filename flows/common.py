@@ -85,9 +85,11 @@ def open_env(profile: str, store: str | None) -> StageEnv:
 
 
 def dask_runner(spec: DaskSpec) -> DaskTaskRunner:
-    """A LocalCluster of the profile's shape, or the scheduler at ``spec.address``."""
+    """The scheduler at ``spec.address``, the profile's cluster class, or a LocalCluster of its shape."""
     if spec.address:
         return DaskTaskRunner(address=spec.address)
+    if spec.cluster_class:
+        return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs=dict(spec.cluster_kwargs))
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={

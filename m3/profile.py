@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,12 +72,26 @@ class SourceSpec(_Strict):
 
 
 class DaskSpec(_Strict):
-    """Where data stages run: an existing scheduler, or a LocalCluster of this shape."""
+    """Where data stages run: an existing scheduler (``address``), a cluster class started for the
+    run (``cluster_class`` + ``cluster_kwargs``, e.g. ``dask_kubernetes.operator.KubeCluster`` or
+    ``dask_jobqueue.SLURMCluster``), or by default a LocalCluster of this shape."""
 
     address: str | None = None
+    cluster_class: str | None = Field(None, description="import path of a dask cluster class")
+    cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
     n_workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "3GiB"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DaskSpec:
+        if self.address and self.cluster_class:
+            raise ValueError("give either dask.address or dask.cluster_class, not both")
+        if self.cluster_class and "." not in self.cluster_class:
+            raise ValueError(
+                f"dask.cluster_class must be an import path like pkg.Class, not {self.cluster_class!r}"
+            )
+        return self
 
 
 class Profile(_Strict):

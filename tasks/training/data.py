@@ -82,5 +82,6 @@ class TokenizedSet:
         return len(self.queries)
 
     def length(self, i: int) -> int:
-        """The sort key of example ``i``: its longest text (the positive stands in for the negatives)."""
-        return max(len(self.queries[i]), len(self.passages[self.pos[i]]))
+        """The sort key of example ``i``: its longest text, hard negatives included (a batch is padded
+        to its longest passage, so grouping by the positive alone left negatives' padding in place)."""
+        return max(len(self.queries[i]), *(len(self.passages[j]) for j in (self.pos[i], *self.negs[i])))

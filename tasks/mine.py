@@ -67,27 +67,44 @@ class EncodeConfig(BaseModel):
 class SearchConfig(BaseModel):
     """faiss search over the embedding shards (tasks/mining/search.py)."""
 
-    index: Literal["auto", "flat", "ivf"] = Field("auto", description="auto: flat up to exact_max, IVF above")
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="auto: flat up to exact_max, the `approximate` index above"
+    )
     exact_max: int = Field(200_000, ge=1, description="largest pool searched exactly")
+    approximate: Literal["ivf", "hnsw"] = Field("ivf", description="what auto uses above exact_max")
     shard_rows: int | None = Field(
         None, ge=1, description="vectors per index shard (one search task each); None: one shard"
     )
     nlist: int | None = Field(None, ge=1, description="IVF lists; None: 4*sqrt(pool)")
     nprobe: int = Field(32, ge=1)
     train_sample: int = Field(65_536, ge=256, description="vectors the IVF quantizer is trained on")
+    hnsw_m: int = Field(32, ge=2, description="HNSW: neighbours per node (faiss M)")
+    ef_construction: int = Field(200, ge=1, description="HNSW: candidate list while building")
+    ef_search: int = Field(256, ge=1, description="HNSW: candidate list while searching (>= depth)")
     depth: int | None = Field(
         None, ge=1, description="candidates retrieved per query; None: 2*range_end+32 (doubled when short)"
     )
 
 
 class RescoreConfig(BaseModel):
-    """A second model that re-scores the retrieved candidates; its scores become the teacher scores."""
+    """A second model that re-scores the retrieved candidates; its scores become the teacher scores
+    (``pos_scores`` / ``neg_scores``), the order of the candidates and what the margins compare.
 
-    kind: Literal["bi-encoder", "cross-encoder"] = "bi-encoder"
+    * ``bi-encoder``: dot product of the normalised dense embeddings of any encoder folder;
+    * ``m3-hybrid``: an M3 folder's ``w_dense·s_dense + w_lex·s_lex + w_mul·s_mul`` (paper §3.2);
+    * ``cross-encoder``: an HF ``AutoModelForSequenceClassification`` folder with one label (a reranker
+      such as bge-reranker), its logit per (query, passage) pair, optionally through a sigmoid.
+    """
+
+    kind: Literal["bi-encoder", "m3-hybrid", "cross-encoder"] = "bi-encoder"
     path: str
     encoder: Literal["auto", "m3", "sentence-transformers"] = "auto"
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(256, ge=8)
+    weights: tuple[float, float, float] = Field(
+        (1.0, 0.3, 1.0), description="m3-hybrid: (dense, lexical, multi-vector) weights"
+    )
+    activation: Literal["none", "sigmoid"] = Field("none", description="cross-encoder: on the logit")
 
 
 class MineConfig(BaseModel):

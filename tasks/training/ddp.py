@@ -63,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         model = M3Model.from_pretrained(job.model_path)
         examples = examples_from_rows(read_jsonl(Path(job.train_file)))
 
+        def emit(line: str) -> None:  # one write(): ranks share the pipe, print() writes twice
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
         def progress(record: dict[str, Any]) -> None:
-            print(PROGRESS_PREFIX + json.dumps(record), flush=True)
+            emit(PROGRESS_PREFIX + json.dumps(record))
 
         def checkpointed(folder: Path, step: int) -> None:
-            print(CHECKPOINT_PREFIX + json.dumps({"path": str(folder), "step": step}), flush=True)
+            emit(CHECKPOINT_PREFIX + json.dumps({"path": str(folder), "step": step}))
 
         ckpt = job.checkpoint_dir
         summary = train(
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.destroy_process_group()
     return 0
+
+
+def _record(text: str) -> tuple[dict[str, Any], str]:
+    """A JSON record and whatever another rank's output glued after it on the same line."""
+    record, end = json.JSONDecoder().raw_decode(text)
+    return record, text[end:].strip()
 
 
 def launch(
@@ -130,15 +140,18 @@ def launch(
         for line in proc.stdout:
             line = line.rstrip("\n")
             if line.startswith(PROGRESS_PREFIX):
+                record, rest = _record(line[len(PROGRESS_PREFIX) :])
                 if on_progress is not None:
-                    on_progress(json.loads(line[len(PROGRESS_PREFIX) :]))
+                    on_progress(record)
             elif line.startswith(CHECKPOINT_PREFIX):
+                rec, rest = _record(line[len(CHECKPOINT_PREFIX) :])
                 if on_checkpoint is not None:
-                    rec = json.loads(line[len(CHECKPOINT_PREFIX) :])
                     on_checkpoint(Path(rec["path"]), int(rec["step"]))
             else:
-                tail.append(line)
-                logger.debug(line)
+                rest = line
+            if rest:
+                tail.append(rest)
+                logger.debug(rest)
         rc = proc.wait()
     if rc != 0:
         raise RuntimeError(f"torchrun training failed (exit {rc}); last output:\n" + "\n".join(tail))

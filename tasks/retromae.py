@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from model.m3 import M3Model, autocast_for, resolve_device
 from model.retromae import RetroMAE, chunk_token_ids, extend_positions
+from tasks.training.optim import param_groups, warmup_linear_decay
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +61,6 @@ class RetroMAEConfig(BaseModel):
         if self.min_length > self.max_length - 2:
             raise ValueError("min_length must be at most max_length - 2")
         return self
-
-
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return f
-
-
-def _param_groups(named: list[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in named:
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _batches(lengths: Sequence[int], config: RetroMAEConfig, rng: random.Random) -> list[list[int]]:
@@ -163,8 +148,8 @@ def train_retromae(
             torch.manual_seed(config.seed)  # dropout
             retro = RetroMAE(model, seed=config.seed)
             params = retro.trainable_parameters()
-            optimizer = torch.optim.AdamW(_param_groups(params, config.weight_decay), lr=config.lr)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
+            optimizer = torch.optim.AdamW(param_groups(params, config.weight_decay), lr=config.lr)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
             logger.info(
                 "train_retromae: %d pieces, %d steps (%d/epoch), batch %d, mask %.2f/%.2f, device %s",
                 len(pieces),

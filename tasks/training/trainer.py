@@ -30,6 +30,7 @@ from tasks.training.checkpoint import (
 from tasks.training.config import TrainConfig
 from tasks.training.data import TokenizedSet, TrainExample
 from tasks.training.distributed import DistInfo, mean_across, sum_across
+from tasks.training.optim import param_groups, warmup_linear_decay
 from tasks.training.step import Batch, Encoder, StepRunner
 
 logger = logging.getLogger(__name__)
@@ -44,24 +45,6 @@ _LOSS_NAMES = {
     "L_prime": "loss_distill",
     "teacher": "loss_teacher",
 }
-
-
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:  # step = optimizer steps already taken
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return f
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _data_digest(examples: list[TrainExample]) -> str:
@@ -144,8 +127,9 @@ def train(
 
     requires_grad = _freeze_unused(model, cfg.functions)
     # foreach: one multi-tensor kernel per group instead of a Python loop over parameters
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
+    groups = param_groups(model.named_parameters(), cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
     encoder: torch.nn.Module = Encoder(model, tuple(cfg.functions))
     if info.active:
         from torch.nn.parallel import DistributedDataParallel

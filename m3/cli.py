@@ -37,11 +37,13 @@ def _fail(message: str) -> None:
 
 
 def _store(store: str | None, profile: str | None = None):
-    from flows.common import resolve_store_url
-    from m3.profile import load_profile
     from m3.store import Store
 
     if store is None and profile is not None:
+        # Only here: these pull in Prefect and torch, seconds of start-up for `m3 lineage` & co.
+        from flows.common import resolve_store_url
+        from m3.profile import load_profile
+
         return Store(resolve_store_url(load_profile(profile), None))
     return Store(store or os.environ.get("M3_STORE") or ".m3/store")
 
@@ -278,28 +280,28 @@ def gc(
     typer.echo(", ".join(f"{verb} {len(v)} {k}" for k, v in removed.items()))
 
 
-def main() -> None:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions printed as a one-line error (exit status 2)."""
     from pydantic import ValidationError
 
-    from m3.profile import ProfileError
     from m3.store import InvalidName, NotFound, StoreError
     from m3.store.backend import StoreUnavailable
 
+    errors = (InvalidName, NotFound, StoreError, StoreUnavailable, ValueError, ValidationError)
+    errors += (FileNotFoundError, PermissionError, UserError)
+    # m3.profile imports torch (seconds): commands that never load a profile should not pay for it,
+    # and if it was never imported no ProfileError can have been raised.
+    profile = sys.modules.get("m3.profile")
+    return (*errors, profile.ProfileError) if profile is not None else errors
+
+
+def main() -> None:
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
     try:
-        app(standalone_mode=False)
-    except (
-        ProfileError,
-        InvalidName,
-        NotFound,
-        StoreError,
-        StoreUnavailable,
-        ValueError,
-        ValidationError,
-        FileNotFoundError,
-        PermissionError,
-        UserError,
-    ) as exc:
+        # Without standalone mode click *returns* the code of a ``typer.Exit`` (``_fail``) instead of
+        # exiting with it.
+        code = app(standalone_mode=False)
+    except _user_errors() as exc:  # evaluated when an exception is raised
         typer.echo(f"m3: error: {exc}", err=True)
         sys.exit(2)
     except typer.Exit as exc:
@@ -314,6 +316,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

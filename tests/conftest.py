@@ -1,9 +1,14 @@
-"""Shared fixtures: a real S3-compatible server (moto's server mode) and store URLs."""
+"""Shared fixtures: a real S3-compatible server (moto's server mode) and store URLs; one Prefect
+API server for the session; one run of the tiny pipeline that several end-to-end tests start from."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+TINY = str(REPO / "tests" / "profiles" / "tiny.yaml")
 
 
 def _free_port() -> int:
@@ -61,3 +67,131 @@ def store_url(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_url")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One Prefect API server (SQLite) for the whole session, as ``m3`` itself starts one.
+
+    ``m3`` without ``PREFECT_API_URL`` starts a private ephemeral server per command (seconds of
+    start-up on a loaded machine); tests that run many ``m3`` commands point them at this one
+    instead (see ``m3_api_env``). The demo end-to-end test still runs ``m3`` the way users do,
+    without it. Yields ``{"url", "home", "empty_db"}``; ``empty_db`` is a copy of its SQLite
+    database as it was right after start-up (migrated, nothing run yet), for tests that start a
+    server of their own to start from instead of migrating a new database.
+    """
+    import sqlite3
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from m3.prefect_api import set_quiet_defaults
+
+    set_quiet_defaults()
+    home = tmp_path_factory.mktemp("prefect-session")
+    old = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)  # the server's SQLite database lives here
+    try:
+        server = SubprocessASGIServer(port=_free_port())
+        server.start(timeout=240)
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = old
+    empty_db = home / "empty-migrated.db"
+    with sqlite3.connect(home / "prefect.db") as src, sqlite3.connect(empty_db) as dst:
+        src.backup(dst)  # consistent while the server runs (WAL included)
+    yield {"url": server.api_url, "home": str(home), "empty_db": empty_db}
+    server.stop()
+
+
+def m3_subprocess_env(base: Path, api_url: str | None) -> dict[str, str]:
+    """Environment of an ``m3`` process: its own PREFECT_HOME and artifact cache under ``base``;
+    ``api_url`` the Prefect API to report to (None: ``m3`` starts its own ephemeral one)."""
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env.update(PREFECT_HOME=str(base / "prefect"), M3_CACHE_DIR=str(base / "cache"))
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@pytest.fixture
+def m3_api_env(tmp_path, prefect_server):
+    """``m3_subprocess_env`` against the session's Prefect server."""
+    return m3_subprocess_env(tmp_path, prefect_server["url"])
+
+
+def run_m3(
+    args: list[str], env: dict, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``m3 ARGS`` in a process of its own, as users run it; ``check``: fail with its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "m3.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"m3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_m3_at_once(commands: dict[str, tuple[list[str], dict]], logs: Path, timeout: float = 900):
+    """Several independent ``m3`` commands (``{key: (args, env)}``) as processes running at the same
+    time (CI has two cores and most of an ``m3`` process is one busy thread). Output goes to files
+    under ``logs``, so no process ever blocks on a full pipe. Returns ``{key: CompletedProcess}``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    started = {}
+    for key, (args, env) in commands.items():
+        out, err = logs / f"{key}.out", logs / f"{key}.err"
+        with out.open("w") as o, err.open("w") as e:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "m3.cli", *args], env=env, cwd=REPO, stdout=o, stderr=e, text=True
+            )
+        started[key] = (args, proc, out, err)
+    done = {}
+    try:
+        for key, (args, proc, out, err) in started.items():
+            proc.wait(timeout=timeout)
+            done[key] = subprocess.CompletedProcess(
+                args, proc.returncode, out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
+            )
+    finally:
+        for _, proc, _, _ in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
+def copy_store(template: Path, dest: Path) -> str:
+    """A private copy of a local store (blobs, manifests, refs, stage cache): a test may change it."""
+    shutil.copytree(template, dest)
+    return str(dest)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, prefect_server):
+    """The tiny profile through ``m3 run`` once per session, in two steps, kept as store templates.
+
+    1. ``--only ingest --only synthesize`` → ``data_store`` (corpus and queries only);
+    2. ``--from synthesize`` on the same store → ``full_store`` (every stage; ``resumed`` is that
+       command's JSON output: synthesize came from the store, the others were built).
+
+    Tests copy a template (:func:`copy_store`) instead of building those stages again.
+    """
+    base = tmp_path_factory.mktemp("tiny-pipeline")
+    env = m3_subprocess_env(base, prefect_server["url"])
+    store = base / "store"
+    run_m3(["run", "--profile", TINY, "--store", str(store), "--only", "ingest", "--only", "synthesize"], env)
+    data_store = base / "data-stages"
+    shutil.copytree(store, data_store)
+    resumed = json.loads(
+        run_m3(
+            ["run", "--profile", TINY, "--store", str(store), "--from", "synthesize", "--json"], env
+        ).stdout
+    )
+    return {"data_store": data_store, "full_store": store, "resumed": resumed}

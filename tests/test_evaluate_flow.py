@@ -14,7 +14,7 @@ import pytest
 
 from flows.evaluate import CHAMPION_REF, champion_decision, primary_score, should_promote
 from m3.store import Store
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, run_m3
 
 XQUAD_DE = SHARED_DATA / "xquad-r" / "de.json.gz"
 TATOEBA = SHARED_DATA / "tatoeba"
@@ -103,19 +103,6 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-def _m3(args, env, timeout=600):
-    proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 MODES = "dense,sparse,multivec,dense+sparse,all"
 
 
@@ -123,7 +110,7 @@ MODES = "dense,sparse,multivec,dense+sparse,all"
 @pytest.mark.parametrize("source", ["store", "path"])
 def test_m3_eval_cli_on_xquad_r_and_tatoeba(tiny_models, tmp_path, source):
     model = "model/tiny0" if source == "store" else tiny_models["path0"]
-    proc = _m3(
+    proc = run_m3(
         [
             "eval",
             "--model",
@@ -152,17 +139,16 @@ def test_m3_eval_cli_on_xquad_r_and_tatoeba(tiny_models, tmp_path, source):
 
 
 @pytest.mark.slow
-def test_evaluate_model_flow_runs_through_a_prefect_deployment(tiny_models, tmp_path, monkeypatch):
-    """`evaluate_model.to_deployment` served by a runner process against a temporary API server;
-    `run_deployment` starts it and the report and the champion appear in the store."""
+def test_evaluate_model_flow_runs_through_a_prefect_deployment(tiny_models, tmp_path, prefect_server):
+    """`evaluate_model.to_deployment` served by a runner process against an API server (the
+    session's); `run_deployment` starts it and the report and the champion appear in the store."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from m3.prefect_api import prefect_api
-
+    url = prefect_server["url"]
     env = _env(tmp_path)
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    monkeypatch.setenv("PREFECT_HOME", env["PREFECT_HOME"])
     params = {
         "model": "model/tiny1",
         "datasets": [f"tatoeba:{TATOEBA}:afr"],
@@ -176,7 +162,7 @@ def test_evaluate_model_flow_runs_through_a_prefect_deployment(tiny_models, tmp_
         "from flows.evaluate import evaluate_model\n"
         f"serve(evaluate_model.to_deployment(name='test-eval', parameters={params!r}))\n"
     )
-    with prefect_api() as url:
+    with temporary_settings(updates={PREFECT_API_URL: url}):
         server = subprocess.Popen(
             [sys.executable, "-c", script],
             env=dict(env, PREFECT_API_URL=url),

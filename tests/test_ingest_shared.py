@@ -2,14 +2,16 @@
 shared/data, with the default configuration: no crash, exact books, clean text, right languages.
 
 Runs once per session (module fixture) through :func:`run_ingest`, the code the Prefect flow runs
-on Dask, with an in-process scheduler.
+on Dask, with two worker processes of a process pool as the scheduler.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 from collections import Counter
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +20,7 @@ import pytest
 from tasks.ingest import IngestConfig
 from tasks.ingest.language import detect_language
 from tasks.ingest.quality import QualityConfig, quality_issue
-from tasks.ingest.shards import FileJob, check_identity, local_submit, run_ingest
+from tasks.ingest.shards import FileJob, check_identity, run_ingest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
@@ -55,15 +57,29 @@ def shared_files() -> list[tuple[Path, str, str]]:
     return out
 
 
+def pool_submit(pool: Executor):
+    """``run_ingest``'s ``submit(fn, *args)`` on a process pool; finished futures passed as arguments
+    are resolved first (Dask does the same for the futures a task is given)."""
+
+    def submit(fn, *args):
+        return pool.submit(fn, *(a.result() if isinstance(a, Future) else a for a in args))
+
+    return submit
+
+
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
-    """~100 MB of XML, WARC and JSON through the whole stage: minutes on 2 shared cores."""
+    """~100 MB of XML, WARC and JSON through the whole stage: a minute or more on 2 cores, so the
+    files are read by two processes at once (the work is spread over ~9 dumps of 2-4 MB)."""
     tmp = tmp_path_factory.mktemp("shared")
     jobs = [
         FileJob(str(p), fmt, source, None, f"{p.parent.name}/{p.name}", str(tmp / "shards" / f"s{i:03d}"))
         for i, (p, fmt, source) in enumerate(shared_files())
     ]
-    result = run_ingest(jobs, IngestConfig(), tmp / "corpus", local_submit)
+    # the largest files first, so that the two workers finish at about the same time
+    jobs.sort(key=lambda j: -Path(j.path).stat().st_size)
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = run_ingest(jobs, IngestConfig(), tmp / "corpus", pool_submit(pool))
     rows = []
     for f in sorted((tmp / "corpus").rglob("*.parquet")):
         rows.extend(pq.read_table(f).to_pylist())

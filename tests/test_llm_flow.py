@@ -1,20 +1,18 @@
 """The ``openai`` backend through ``m3 run`` as a user runs it: a profile naming a Prefect Secret
 block, real Prefect flows, the store; a budget that stops the stage early, recorded in the manifest.
 
-Slow: it starts a Prefect API server and runs ingest + synthesize as real flows.
+Slow: it runs ingest + synthesize as real flows against the session's Prefect API server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from m3.store import Store
+from tests.conftest import m3_subprocess_env, run_m3
 from tests.test_llm_synthesis import KEY, ChatServer, _corpus, assert_key_nowhere, doc_of, good_questions
 
 pytestmark = pytest.mark.slow
@@ -28,6 +26,7 @@ sources:
   - name: wikipedia
     format: mediawiki
     paths: ["{wiki}/*wiki-*.xml"]
+dask: {{n_workers: 1, threads_per_worker: 2}}  # one worker process to start, not two
 synthesize:
   heldout_fraction: 0.3
   backend: openai
@@ -43,47 +42,30 @@ synthesize:
 """
 
 
-def test_flow_with_secret_block_budget_and_no_key_anywhere(tmp_path):
-    from m3.prefect_api import prefect_api
+def test_flow_with_secret_block_budget_and_no_key_anywhere(tmp_path, prefect_server):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     corpus = _corpus()
-    env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), M3_CACHE_DIR=str(tmp_path / "cache"))
-    old_home = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
+    api_url = prefect_server["url"]  # the session's API server: the Secret block lives there
+    env = m3_subprocess_env(tmp_path, api_url)
     store_dir = tmp_path / "store"
-    try:
-        with (
-            prefect_api() as api_url,
-            ChatServer(lambda b, n: ("ok", good_questions(doc_of(b, corpus)))) as srv,
-        ):
-            from prefect.blocks.system import Secret
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        ChatServer(lambda b, n: ("ok", good_questions(doc_of(b, corpus)))) as srv,
+    ):
+        from prefect.blocks.system import Secret
 
-            Secret(value=KEY).save("m3-test-llm-key", overwrite=True)
-            runs = []
-            for cap in (3, 1000):
-                profile = tmp_path / f"llm{cap}.yaml"
-                profile.write_text(PROFILE.format(wiki=WIKICLEAN, url=srv.base_url, cap=cap))
-                args = ["run", "--profile", str(profile), "--store", str(store_dir)]
-                args += ["--only", "ingest", "--only", "synthesize", "--json"]
-                proc = subprocess.run(
-                    [sys.executable, "-m", "m3.cli", *args],
-                    env={**env, "PREFECT_API_URL": api_url},
-                    cwd=REPO,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )
-                assert proc.returncode == 0, proc.stderr[-3000:]
-                runs.append(proc)
-                assert KEY not in proc.stdout + proc.stderr
-            logs_and_artifacts = asyncio.run(_prefect_texts())
-    finally:
-        if old_home is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = old_home
+        Secret(value=KEY).save("m3-test-llm-key", overwrite=True)
+        runs = []
+        for cap in (3, 1000):
+            profile = tmp_path / f"llm{cap}.yaml"
+            profile.write_text(PROFILE.format(wiki=WIKICLEAN, url=srv.base_url, cap=cap))
+            args = ["run", "--profile", str(profile), "--store", str(store_dir)]
+            args += ["--only", "ingest", "--only", "synthesize", "--json"]
+            proc = run_m3(args, env, timeout=600)
+            runs.append(proc)
+            assert KEY not in proc.stdout + proc.stderr
+        logs_and_artifacts = asyncio.run(_prefect_texts())
 
     assert all(r["auth"] == f"Bearer {KEY}" for r in srv.requests)  # the key did reach the server
     store = Store(str(store_dir))
@@ -108,12 +90,21 @@ def test_flow_with_secret_block_budget_and_no_key_anywhere(tmp_path):
 
 
 async def _prefect_texts() -> str:
-    """Every log line and artifact the Prefect API holds, as one text."""
+    """Every log line and artifact the Prefect API holds, as one text (all pages: the server is the
+    session's, so it holds other tests' runs too)."""
     from prefect.client.orchestration import get_client
 
+    async def every(read) -> list:
+        out, page = [], 200
+        while True:
+            got = await read(limit=page, offset=len(out))
+            out.extend(got)
+            if len(got) < page:
+                return out
+
     async with get_client() as client:
-        logs = await client.read_logs()
-        artifacts = await client.read_artifacts()
+        logs = await every(client.read_logs)
+        artifacts = await every(client.read_artifacts)
     return "\n".join(
         [*(log.message for log in logs), *(f"{a.key} {a.data} {a.description}" for a in artifacts)]
     )

@@ -1,6 +1,7 @@
 """The ``mine`` stage with the pipeline's own checkpoint as teacher (ANCE), through the ``m3`` command.
 
-Slow: a real Prefect run (ephemeral API), a Dask LocalCluster, and ingest → synthesize → pretrain first.
+Slow: a real Prefect run (the session's API server), a Dask LocalCluster. ingest → synthesize →
+pretrain come from a copy of the session's tiny pipeline store (the same stage configs: cache hits).
 """
 
 from __future__ import annotations
@@ -11,22 +12,14 @@ import pytest
 import yaml
 
 from m3.store import Store
-from tests.test_pipeline_e2e import REPO, TINY, m3
+from tests.conftest import REPO, TINY, copy_store
+from tests.conftest import run_m3 as m3
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def m3_env(tmp_path):
-    import os
-
-    env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), M3_CACHE_DIR=str(tmp_path / "cache"))
-    return env
-
-
-def test_checkpoint_teacher_mines_and_reuses_embeddings(tmp_path, m3_env):
+def test_checkpoint_teacher_mines_and_reuses_embeddings(tmp_path, m3_api_env, tiny_pipeline):
+    m3_env = m3_api_env
     with open(TINY, encoding="utf-8") as fh:
         profile = yaml.safe_load(fh)
     profile["base_dir"] = str(REPO)
@@ -40,7 +33,7 @@ def test_checkpoint_teacher_mines_and_reuses_embeddings(tmp_path, m3_env):
     }
     path = tmp_path / "ance.yaml"
     path.write_text(yaml.safe_dump(profile))
-    store = str(tmp_path / "store")
+    store = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
     stages = ["ingest", "synthesize", "pretrain", "mine"]
     out = json.loads(
         m3(
@@ -56,6 +49,7 @@ def test_checkpoint_teacher_mines_and_reuses_embeddings(tmp_path, m3_env):
             m3_env,
         ).stdout
     )
+    assert [s["cached"] for s in out["stages"]] == [True, True, True, False]  # only mine is new
     mine = [s for s in out["stages"] if s["stage"] == "mine"][0]
     st = Store(store)
     m = st.manifest(mine["manifest_id"])

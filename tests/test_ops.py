@@ -172,13 +172,18 @@ def _wait(predicate, timeout: float, what: str, every: float = 1.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+def _stop(*procs: subprocess.Popen) -> None:
+    """SIGTERM to every process group at once, then SIGKILL to those still up after 5 s."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
         os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5  # they stop within seconds when idle; nothing is left to save
+    for proc in running:
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def _snapshot(target: Path) -> Path:
@@ -199,9 +204,14 @@ def _snapshot(target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prefect_stack(tmp_path_factory):
-    """A Prefect server (SQLite) and a process worker on the `cpu` pool, as `make serve` runs them."""
+def prefect_stack(tmp_path_factory, prefect_server):
+    """A Prefect server (SQLite) and a process worker on the `cpu` pool, as `make serve` runs them.
+
+    Its database starts as a copy of the session server's freshly migrated one (no rows yet): the
+    same schema `prefect server start` would create, without running every migration again.
+    """
     base = tmp_path_factory.mktemp("ops")
+    shutil.copyfile(prefect_server["empty_db"], base / "prefect.db")
     checkout = _snapshot(base / "checkout")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -213,7 +223,7 @@ def prefect_stack(tmp_path_factory):
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{base / 'prefect.db'}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_WORKER_QUERY_SECONDS="1",  # picks up a scheduled run within a second
         M3_CACHE_DIR=str(base / "cache"),
         M3_OPENLINEAGE=f"file:{base / 'openlineage.jsonl'}",
         PYTHONPATH=str(checkout),  # the snapshot's code, not the editable install's
@@ -243,15 +253,14 @@ def prefect_stack(tmp_path_factory):
 
     try:
         _wait(healthy, 240, "the Prefect server")
+        # The `cpu` pool as `prefect work-pool create cpu --type process` makes it (the process
+        # worker's default job template), through the API: no CLI process to start.
+        from prefect.workers.process import ProcessWorker
+
+        pool = {"name": "cpu", "type": "process"}
+        pool["base_job_template"] = ProcessWorker.get_default_base_job_template()
+        httpx.post(f"{api}/work_pools/", json=pool, timeout=60).raise_for_status()
         prefect = [str(BIN / "prefect"), "--no-prompt"]
-        subprocess.run(
-            [*prefect, "work-pool", "create", "cpu", "--type", "process"],
-            env=env,
-            check=True,
-            capture_output=True,
-            cwd=checkout,
-            timeout=300,
-        )
         deploy = subprocess.run(
             [*prefect, "deploy", "--name", "pipeline-demo"],
             env=env,
@@ -264,8 +273,7 @@ def prefect_stack(tmp_path_factory):
         start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--type", "process"])
         yield {"env": env, "api": api, "base": base, "logs": logs, "checkout": checkout}
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        _stop(*reversed(procs))
 
 
 def _api(stack, method: str, path: str, body=None):
@@ -287,7 +295,7 @@ def _wait_final(stack, run_id: str, timeout: float, min_runs: int = 1) -> dict:
         return run if done and run["run_count"] >= min_runs else None
 
     try:
-        return _wait(final, timeout, f"flow run {run_id}", every=3)
+        return _wait(final, timeout, f"flow run {run_id}", every=1)
     except AssertionError:
         print((stack["logs"] / "worker.log").read_text()[-6000:])
         raise

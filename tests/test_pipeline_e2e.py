@@ -1,23 +1,25 @@
 """The pipeline end to end through the ``m3`` command, as users run it.
 
-Slow: each test runs real Prefect flows (an ephemeral API server), a real Dask LocalCluster
-and real training on CPU.
+Slow: each test runs real Prefect flows, a real Dask LocalCluster and real training on CPU. The demo
+run uses ``m3``'s own ephemeral API server, as ``make demo`` does; the other runs report to the
+session's one server (``PREFECT_API_URL``, as with ``make serve``), and several start from the
+session's tiny pipeline run (``tiny_pipeline`` in conftest.py) instead of building its stages again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from m3.store import Store
+from tests.conftest import REPO, TINY, copy_store, m3_subprocess_env, run_m3_at_once
+from tests.conftest import run_m3 as m3
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests" / "profiles" / "tiny.yaml")
 STAGES = ["ingest", "synthesize", "pretrain", "mine", "finetune", "evaluate"]
 
 pytestmark = pytest.mark.slow
@@ -26,44 +28,19 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def m3_env(tmp_path_factory):
     """Environment of an ``m3`` process: its own PREFECT_HOME and artifact cache, ephemeral API."""
-    base = tmp_path_factory.mktemp("m3env")
-    env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)
-    env.update(PREFECT_HOME=str(base / "prefect"), M3_CACHE_DIR=str(base / "cache"))
-    return env
+    return m3_subprocess_env(tmp_path_factory.mktemp("m3env"), None)
 
 
-@pytest.fixture(scope="module")
-def api_env(m3_env):
-    """Like ``m3_env`` but against one long-lived API server (``PREFECT_API_URL``), shared by runs."""
-    from m3.prefect_api import prefect_api
-
-    old_home = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = m3_env["PREFECT_HOME"]
-    with prefect_api() as url:
-        yield dict(m3_env, PREFECT_API_URL=url)
-    if old_home is None:
-        os.environ.pop("PREFECT_HOME", None)
-    else:
-        os.environ["PREFECT_HOME"] = old_home
+@pytest.fixture
+def api_env(m3_api_env):
+    """Like ``m3_env`` but against the session's API server (``PREFECT_API_URL``), shared by runs."""
+    return m3_api_env
 
 
-def m3(args: list[str], env: dict, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"m3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.mark.timeout(2400)  # two full demo runs; CPU-bound on 2 cores
-def test_demo_runs_end_to_end_then_reuses_every_stage_and_traces_lineage(tmp_path, m3_env):
+@pytest.mark.timeout(2400)  # the full demo run; CPU-bound on 2 cores
+def test_demo_runs_end_to_end_then_reuses_every_stage_and_traces_lineage(tmp_path, m3_env, prefect_server):
+    """The suite's one full demo run (README: ``m3 run --profile demo``), with ``m3``'s own ephemeral
+    Prefect API; the rerun (same cache) reports to a running server and takes every stage from the store."""
     store = str(tmp_path / "store")
     first = json.loads(m3(["run", "--profile", "demo", "--store", store, "--json"], m3_env).stdout)
     assert [s["stage"] for s in first["stages"]] == STAGES
@@ -74,7 +51,8 @@ def test_demo_runs_end_to_end_then_reuses_every_stage_and_traces_lineage(tmp_pat
     assert set(report["avg"]["ndcg_cut_10"]) == {"BM25", *(f"M3 {m}" for m in modes)}
     assert report["queries"] > 0
 
-    second = json.loads(m3(["run", "--profile", "demo", "--store", store, "--json"], m3_env).stdout)
+    api_env = dict(m3_env, PREFECT_API_URL=prefect_server["url"])  # no second server start-up
+    second = json.loads(m3(["run", "--profile", "demo", "--store", store, "--json"], api_env).stdout)
     assert all(s["cached"] for s in second["stages"]), second["stages"]
     assert [s["manifest_id"] for s in second["stages"]] == [s["manifest_id"] for s in first["stages"]]
 
@@ -140,24 +118,78 @@ def test_s3_store_survives_a_killed_commit_and_completes(s3_url, api_env):
     assert store.resolve("report/tiny") == done["outputs"]["report"]
 
 
-def test_retry_from_a_stage_reuses_earlier_outputs(tmp_path, api_env):
-    m3_env = api_env
-    store = str(tmp_path / "store")
-    m3(["run", "--profile", TINY, "--store", store, "--only", "ingest", "--only", "synthesize"], m3_env)
-    out = json.loads(
-        m3(["run", "--profile", TINY, "--store", store, "--from", "synthesize", "--json"], m3_env).stdout
-    )
+def test_retry_from_a_stage_reuses_earlier_outputs(tmp_path, api_env, tiny_pipeline):
+    # tiny_pipeline ran `--only ingest --only synthesize`, then `--from synthesize` on that store
+    out = tiny_pipeline["resumed"]
     stages = {s["stage"]: s["cached"] for s in out["stages"]}
     assert "ingest" not in stages and stages["synthesize"] is True
     assert stages["pretrain"] is False
+    store = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
     refreshed = json.loads(
         m3(
             ["run", "--profile", TINY, "--store", store, "--only", "mine", "--refresh", "mine", "--json"],
-            m3_env,
+            api_env,
         ).stdout
     )
     assert refreshed["stages"][0]["stage"] == "mine" and refreshed["stages"][0]["cached"] is False
     assert len(Store(store).ref_history("train-set/tiny")) == 2  # the old version is kept in history
+
+
+def test_local_retry_of_a_failed_run_resumes_at_the_failed_stage(tmp_path, api_env, tiny_pipeline):
+    """``m3 retry --local``: a run outside any deployment fails on a corrupt input; once the input is
+    fixed, the retry runs the failed run's parameters again here, the stage before the failure comes
+    back from the store (Prefect state ``Cached``) and the run completes."""
+    import httpx
+
+    store_dir = tmp_path / "store"
+    copy_store(tiny_pipeline["data_store"], store_dir)  # corpus/tiny and queries/tiny, built
+    store = Store(str(store_dir))
+    corpus_history = store.ref_history("corpus/tiny")
+    corpus = store.manifest(store.resolve("corpus/tiny"))
+    originals = {}
+    for f in corpus.files:
+        if f.path.endswith(".parquet"):
+            blob = store_dir / "blobs" / "sha256" / f.sha256[:2] / f.sha256
+            originals[blob] = blob.read_bytes()
+    assert originals
+    for blob, data in originals.items():  # the corpus goes bad: its Parquet files truncated
+        os.chmod(blob, 0o644)
+        blob.write_bytes(data[: len(data) // 3])
+
+    args = ["run", "--profile", TINY, "--store", str(store_dir), "--only", "ingest", "--only", "synthesize"]
+    failed = m3([*args, "--refresh", "synthesize"], api_env, check=False)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "stage synthesize failed making queries/tiny from corpus=corpus/tiny" in failed.stderr
+    assert "[data]" in failed.stderr
+    run_id = re.search(r"`m3 retry ([0-9a-f-]{36})`", failed.stderr).group(1)  # the log says how to resume
+
+    for blob, data in originals.items():
+        blob.write_bytes(data)
+    out = json.loads(m3(["retry", "--local", run_id, "--json"], api_env).stdout)
+    assert out["mode"] == "local" and out["retry_of"] == run_id and out["state"] == "COMPLETED"
+    assert out["flow_run_id"] != run_id  # no worker here: a new flow run with the same parameters
+
+    api = api_env["PREFECT_API_URL"]
+
+    def flow_runs(flow_runs_filter: dict) -> list[dict]:
+        resp = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": flow_runs_filter}, timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    (old,) = flow_runs({"id": {"any_": [run_id]}})
+    (new,) = flow_runs({"id": {"any_": [out["flow_run_id"]]}})
+    assert old["state"]["type"] == "FAILED" and new["state"]["type"] == "COMPLETED"
+    assert new["parameters"] == old["parameters"]
+    states = {}  # the retry's stage subflows, by flow name: the name of their final Prefect state
+    for run in flow_runs({"parent_flow_run_id": {"any_": [out["flow_run_id"]]}}):
+        flow = httpx.get(f"{api}/flows/{run['flow_id']}", timeout=30).json()["name"]
+        assert flow not in states, flow
+        states[flow] = run["state"]["name"]
+    assert states == {"ingest": "Cached", "synthesize": "Completed"}, states
+    assert store.ref_history("corpus/tiny") == corpus_history  # the corpus came back from the store
+    queries = store.manifest(store.resolve("queries/tiny"))
+    assert queries.parents == [corpus.id] and sum(f.rows or 0 for f in queries.files) > 0
+    assert len(store.ref_history("queries/tiny")) == 2  # rebuilt by the retry, after the template's
 
 
 def test_two_concurrent_runs_on_one_ref_lose_nothing(tmp_path, api_env):
@@ -189,31 +221,46 @@ def test_two_concurrent_runs_on_one_ref_lose_nothing(tmp_path, api_env):
     assert all(history[i].previous == history[i - 1].manifest for i in range(1, len(history)))
 
 
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["run", "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
-        (["lineage", "../../etc/passwd"], "invalid ref"),
-        (["artifacts", "show", "corpus/../x"], "invalid ref"),
-        (["run", "--profile", "demo", "--from", "bogus"], "unknown stage 'bogus'"),
-    ],
-)
-def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, m3_env, args, needle):
-    store = tmp_path / "store"
-    proc = m3([*args, "--store", str(store)], m3_env, check=False)
+BAD_INPUT = {
+    "no-such-profile": (["run", "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
+    "lineage-ref": (["lineage", "../../etc/passwd"], "invalid ref"),
+    "show-ref": (["artifacts", "show", "corpus/../x"], "invalid ref"),
+    "bogus-stage": (["run", "--profile", "demo", "--from", "bogus"], "unknown stage 'bogus'"),
+}
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory, m3_env):
+    """Every bad command of the tests below, run at once (independent processes, two cores); each
+    gets a store path of its own that must not exist afterwards. ``{key: (process, store)}``."""
+    base = tmp_path_factory.mktemp("refused")
+    profile = base / "broken.yaml"
+    profile.write_text(
+        "name: broken\nsources:\n  - name: wiki\n    format: mediawiki\n    paths: [missing-dump.xml.bz2]\n"
+    )
+    commands = {key: args for key, (args, _) in BAD_INPUT.items()}
+    commands["unreadable-source"] = ["run", "--profile", str(profile)]
+    stores = {key: base / key / "store" for key in commands}
+    runs = run_m3_at_once(
+        {key: ([*args, "--store", str(stores[key])], m3_env) for key, args in commands.items()},
+        base / "logs",
+        timeout=300,
+    )
+    return {key: (runs[key], stores[key]) for key in commands}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_gives_one_line_error_and_writes_nothing(refused, case):
+    _, needle = BAD_INPUT[case]
+    proc, store = refused[case]
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert not store.exists()
 
 
-def test_unreadable_source_file_is_named(tmp_path, m3_env):
-    profile = tmp_path / "broken.yaml"
-    profile.write_text(
-        "name: broken\nsources:\n  - name: wiki\n    format: mediawiki\n    paths: [missing-dump.xml.bz2]\n"
-    )
-    store = tmp_path / "store"
-    proc = m3(["run", "--profile", str(profile), "--store", str(store)], m3_env, check=False)
+def test_unreadable_source_file_is_named(refused):
+    proc, store = refused["unreadable-source"]
     assert proc.returncode == 2
     assert "missing-dump.xml.bz2" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not store.exists()

@@ -7,6 +7,7 @@ UI's Retry button does, and checks the stages before the failure were not recomp
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -19,7 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -135,24 +138,164 @@ def test_prefect_yaml_has_a_deployment_per_stage_and_the_pipeline():
     assert "serve" in (REPO / "Makefile").read_text()
 
 
-@pytest.mark.parametrize("template", ["gpu-kubernetes.json", "gpu-docker.json"])
-def test_gpu_work_pool_templates_wire_the_gpu_count(template):
-    """Rendered the way a worker renders a base job template (Prefect's own templating)."""
-    from prefect.utilities.templating import apply_values
+# The GPU work pools' base job templates, built into jobs by the Kubernetes and Docker workers' own
+# code (prefect-kubernetes, prefect-docker) for a flow run whose job variables ask for 4 GPUs. No
+# cluster or Docker daemon is involved: nothing is submitted.
+GPU_POOLS = {"kubernetes": ("gpu", "gpu-kubernetes.json"), "docker": ("gpu-docker", "gpu-docker.json")}
+GPU_JOB_VARIABLES = {"gpu_count": 4, "image": "registry.example.com/m3:cu124", "env": {"M3_STORE": "s3://m3"}}
+WORKER_API_URL = "https://prefect.example.com/api"  # the worker's PREFECT_API_URL, passed on to the job
 
-    base = json.loads((REPO / "deploy" / template).read_text())
-    props = base["variables"]["properties"]
-    values = {k: v["default"] for k, v in props.items() if "default" in v}
-    values["gpu_count"] = 4
-    job = apply_values(base["job_configuration"], values)
-    if template == "gpu-kubernetes.json":
-        container = job["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
-        assert container["image"] == props["image"]["default"]
+
+def _gpu_template(kind: str) -> dict:
+    return json.loads((REPO / "deploy" / GPU_POOLS[kind][1]).read_text())
+
+
+def _build_gpu_job(kind: str, template: dict, job_variables: dict):
+    """What the worker of `kind` would submit for a new flow run: (job configuration, flow run,
+    docker-py's create-container arguments for Docker, else None).
+
+    First the server's checks of `prefect work-pool create --base-job-template` and of a run's job
+    variables, then `BaseJobConfiguration.resolve_for_flow_run`'s two steps without the API reads:
+    `from_template_and_values` and `prepare_for_flow_run`. For Docker, then the worker's container
+    settings and docker-py's conversion of `containers.create(**settings)` into the API request.
+    """
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
+    from prefect.server.schemas.actions import validate_base_job_template
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.schema_tools import is_valid_schema, validate
+
+    validate_base_job_template(template)  # every {{ placeholder }} is a declared variable
+    is_valid_schema(template["variables"], preprocess=False)
+    validate(job_variables, template["variables"], raise_on_error=True, ignore_required=True)
+    if kind == "kubernetes":
+        from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration as config_cls
     else:
-        assert job["container_create_kwargs"]["device_requests"][0]["Count"] == 4
-    placeholders = set(re.findall(r"{{\s*([\w.\-]+)\s*}}", json.dumps(base["job_configuration"])))
-    assert placeholders <= set(props), placeholders - set(props)  # every placeholder is a variable
+        from prefect_docker.worker import DockerWorkerJobConfiguration as config_cls
+    flow = Flow(id=uuid4(), name="pipeline")
+    flow_run = FlowRun(id=uuid4(), name="gentle-otter", flow_id=flow.id)
+    pool = WorkPool(name=GPU_POOLS[kind][0], type=kind, base_job_template=template)
+    # The templates use no blocks or Prefect variables, so building the job must not need the API:
+    # this client has no server behind it and would fail on any request.
+    client = PrefectClient(api="http://127.0.0.1:9/api")
+    with temporary_settings({PREFECT_API_URL: WORKER_API_URL}):
+        config = asyncio.run(config_cls.from_template_and_values(template, job_variables, client=client))
+        config.prepare_for_flow_run(flow_run, flow=flow, work_pool=pool, worker_name="gpu-worker")
+    if kind == "kubernetes":
+        return config, flow_run, None
+
+    import docker
+    from docker.models.containers import _create_container_args
+    from prefect_docker.worker import DockerWorker
+
+    # A client for a socket that does not exist, given the API version so that it asks no daemon.
+    # The worker only queries the daemon for a local API URL (host.docker.internal mapping).
+    with closing(
+        docker.DockerClient(
+            base_url="unix:///nonexistent/docker.sock", version=docker.constants.DEFAULT_DOCKER_API_VERSION
+        )
+    ) as docker_client:
+        settings = DockerWorker(work_pool_name=pool.name)._build_container_settings(docker_client, config)
+        # what docker_client.containers.create(**settings) posts; docker-py checks DeviceRequests here
+        create_args = _create_container_args({**settings, "version": docker_client.api._version})
+    return config, flow_run, create_args
+
+
+@pytest.mark.parametrize("kind", ["kubernetes", "docker"])
+def test_gpu_work_pool_templates_build_the_workers_gpu_job(kind):
+    config, flow_run, create_args = _build_gpu_job(kind, _gpu_template(kind), GPU_JOB_VARIABLES)
+    wanted_env = {
+        "PREFECT_API_URL": WORKER_API_URL,
+        "PREFECT__FLOW_RUN_ID": str(flow_run.id),  # `prefect flow-run execute` reads the run id here
+        "M3_STORE": "s3://m3",  # a run's env is merged with the template's default env …
+        "DO_NOT_TRACK": "1",  # … not put in its place
+    }
+    if kind == "kubernetes":
+        manifest = config.job_manifest
+        assert manifest["kind"] == "Job" and manifest["spec"]["backoffLimit"] == 0
+        assert manifest["metadata"]["generateName"] == "gentle-otter-"
+        assert manifest["metadata"]["namespace"] == config.namespace == "default"
+        pod = manifest["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert "nvidia.com/gpu" not in container["resources"]["requests"]  # a limit alone is the request
+        assert container["image"] == "registry.example.com/m3:cu124"
+        assert container["args"] == ["prefect", "flow-run", "execute"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert len(env) == len(container["env"]) and env.items() >= wanted_env.items()
+        # backoffLimit 0: an evicted pod's flow run is rescheduled rather than crashed
+        assert env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "reschedule"
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        (shm,) = container["volumeMounts"]
+        assert shm["mountPath"] == "/dev/shm" and {v["name"] for v in pod["volumes"]} == {shm["name"]}
+        labels = manifest["spec"]["template"]["metadata"]["labels"]
+        assert labels["prefect.io/flow-run-id"] == str(flow_run.id)
+        assert labels["prefect.io/work-pool-name"] == "gpu"
+    else:
+        assert create_args["host_config"]["DeviceRequests"] == [
+            {"Driver": "nvidia", "Count": 4, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+        ]
+        assert create_args["host_config"]["ShmSize"] == 8 * 2**30
+        assert create_args["host_config"]["AutoRemove"] is True
+        assert "Privileged" not in create_args["host_config"]
+        assert create_args["image"] == "registry.example.com/m3:cu124"
+        assert create_args["command"] == "prefect flow-run execute"
+        assert create_args["environment"].items() >= wanted_env.items()
+        assert create_args["name"] == "gentle-otter"
+        assert create_args["labels"]["io.prefect.flow-run-id"] == str(flow_run.id)
+
+
+def _broken(kind: str, edit) -> dict:
+    template = _gpu_template(kind)
+    edit(template)
+    return template
+
+
+def _k8s_pod_spec(template: dict) -> dict:
+    return template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "job_variables", "error"),
+    [
+        # the pod spec keys prefect-kubernetes requires (deploy/gpu-kubernetes.json once lacked them)
+        (
+            "kubernetes",
+            lambda t: [_k8s_pod_spec(t).pop(k) for k in ("parallelism", "completions")],
+            GPU_JOB_VARIABLES,
+            "Job is missing required attributes at the following paths: "
+            "/spec/template/spec/completions, /spec/template/spec/parallelism",
+        ),
+        # a variable whose type the worker's job configuration does not take
+        (
+            "kubernetes",
+            lambda t: t["variables"]["properties"]["pod_watch_timeout_seconds"].update(
+                type="string", default="10m"
+            ),
+            GPU_JOB_VARIABLES,
+            "pod_watch_timeout_seconds",
+        ),
+        # a GPU count declared as a string passes the schema and the worker, not docker-py
+        (
+            "docker",
+            lambda t: t["variables"]["properties"]["gpu_count"].update(type="string", default="1"),
+            {**GPU_JOB_VARIABLES, "gpu_count": "4"},
+            "DeviceRequest.count must be an integer",
+        ),
+        # the GPU placeholder no longer matches a declared variable
+        (
+            "docker",
+            lambda t: t["variables"]["properties"].update(gpus=t["variables"]["properties"].pop("gpu_count")),
+            {**{k: v for k, v in GPU_JOB_VARIABLES.items() if k != "gpu_count"}, "gpus": 4},
+            "undeclared variable\\(s\\): gpu_count",
+        ),
+    ],
+    ids=["k8s-no-completions", "k8s-timeout-string", "docker-gpu-count-string", "docker-gpu-undeclared"],
+)
+def test_gpu_work_pool_template_mistakes_fail_the_worker_build(kind, edit, job_variables, error):
+    with pytest.raises(ValueError, match=error):
+        _build_gpu_job(kind, _broken(kind, edit), job_variables)
 
 
 # -- the deployed pipeline: fail, fix, retry the same flow run ----------------------------------

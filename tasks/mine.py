@@ -139,6 +139,20 @@ class MineConfig(BaseModel):
     k1: float = 0.9
     b: float = 0.4
     pad: bool = Field(True, description="fill missing negatives with random passages (counted in stats)")
+    exclude_same_document: bool | None = Field(
+        None,
+        description="never take a negative from the query's own document. None (auto): exclude for "
+        "LLM questions, where other passages of the document may answer them too; keep for ICT "
+        "queries (backend 'ict'), whose positive is by construction the one passage the sentence "
+        "came from, so the document's other passages are its hardest true negatives",
+    )
+
+    def excludes_same_document(self, backend: object) -> bool:
+        """Whether a query made by ``backend`` (the queries' ``backend`` column) may not take
+        negatives from its own document."""
+        if self.exclude_same_document is not None:
+            return self.exclude_same_document
+        return backend != "ict"
 
     @model_validator(mode="after")
     def _window(self) -> MineConfig:
@@ -265,8 +279,9 @@ def mine_bm25(
     passages: passage_id, passage, doc_id, lang (the pool).
 
     The clean ranking of a query is its BM25 ranking with the positive, any passage whose
-    (whitespace-normalised) text equals the positive, any passage of the query's own document (for
-    ICT the likeliest false negatives) or with the text of one, and repeated texts removed.
+    (whitespace-normalised) text equals the positive, repeated texts and, unless
+    ``exclude_same_document`` says otherwise for the query's backend, any passage of the query's own
+    document or with the text of one (for LLM questions the likeliest false negatives) removed.
     Negatives come from clean ranks [range_start, range_end): the first `num_negatives` ("top") or
     a seeded sample ("random"). Too few candidates: pad with random pool passages under the same
     exclusions (plus the skipped top ranks), counted in `padded`. ``absolute_margin`` /
@@ -292,9 +307,10 @@ def mine_bm25(
 
     stats: Counter = Counter()
     rows: list[dict] = []
-    for q in queries[["query_id", "query", "doc_id", "lang", "passage_id", "passage"]].itertuples(
-        index=False
-    ):
+    backends = queries["backend"] if "backend" in queries else pd.Series(None, index=queries.index)
+    for q in queries.assign(backend=backends)[
+        ["query_id", "query", "doc_id", "lang", "passage_id", "passage", "backend"]
+    ].itertuples(index=False):
         stats["queries"] += 1
         pos_idx = pid_to_idx.get(q.passage_id, -1)
         ids, scores = index.score_all(q.query, q.lang)
@@ -316,6 +332,7 @@ def mine_bm25(
             doc_norms.get(q.doc_id, set()),
             abs_limit=abs_limit,
             rel_limit=rel_limit,
+            exclude_same_doc=cfg.excludes_same_document(q.backend),
         )
         clean = _clean_ranking(ids, scores, cfg.range_end, excluded, stats)
         rng = random.Random(_stable_u64("mine", cfg.seed, q.query_id))
@@ -387,6 +404,7 @@ class _Exclusion:
         lang: Hashable | None = None,
         abs_limit: float | None = None,
         rel_limit: float | None = None,
+        exclude_same_doc: bool = True,
     ):
         self.pos_idx = pos_idx
         self.pos_norm = pos_norm
@@ -398,6 +416,7 @@ class _Exclusion:
         self.lang = lang
         self.abs_limit = abs_limit
         self.rel_limit = rel_limit
+        self.exclude_same_doc = exclude_same_doc
         self.seen: set[str] = set()
 
     def reason(self, i: int, score: float | None = None) -> str | None:
@@ -408,7 +427,7 @@ class _Exclusion:
             return "removed_duplicate"
         # A copy of a same-document passage filed under another document (mirrors, boilerplate) is
         # as likely a false negative as the original.
-        if self.doc_ids[i] == self.doc_id or text in self.doc_norms:
+        if self.exclude_same_doc and (self.doc_ids[i] == self.doc_id or text in self.doc_norms):
             return "removed_same_doc"
         if self.langs is not None and self.langs[i] != self.lang:
             return "removed_other_lang"

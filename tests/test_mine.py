@@ -86,6 +86,7 @@ def _check_rows(rows, queries, passages, cfg):
 
 def test_invariants_on_real_data(data):
     queries, passages = data
+    queries = queries.assign(backend="openai")  # LLM questions: no same-document negatives
     cfg = MineConfig()
     rows, stats = mine_bm25(queries, passages, cfg)
     assert [r["query_id"] for r in rows] == queries["query_id"].tolist()
@@ -98,6 +99,29 @@ def test_invariants_on_real_data(data):
     assert stats["positive_not_in_pool"] == 0 and stats["lang_not_in_pool"] == 0
     # The positive is the best BM25 hit for almost every query (the queries are its own words).
     assert np.mean([r["pos_scores"][0] >= max(r["neg_scores"]) for r in rows]) > 0.95
+
+
+@pytest.mark.parametrize("how", ["ict-auto", "off"])
+def test_same_document_negatives_for_ict_queries_or_on_request(data, how):
+    """ICT queries (auto) or any queries (exclude_same_document=False) keep the query document's
+    other passages as negatives; the positive and its copies stay out either way."""
+    queries, passages = data
+    if how == "ict-auto":
+        queries = queries.assign(backend="ict")
+        cfg = MineConfig(range_start=0, strategy="top")
+    else:
+        cfg = MineConfig(exclude_same_document=False, range_start=0, strategy="top")
+    rows, stats = mine_bm25(queries, passages, cfg)
+    assert stats["removed_same_doc"] == 0
+    doc_of = dict(zip(passages["passage"].map(_norm), passages["doc_id"], strict=False))
+    by_id = queries.set_index("query_id")
+    same_doc = 0
+    for row in rows:
+        q = by_id.loc[row["query_id"]]
+        negs = [_norm(n) for n in row["neg"]]
+        assert _norm(q["passage"]) not in negs
+        same_doc += sum(doc_of.get(n) == q["doc_id"] for n in negs)
+    assert same_doc > 0  # the ones the default run removed (removed_same_doc > 0 there)
 
 
 @pytest.mark.parametrize("strategy", ["random", "top"])

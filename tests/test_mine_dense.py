@@ -85,6 +85,7 @@ def _cfg(**kw) -> MineConfig:
         "range_end": 20,
         "num_negatives": 4,
         "encode": {"partition_rows": 64, "batch_size": 32, "max_length": 64},
+        "exclude_same_document": True,  # checked by _check (these queries are ICT: auto would keep)
     }
     return MineConfig(**{**base, **kw})
 
@@ -131,6 +132,14 @@ def test_tatoeba_exclusions_cache_and_sharding(store_q, tatoeba, teacher):
     d2 = driver.mine_dense(store, qid, ivf2, teacher, name="t")
     assert d1.stats["index"] == "ivf" and d2.stats["index_shards"] == 6 and d1.rows == d2.rows
     _check(d1.rows, queries, passages, cfg)
+    # ICT queries under the auto rule: their document's other passages may be negatives.
+    auto = driver.mine_dense(store, qid, _cfg(exclude_same_document=None), teacher, name="t")
+    assert auto.reused == {"passages": True, "queries": True} and auto.stats["removed_same_doc"] == 0
+    doc_of = dict(zip(passages["passage"].map(_norm), passages["doc_id"], strict=False))
+    by_id = queries.set_index("query_id")
+    assert any(
+        doc_of.get(_norm(n)) == by_id.loc[r["query_id"], "doc_id"] for r in auto.rows for n in r["neg"]
+    )
 
 
 def test_margins_match_brute_force(store_q, tatoeba, teacher):
@@ -248,6 +257,7 @@ def test_wikipedia_one_vs_two_workers(wiki_store, wiki_teacher, tmp_path):
         num_negatives=3,
         strategy="random",
         relative_margin=0.05,
+        exclude_same_document=True,  # checked by _check
         encode={"partition_rows": 32, "max_length": 96},
         search={"shard_rows": 64},
     )

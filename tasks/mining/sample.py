@@ -94,7 +94,9 @@ def mine_partition(
     rows: list[dict] = []
     short: list[int] = []
     pads_todo: list[tuple[int, list[int]]] = []  # (row number, pool rows) whose scores we still need
-    for j, q in enumerate(qs[["query_id", "query", "doc_id", "lang", "passage"]].itertuples(index=False)):
+    backends = qs["backend"] if "backend" in qs else pd.Series(None, index=qs.index)
+    columns = ["query_id", "query", "doc_id", "lang", "passage", "backend"]
+    for j, q in enumerate(qs.assign(backend=backends)[columns].itertuples(index=False)):
         qstats: Counter = Counter()
         pos_idx = int(pos_rows[j])
         pos_score = None if pos_idx < 0 or np.isnan(pos_scores[j]) else float(pos_scores[j])
@@ -111,6 +113,7 @@ def mine_partition(
             lang=meta["lang_code"].get(q.lang, -1),
             abs_limit=abs_limit,
             rel_limit=rel_limit,
+            exclude_same_doc=cfg.excludes_same_document(q.backend),
         )
         ids, scores = cand_ids[j], cand_scores[j]
         clean = clean_candidates(ids.tolist(), scores.tolist(), cfg.range_end, excluded, qstats)

@@ -171,6 +171,7 @@ def ingest(
                         lang=source.lang,
                         rel=entry.path,
                         out=str(scratch / "shards" / f"shard-{len(jobs):05d}"),
+                        bytes=entry.bytes,
                     )
                 )
         log.info("ingesting %d files from %d sources on Dask", len(jobs), len(sources))

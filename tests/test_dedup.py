@@ -20,7 +20,7 @@ import pytest
 
 from tasks.ingest import IngestConfig, QualityConfig, iter_documents
 from tasks.ingest.dedup import DedupConfig, Forest, Signer, components, merge_forests, optimal_bands
-from tasks.ingest.shards import FileJob, check_identity, local_submit, run_ingest
+from tasks.ingest.shards import FileJob, check_identity, ingest_to_shard, local_submit, run_ingest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
@@ -119,6 +119,31 @@ def test_near_duplicates_of_real_pages(work):
         assert all(check_identity(b) for b in result["stats"][group].values())
     assert result["stats"]["by_source"]["srca"].get("duplicates:exact", 0) == 0  # first occurrence wins
     assert result["stats"]["dedup"]["largest_cluster"] == 2
+
+
+def test_largest_file_starts_first_and_the_result_does_not_depend_on_it(work):
+    """run_ingest submits the biggest input first (it bounds the makespan on several workers), and
+    the corpus and books come out as if the files ran in the jobs' order."""
+    jobs, _ = constructed(str(work))
+    out = work / "lpt"
+    jobs = [
+        FileJob(**{**j.__dict__, "out": str(out / "shards" / Path(j.out).name), "bytes": size})
+        for j, size in zip(jobs, (10, 10_000), strict=True)  # the second job is the big one
+    ]
+    order = []
+
+    def recording_submit(fn, *args):
+        if fn is ingest_to_shard:
+            order.append(args[0].rel)
+        return local_submit(fn, *args)
+
+    result = run_ingest(jobs, CONFIG, out / "corpus", recording_submit)
+    assert order == ["b.jsonl", "a.jsonl"]
+    ref = reference(str(work))
+    assert result["stats"] == ref["stats"] and result["rows"].keys() == ref["rows"].keys()
+    assert list(result["rows"].values()) == list(ref["rows"].values())
+    strip = lambda rows: sorted((r["id"], r["text"]) for r in rows)  # noqa: E731
+    assert strip(read_corpus(out / "corpus")) == strip(read_corpus(work / "ref"))
 
 
 @functools.cache

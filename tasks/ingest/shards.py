@@ -51,6 +51,7 @@ class FileJob:
     lang: str | None
     rel: str  # the file's name inside its source artifact (for the books)
     out: str  # shard path prefix (``.parquet`` and ``.sig`` are appended)
+    bytes: int = 0  # input size: the work estimate run_ingest orders the files by
 
 
 def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | None = None) -> dict[str, Any]:
@@ -181,7 +182,13 @@ def run_ingest(
     from the store first). Returns {"rows": {path: n}, "stats": :func:`compose_stats`, "quarantine"}.
     """
     step = file_step or ingest_to_shard
-    shard_futures = [submit(step, job, config, languages) for job in jobs]
+    # Largest files first (longest-processing-time-first scheduling, Graham 1969): with files of
+    # unequal size a big one started last would leave the other workers idle at the end. The
+    # results are still read in the jobs' order, so the output does not depend on it.
+    started = {}
+    for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].bytes):
+        started[i] = submit(step, jobs[i], config, languages)
+    shard_futures = [started[i] for i in range(len(jobs))]
     books = [f.result() for f in shard_futures]
     sig_paths = [b["sig"] for b in books]
     width = books[0]["sig_width"] if books else 0

@@ -65,7 +65,11 @@ class TrainConfig(BaseModel):
     )
     log_every: int = Field(10, ge=1)
     device: str | None = None  # None: CUDA when present
-    mixed_precision: bool = True  # bf16 autocast on CUDA; CPU always float32
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA, float32 on CPU; bf16: autocast on any device (on "
+        "CPU it is slow, but runs the same mixed-precision code as the GPU path); fp32: never",
+    )
     num_threads: int | None = Field(None, ge=1, description="CPU intra-op threads (None: torch's default)")
     nproc_per_node: int = Field(1, ge=1, description="> 1: the flow launches torchrun with DDP")
 

@@ -108,7 +108,9 @@ class StepRunner:
         self.functions = tuple(config.functions)
 
     def _autocast(self):
-        return autocast_for(self.device) if self.cfg.mixed_precision else contextlib.nullcontext()
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return autocast_for(self.device) if self.cfg.precision == "auto" else contextlib.nullcontext()
 
     def _loss(self, q: dict, p: dict, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         cfg, n = self.cfg, batch.q_ids.shape[0]

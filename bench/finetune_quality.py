@@ -43,8 +43,11 @@ def corpus() -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("id")
 
 
-def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: int) -> dict[str, float]:
-    from tasks.evaluate import EvalConfig, M3Encoder, datasets_from_ict, evaluate_datasets
+def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: int) -> dict[str, dict]:
+    """Per-query nDCG@10 of every system: ``{system: {query_id: ndcg}}`` (means in ``mean_ndcg``)."""
+    import pytrec_eval
+
+    from tasks.evaluate import EvalConfig, M3Encoder, bm25_dataset_run, datasets_from_ict, model_runs
 
     cfg = EvalConfig(
         modes=MODES,
@@ -57,8 +60,36 @@ def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: 
         k_values=(10,),
         primary_mode="dense",
     )
-    info = evaluate_datasets(datasets_from_ict(queries_test, pool), M3Encoder(model, cfg), cfg)
-    return {system: res["en"]["ndcg_cut_10"] for system, res in info["results"].items()}
+    (ds,) = datasets_from_ict(queries_test, pool)
+    runs, _ = model_runs(ds, M3Encoder(model, cfg), MODES, cfg)
+    runs = {"BM25": bm25_dataset_run(ds, cfg, None), **{f"M3 {m}": r for m, r in runs.items()}}
+    evaluator = pytrec_eval.RelevanceEvaluator(dict(ds.qrels), {"ndcg_cut.10"})
+    out = {}
+    for system, run in runs.items():
+        full = {qid: dict(run.get(qid, {})) for qid in ds.qrels}  # a missing query scores 0
+        out[system] = {qid: v["ndcg_cut_10"] for qid, v in evaluator.evaluate(full).items()}
+    return out
+
+
+def mean_ndcg(per_query: dict[str, float]) -> float:
+    return float(np.mean(list(per_query.values())))
+
+
+def paired_change(before: dict[str, float], after: dict[str, float], seed: int = 0) -> dict[str, float]:
+    """Mean change with a 95% paired-bootstrap interval (10,000 resamples of the queries), and the
+    share of queries that got better / worse: is the change more than the noise of this query set?"""
+    qids = sorted(before)
+    diff = np.array([after[q] - before[q] for q in qids])
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(10_000, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {
+        "change": float(diff.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "better": float((diff > 0).mean()),
+        "worse": float((diff < 0).mean()),
+    }
 
 
 def sparse_stats(model, texts: list[str], max_length: int) -> dict[str, float]:
@@ -163,14 +194,22 @@ def main() -> None:
         f"{summary['tokens_per_s']:.0f} tok/s, "
         f"loss {summary['loss_first_10pct']:.3f} -> {summary['loss_last_10pct']:.3f}"
     )
-    print("\n| system | nDCG@10 before | after | change |\n|---|---:|---:|---:|")
-    for system in before:
-        b, a = 100 * before[system], 100 * after.get(system, float("nan"))
-        print(f"| {system} | {b:.1f} | {a:.1f} | {a - b:+.1f} |")
+    changes = {system: paired_change(before[system], after[system]) for system in before}
+    print(
+        "\n| system | nDCG@10 before | after | change | 95% CI (paired bootstrap) | queries better / worse |"
+        "\n|---|---:|---:|---:|---|---|"
+    )
+    for system, c in changes.items():
+        b, a = 100 * mean_ndcg(before[system]), 100 * mean_ndcg(after[system])
+        print(
+            f"| {system} | {b:.1f} | {a:.1f} | {a - b:+.1f} | [{100 * c['ci_low']:+.1f}, "
+            f"{100 * c['ci_high']:+.1f}] | {100 * c['better']:.0f}% / {100 * c['worse']:.0f}% |"
+        )
     print(f"\nsparse weights (64 passages): before {sparse_before}, after {sparse_after}")
     result = {
-        "before": before,
-        "after": after,
+        "before": {system: mean_ndcg(v) for system, v in before.items()},
+        "after": {system: mean_ndcg(v) for system, v in after.items()},
+        "changes": changes,
         "sparse_before": sparse_before,
         "sparse_after": sparse_after,
         "ict": stats,

@@ -163,6 +163,12 @@ class MineConfig(BaseModel):
         return self
 
 
+def with_backend(queries: pd.DataFrame) -> pd.DataFrame:
+    """``queries`` with a ``backend`` column (None where the table has none): what
+    :meth:`MineConfig.excludes_same_document` decides by."""
+    return queries if "backend" in queries else queries.assign(backend=None)
+
+
 def _stable_u64(*parts: object) -> int:
     digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big")
@@ -307,8 +313,7 @@ def mine_bm25(
 
     stats: Counter = Counter()
     rows: list[dict] = []
-    backends = queries["backend"] if "backend" in queries else pd.Series(None, index=queries.index)
-    for q in queries.assign(backend=backends)[
+    for q in with_backend(queries)[
         ["query_id", "query", "doc_id", "lang", "passage_id", "passage", "backend"]
     ].itertuples(index=False):
         stats["queries"] += 1

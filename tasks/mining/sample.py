@@ -29,6 +29,7 @@ from tasks.mine import (
     choose_window,
     clean_candidates,
     margin_limits,
+    with_backend,
 )
 from tasks.mining.embed import load_frames, read_index, rows_of
 
@@ -94,9 +95,8 @@ def mine_partition(
     rows: list[dict] = []
     short: list[int] = []
     pads_todo: list[tuple[int, list[int]]] = []  # (row number, pool rows) whose scores we still need
-    backends = qs["backend"] if "backend" in qs else pd.Series(None, index=qs.index)
     columns = ["query_id", "query", "doc_id", "lang", "passage", "backend"]
-    for j, q in enumerate(qs.assign(backend=backends)[columns].itertuples(index=False)):
+    for j, q in enumerate(with_backend(qs)[columns].itertuples(index=False)):
         qstats: Counter = Counter()
         pos_idx = int(pos_rows[j])
         pos_score = None if pos_idx < 0 or np.isnan(pos_scores[j]) else float(pos_scores[j])

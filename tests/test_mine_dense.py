@@ -53,19 +53,25 @@ def tatoeba():
     return _build(n_per_lang=160, n_dups=20)
 
 
+def tiny_spec(positions: int, seed: int = 0) -> ModelSpec:
+    """The one-layer, 32-wide encoder every teacher and re-scorer here is made of."""
+    return ModelSpec(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=positions,
+        seed=seed,
+    )
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tatoeba) -> TeacherRef:
     """A tiny M3 model saved as a folder: the 'checkpoint' a pipeline would have."""
     _, passages = tatoeba
     tmp = tmp_path_factory.mktemp("teacher")
     tok = train_tokenizer(passages["passage"].tolist(), tmp / "tok", vocab_size=400, seed=0)
-    spec = ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=66,
-    )
+    spec = tiny_spec(66)
     folder = M3Model.from_spec(spec, tok, device="cpu").save_pretrained(tmp / "model")
     return TeacherRef(identity=folder_identity(folder), encoder="m3", path=str(folder))
 
@@ -232,13 +238,7 @@ def wiki_teacher(tmp_path_factory, wiki_store) -> TeacherRef:
     _, _, queries = wiki_store
     tmp = tmp_path_factory.mktemp("wiki-teacher")
     tok = train_tokenizer(queries["passage"].tolist(), tmp / "tok", vocab_size=500, seed=0)
-    spec = ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=98,
-    )
+    spec = tiny_spec(98)
     folder = M3Model.from_spec(spec, tok, device="cpu").save_pretrained(tmp / "model")
     return TeacherRef(identity=folder_identity(folder), encoder="m3", path=str(folder))
 
@@ -395,14 +395,7 @@ def test_rescoring_by_a_second_model(store_q, tatoeba, teacher, tmp_path):
 
     store, qid, _ = store_q
     queries, passages = tatoeba
-    spec = ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=66,
-        seed=7,
-    )
+    spec = tiny_spec(66, seed=7)
     tok = Path(teacher.path)
     second = M3Model.from_spec(spec, tok, device="cpu").save_pretrained(tmp_path / "second")
     cfg = _cfg(strategy="top", rescore={"kind": "bi-encoder", "path": str(second), "max_length": 64})
@@ -648,14 +641,7 @@ def test_m3_hybrid_rescoring(store_q, tatoeba, teacher, tmp_path):
 
     store, qid, _ = store_q
     queries, passages = tatoeba
-    spec = ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=66,
-        seed=11,
-    )
+    spec = tiny_spec(66, seed=11)
     second = M3Model.from_spec(spec, Path(teacher.path), device="cpu").save_pretrained(tmp_path / "hybrid")
     weights = (0.4, 0.2, 0.4)
     rescore = {"kind": "m3-hybrid", "path": str(second), "max_length": 64, "weights": weights}

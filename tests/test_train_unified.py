@@ -125,7 +125,13 @@ def test_gradient_caching_gives_the_same_weights(tok_dir):
         model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
         train(model, exs, cfg(max_steps=3, sub_batch_size=sub))
         runs.append(weights(model))
-    assert_same(*runs, atol=2e-5)
+    # Adam moves a weight by lr·g/(|g| + eps): a gradient entry that cancels to ~eps (1e-8) turns the
+    # float32 rounding of the two paths into a visible step (measured: 3 entries of 154k off by
+    # 2e-5..5.4e-5 after 3 steps). A caching bug changes gradients broadly (many entries off by ~lr).
+    a, b = runs
+    off = sum(int(((a[k] - b[k]).abs() > 2e-5).sum()) for k in a)
+    assert off <= 10, off
+    assert_same(a, b, atol=1e-4)
 
 
 def test_bf16_autocast_trains_like_float32_with_and_without_gradient_caching(tok_dir):

@@ -30,6 +30,18 @@ class TrainConfig(BaseModel):
         0.0, ge=0, description="> 0: add a KD term towards the rows' pos_scores/neg_scores when present"
     )
     teacher_temperature: float = Field(1.0, gt=0)
+    mask_false_negatives: bool = Field(
+        True,
+        description="drop a column from a query's softmax when it holds the same passage as the query's "
+        "positive (a duplicate positive, or a hard negative equal to it), on every rank",
+    )
+    sparse_alive_min: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share of distinct non-special tokens with a positive lexical weight (mean of the "
+        "last 10% of steps) under which the sparse head counts as collapsed (summary: sparse_collapsed)",
+    )
     # schedule
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import hashlib
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
@@ -54,15 +56,27 @@ def examples_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[TrainExample]:
     return [TrainExample.from_row(r) for r in rows]
 
 
+def passage_key(ids: Sequence[int]) -> int:
+    """A 63-bit digest (BLAKE2b) of a passage's token ids, the text as the model sees it: equal keys
+    mark the same passage, wherever it sits in a batch or on whichever rank (false-negative masking,
+    :func:`model.losses.false_negative_mask`). Keyed on the ids rather than the raw string, so texts
+    that tokenize (after truncation) to the same input — which the model cannot tell apart — collide."""
+    digest = hashlib.blake2b(array("q", ids).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # fits a non-negative int64
+
+
 @dataclass
 class TokenizedSet:
-    """Token ids of every query and distinct passage; examples refer to passages by index."""
+    """Token ids of every query and distinct passage; examples refer to passages by index.
+
+    ``passage_keys[j]``: :func:`passage_key` of passage ``j`` (empty: the index is the key)."""
 
     queries: list[list[int]]
     passages: list[list[int]]
     pos: list[int]
     negs: list[list[int]]
     teacher: list[tuple[float, list[float]] | None]
+    passage_keys: list[int] = field(default_factory=list)
 
     @classmethod
     def build(cls, examples: list[TrainExample], tokenize, q_len: int, p_len: int) -> TokenizedSet:
@@ -70,13 +84,19 @@ class TokenizedSet:
         for e in examples:
             for t in (e.pos, *e.negs):
                 index.setdefault(t, len(index))
+        passages = tokenize(list(index), p_len)
         return cls(
             queries=tokenize([e.query for e in examples], q_len),
-            passages=tokenize(list(index), p_len),
+            passages=passages,
             pos=[index[e.pos] for e in examples],
             negs=[[index[t] for t in e.negs] for e in examples],
             teacher=[(e.pos_score, list(e.neg_scores)) if e.has_teacher else None for e in examples],
+            passage_keys=[passage_key(ids) for ids in passages],
         )
+
+    def key(self, j: int) -> int:
+        """The identity of passage ``j`` for false-negative masking."""
+        return self.passage_keys[j] if self.passage_keys else j
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.losses import teacher_distill, unified_loss
+from model.losses import false_negative_mask, teacher_distill, unified_loss
 from model.m3 import M3Model, autocast_for
 from model.scoring import colbert_scores_tensor, lexical_scores_tensor
 from tasks.training.config import TrainConfig
 from tasks.training.distributed import DistInfo, gather_cat
 
 REP_KEYS = {"dense": "dense", "sparse": "sparse", "colbert": "colbert"}
+# What StepRunner.run returns besides loss terms: this rank's counts, to be summed over ranks.
+STAT_KEYS = ("masked_negatives", "sparse_active_tokens", "sparse_tokens")
 
 
 class Encoder(nn.Module):
@@ -44,7 +46,8 @@ class Encoder(nn.Module):
 
 @dataclass
 class Batch:
-    """One rank's share of a step: padded queries, passages (``group_size`` per query), teacher scores."""
+    """One rank's share of a step: padded queries, passages (``group_size`` per query), teacher scores,
+    and each passage's identity key (:func:`tasks.training.data.passage_key`; None: no masking)."""
 
     q_ids: torch.Tensor
     q_mask: torch.Tensor
@@ -52,12 +55,13 @@ class Batch:
     p_mask: torch.Tensor
     teacher: torch.Tensor | None  # [n, group_size]
     teacher_mask: torch.Tensor | None  # [n] bool
+    p_keys: torch.Tensor | None = None  # [n * group_size] int64
+
+    FIELDS = ("q_ids", "q_mask", "p_ids", "p_mask", "teacher", "teacher_mask", "p_keys")
 
     def to(self, device: torch.device) -> Batch:
         mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            *(mv(getattr(self, k)) for k in ("q_ids", "q_mask", "p_ids", "p_mask", "teacher", "teacher_mask"))
-        )
+        return Batch(*(mv(getattr(self, k)) for k in self.FIELDS))
 
 
 def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +81,23 @@ def _pad_to(reps: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def sparse_activity(
+    weights: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, special_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens with a positive lexical weight, distinct real non-special tokens), summed over rows.
+
+    ``weights`` is the model's ``sparse`` output (specials/padding 0, a repeated token's weight at its
+    first position only), so a distinct token of a text counts as active when its pooled weight is
+    > 0; the share active/total is in [0, 1] and 0 when the ReLU head is dead. Detached: no gradient.
+    """
+    keep = mask.bool() & ~torch.isin(ids, special_ids)
+    active = ((weights.detach() > 0) & keep).sum()
+    tokens = torch.where(keep, ids, -1).sort(dim=1).values  # ids are >= 0; -1 marks dropped positions
+    first = torch.ones_like(tokens, dtype=torch.bool)
+    first[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+    return active, (first & (tokens >= 0)).sum()
 
 
 def scores_for(
@@ -106,6 +127,11 @@ class StepRunner:
         self.info = info
         self.device = device
         self.functions = tuple(config.functions)
+        self._model = getattr(module, "module", module).model  # unwrap DDP
+
+    @property
+    def special_ids(self) -> torch.Tensor:
+        return self._model.special_ids
 
     def _autocast(self):
         if self.cfg.precision == "bf16":
@@ -118,6 +144,10 @@ class StepRunner:
         p_ids = gather_cat(batch.p_ids, self.info) if "sparse" in p else batch.p_ids
         p_mask = gather_cat(batch.p_mask, self.info) if "colbert" in p else batch.p_mask
         scores = scores_for(q, p_all, batch, p_ids, p_mask)
+        mask = None
+        if cfg.mask_false_negatives and batch.p_keys is not None:
+            p_keys = gather_cat(batch.p_keys, self.info)  # every rank's columns: cross-device masking
+            mask = false_negative_mask(p_keys, n, cfg.group_size, self.info.rank * n)
         out = unified_loss(
             scores,
             cfg.temperature,
@@ -126,6 +156,7 @@ class StepRunner:
             ensemble_weights=cfg.ensemble_weights,
             loss_weights=cfg.loss_weights,
             query_offset=self.info.rank * n,
+            mask=mask,
         )
         if cfg.teacher_distill_weight > 0 and batch.teacher is not None:
             student = out.get("s_inter", next(iter(scores.values())))
@@ -137,13 +168,20 @@ class StepRunner:
                 cfg.teacher_temperature,
                 batch.teacher_mask,
                 query_offset=self.info.rank * n,
+                column_mask=mask,
             )
             out["loss"] = out["loss"] + cfg.teacher_distill_weight * out["teacher"]
         out.pop("s_inter", None)
+        out["masked_negatives"] = mask.sum() if mask is not None else torch.zeros((), dtype=torch.long)
+        if "sparse" in q:
+            qa, qt = sparse_activity(q["sparse"], batch.q_ids, batch.q_mask, self.special_ids)
+            pa, pt = sparse_activity(p["sparse"], batch.p_ids, batch.p_mask, self.special_ids)
+            out["sparse_active_tokens"], out["sparse_tokens"] = qa + pa, qt + pt
         return out
 
     def run(self, batch: Batch, step: int) -> dict[str, float]:
-        """Forward + backward for this rank's share; returns the loss terms (this rank's values)."""
+        """Forward + backward for this rank's share; returns the loss terms (this rank's values) and the
+        counts of :data:`STAT_KEYS` (this rank's; the sparse ones only when sparse is trained)."""
         batch = batch.to(self.device)
         if self.cfg.sub_batch_size:
             out = self._run_cached(batch, step)

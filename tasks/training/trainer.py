@@ -31,7 +31,7 @@ from tasks.training.config import TrainConfig
 from tasks.training.data import TokenizedSet, TrainExample
 from tasks.training.distributed import DistInfo, mean_across, sum_across
 from tasks.training.optim import param_groups, warmup_linear_decay
-from tasks.training.step import Batch, Encoder, StepRunner
+from tasks.training.step import STAT_KEYS, Batch, Encoder, StepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,24 @@ def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
+def _mean_or_none(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return _mean(xs) if xs else None
+
+
+def _warn_collapsed(share: float, threshold: float, step: int, total: int, where: str) -> None:
+    logger.warning(
+        "SPARSE HEAD COLLAPSED (%s, step %d/%d): only %.1f%% of tokens get a positive lexical weight "
+        "(threshold sparse_alive_min=%.1f%%); a token whose ReLU weight is 0 gets no gradient, so the "
+        "sparse head is dying and lexical retrieval will not learn",
+        where,
+        step,
+        total,
+        100 * share,
+        100 * threshold,
+    )
+
+
 def train(
     model: M3Model,
     examples: list[TrainExample],
@@ -89,7 +107,13 @@ def train(
     """Train ``model`` in place; returns summary metrics and ``history`` (one record per step).
 
     ``on_progress`` gets one dict per optimizer step (rank 0 only): ``step, loss, loss_<function>,
-    lr, tokens_per_s, padding_ratio, epoch, elapsed_s``. With ``checkpoint_dir`` and
+    lr, tokens_per_s, padding_ratio, epoch, elapsed_s``, ``masked_negatives`` (the (query, column)
+    pairs left out of the softmax as false negatives this step, all ranks) and, when sparse is
+    trained, ``sparse_active`` (share of the step's distinct non-special tokens, queries and
+    passages of all ranks, with a positive lexical weight). The summary adds the total
+    ``masked_negatives``, ``sparse_active_first``/``sparse_active_last`` (means over the first/last
+    10% of steps) and ``sparse_collapsed`` (last < ``config.sparse_alive_min``; None without sparse),
+    and a collapse is logged as a warning. With ``checkpoint_dir`` and
     ``config.checkpoint_every`` a resumable checkpoint is written every that many steps (rank 0) and
     handed to ``on_checkpoint``; ``resume_from`` (a checkpoint folder, or a ``checkpoint_dir`` whose
     newest one is taken) continues such a run exactly where it stopped. Under ``torchrun`` (an
@@ -182,6 +206,9 @@ def train(
         device,
     )
     filled = 0
+    sparse_on = "sparse" in cfg.functions
+    window = max(1, total // 10)  # the running sparse share: mean over the last tenth of the run
+    warned_collapse = False
     t0 = time.perf_counter()
     session_tokens = 0
     with torch.random.fork_rng(devices=cuda_devices):
@@ -212,6 +239,7 @@ def train(
                     step += 1
                     n_real = sum_across(n_real, info, device)
                     n_all = sum_across(n_all, info, device)
+                    stats = {k: sum_across(losses.pop(k, 0.0), info, device) for k in STAT_KEYS}
                     losses = {k: mean_across(v, info, device) for k, v in sorted(losses.items())}
                     session_tokens += n_real
                     dt = time.perf_counter() - t_step
@@ -227,8 +255,17 @@ def train(
                         "tokens_padded": n_all,
                         "epoch": epoch,
                         "elapsed_s": time.perf_counter() - t0,
+                        "masked_negatives": int(stats["masked_negatives"]),
                     }
+                    if sparse_on:
+                        tokens = stats["sparse_tokens"]
+                        record["sparse_active"] = stats["sparse_active_tokens"] / tokens if tokens else None
                     history.append(record)
+                    if sparse_on and not warned_collapse and info.is_main:
+                        running = _mean_or_none([r.get("sparse_active") for r in history[-window:]])
+                        if running is not None and running < cfg.sparse_alive_min:
+                            _warn_collapsed(running, cfg.sparse_alive_min, step, total, "running share")
+                            warned_collapse = True
                     if info.is_main and on_progress is not None:
                         on_progress(record)
                     if step % cfg.log_every == 0 or step == total:
@@ -270,6 +307,15 @@ def train(
     seconds = time.perf_counter() - t0
     losses_all = [r["loss"] for r in history]
     tenth = max(1, len(losses_all) // 10)
+    sparse_first = sparse_last = collapsed = None
+    if sparse_on:
+        shares = [r.get("sparse_active") for r in history]
+        sparse_first = _mean_or_none(shares[:tenth])
+        sparse_last = _mean_or_none(shares[-tenth:])
+        if sparse_last is not None:
+            collapsed = sparse_last < cfg.sparse_alive_min
+            if collapsed and info.is_main:
+                _warn_collapsed(sparse_last, cfg.sparse_alive_min, step, total, "last 10% of steps")
     summary = {
         "steps": step,
         "examples": len(examples),
@@ -283,6 +329,10 @@ def train(
         "padding_ratio": 1.0
         - sum(r["tokens"] for r in history) / max(1, sum(r["tokens_padded"] for r in history)),
         "filled_negatives": filled,
+        "masked_negatives": sum(int(r.get("masked_negatives", 0)) for r in history),
+        "sparse_active_first": sparse_first,
+        "sparse_active_last": sparse_last,
+        "sparse_collapsed": collapsed,
         "world_size": info.world_size,
         "resumed_from_step": resumed_from,
         "device": str(device),
@@ -313,6 +363,7 @@ def _make_batch(
     local_idx, local_groups = global_batch[mine], groups[mine]
     q_ids, q_mask = pad_batch([data.queries[i] for i in local_idx], pad_id)
     p_ids, p_mask = pad_batch([data.passages[j] for g in local_groups for j in g.passages], pad_id)
+    p_keys = torch.tensor([data.key(j) for g in local_groups for j in g.passages], dtype=torch.int64)
     teacher = teacher_mask = None
     if any(g.teacher is not None for g in local_groups):
         teacher = torch.tensor(
@@ -322,7 +373,7 @@ def _make_batch(
     n_real = int(q_mask.sum() + p_mask.sum())
     n_all = q_mask.numel() + p_mask.numel()
     filled = sum(g.filled for g in local_groups)
-    return Batch(q_ids, q_mask, p_ids, p_mask, teacher, teacher_mask), n_real, n_all, filled
+    return Batch(q_ids, q_mask, p_ids, p_mask, teacher, teacher_mask, p_keys), n_real, n_all, filled
 
 
 def _checkpoint(

@@ -2,7 +2,9 @@
 
 Two backends (``synthesize.backend`` in the profile): ``ict``, the offline Inverse Cloze Task
 stand-in (Lee et al., 2019) that the demo uses, and ``openai``, LLM questions about passages of long
-documents through any OpenAI-compatible server (the M3 paper's MultiLongDoc recipe). The LLM
+documents through any OpenAI-compatible server (the M3 paper's MultiLongDoc recipe), paired with the
+whole document (``openai.pairing: document``, the default) or with the passage. Every row records
+its ``pairing`` and its document's ``length_bucket``; the manifest counts both. The LLM
 backend keeps every reply in the store's ``llm-cache`` as it arrives, so a killed or failed run
 resumes without paying twice; ``--refresh synthesize`` retries failed documents for free on the
 ones that succeeded.
@@ -20,7 +22,7 @@ from flows.common import load_table, open_env, producer_ids, publish
 from m3.stage import StageOutput, StageSpec, run_stage
 from tasks.artifact_io import schema_dict, write_jsonl, write_table
 from tasks.llm.config import OpenAIConfig
-from tasks.synthesize import ict_queries
+from tasks.synthesize import ict_queries, pairing_metrics
 
 CODE = ("tasks/synthesize.py", "tasks/llm", "tasks/text.py", "tasks/artifact_io.py", "flows/synthesize.py")
 
@@ -78,7 +80,13 @@ def synthesize(
         queries, stats = ict_queries(docs, settings)
         log.info("ICT: %d queries from %d documents (%s)", len(queries), len(docs), stats)
         rows = write_table(queries, "queries", scratch)
-        metrics = {**stats, "queries_per_lang": queries.groupby("lang").size().to_dict(), "backend": "ict"}
+        metrics = {
+            **stats,
+            "queries_per_lang": queries.groupby("lang").size().to_dict(),
+            "backend": "ict",
+            "pairing": "passage",
+            **pairing_metrics(queries),
+        }
         return StageOutput({r: scratch / r for r in rows}, metrics, schema_dict("queries"), rows)
 
     def build_openai(scratch: Path) -> StageOutput:
@@ -97,7 +105,7 @@ def synthesize(
         m = result.metrics
         log.info(
             "LLM questions: %d kept for %d of %d selected documents; %d requests, %d cache hits, "
-            "%d tokens, ~$%.4f%s",
+            "%d tokens, ~$%.4f%s; positives: %s",
             m["questions_kept"],
             m["docs_with_questions"],
             m["docs_selected"],
@@ -106,6 +114,7 @@ def synthesize(
             m["usage"]["total_tokens"],
             m["usage"]["estimated_cost_usd"],
             f"; STOPPED EARLY ({m['stop_reason']})" if m["stopped_early"] else "",
+            f"documents ({m['positives_cut']} cut)" if m["pairing"] == "document" else "passages",
         )
         if result.failures:
             log.warning("%d documents without questions: %s", len(result.failures), m["docs_failed"])

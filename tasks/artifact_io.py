@@ -1,7 +1,8 @@
 """Reading and writing artifact files (Parquet, JSON lines) in local folders.
 
-Writers take the declared schema (``data_specs/schemas.yaml``): missing columns are an error,
-extra columns are dropped, types are cast, so every artifact of a kind reads the same way.
+Writers take the declared schema (``data_specs/schemas.yaml``): missing columns are an error (unless
+the schema gives the column a default), extra columns are dropped, types are cast, so every
+artifact of a kind reads the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from m3.schemas import arrow_schema, declared
 
 def _table(df: pd.DataFrame, kind: str) -> pa.Table:
     schema = arrow_schema(kind)
+    defaults = {c: v for c, v in (declared(kind).get("defaults") or {}).items() if c not in df.columns}
+    if defaults:
+        df = df.assign(**{c: [v] * len(df) for c, v in defaults.items()})
     missing = [c for c in schema.names if c not in df.columns]
     if missing:
         raise ValueError(f"{kind}: missing columns {missing}")

@@ -4,7 +4,9 @@ The M3 recipe generates MultiLongDoc questions with an LLM (GPT-3.5). We have no
 backend is a deliberately weaker stand-in: ICT (Lee, Chang & Toutanova 2019, "Latent Retrieval for
 Weakly Supervised Open Domain Question Answering", arXiv 1906.00300) takes one sentence of a passage
 as a pseudo-query and the rest of the passage as its positive context. It is named `ict` in the
-queries table (`backend="ict"`, `model=""`) so nobody mistakes its rows for LLM questions.
+queries table (`backend="ict"`, `model=""`) so nobody mistakes its rows for LLM questions. Its
+positive is a passage (`pairing="passage"`), never the long document MultiLongDoc pairs LLM
+questions with.
 
 The LLM backend (`backend: openai`, any OpenAI-compatible server) lives in `tasks/llm/`;
 :class:`SynthesizeConfig` picks between the two.
@@ -22,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.llm.config import OpenAIConfig
+from tasks.llm.longdoc import bucket_counts, chars_per_token, document_tokens, length_bucket, pairing_counts
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,10 @@ STAT_KEYS = (
     "train",
     "test",
 )
-QUERY_COLUMNS = ["query_id", "query", "doc_id", "lang", "backend", "model", "passage_id", "passage", "split"]
+QUERY_COLUMNS = [
+    "query_id", "query", "doc_id", "lang", "backend", "model", "passage_id", "passage", "split",
+    "pairing", "length_bucket",
+]  # fmt: skip
 
 
 class IctConfig(BaseModel):
@@ -115,9 +121,12 @@ def ict_queries(corpus: pd.DataFrame, config: IctConfig | None = None) -> tuple[
     cfg = config or IctConfig()
     stats: Counter = Counter()
     rows: list[dict] = []
-    for doc_id, lang, text in zip(corpus["id"], corpus["lang"], corpus["text"], strict=True):
+    titles = corpus["title"].tolist() if "title" in corpus else [""] * len(corpus)
+    for doc_id, lang, title, text in zip(corpus["id"], corpus["lang"], titles, corpus["text"], strict=True):
         stats["docs"] += 1
         split = split_of(doc_id, cfg.heldout_fraction, cfg.seed)
+        # The source document's bucket (default chars-per-token estimate; the last bucket is open).
+        bucket = length_bucket(document_tokens(title, text, chars_per_token(lang)))
         groups = pack_sentences(split_sentences(text or "", lang), cfg.passage_max_chars)
         for i, sentences in enumerate(groups):
             stats["passages"] += 1
@@ -139,11 +148,21 @@ def ict_queries(corpus: pd.DataFrame, config: IctConfig | None = None) -> tuple[
                     "passage_id": passage_id,
                     "passage": context,
                     "split": split,
+                    "pairing": "passage",
+                    "length_bucket": bucket,
                 }
             )
     out_stats = {key: stats[key] for key in STAT_KEYS}
     logger.info("ICT: %s", out_stats)
     return pd.DataFrame(rows, columns=QUERY_COLUMNS), out_stats
+
+
+def pairing_metrics(queries: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Manifest metrics of a queries table: rows per pairing and per length bucket."""
+    return {
+        "queries_per_pairing": pairing_counts(queries["pairing"]),
+        "queries_per_length_bucket": bucket_counts(queries["length_bucket"]),
+    }
 
 
 def _ict_one(passage_id: str, sentences: list[str], cfg: IctConfig, stats: Counter) -> tuple[str, str] | None:

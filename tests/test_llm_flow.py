@@ -84,6 +84,12 @@ def test_flow_with_secret_block_budget_and_no_key_anywhere(tmp_path, prefect_ser
     assert second.metrics["requests_sent"] == second.metrics["passages"] - 3 == len(srv.requests) - 3
     assert second.producer.config["openai"]["api_key_secret"] == "m3-test-llm-key"
     assert second.metrics["usage"]["estimated_cost_usd"] > 0
+    # The positives are whole documents (MultiLongDoc), recorded per row and in the manifest.
+    kept = second.metrics["questions_kept"]
+    assert second.metrics["pairing"] == "document"
+    assert second.metrics["queries_per_pairing"] == {"document": kept, "passage": 0}
+    assert sum(second.metrics["queries_per_length_bucket"].values()) == kept
+    assert {"pairing", "length_bucket"} <= set(second.schema_["columns"])
     assert_key_nowhere(store_dir)
     assert "m3-synthesize-llmtest" in logs_and_artifacts
     assert KEY not in logs_and_artifacts

@@ -155,3 +155,24 @@ def test_budget_reserves_worst_case_and_stays_closed():
     assert b.used.cost_usd == pytest.approx((250 * 1.0 + 50 * 2.0) / 1e6)
     with pytest.raises(BudgetExhausted):
         b.reserve(1, 1)  # closed once hit, even though tokens are left
+
+
+def test_length_buckets_and_document_cut():
+    from tasks.llm.longdoc import BUCKET_LABELS, document_positive, length_bucket
+
+    assert BUCKET_LABELS[0] == "0-500" and BUCKET_LABELS[-1] == "7000-8192" and len(BUCKET_LABELS) == 9
+    assert [length_bucket(t) for t in (0, 500, 501, 1999, 2000, 7000, 8192, 50_000)] == [
+        "0-500", "0-500", "500-1000", "1000-2000", "1000-2000", "6000-7000", "7000-8192", "7000-8192",
+    ]  # fmt: skip
+    text = "First sentence here. Second one follows.\nThird line ends it."
+    whole, kept, cut = document_positive("Title", text, "en", 1000)
+    assert whole == "Title First sentence here. Second one follows. Third line ends it." and not cut
+    assert len(kept) == 3
+    pos, kept, cut = document_positive(
+        "Title", text, "en", len("Title First sentence here. Second one follows.")
+    )
+    assert pos == "Title First sentence here. Second one follows." and cut and len(kept) == 2
+    pos, _, cut = document_positive("", "一二三。四五六。七八九。", "zh", 8)  # CJK joins without spaces
+    assert pos == "一二三。四五六。" and cut
+    pos, kept, cut = document_positive("T", "x" * 50, "en", 12)  # one sentence over the cap: cut inside
+    assert pos == "T " + "x" * 10 and cut and kept == ["x" * 10]

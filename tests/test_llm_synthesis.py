@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -30,8 +31,11 @@ from m3.store import Store
 from tasks.ingest import ingest_file
 from tasks.llm.cache import ResponseCache
 from tasks.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
-from tasks.llm.synthesize import llm_queries
+from tasks.llm.longdoc import BUCKET_LABELS, length_bucket
+from tasks.llm.synthesize import llm_queries, select_documents
+from tasks.mine import MineConfig, mine_bm25, pairing_stats
 from tasks.synthesize import QUERY_COLUMNS
+from tasks.text import join_sentences, split_sentences
 
 REPO = Path(__file__).resolve().parents[1]
 WIKICLEAN = REPO.parent / "shared" / "data" / "wikiclean-pages"
@@ -335,9 +339,12 @@ def test_faults_every_document_accounted_for(corpus, faulty_server, tmp_path, mo
     assert list(q.columns) == QUERY_COLUMNS
     assert q["query_id"].is_unique and q["query"].map(str.casefold).is_unique
     assert (q["backend"] == "openai").all() and (q["model"] == "test-model").all()
+    # The default pairing: every positive is its (cut) document, under the document's id.
+    assert (q["pairing"] == "document").all() and (q["passage_id"] == q["doc_id"]).all()
+    # The query id names the passage the question was written from.
+    assert all(qid.startswith(f"q:{d}#p") for qid, d in zip(q["query_id"], q["doc_id"], strict=True))
     for row in q.itertuples():
-        assert row.query not in row.passage and row.passage_id.startswith(row.doc_id + "#p")
-        assert row.passage in corpus.set_index("id").loc[row.doc_id, "text"] or len(row.passage) > 0
+        assert row.query not in row.passage
     # The defective reply: one kept, each bad one dropped under its reason.
     smithee = q[q["doc_id"] == by_title["Alan Smithee"]]
     assert smithee["query"].tolist() == [good_questions(corpus[corpus.title == "Alan Smithee"].iloc[0])[0]]
@@ -484,3 +491,153 @@ def test_killed_midway_rerun_sends_no_request_twice(corpus, tmp_path):
     assert len(rerun) == res.metrics["passages"] - answered
     assert not res.failures and res.metrics["docs_with_questions"] == res.metrics["docs_selected"]
     assert_key_nowhere(tmp_path)
+
+
+# -- what a question is paired with (MultiLongDoc: the document) ------------------------------------
+def shown_passage(body: dict) -> str:
+    """The passage a prompt shows the LLM (every template ends with it, after a line break)."""
+    return user_text(body).rsplit("\n", 1)[1]
+
+
+def whole_document(doc) -> str:
+    """The document as its positive joins it, uncut: title, a space, the sentences."""
+    body = join_sentences(split_sentences(doc.text, doc.lang))
+    return f"{doc.title} {body}" if doc.title else body
+
+
+def _shown_by_doc(server: ChatServer, corpus: pd.DataFrame) -> dict[str, str]:
+    out = {}
+    for r in server.requests:
+        doc = doc_of(r["body"], corpus)
+        assert doc.id not in out  # passages_per_doc=1: one prompt per document
+        out[doc.id] = shown_passage(r["body"])
+    return out
+
+
+def _expected_bucket(doc, max_tokens: int = 8192) -> str:
+    ratio = SelectionConfig().ratio(doc.lang)
+    return length_bucket(min(math.ceil((len(doc.title) + 1 + len(doc.text)) / ratio), max_tokens))
+
+
+def test_document_pairing_positives_are_whole_cut_documents(corpus, good_server):
+    cfg = config(good_server)
+    assert cfg.pairing == "document" and cfg.positive_max_tokens == 8192
+    res = llm_queries(corpus, cfg, api_key=KEY, cache=None)
+    q, m = res.queries, res.metrics
+    assert not res.failures and len(q) == 3 * m["docs_selected"]
+    assert list(q.columns) == QUERY_COLUMNS
+    shown = _shown_by_doc(good_server, corpus)
+    docs = {d.id: d for d in corpus.itertuples()}
+    cut = set()
+    for row in q.itertuples():
+        doc = docs[row.doc_id]
+        whole = whole_document(doc)
+        cap = cfg.positive_max_chars(row.lang)
+        assert row.pairing == "document" and row.passage_id == row.doc_id
+        assert len(row.passage) <= cap and whole.startswith(row.passage)
+        assert row.passage.startswith(doc.title + " ")
+        # Longer than the passage the question was written from, which it contains.
+        assert shown[row.doc_id] in row.passage and len(row.passage) > 2 * len(shown[row.doc_id])
+        if len(whole) <= cap:
+            assert row.passage == whole  # the whole document
+        else:
+            cut.add(row.doc_id)
+            assert len(row.passage) > cap - 2000  # cut at the last whole sentence that fits
+        assert row.length_bucket == _expected_bucket(doc)
+    by_title = dict(zip(corpus["title"], corpus["id"], strict=True))
+    assert cut == {by_title["Alabama"], by_title["Anarchism"]} and m["positives_cut"] == 2
+    assert cfg.positive_max_chars("en") == 32768 and cfg.positive_max_chars("zh") == 12288
+    buckets = dict(zip(q["doc_id"], q["length_bucket"], strict=True))
+    assert buckets[by_title["Ampere"]] == "500-1000"  # (6 + 1 + 2590) chars / 4
+    assert buckets[by_title["数学"]] == "6000-7000"  # (2 + 1 + 9357) chars / 1.5
+    assert buckets[by_title["Alabama"]] == "7000-8192"  # cut to the model's 8192 tokens
+    # Manifest metrics: the pairing, rows per pairing and per bucket (every bucket listed).
+    assert m["pairing"] == "document"
+    assert m["queries_per_pairing"] == {"document": len(q), "passage": 0}
+    assert list(m["queries_per_length_bucket"]) == list(BUCKET_LABELS)
+    assert m["queries_per_length_bucket"] == {b: int((q["length_bucket"] == b).sum()) for b in BUCKET_LABELS}
+    assert sum(m["docs_selected_per_length_bucket"].values()) == m["docs_selected"]
+    assert m["queries_per_length_bucket"] == {
+        b: 3 * n for b, n in m["docs_selected_per_length_bucket"].items()
+    }
+
+
+def test_passage_pairing_keeps_the_passage_the_llm_saw(corpus, good_server):
+    res = llm_queries(corpus, config(good_server, pairing="passage"), api_key=KEY, cache=None)
+    q, m = res.queries, res.metrics
+    shown = _shown_by_doc(good_server, corpus)
+    assert len(q) == 3 * m["docs_selected"] and (q["pairing"] == "passage").all()
+    docs = {d.id: d for d in corpus.itertuples()}
+    for row in q.itertuples():
+        assert row.passage == shown[row.doc_id] and row.passage_id.startswith(row.doc_id + "#p")
+        assert row.query_id.startswith(f"q:{row.passage_id}:")
+        assert row.length_bucket == _expected_bucket(docs[row.doc_id])  # still the document's bucket
+    assert m["pairing"] == "passage" and m["positives_cut"] == 0
+    assert m["queries_per_pairing"] == {"document": 0, "passage": len(q)}
+
+    # The LLM is asked the same things either way (replies cached under one pairing serve the
+    # other), except about documents the document positive cuts: their passages come from the kept part.
+    first = {r["hash"] for r in good_server.requests}
+    llm_queries(corpus, config(good_server), api_key=KEY, cache=None)
+    second = [r for r in good_server.requests if r["hash"] not in first]
+    assert {doc_of(r["body"], corpus).title for r in second} <= {"Alabama", "Anarchism"}
+
+
+def test_document_positive_respects_the_char_cut(corpus, good_server):
+    # 1000 tokens: 4000 characters (1500 for Chinese); most documents are cut.
+    cfg = config(good_server, positive_max_tokens=1000, selection=SelectionConfig(
+        languages=LANGS, min_doc_chars=2000, passage_chars=600, min_passage_chars=100
+    ))  # fmt: skip
+    res = llm_queries(corpus, cfg, api_key=KEY, cache=None)
+    q, m = res.queries, res.metrics
+    shown = _shown_by_doc(good_server, corpus)
+    assert cfg.positive_max_chars("en") == 4000 and cfg.positive_max_chars("zh") == 1500
+    assert not res.failures
+    docs = {d.id: d for d in corpus.itertuples()}
+    n_cut = 0
+    for doc_id, row in q.drop_duplicates("doc_id").set_index("doc_id").iterrows():
+        doc = docs[doc_id]
+        cap = cfg.positive_max_chars(row["lang"])
+        whole = whole_document(doc)
+        assert len(row["passage"]) <= cap and whole.startswith(row["passage"])
+        n_cut += len(whole) > cap
+        assert shown[doc_id] in row["passage"]  # questions are about text the positive keeps
+        assert row["length_bucket"] == _expected_bucket(doc, 1000) == "500-1000"
+    assert n_cut == m["positives_cut"] >= 18
+    assert m["queries_per_length_bucket"]["500-1000"] == len(q)
+
+
+def test_selection_spreads_over_length_buckets(corpus):
+    sel = SelectionConfig(languages=LANGS, min_doc_chars=2000)
+    everything, _ = select_documents(corpus, sel)
+    capped, skipped = select_documents(corpus, sel.model_copy(update={"max_docs_per_bucket": 2}))
+    per_bucket = Counter(everything["length_bucket"])
+    assert len(per_bucket) >= 4 and max(per_bucket.values()) > 2
+    assert Counter(capped["length_bucket"]) == {b: min(n, 2) for b, n in per_bucket.items()}
+    assert skipped["over_max_docs_per_bucket"] == len(everything) - len(capped)
+    # The same seeded order: the capped selection is the uncapped one with the excess left out.
+    kept = set(capped["id"])
+    assert capped["id"].tolist() == [d for d in everything["id"] if d in kept]
+
+
+def test_mining_document_pairs_takes_the_document_as_positive(corpus, good_server):
+    res = llm_queries(corpus, config(good_server, questions_per_passage=2), api_key=KEY, cache=None)
+    table = res.queries.assign(split="train")
+    pool = table.drop_duplicates("passage_id")[["passage_id", "passage", "doc_id", "lang"]]
+    assert len(pool) == table["doc_id"].nunique()  # one entry per document
+    cfg = MineConfig(per_language=False, range_start=0, num_negatives=3)
+    rows, stats = mine_bm25(table, pool, cfg)
+    docs_of_text = dict(zip(pool["passage"], pool["doc_id"], strict=True))
+    positive = dict(zip(table["query_id"], table["passage"], strict=True))
+    doc_of_query = dict(zip(table["query_id"], table["doc_id"], strict=True))
+    for r in rows:
+        assert r["pos"] == [positive[r["query_id"]]] and len(r["neg"]) == 3
+        # Negatives are other documents, never the query's own.
+        assert all(docs_of_text[n] != doc_of_query[r["query_id"]] for n in r["neg"])
+    assert stats["positive_not_in_pool"] == 0 and stats["removed_positive"] > 0
+    assert stats["pairing_document"] == len(table) and stats["pairing_passage"] == 0
+    # A table from before the column existed is passage-level.
+    assert pairing_stats(table.drop(columns="pairing")) == {
+        "pairing_document": 0,
+        "pairing_passage": len(table),
+    }

@@ -142,3 +142,26 @@ def test_skip_reasons_counted():
     # b: no sentence >= 20 chars; d: removing the repeated sentence would leave one sentence.
     assert stats["skipped_no_query_sentence"] == 2
     assert stats["passages"] == 3
+
+
+def test_ict_rows_are_passage_level_with_their_document_bucket(corpus, cfg, tmp_path):
+    from tasks.artifact_io import read_table, write_table
+    from tasks.llm.longdoc import BUCKET_LABELS
+    from tasks.synthesize import pairing_metrics
+
+    q, _ = ict_queries(corpus, cfg)
+    assert (q["pairing"] == "passage").all()
+    # Tatoeba pseudo-documents are a few hundred characters: the first bucket.
+    assert (q["length_bucket"] == "0-500").all()
+    m = pairing_metrics(q)
+    assert m["queries_per_pairing"] == {"document": 0, "passage": len(q)}
+    assert list(m["queries_per_length_bucket"]) == list(BUCKET_LABELS)
+    assert m["queries_per_length_bucket"]["0-500"] == len(q)
+    # The columns are declared: written and read back; a table made before they existed is
+    # written with the schema's defaults (passage-level, bucket unknown).
+    write_table(q, "queries", tmp_path / "new")
+    back = read_table(tmp_path / "new", "queries")
+    pd.testing.assert_frame_equal(back[QUERY_COLUMNS], q[QUERY_COLUMNS])
+    write_table(q.drop(columns=["pairing", "length_bucket"]), "queries", tmp_path / "old")
+    old = read_table(tmp_path / "old", "queries")
+    assert (old["pairing"] == "passage").all() and old["length_bucket"].isna().all()

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.llm.longdoc import DEFAULT_CHARS_PER_TOKEN, DEFAULT_CHARS_PER_TOKEN_BY_LANG, chars_per_token
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
@@ -26,6 +28,9 @@ class SelectionConfig(_Strict):
 
     MultiLongDoc (M3 paper, section 3) samples *long* articles and asks the LLM about paragraphs of
     them; the document stays the retrieval unit, the passage is what the question is about.
+    Documents fall into the length buckets of ``tasks.llm.longdoc.LENGTH_BUCKETS`` (tokens estimated
+    from characters with ``chars_per_token``); ``max_docs_per_bucket`` spreads the selection over
+    them as ``max_docs_per_lang`` does over languages.
     """
 
     min_doc_chars: int = Field(2000, ge=0, description="only documents at least this long")
@@ -33,9 +38,33 @@ class SelectionConfig(_Strict):
     languages: list[str] | None = Field(None, description="only these languages (None: all)")
     max_docs: int | None = Field(None, ge=1, description="at most this many documents in all")
     max_docs_per_lang: int | None = Field(None, ge=1, description="at most this many per language")
+    max_docs_per_bucket: int | None = Field(
+        None, ge=1, description="at most this many per length bucket (tasks.llm.longdoc.LENGTH_BUCKETS)"
+    )
+    chars_per_token: float = Field(
+        DEFAULT_CHARS_PER_TOKEN,
+        gt=0.0,
+        description="characters per token for languages not in chars_per_token_by_lang (estimates "
+        "document tokens: length buckets and the document positive's cut)",
+    )
+    chars_per_token_by_lang: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_CHARS_PER_TOKEN_BY_LANG),
+        description="characters per token by language (XLM-R needs far fewer for CJK than for Latin)",
+    )
     passages_per_doc: int = Field(1, ge=1, description="passages sampled per document (one request each)")
     passage_chars: int = Field(1500, ge=100, description="passage budget in characters (whole sentences)")
     min_passage_chars: int = Field(300, ge=1, description="shorter passages are never sampled")
+
+    @field_validator("chars_per_token_by_lang")
+    @classmethod
+    def _positive_ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(r <= 0 for r in v.values()):
+            raise ValueError("chars_per_token_by_lang: every ratio must be > 0")
+        return v
+
+    def ratio(self, lang: str) -> float:
+        """Characters per token of ``lang``."""
+        return chars_per_token(lang, self.chars_per_token, self.chars_per_token_by_lang)
 
 
 class FilterConfig(_Strict):
@@ -81,6 +110,17 @@ class OpenAIConfig(_Strict):
         None, description="Prefect Secret block holding the key; wins over api_key_env"
     )
     questions_per_passage: int = Field(3, ge=1, le=20)
+    pairing: Literal["document", "passage"] = Field(
+        "document",
+        description="the positive of a question: document (M3's MultiLongDoc: title + text of the whole "
+        "document, cut to positive_max_tokens) or passage (the passage the LLM was shown)",
+    )
+    positive_max_tokens: int = Field(
+        8192,
+        ge=16,
+        description="document pairing: cut the positive to about this many tokens (the fine-tuning "
+        "max_length), i.e. positive_max_tokens x chars_per_token(lang) characters at a sentence end",
+    )
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=16, description="completion tokens per request")
     seed: int | None = 0
@@ -104,6 +144,11 @@ class OpenAIConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    def positive_max_chars(self, lang: str) -> int:
+        """The character cap of a document positive in ``lang``: positive_max_tokens at the
+        selection's chars-per-token estimate."""
+        return int(self.positive_max_tokens * self.selection.ratio(lang))
 
     @field_validator("base_url")
     @classmethod

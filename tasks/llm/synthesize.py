@@ -1,10 +1,12 @@
 """MultiLongDoc-style question synthesis through an OpenAI-compatible API.
 
-The M3 recipe (arXiv 2402.03216, section 3) samples long articles, picks paragraphs of them and has
-an LLM write questions answerable from those paragraphs. Here: select long documents by length and
-language, sample passages, send one chat request per passage (cached in the store, rate-limited,
-retried, under a budget), parse the reply strictly, filter the questions, and account for every
-document: it ends with questions or in the failure list with a reason.
+The M3 recipe (arXiv 2402.03216, section 3.1) samples long articles, picks paragraphs of them, has
+an LLM write questions about those paragraphs, and pairs each question with the *article*. Here:
+select long documents by length, language and length bucket, sample passages, send one chat
+request per passage (cached in the store, rate-limited, retried, under a budget), parse the reply
+strictly, filter the questions, and account for every document: it ends with questions or in the
+failure list with a reason. The positive of a question (``pairing``) is the whole document, cut to
+the model's length (default, as the paper), or the passage the LLM was shown.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tasks.llm.budget import Budget, BudgetExhausted
 from tasks.llm.cache import ResponseCache, request_key
 from tasks.llm.config import OpenAIConfig, SelectionConfig
 from tasks.llm.filters import DROP_REASONS, QuestionFilter
+from tasks.llm.longdoc import bucket_counts, document_positive, document_tokens, length_bucket, pairing_counts
 from tasks.llm.parse import ParseError, parse_questions
 from tasks.llm.prompts import build_messages, output_schema
 from tasks.llm.secret import RedactingFilter, Redactor
@@ -35,7 +38,10 @@ from tasks.text import join_sentences, pack_sentences, split_sentences
 
 logger = logging.getLogger(__name__)
 
-QUERY_COLUMNS = ["query_id", "query", "doc_id", "lang", "backend", "model", "passage_id", "passage", "split"]
+QUERY_COLUMNS = [
+    "query_id", "query", "doc_id", "lang", "backend", "model", "passage_id", "passage", "split",
+    "pairing", "length_bucket",
+]  # fmt: skip
 T = TypeVar("T")
 _SCRUBBED_LOGGERS = (
     "openai",
@@ -53,14 +59,18 @@ def _u64(*parts: object) -> int:
 
 
 def select_documents(
-    corpus: pd.DataFrame, sel: SelectionConfig, seed: int = 0
+    corpus: pd.DataFrame, sel: SelectionConfig, seed: int = 0, max_tokens: int | None = None
 ) -> tuple[pd.DataFrame, Counter]:
-    """Long documents in the wanted languages, in a seeded but order-independent sequence, capped.
+    """Long documents in the wanted languages, in a seeded but order-independent sequence, capped
+    in all, per language and per length bucket.
 
-    Returns the selection and the count of documents left out, by reason.
+    Returns the selection, with its ``length_bucket`` (of the document as the model reads it: title
+    + text, estimated tokens, at most ``max_tokens``), and the count of documents left out, by reason.
     """
     skipped: Counter = Counter()
     keep = []
+    titles = corpus["title"].tolist() if "title" in corpus else [""] * len(corpus)
+    texts = corpus["text"].tolist()
     for i, (doc_id, lang, text) in enumerate(zip(corpus["id"], corpus["lang"], corpus["text"], strict=True)):
         n = len(text or "")
         if sel.languages is not None and lang not in sel.languages:
@@ -73,7 +83,8 @@ def select_documents(
             keep.append((_u64("select", seed, doc_id), doc_id, lang, i))
     keep.sort()
     per_lang: Counter = Counter()
-    rows = []
+    per_bucket: Counter = Counter()
+    rows, buckets = [], []
     for _, _, lang, i in keep:
         if sel.max_docs is not None and len(rows) >= sel.max_docs:
             skipped["over_max_docs"] += 1
@@ -81,17 +92,33 @@ def select_documents(
         if sel.max_docs_per_lang is not None and per_lang[lang] >= sel.max_docs_per_lang:
             skipped["over_max_docs_per_lang"] += 1
             continue
+        bucket = length_bucket(document_tokens(titles[i], texts[i], sel.ratio(lang), max_tokens))
+        if sel.max_docs_per_bucket is not None and per_bucket[bucket] >= sel.max_docs_per_bucket:
+            skipped["over_max_docs_per_bucket"] += 1
+            continue
         per_lang[lang] += 1
+        per_bucket[bucket] += 1
         rows.append(i)
-    return corpus.iloc[rows].reset_index(drop=True), skipped
+        buckets.append(bucket)
+    return corpus.iloc[rows].reset_index(drop=True).assign(length_bucket=buckets), skipped
 
 
 def sample_passages(
-    doc_id: str, text: str, lang: str, sel: SelectionConfig, seed: int = 0
+    doc_id: str,
+    text: str,
+    lang: str,
+    sel: SelectionConfig,
+    seed: int = 0,
+    sentences: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Up to ``passages_per_doc`` passages (whole sentences, at most ``passage_chars``), chosen with
-    a per-document seed; ids follow the ICT backend's ``<doc_id>#p<index>`` so the two line up."""
-    groups = pack_sentences(split_sentences(text or "", lang), sel.passage_chars)
+    a per-document seed; ids follow the ICT backend's ``<doc_id>#p<index>`` so the two line up.
+
+    ``sentences``: the document's sentences when already split (a prefix of them, for a document
+    positive cut to the model's length: questions must be about text the positive contains)."""
+    if sentences is None:
+        sentences = split_sentences(text or "", lang)
+    groups = pack_sentences(sentences, sel.passage_chars)
     candidates = [(i, join_sentences(g)) for i, g in enumerate(groups)]
     candidates = [(i, p) for i, p in candidates if len(p) >= sel.min_passage_chars]
     rng = random.Random(_u64("passages", seed, doc_id))
@@ -128,6 +155,16 @@ class _Job:
     passage_id: str
     passage: str
     messages: list[dict[str, str]]
+
+
+@dataclass
+class _Positive:
+    """What a document's questions are paired with (the same for all its passages)."""
+
+    passage_id: str  # the positive's id in the queries table (the mining pool's key)
+    text: str | None  # None: passage pairing, each question's positive is its job's passage
+    length_bucket: str
+    cut: bool = False
 
 
 @dataclass
@@ -261,6 +298,11 @@ def llm_queries(
 ) -> LLMResult:
     """Questions for long corpus documents (queries schema in CONTRACTS.md, ``backend="openai"``).
 
+    ``cfg.pairing`` picks each question's positive (``passage_id``/``passage``): ``document``, the
+    document's title + text cut to ``cfg.positive_max_tokens`` under the document's id, or
+    ``passage``, the passage the LLM was shown under ``<doc_id>#p<i>``. Either way ``query_id`` is
+    ``q:<doc_id>#p<i>:<k>`` and every row carries ``pairing`` and its document's ``length_bucket``.
+
     ``api_key`` is used only by the HTTP client; it is scrubbed from every text this returns or logs.
     Books kept in ``metrics``: ``docs_in == docs_selected + sum(docs_skipped)``,
     ``docs_selected == docs_with_questions + sum(docs_failed)``,
@@ -293,14 +335,24 @@ def _llm_queries(
 ) -> LLMResult:
     started = time.monotonic()
     sel = cfg.selection
-    selected, skipped = select_documents(corpus, sel, seed)
+    selected, skipped = select_documents(corpus, sel, seed, cfg.positive_max_tokens)
     failures: list[dict[str, Any]] = []
     jobs: list[_Job] = []
+    positives: dict[str, _Positive] = {}
     n = cfg.questions_per_passage
-    for doc_id, lang, title, text in zip(
-        selected["id"], selected["lang"], selected["title"], selected["text"], strict=True
-    ):
-        passages = sample_passages(doc_id, text, lang, sel, seed)
+    for doc_id, lang, title, text, bucket in zip(
+        selected["id"], selected["lang"], selected["title"], selected["text"], selected["length_bucket"],
+        strict=True,
+    ):  # fmt: skip
+        if cfg.pairing == "document":
+            # M3 §3.1: "the generated question and the sampled article constitute a new text pair".
+            # The LLM sees only passages of the part the (cut) positive keeps.
+            text_, kept, cut = document_positive(title, text, lang, cfg.positive_max_chars(lang))
+            positives[doc_id] = _Positive(doc_id, text_, bucket, cut)
+            passages = sample_passages(doc_id, text, lang, sel, seed, sentences=kept)
+        else:
+            positives[doc_id] = _Positive("", None, bucket)
+            passages = sample_passages(doc_id, text, lang, sel, seed)
         if not passages:
             failures.append({"doc_id": doc_id, "lang": lang, "reason": "no_usable_passage", "detail": ""})
         for passage_id, passage in passages:
@@ -356,17 +408,21 @@ def _llm_queries(
                     )
                     continue
                 kept_here += 1
+                pos = positives[doc_id]
                 rows.append(
                     {
+                        # The id names the passage the question is about, whatever its positive.
                         "query_id": f"q:{job.passage_id}:{k}",
                         "query": question.strip(),
                         "doc_id": doc_id,
                         "lang": job.lang,
                         "backend": "openai",
                         "model": cfg.model,
-                        "passage_id": job.passage_id,
-                        "passage": job.passage,
+                        "passage_id": job.passage_id if pos.text is None else pos.passage_id,
+                        "passage": job.passage if pos.text is None else pos.text,
                         "split": split,
+                        "pairing": cfg.pairing,
+                        "length_bucket": pos.length_bucket,
                     }
                 )
         if len(rows) == kept_before:
@@ -400,6 +456,12 @@ def _llm_queries(
         "train": int((queries["split"] == "train").sum()),
         "test": int((queries["split"] == "test").sum()),
         "queries_per_lang": queries.groupby("lang").size().to_dict() if len(queries) else {},
+        "pairing": cfg.pairing,
+        "queries_per_pairing": pairing_counts(queries["pairing"]),
+        "queries_per_length_bucket": bucket_counts(queries["length_bucket"]),
+        "docs_selected_per_length_bucket": bucket_counts(selected["length_bucket"]),
+        # Document positives cut to positive_max_tokens (among documents with questions).
+        "positives_cut": sum(positives[d].cut for d in set(queries["doc_id"])),
         "requests_sent": stats.requests,
         "responses_ok": stats.responses_ok,
         "request_errors": dict(sorted(stats.errors.items())),

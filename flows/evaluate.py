@@ -33,8 +33,11 @@ from tasks.evaluate import (
     M3Encoder,
     datasets_from_ict,
     evaluate_datasets,
+    long_document_datasets,
     report_markdown,
+    summarize,
     tables_for,
+    write_long_document_sets,
 )
 
 CODE = (
@@ -46,6 +49,7 @@ CODE = (
     "flows/evaluate.py",
 )
 CHAMPION_REF = "model/champion"
+LONG_DOCS = "long-docs"  # the report's folder holding the MLDR-format long-document sets
 
 
 # ------------------------------------------------------------------------------------- champion
@@ -142,12 +146,50 @@ def _with(out: State | dict[str, Any], **extra: Any) -> State | dict[str, Any]:
     return {**out, **extra}
 
 
-def build_report(scratch: Path, datasets: Sequence, encoder, cfg: EvalConfig, extra: dict | None = None):
-    """Evaluate and write report.md, metrics.json and chart.png: the ``report`` artifact's files."""
+def build_report(
+    scratch: Path,
+    datasets: Sequence,
+    encoder,
+    cfg: EvalConfig,
+    extra: dict | None = None,
+    long_datasets: Sequence | None = None,
+):
+    """Evaluate and write report.md, metrics.json and chart.png: the ``report`` artifact's files.
+
+    ``long_datasets`` (MLDR-style sets whose files lie under ``scratch/long-docs``, see
+    :func:`long_document_sets`) are evaluated with the same modes under ``cfg.long_config()`` and
+    reported apart, as ``metrics["long"]`` (the main ``avg``, which decides the champion, is
+    unchanged), a second section of report.md and ``chart-long.png``; their files join the report.
+    """
     info = evaluate_datasets(datasets, encoder, cfg)
     results = info["results"]
     tables = tables_for(results, cfg.metrics)
     md = report_markdown(tables, info)
+    files = {n: scratch / n for n in ("report.md", "metrics.json", "chart.png")}
+    long_metrics = None
+    if long_datasets:
+        lcfg = cfg.long_config()
+        linfo = evaluate_datasets(long_datasets, encoder.with_config(lcfg), lcfg)
+        long_sum = summarize(linfo, lcfg)
+        long_tables = tables_for(linfo["results"], lcfg.metrics)
+        long_metrics = {
+            "queries": int(sum(len(d.queries) for d in long_datasets)),
+            "documents": int(sum(len(d.corpus) for d in long_datasets)),
+            "format": "mldr",
+            "path": f"{LONG_DOCS}/",
+            "max_length": lcfg.max_length,
+            **{k: long_sum[k] for k in ("avg", "tables", "datasets", "mcls", "table_markdown")},
+        }
+        info["long"] = linfo
+        md += (
+            "\n## Long documents (MLDR format: whole held-out documents, each query's document relevant;"
+            f" documents cut at {lcfg.max_length} tokens)\n\n{long_sum['table_markdown']}"
+        )
+        _chart(long_tables, scratch / "chart-long.png")
+        files["chart-long.png"] = scratch / "chart-long.png"
+        for f in sorted((scratch / LONG_DOCS).rglob("*")):
+            if f.is_file():
+                files[f.relative_to(scratch).as_posix()] = f
     (scratch / "report.md").write_text(md, encoding="utf-8")
     (scratch / "metrics.json").write_text(json.dumps(info, indent=2, default=float, ensure_ascii=False))
     _chart(tables, scratch / "chart.png")
@@ -163,12 +205,33 @@ def build_report(scratch: Path, datasets: Sequence, encoder, cfg: EvalConfig, ex
         "tables": shaped,
         "datasets": [{k: v for k, v in d.summary().items() if k != "files"} for d in datasets],
         "multivec": cfg.multivec,
+        "mcls": info["mcls"],
         "primary": {"metric": cfg.primary_metric, "system": cfg.primary_system},
         "table_markdown": md,
+        **({"long": long_metrics} if long_metrics else {}),
         **(extra or {}),
     }
-    files = {n: scratch / n for n in ("report.md", "metrics.json", "chart.png")}
     return StageOutput(files, metrics, {"format": "report"}), tables
+
+
+def long_document_sets(scratch: Path, queries_test, documents, cfg: EvalConfig) -> list:
+    """The MLDR-style sets of the held-out documents, written under ``scratch/long-docs/LANG/``
+    (MLDR's ``corpus.jsonl`` + ``test.jsonl``) and read back through the MLDR reader."""
+    built = long_document_datasets(queries_test, documents, cfg.per_language, cfg.long_drop_query_sentences)
+    if not built:
+        raise RuntimeError("evaluate.long_documents: no held-out query has its document in the corpus")
+    return write_long_document_sets(built, scratch / LONG_DOCS)
+
+
+def corpus_of(store: Store, queries_id: str) -> str:
+    """The corpus manifest the queries artifact was made from (its ``corpus`` parent)."""
+    parents = [p for p in store.manifest(queries_id).parents if store.manifest(p).kind == "corpus"]
+    if len(parents) != 1:
+        raise RuntimeError(
+            f"evaluate.long_documents needs the corpus the queries {queries_id[:12]} were made from, "
+            f"but that artifact has {len(parents)} corpus parents"
+        )
+    return parents[0]
 
 
 def _publish_table(env: StageEnv, key: str, tables: dict[str, Any], metric: str) -> None:
@@ -208,12 +271,16 @@ def evaluate(
         }
     )
     config = {"eval": cfg.model_dump(mode="json"), "bm25": env.profile.mine.model_dump(mode="json")}
+    stage_inputs = {"queries": queries_id}
+    if cfg.long_documents:  # the whole documents come from the corpus: an input (cache key, lineage)
+        stage_inputs["corpus"] = (inputs or {}).get("corpus") or corpus_of(env.store, queries_id)
 
     def spec_for(mid: str, name: str) -> StageSpec:
-        return StageSpec("evaluate", "report", name, {"model": mid, "queries": queries_id}, config, CODE)
+        return StageSpec("evaluate", "report", name, {"model": mid, **stage_inputs}, config, CODE)
 
     def run_for(mid: str, name: str):
         def build(scratch: Path) -> StageOutput:
+            encoder = M3Encoder(_load_model(env, mid), cfg)  # refuses MCLS on a mean-pooling model
             table = load_table(env, queries_id, "queries")
             passages = table.drop_duplicates("passage_id")[["passage_id", "passage", "doc_id", "lang"]]
             test = table[table["split"] == "test"]
@@ -223,8 +290,17 @@ def evaluate(
             log.info(
                 "evaluating %s on %d held-out queries over %d passages", mid[:12], len(test), len(passages)
             )
-            encoder = M3Encoder(_load_model(env, mid), cfg)
-            return build_report(scratch, datasets, encoder, cfg, {"model": mid})[0]
+            long_sets = None
+            if "corpus" in stage_inputs:
+                docs = load_table(env, stage_inputs["corpus"], "corpus")
+                long_sets = long_document_sets(scratch, test, docs, cfg)
+                log.info(
+                    "long documents: %d held-out queries over %d whole documents (MLDR format, %s/)",
+                    sum(len(d.queries) for d in long_sets),
+                    sum(len(d.corpus) for d in long_sets),
+                    LONG_DOCS,
+                )
+            return build_report(scratch, datasets, encoder, cfg, {"model": mid}, long_sets)[0]
 
         return run_stage(
             env.store, spec_for(mid, name), build, refresh=refresh, flow="evaluate", **producer_ids()
@@ -249,17 +325,20 @@ def evaluate(
 
 def _publish_report_tables(name: str, metrics: dict) -> None:
     """Each metric's paper-shaped table as a Prefect table artifact (rows systems, columns
-    languages + avg, ×100) and the markdown report."""
-    for metric, rows in metrics.get("tables", {}).items():
-        table = [
-            {"system": sys, **{c: "–" if v is None else f"{v * 100:.1f}" for c, v in row.items()}}
-            for sys, row in rows.items()
-        ]
-        create_table_artifact(
-            table,
-            key=_artifact_key("m3-evaluation", name, metric),
-            description=f"{metric} ×100: systems × languages (+ macro avg)",
-        )
+    languages + avg, ×100), the long-document tables likewise, and the markdown report."""
+    sections = [("", metrics.get("tables", {})), ("long", (metrics.get("long") or {}).get("tables", {}))]
+    for section, tables in sections:
+        for metric, rows in tables.items():
+            table = [
+                {"system": sys, **{c: "–" if v is None else f"{v * 100:.1f}" for c, v in row.items()}}
+                for sys, row in rows.items()
+            ]
+            create_table_artifact(
+                table,
+                key=_artifact_key("m3-evaluation", name, *([section] if section else []), metric),
+                description=f"{metric} ×100: systems × languages (+ macro avg)"
+                + (" — long documents (MLDR format)" if section else ""),
+            )
     create_markdown_artifact(
         f"# Evaluation `{name}`\n\nmodel `{metrics.get('model', '')}`\n\n"
         f"{metrics.get('table_markdown', '')}\n"
@@ -300,18 +379,28 @@ def evaluate_model(
     max_queries: int | None = None,
     promote_champion: bool = False,
     refresh: bool = False,
+    mcls: bool | None = None,
+    mcls_interval: int | None = None,
 ) -> dict[str, Any]:
     """A stored model (ref or id) on dataset specs (default: the profile's held-out ICT queries):
     the paper's tables as a ``report`` artifact whose parents are the model and the data; with
-    ``promote_champion`` the model becomes ``model/champion`` when it wins on the primary metric."""
+    ``promote_champion`` the model becomes ``model/champion`` when it wins on the primary metric.
+    ``mcls`` / ``mcls_interval`` override the profile's ``evaluate.mcls`` (MCLS passage encoding)."""
     from tasks.eval_data import load_datasets
 
     env = open_env(profile, store)
     log = get_run_logger()
     cfg = env.profile.evaluate
+    overrides: dict[str, Any] = {}
     if modes:
-        primary = cfg.primary_mode if cfg.primary_mode in modes else modes[0]
-        cfg = EvalConfig.model_validate({**cfg.model_dump(), "modes": tuple(modes), "primary_mode": primary})
+        overrides["modes"] = tuple(modes)
+        overrides["primary_mode"] = cfg.primary_mode if cfg.primary_mode in modes else modes[0]
+    if mcls is not None:
+        overrides["mcls"] = mcls
+    if mcls_interval is not None:
+        overrides["mcls_interval"] = mcls_interval
+    if overrides:
+        cfg = EvalConfig.model_validate({**cfg.model_dump(), **overrides})
     model_id = env.store.resolve(model)
     champion_id = champion_head(env.store)
     inputs: dict[str, str] = {}

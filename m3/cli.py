@@ -127,6 +127,18 @@ def eval_model(
         str, typer.Option("--multivec", help="rerank (dense+sparse candidates) or exhaustive")
     ] = "rerank",
     max_queries: Annotated[int | None, typer.Option("--max-queries", help="first N queries per set")] = None,
+    mcls: Annotated[
+        bool,
+        typer.Option(
+            "--mcls", help="encode passages with MCLS: a CLS every --mcls-interval tokens, dense = their mean"
+        ),
+    ] = False,
+    mcls_interval: Annotated[
+        int, typer.Option("--mcls-interval", min=1, help="tokens per CLS with --mcls (paper: 256)")
+    ] = 256,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", min=8, help="passage tokens (default 512; MLDR: 8192)")
+    ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -135,14 +147,22 @@ def eval_model(
 
     from tasks.evaluate import EvalConfig, evaluate_model_path
 
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+    primary = "dense" if "dense" in wanted or not wanted else wanted[0]
+    lengths = {} if max_length is None else {"max_length": max_length}
+    cfg = EvalConfig(
+        multivec=multivec,
+        modes=wanted,
+        primary_mode=primary,
+        mcls=mcls,
+        mcls_interval=mcls_interval,
+        **lengths,
+    )
     if Path(model).is_dir():
         path = str(Path(model))
     else:
         s = _store(store)
         path = str(s.materialize(s.resolve(model)))
-    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
-    primary = "dense" if "dense" in wanted or not wanted else wanted[0]
-    cfg = EvalConfig(multivec=multivec, modes=wanted, primary_mode=primary)
     result = evaluate_model_path(path, dataset, cfg, baselines=baseline or (), max_queries=max_queries)
     result["model_ref"] = model
     if as_json:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -70,6 +71,28 @@ class EvalConfig(BaseModel):
     bm25: bool = Field(True, description="report the BM25 baseline")
     primary_metric: str = Field("ndcg_cut_10", description="decides champion promotion")
     primary_mode: Mode = Field("dense", description="the M3 row that competes for champion")
+    mcls: bool = Field(
+        False,
+        description="encode passages/documents with MCLS (paper §3.4: a CLS every `mcls_interval` tokens,"
+        " dense vector = mean of the CLS states); queries are encoded normally. Needs CLS pooling",
+    )
+    mcls_interval: int = Field(256, ge=1, description="content tokens per CLS with mcls (the paper's 256)")
+    long_documents: bool = Field(
+        False,
+        description="pipeline stage: also evaluate an MLDR-style long-document set built from the held-out"
+        " documents (whole documents as the corpus, each query's document as its one relevant item)",
+    )
+    long_max_length: int = Field(
+        8192, ge=8, description="document tokens in the long-document run (capped by the model's positions)"
+    )
+    long_encode_batch_size: int = Field(
+        4, ge=1, description="model forward batch size in the long-document run (8192-token inputs)"
+    )
+    long_drop_query_sentences: bool = Field(
+        True,
+        description="long-document run: cut each held-out ICT query (a sentence of its document) from"
+        " the document, as the passage-level set cuts it from its context; LLM questions are kept as is",
+    )
 
     @model_validator(mode="after")
     def _primary_is_reported(self) -> EvalConfig:
@@ -88,6 +111,13 @@ class EvalConfig(BaseModel):
     @property
     def primary_system(self) -> str:
         return system_name(self.primary_mode)
+
+    def long_config(self) -> EvalConfig:
+        """The settings of the long-document run: documents cut at ``long_max_length`` tokens and
+        encoded ``long_encode_batch_size`` at a time; everything else (modes, metrics, MCLS) shared."""
+        return self.model_copy(
+            update={"max_length": self.long_max_length, "encode_batch_size": self.long_encode_batch_size}
+        )
 
 
 def qrels_from_queries(queries_test: pd.DataFrame) -> Qrels:
@@ -331,20 +361,42 @@ class Encoder:
 
     label = "model"
     functions: frozenset[str] = frozenset({"dense"})
+    mcls = False  # whether passages are encoded with MCLS (reported)
 
     def encode(self, texts: list[str], *, query: bool, dense=True, sparse=False, colbert=False) -> dict:
         raise NotImplementedError
 
+    def with_config(self, cfg: EvalConfig) -> Encoder:
+        """The same model under other evaluation settings (the long-document run's lengths)."""
+        return self
+
 
 class M3Encoder(Encoder):
-    """``model.m3.M3Model.encode`` with the evaluation's lengths and batch size."""
+    """``model.m3.M3Model.encode`` with the evaluation's lengths and batch size.
+
+    With ``cfg.mcls`` passages are encoded with MCLS (paper §3.4: a CLS token before every
+    ``mcls_interval`` tokens, the dense vector is the mean of the CLS states), queries without it
+    (they are short). A passage shorter than the interval gets exactly its plain vectors. MCLS
+    replaces CLS pooling, so a model that pools by mean is refused here, before anything is encoded.
+    """
 
     functions = frozenset({"dense", "sparse", "multivec"})
 
     def __init__(self, model, cfg: EvalConfig, label: str = "M3"):
+        pooling = getattr(model, "pooling", "cls")
+        if cfg.mcls and pooling != "cls":
+            raise ValueError(
+                f"evaluate.mcls needs a model with CLS pooling, but {label} pools by {pooling}: "
+                "MCLS averages the states of inserted CLS tokens (paper §3.4); turn mcls off for this model"
+            )
         self.model, self.cfg, self.label = model, cfg, label
+        self.mcls = cfg.mcls
+
+    def with_config(self, cfg: EvalConfig) -> M3Encoder:
+        return M3Encoder(self.model, cfg, self.label)
 
     def encode(self, texts, *, query, dense=True, sparse=False, colbert=False) -> dict:
+        extra = {} if query or not self.cfg.mcls else {"mcls": True, "mcls_interval": self.cfg.mcls_interval}
         return self.model.encode(
             list(texts),
             batch_size=self.cfg.encode_batch_size,
@@ -352,6 +404,7 @@ class M3Encoder(Encoder):
             return_dense=dense,
             return_sparse=sparse,
             return_colbert=colbert,
+            **extra,
         )
 
 
@@ -540,6 +593,9 @@ def evaluate_datasets(
     info["multivec"] = cfg.multivec
     info["candidates"] = cfg.candidates
     info["weights"] = cfg.weights
+    used = encoder is not None and bool(modes) and encoder.mcls
+    info["mcls"] = {"enabled": used, "interval": cfg.mcls_interval if used else None}
+    info["max_length"] = cfg.max_length
     return info
 
 
@@ -566,6 +622,93 @@ def datasets_from_ict(queries_test: pd.DataFrame, passages: pd.DataFrame, per_la
     return out
 
 
+def long_document_datasets(
+    queries_test: pd.DataFrame,
+    documents: pd.DataFrame,
+    per_language: bool = True,
+    drop_query_sentences: bool = True,
+) -> list:
+    """MLDR-style long-document sets (the M3 paper's MLDR protocol) from the held-out queries.
+
+    Per language: the corpus is the *whole* documents (``documents``: the corpus artifact's ``id``,
+    ``lang``, ``text``) that the held-out queries were made from, the queries are those queries, and
+    each query's one relevant item is its source document (``doc_id``), as MLDR judges questions
+    generated from one article. Queries whose document is missing from ``documents`` are dropped and
+    counted (``warnings["queries_without_document"]``).
+
+    An ICT query (``backend == "ict"``) *is* a sentence of its document, which the passage-level
+    evaluation removes from the query's context (tasks.synthesize.IctConfig.remove_prob). With
+    ``drop_query_sentences`` the same rule holds here: every occurrence of a held-out ICT query is cut
+    from its document (counted in ``notes["query_sentences_removed"]``; one not found verbatim stays
+    and is counted in ``warnings["query_sentences_not_found"]``), otherwise retrieval would be a
+    verbatim string match. Questions from an LLM (MLDR's own kind of query) are never touched.
+    """
+    from tasks.eval_data import EvalDataset, _bump
+
+    docs = documents.drop_duplicates("id").set_index("id")
+    groups = sorted(queries_test["lang"].unique()) if per_language else [None]
+    out = []
+    for lang in groups:
+        q = queries_test if lang is None else queries_test[queries_test["lang"] == lang]
+        known = q["doc_id"].isin(docs.index)
+        warnings: dict[str, int] = {}
+        notes: dict[str, int] = {}
+        _bump(warnings, "queries_without_document", int((~known).sum()))
+        q = q[known]
+        if q.empty:
+            logger.warning("long documents %s: no held-out query has its document in the corpus", lang)
+            continue
+        doc_ids = list(dict.fromkeys(q["doc_id"]))  # first-seen order: deterministic files
+        texts = {d: str(docs.at[d, "text"]) for d in doc_ids}
+        if drop_query_sentences and "backend" in q:
+            ict = q[q["backend"] == "ict"]
+            for did, group in ict.groupby("doc_id", sort=False):
+                text = texts[did]
+                for sentence in sorted(set(group["query"]), key=len, reverse=True):
+                    found = text.count(sentence) if sentence.strip() else 0
+                    _bump(notes, "query_sentences_removed", found)
+                    _bump(warnings, "query_sentences_not_found", int(found == 0))  # left in, counted
+                    text = text.replace(sentence, "") if found else text
+                if text != texts[did]:  # the gaps the cut sentences leave
+                    texts[did] = regex.sub(r"[ \t]{2,}", " ", text)
+        ds = EvalDataset(
+            name=lang or "all",
+            spec=f"long:{lang or 'all'}",
+            queries=q[["query_id", "query"]].reset_index(drop=True),
+            corpus=pd.DataFrame({"passage_id": doc_ids, "passage": [texts[d] for d in doc_ids]}),
+            qrels={qid: {did: 1} for qid, did in zip(q["query_id"], q["doc_id"], strict=True)},
+            query_lang=lang or "",
+            corpus_lang=lang or "",
+            warnings=warnings,
+            notes=notes,
+        )
+        out.append(ds)
+    return out
+
+
+def write_long_document_sets(datasets: Sequence, folder: Path, split: str = "test") -> list:
+    """Write each set in MLDR's layout under ``folder/NAME/`` and load it back with the MLDR reader
+    (``tasks.eval_data``'s ``mldr:DIR:SPLIT:LANG``), so what is evaluated is exactly what is on disk.
+
+    The returned sets name their folder relative to ``folder``'s parent (``mldr:long-docs/en``).
+    """
+    from tasks.eval_data import load_datasets
+    from tasks.eval_data.formats import write_mldr
+
+    folder = Path(folder)
+    loaded = []
+    for ds in datasets:
+        d = folder / ds.name
+        write_mldr(ds, d, split)
+        spec = f"mldr:{d}:{split}" + (f":{ds.query_lang}" if ds.query_lang else "")
+        (back,) = load_datasets(spec)
+        back.spec = f"mldr:{folder.name}/{ds.name}"
+        back.warnings = {**ds.warnings, **back.warnings}
+        back.notes = {**ds.notes, **back.notes}
+        loaded.append(back)
+    return loaded
+
+
 def tables_for(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str]) -> dict:
     return {m: evaluation_table(results, m) for m in metrics}
 
@@ -584,6 +727,12 @@ def report_markdown(tables: Mapping[str, pd.DataFrame], info: Mapping[str, Any] 
             )
             parts.append(
                 f"Multi-vector and hybrid rows: {how}; weights {json_compact(info.get('weights'))}.\n"
+            )
+        mcls = info.get("mcls") or {}
+        if mcls.get("enabled"):
+            parts.append(
+                f"M3 passages encoded with MCLS: a CLS token every {mcls.get('interval')} tokens, the dense"
+                " vector is the mean of the CLS states (paper §3.4); queries encoded normally.\n"
             )
         warn = {d["name"]: d["warnings"] for d in info.get("datasets", []) if d.get("warnings")}
         if warn:
@@ -614,6 +763,7 @@ def summarize(info: Mapping[str, Any], cfg: EvalConfig) -> dict[str, Any]:
         "multivec": info.get("multivec"),
         "candidates": info.get("candidates"),
         "weights": info.get("weights"),
+        "mcls": info.get("mcls"),
         "timing_s": info.get("timing_s"),
         "table_markdown": report_markdown(tables, info),
     }

@@ -112,6 +112,28 @@ def load_mldr(spec: str, directory: str, split: str = "test", lang: str = "") ->
     )
 
 
+def write_mldr(ds: EvalDataset, directory: str | Path, split: str = "test") -> list[Path]:
+    """``ds`` in the MLDR layout that :func:`load_mldr` reads: ``corpus.jsonl`` (``docid``, ``text``)
+    and ``SPLIT.jsonl`` (``query_id``, ``query``, ``positive_passages: [{docid}]``,
+    ``negative_passages: []``), UTF-8, one object per line.
+
+    MLDR judgements are binary, so only relevant (rel > 0) items become positive passages; the
+    document text is not repeated inside them (the reader needs the ``docid`` only).
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    corpus_path, queries_path = d / "corpus.jsonl", d / f"{split}.jsonl"
+    with open(corpus_path, "w", encoding="utf-8") as fh:
+        for pid, text in zip(ds.corpus["passage_id"], ds.corpus["passage"], strict=True):
+            fh.write(json.dumps({"docid": str(pid), "text": str(text)}, ensure_ascii=False) + "\n")
+    with open(queries_path, "w", encoding="utf-8") as fh:
+        for qid, query in zip(ds.queries["query_id"], ds.queries["query"], strict=True):
+            positives = [{"docid": str(p)} for p, r in ds.qrels.get(qid, {}).items() if r > 0]
+            row = {"query_id": str(qid), "query": str(query), "positive_passages": positives}
+            fh.write(json.dumps({**row, "negative_passages": []}, ensure_ascii=False) + "\n")
+    return [corpus_path, queries_path]
+
+
 # ----------------------------------------------------------------------------------------- XQuAD-R
 def load_xquad_r(spec: str, path: str) -> EvalDataset:
     """XQuAD-R (Roy et al., 2020, LAReQA): SQuAD JSON whose paragraphs carry ``sentences`` and

@@ -224,14 +224,16 @@ def progress_logger(stage: str, every: int = 1):
 
     def report(step: dict[str, Any]) -> None:
         if step.get("step", 0) % every == 0:
+            sparse = step.get("sparse_active")
             log.info(
-                "%s step %s: loss %.4f lr %.2e %.0f tok/s padding %.0f%%",
+                "%s step %s: loss %.4f lr %.2e %.0f tok/s padding %.0f%%%s",
                 stage,
                 step.get("step"),
                 step.get("loss", float("nan")),
                 step.get("lr", float("nan")),
                 step.get("tokens_per_s", float("nan")),
                 100 * step.get("padding_ratio", 0.0),
+                "" if sparse is None else f" sparse-active {100 * sparse:.0f}%",
             )
 
     return report

@@ -28,6 +28,7 @@ from prefect.states import Completed, State
 from flows.common import StageEnv, _artifact_key, load_table, open_env, producer_ids, publish
 from m3.stage import StageOutput, StageSpec, run_stage
 from m3.store import RefConflict, Store
+from tasks.eval_data import load_datasets
 from tasks.evaluate import (
     EvalConfig,
     M3Encoder,
@@ -223,6 +224,42 @@ def long_document_sets(scratch: Path, queries_test, documents, cfg: EvalConfig) 
     return write_long_document_sets(built, scratch / LONG_DOCS)
 
 
+def resolve_spec_paths(spec: str, base_dir: str) -> str:
+    """A dataset spec (``FORMAT:PATH[:...]``) with a relative PATH made absolute from ``base_dir``."""
+    fmt, sep, rest = spec.partition(":")
+    path, sep2, tail = rest.partition(":")
+    if not sep or not path or Path(path).is_absolute() or not (Path(base_dir) / path).exists():
+        return spec
+    return f"{fmt}:{(Path(base_dir) / path).resolve()}{sep2}{tail}"
+
+
+def training_chain(store: Store, model_id: str) -> list[str]:
+    """The models a fine-tuned model descends from, oldest first, ending with it: its ``checkpoint``
+    (round 0) and each earlier ANCE round's ``model`` (a model's one parent of kind model/checkpoint)."""
+    chain = [model_id]
+    while store.manifest(chain[-1]).kind == "model":
+        parents = [
+            p for p in store.manifest(chain[-1]).parents if store.manifest(p).kind in ("model", "checkpoint")
+        ]
+        if len(parents) != 1:
+            break
+        chain.append(parents[0])
+    return chain[::-1]
+
+
+def rounds_markdown(rounds: list[dict[str, Any]], final: dict[str, Any], metric: str) -> str:
+    """The macro average of each system per round (round 0: the starting checkpoint), ×100."""
+    cols = [*rounds, {"round": len(rounds), "avg": final["avg"]}]
+    systems = list(final["avg"].get(metric, {}))
+    head = "| system | " + " | ".join(f"round {c['round']}" for c in cols) + " |\n"
+    head += "|---|" + "---:|" * len(cols) + "\n"
+    body = ""
+    for sys in systems:
+        vals = [(c["avg"].get(metric) or {}).get(sys) for c in cols]
+        body += f"| {sys} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |\n"
+    return f"\n### {metric} by round (round 0: the checkpoint fine-tuning started from)\n\n{head}{body}"
+
+
 def corpus_of(store: Store, queries_id: str) -> str:
     """The corpus manifest the queries artifact was made from (its ``corpus`` parent)."""
     parents = [p for p in store.manifest(queries_id).parents if store.manifest(p).kind == "corpus"]
@@ -270,15 +307,22 @@ def evaluate(
             "query_max_length": env.profile.finetune.query_max_length,
         }
     )
-    config = {"eval": cfg.model_dump(mode="json"), "bm25": env.profile.mine.model_dump(mode="json")}
+    config = {
+        "eval": cfg.model_dump(mode="json", exclude={"compare_rounds"}),
+        "bm25": env.profile.mine.model_dump(mode="json", exclude={"rounds"}),
+    }
     stage_inputs = {"queries": queries_id}
     if cfg.long_documents:  # the whole documents come from the corpus: an input (cache key, lineage)
         stage_inputs["corpus"] = (inputs or {}).get("corpus") or corpus_of(env.store, queries_id)
+    extra_sets = [resolve_spec_paths(spec, env.profile.base_dir) for spec in cfg.datasets]
+    for spec in extra_sets:  # the raw files of each set are an artifact: the report's lineage names them
+        got = load_datasets(spec)
+        stage_inputs[f"data:{spec}"] = register_eval_data(env, spec, [f for d in got for f in d.files])
 
-    def spec_for(mid: str, name: str) -> StageSpec:
-        return StageSpec("evaluate", "report", name, {"model": mid, **stage_inputs}, config, CODE)
+    def spec_for(mid: str, name: str, rounds: dict[str, str]) -> StageSpec:
+        return StageSpec("evaluate", "report", name, {"model": mid, **rounds, **stage_inputs}, config, CODE)
 
-    def run_for(mid: str, name: str):
+    def run_for(mid: str, name: str, rounds: list[dict[str, Any]] | None = None):
         def build(scratch: Path) -> StageOutput:
             encoder = M3Encoder(_load_model(env, mid), cfg)  # refuses MCLS on a mean-pooling model
             table = load_table(env, queries_id, "queries")
@@ -287,8 +331,14 @@ def evaluate(
             if test.empty:
                 raise RuntimeError("evaluate: the queries artifact has no held-out (split=test) queries")
             datasets = datasets_from_ict(test, passages, cfg.per_language)
+            for spec in extra_sets:
+                datasets.extend(load_datasets(spec))
             log.info(
-                "evaluating %s on %d held-out queries over %d passages", mid[:12], len(test), len(passages)
+                "evaluating %s on %d held-out queries over %d passages%s",
+                mid[:12],
+                len(test),
+                len(passages),
+                f" and {len(extra_sets)} evaluation set(s)" if extra_sets else "",
             )
             long_sets = None
             if "corpus" in stage_inputs:
@@ -300,14 +350,33 @@ def evaluate(
                     sum(len(d.corpus) for d in long_sets),
                     LONG_DOCS,
                 )
-            return build_report(scratch, datasets, encoder, cfg, {"model": mid}, long_sets)[0]
+            extra = {"model": mid, **({"rounds": rounds} if rounds else {})}
+            out = build_report(scratch, datasets, encoder, cfg, extra, long_sets)[0]
+            if rounds:
+                out.metrics["table_markdown"] += rounds_markdown(rounds, out.metrics, cfg.primary_metric)
+                (scratch / "report.md").write_text(out.metrics["table_markdown"], encoding="utf-8")
+            return out
 
+        by_round = {f"round{r['round']}": r["model"] for r in rounds or []}
         return run_stage(
-            env.store, spec_for(mid, name), build, refresh=refresh, flow="evaluate", **producer_ids()
+            env.store,
+            spec_for(mid, name, by_round),
+            build,
+            refresh=refresh,
+            flow="evaluate",
+            **producer_ids(),
         )
 
     champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
-    result = run_for(model_id, env.profile.name)
+    rounds = None
+    if cfg.compare_rounds:  # round 0 = the checkpoint fine-tuning started from, then each ANCE round
+        chain = training_chain(env.store, model_id)
+        rounds = []
+        for k, mid in enumerate(chain[:-1]):
+            done = run_for(mid, f"{env.profile.name}-round{k}")
+            avg = env.store.manifest(done.manifest_id).metrics["avg"]
+            rounds.append({"round": k, "model": mid, "report": done.manifest_id, "avg": avg})
+    result = run_for(model_id, env.profile.name, rounds)
     metrics = env.store.manifest(result.manifest_id).metrics
     score = primary_score(metrics, cfg.primary_metric, cfg.primary_system)
 

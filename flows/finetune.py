@@ -21,9 +21,12 @@ def finetune(
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
     nproc_per_node: int | None = None,
+    round: int = 1,
 ) -> dict[str, Any]:
     """``nproc_per_node``: processes for torchrun (one per GPU on a GPU worker; 0 = every visible
-    GPU); None keeps the profile's ``finetune.nproc_per_node``."""
+    GPU); None keeps the profile's ``finetune.nproc_per_node``. ``round`` (iterative ANCE): the
+    round's model is ``model/<profile>-r<round>``, trained on from ``inputs["checkpoint"]``."""
+    from flows.mine import round_name
     from tasks.training import examples_from_rows
 
     env = open_env(profile, store)
@@ -39,7 +42,7 @@ def finetune(
     spec = StageSpec(
         "finetune",
         "model",
-        env.profile.name,
+        round_name(env.profile.name, round, env.profile.mine.rounds),
         {"checkpoint": checkpoint, "train-set": train_set},
         {"train": cfg.model_dump(mode="json")},
         (*MODEL_CODE, "flows/finetune.py", "flows/training.py"),
@@ -55,7 +58,7 @@ def finetune(
             cfg.group_size,
         )
         start = env.store.materialize(checkpoint)
-        trained, summary = run_training(env, spec, start, examples, cfg, scratch)
+        trained, summary = run_training(env, spec, start, examples, cfg, scratch, refresh)
         objective = "unified (self-distillation)" if len(cfg.functions) > 1 else f"{cfg.functions[0]} InfoNCE"
         return StageOutput(folder_files(trained), {"objective": objective + " + hard negatives", **summary})
 

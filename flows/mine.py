@@ -103,22 +103,31 @@ def mine_shards(jobs: list[dict[str, Any]]) -> list[dict]:
     return [f.result() for f in futures]
 
 
+def round_name(profile: str, round: int, rounds: int) -> str:
+    """Artifact name of one ANCE round's output: the profile's name with one round, else ``-r<k>``."""
+    return profile if rounds == 1 else f"{profile}-r{round}"
+
+
 @flow(name="mine")
 def mine(
     profile: str = "demo",
     store: str | None = None,
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
+    round: int = 1,
 ) -> dict[str, Any]:
+    """``round`` >= 2 (iterative ANCE, ``mine.rounds``): the teacher is the model of the round before,
+    passed as ``inputs["checkpoint"]``."""
     env = open_env(profile, store)
     log = get_run_logger()
     queries = env.input_id(inputs, "queries", "queries")
     cfg = env.profile.mine
+    name = round_name(env.profile.name, round, cfg.rounds)
+    if round > 1:
+        cfg = cfg.model_copy(update={"teacher": "checkpoint"})
     if cfg.teacher != "bm25":
-        return _mine_dense_stage(env, cfg, queries, inputs, refresh)
-    spec = StageSpec(
-        "mine", "train-set", env.profile.name, {"queries": queries}, cfg.model_dump(mode="json"), CODE
-    )
+        return _mine_dense_stage(env, cfg, queries, inputs, refresh, name)
+    spec = StageSpec("mine", "train-set", name, {"queries": queries}, _key_config(cfg), CODE)
 
     def build(scratch: Path) -> StageOutput:
         n = max(1, env.profile.dask.n_workers * 2)
@@ -152,8 +161,13 @@ def mine(
     return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="mine", **producer_ids()))
 
 
+def _key_config(cfg: MineConfig) -> dict[str, Any]:
+    """The stage key's config: the number of rounds does not change what one round mines."""
+    return cfg.model_dump(mode="json", exclude={"rounds"})
+
+
 def _mine_dense_stage(
-    env: Any, cfg: MineConfig, queries: str, inputs: dict[str, str] | None, refresh: bool
+    env: Any, cfg: MineConfig, queries: str, inputs: dict[str, str] | None, refresh: bool, name: str
 ) -> Any:
     log = get_run_logger()
     teacher, extra_inputs = resolve_teacher(env, cfg, inputs)
@@ -162,9 +176,9 @@ def _mine_dense_stage(
     spec = StageSpec(
         "mine",
         "train-set",
-        env.profile.name,
+        name,
         {"queries": queries, **extra_inputs},
-        {**config, "teacher_identity": teacher.identity},
+        {**_key_config(cfg), "teacher_identity": teacher.identity},
         CODE,
     )
 
@@ -172,7 +186,7 @@ def _mine_dense_stage(
         log.info("mining hard negatives with the %s teacher %s on Dask", cfg.teacher, teacher.identity[:12])
         with dense.encode_worker_env():  # workers without Dask's malloc trimming: see its docstring
             out = mine_dense_run.with_options(task_runner=dask_runner(env.profile.dask))(
-                env.store.url, queries, config, teacher.__dict__, env.profile.name
+                env.store.url, queries, config, teacher.__dict__, name
             )
         n_rows = write_jsonl(out["rows"], scratch / "train.jsonl")
         metrics = {

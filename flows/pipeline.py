@@ -82,11 +82,57 @@ def pipeline(
         result = state.result()
         outputs[kind] = result["manifest_id"]
         done.append(result)
-        log.info(
-            "%-10s %-22s %s %s",
-            name,
-            result["ref"],
-            result["manifest_id"][:12],
-            "cached" if result["cached"] else "built",
-        )
+        _log_stage(log, name, result)
+        if name == "finetune" and env.profile.mine.rounds > 1:
+            rounds = _ance_rounds(env, profile, outputs, "mine" in refresh, "finetune" in refresh)
+            done.extend(rounds)
+            outputs["model"] = rounds[-1]["manifest_id"]
     return {"store": env.store.url, "profile": env.profile.name, "stages": done, "outputs": outputs}
+
+
+def _log_stage(log, name: str, result: dict[str, Any]) -> None:
+    log.info(
+        "%-10s %-22s %s %s",
+        name,
+        result["ref"],
+        result["manifest_id"][:12],
+        "cached" if result["cached"] else "built",
+    )
+
+
+def _ance_rounds(
+    env, profile: str, outputs: dict[str, str], refresh_mine: bool, refresh_finetune: bool
+) -> list[dict[str, Any]]:
+    """Iterative ANCE (Xiong et al. 2021, "Approximate Nearest Neighbor Negative Contrastive Learning",
+    arXiv 2007.00808): round k >= 2 mines hard negatives with round k-1's model and fine-tunes on from
+    that model. Each round's train-set and model are artifacts (``<kind>/<profile>-r<k>``) whose parents
+    are the round before, so a failed round's retry finds every earlier round in the stage cache.
+    ``train-set/<profile>`` and ``model/<profile>`` then name the last round's."""
+    log = get_run_logger()
+    done = []
+    for k in range(2, env.profile.mine.rounds + 1):
+        teacher = outputs["model"]
+        mined = mine(
+            profile=profile,
+            store=env.store.url,
+            refresh=refresh_mine,
+            inputs={"queries": outputs["queries"], "checkpoint": teacher},
+            round=k,
+        )
+        _log_stage(log, f"mine r{k}", mined)
+        trained = finetune(
+            profile=profile,
+            store=env.store.url,
+            refresh=refresh_finetune,
+            inputs={"checkpoint": teacher, "train-set": mined["manifest_id"]},
+            round=k,
+        )
+        _log_stage(log, f"finetune r{k}", trained)
+        outputs["train-set"], outputs["model"] = mined["manifest_id"], trained["manifest_id"]
+        done.extend([{**mined, "round": k}, {**trained, "round": k}])
+    for kind in ("train-set", "model"):
+        ref = f"{kind}/{env.profile.name}"
+        head = env.store.head(ref)
+        if head is None or head.manifest != outputs[kind]:
+            env.store.set_ref(ref, outputs[kind])
+    return done

@@ -1,4 +1,5 @@
-"""pretrain: corpus → tokenizer + title–body ``pairs`` → contrastively pretrained ``checkpoint``.
+"""pretrain: corpus → starting model (``model.init``, or a tokenizer + a fresh model) → RetroMAE →
+title–body ``pairs`` → contrastively pretrained ``checkpoint``.
 
 Training runs in the flow's process (or a GPU work pool), never inside a Dask worker: DataLoader
 workers cannot start from Dask's daemonic processes (stack-notes.md).
@@ -13,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import StageEnv, load_table, open_env, producer_ids, publish
 from flows.training import folder_files, run_training
-from m3.stage import StageOutput, StageSpec, run_stage
+from m3.stage import StageOutput, StageResult, StageSpec, run_stage
 from tasks.artifact_io import schema_dict, write_table
 from tasks.pairs import title_body_pairs
 
@@ -63,31 +64,75 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool):
     return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
 
 
-def build_retromae(env: StageEnv, tokenizer: str, corpus: str, refresh: bool):
-    """Stage 1 of the recipe: RetroMAE on the corpus text (a fresh ``ModelSpec`` model on the trained
-    tokenizer), saved as ``checkpoint/<profile>-retromae``; contrastive pretraining starts from it."""
+def build_start(env: StageEnv, refresh: bool):
+    """The profile's ``model.init`` (a pretrained encoder) as ``checkpoint/<profile>-init``, the lineage
+    root of every model trained from it: heads added (or kept), positions extended, pooling recorded."""
+    from model.init import load_start_model, resolve_init
+
+    mspec = env.profile.model
+    source = resolve_init(mspec.init, base_dir=env.profile.base_dir, store=env.store, revision=mspec.revision)
+    spec = StageSpec(
+        "init",
+        "checkpoint",
+        f"{env.profile.name}-init",
+        inputs={"init": source.manifest_id} if source.manifest_id else {},
+        config={"model": mspec.model_dump(mode="json"), "source_identity": source.identity},
+        code=(*MODEL_CODE, "flows/pretrain.py"),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        model, info = load_start_model(
+            source, pooling=mspec.pooling, max_positions=mspec.max_positions, seed=mspec.seed
+        )
+        get_run_logger().info(
+            "starting model %s (%s, %s pooling, %d tokens): heads %s",
+            mspec.init,
+            info["model_type"],
+            info["pooling"],
+            info["max_length"],
+            info["heads"],
+        )
+        model.save_pretrained(scratch / "model")
+        return StageOutput(folder_files(scratch / "model"), info)
+
+    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+
+
+def build_retromae(env: StageEnv, corpus: str, refresh: bool, tokenizer: str | None, start: str | None):
+    """Stage 1 of the recipe: RetroMAE on the corpus text, from the starting model (``start``) or a
+    fresh ``ModelSpec`` model on the trained tokenizer, saved as ``checkpoint/<profile>-retromae``;
+    contrastive pretraining starts from it."""
     from flows.common import progress_logger
-    from model.m3 import M3Model
     from tasks.retromae import train_retromae
 
     cfg = env.profile.retromae
+    base = {"start": start} if start else {"tokenizer": tokenizer}
     spec = StageSpec(
         "retromae",
         "checkpoint",
         f"{env.profile.name}-retromae",
-        inputs={"tokenizer": tokenizer, "corpus": corpus},
+        inputs={**base, "corpus": corpus},
         config={"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
-        code=("model", "tasks/retromae.py", "flows/pretrain.py"),
+        code=(*MODEL_CODE, "tasks/retromae.py", "flows/pretrain.py"),
     )
 
     def build(scratch: Path) -> StageOutput:
         texts = [t for t in load_table(env, corpus, "corpus")["text"] if t]
-        model = M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
+        model = _start_model(env, tokenizer, start)
         summary = train_retromae(model, texts, cfg, on_progress=progress_logger("retromae", cfg.log_every))
         model.save_pretrained(scratch / "model")
         return StageOutput(folder_files(scratch / "model"), summary)
 
     return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+
+
+def _start_model(env: StageEnv, tokenizer: str | None, start: str | None):
+    """A stored model to continue from, else a fresh ``ModelSpec`` model on the trained tokenizer."""
+    from model.m3 import M3Model
+
+    if start is not None:
+        return M3Model.from_pretrained(env.store.materialize(start))
+    return M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
 
 
 @flow(name="pretrain")
@@ -97,51 +142,61 @@ def pretrain(
     refresh: bool = False,
     inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Tokenizer trained on the corpus, a tiny XLM-R-shaped M3 model (RetroMAE-pretrained when the
-    profile has ``retromae``), dense InfoNCE on title–body pairs."""
-    from model.m3 import M3Model
+    """The starting model (``model.init``, or a tokenizer trained on the corpus and a fresh XLM-R-shaped
+    model), RetroMAE when the profile has ``retromae``, then dense InfoNCE on title–body pairs unless
+    ``pretrain`` is null (then the starting model is the checkpoint)."""
     from tasks.training import TrainExample
 
     env = open_env(profile, store)
     log = get_run_logger()
     corpus = env.input_id(inputs, "corpus", "corpus")
-    tokenizer = build_tokenizer(env, corpus, refresh)
-    publish(env, tokenizer)
-    retromae = build_retromae(env, tokenizer.manifest_id, corpus, refresh) if env.profile.retromae else None
-    if retromae is not None:
-        publish(env, retromae)
-    pairs = build_pairs(env, corpus, refresh)
-    publish(env, pairs)
+    tokenizer = start = None
+    if env.profile.model.init:
+        start = publish_result(env, build_start(env, refresh))
+    else:
+        tokenizer = publish_result(env, build_tokenizer(env, corpus, refresh))
+    if env.profile.retromae:
+        start = publish_result(env, build_retromae(env, corpus, refresh, tokenizer, start))
+    cfg = env.profile.pretrain
+    if cfg is None:  # no contrastive stage: the pretrained (or RetroMAE) model is the checkpoint
+        ref = f"checkpoint/{env.profile.name}"
+        head = env.store.head(ref)
+        if head is None or head.manifest != start:
+            env.store.set_ref(ref, start)
+        log.info("pretrain: no contrastive stage (pretrain: null); %s is %s", ref, start[:12])
+        return publish(env, StageResult("pretrain", "checkpoint", ref, start, cached=True))
+    pairs = publish_result(env, build_pairs(env, corpus, refresh))
+    base = (
+        {"retromae": start}
+        if env.profile.retromae
+        else {"init": start}
+        if start
+        else {"tokenizer": tokenizer}
+    )
     spec = StageSpec(
         "pretrain",
         "checkpoint",
         env.profile.name,
-        inputs={
-            "tokenizer": tokenizer.manifest_id,
-            "pairs": pairs.manifest_id,
-            **({"retromae": retromae.manifest_id} if retromae is not None else {}),
-        },
-        config={
-            "model": env.profile.model.model_dump(mode="json"),
-            "train": env.profile.pretrain.model_dump(mode="json"),
-        },
+        inputs={**base, "pairs": pairs},
+        config={"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
         code=(*MODEL_CODE, "flows/pretrain.py", "flows/training.py"),
     )
 
     def build(scratch: Path) -> StageOutput:
-        table = load_table(env, pairs.manifest_id, "pairs")
+        table = load_table(env, pairs, "pairs")
         examples = [
             TrainExample(query=q, pos=p) for q, p in zip(table["query"], table["positive"], strict=True)
         ]
-        model = (  # from the RetroMAE checkpoint when the profile has that stage
-            M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer.manifest_id))
-            if retromae is None
-            else M3Model.from_pretrained(env.store.materialize(retromae.manifest_id))
-        )
-        cfg = env.profile.pretrain
+        model = _start_model(env, tokenizer, start)
         log.info("contrastive pretraining on %d title–body pairs", len(examples))
         model.save_pretrained(scratch / "start")
-        trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch)
+        trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch, refresh)
         return StageOutput(folder_files(trained), {"objective": "dense InfoNCE (title-body)", **summary})
 
     return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids()))
+
+
+def publish_result(env: StageEnv, result: StageResult) -> str:
+    """Publish an inner stage's output (Prefect artifacts) and return its manifest id."""
+    publish(env, result)
+    return result.manifest_id

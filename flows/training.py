@@ -26,7 +26,8 @@ def folder_files(folder: Path) -> dict[str, Path]:
 
 
 def _state_name(env: StageEnv, spec: StageSpec) -> str:
-    return f"{env.profile.name}-{spec.stage}"
+    """``<profile>-<stage>``; an ANCE round's stage output name (``<profile>-r2``) keeps its own."""
+    return f"{spec.name}-{spec.stage}"
 
 
 def _restore_checkpoint(env: StageEnv, spec: StageSpec, into: Path) -> int | None:
@@ -34,7 +35,7 @@ def _restore_checkpoint(env: StageEnv, spec: StageSpec, into: Path) -> int | Non
     head = env.store.head(f"train-state/{_state_name(env, spec)}")
     if head is None:
         return None
-    m = env.store.manifest(head.manifest_id)
+    m = env.store.manifest(head.manifest)
     if m.metrics.get("cache_key") != spec.key():
         return None
     step = int(m.metrics["step"])
@@ -49,9 +50,13 @@ def run_training(
     examples: list[TrainExample],
     cfg: TrainConfig,
     scratch: Path,
+    refresh: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train the model in folder ``start`` on ``examples``; returns the trained model folder (with
-    ``training/history.jsonl`` and ``training/loss_curve.png``) and the summary metrics."""
+    ``training/history.jsonl`` and ``training/loss_curve.png``) and the summary metrics.
+
+    A stored ``train-state`` of this exact stage (same cache key) is resumed, unless ``refresh``
+    (``--refresh STAGE``) asks for a fresh run."""
     from model.m3 import M3Model
     from tasks.training import train
     from tasks.training.ddp import DDPJob, launch
@@ -60,7 +65,7 @@ def run_training(
     log = get_run_logger()
     ckpt_dir = scratch / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resumed = _restore_checkpoint(env, spec, ckpt_dir)
+    resumed = None if refresh else _restore_checkpoint(env, spec, ckpt_dir)
     if resumed is not None:
         log.info("%s: resuming from the stored checkpoint at step %d", spec.stage, resumed)
     key, state_name = spec.key(), _state_name(env, spec)
@@ -86,7 +91,13 @@ def run_training(
     def progress(record: dict[str, Any]) -> None:
         steps_log(record)
         if record["step"] % cfg.log_every == 0:
-            update_progress_artifact(bar, min(100.0, 100.0 * record["step"] / record["total_steps"]))
+            sparse = record.get("sparse_active")
+            note = f"{spec.stage}: step {record['step']}/{record['total_steps']}, loss {record['loss']:.4f}"
+            if sparse is not None:
+                note += f", sparse-active tokens {100 * sparse:.0f}%"
+            update_progress_artifact(
+                bar, min(100.0, 100.0 * record["step"] / record["total_steps"]), description=note
+            )
 
     out = scratch / "trained"
     if cfg.nproc_per_node > 1:
@@ -128,6 +139,16 @@ def run_training(
         model.save_pretrained(folder)
     history = summary.pop("history")
     update_progress_artifact(bar, 100.0)
+    if summary.get("sparse_collapsed"):
+        log.warning(
+            "%s: SPARSE FUNCTION COLLAPSED: %.1f%% of tokens carry lexical weight at the end (first 10%% "
+            "of steps: %.1f%%; threshold %.1f%%). Lower the lr or loss_weights.sparse, or start from a "
+            "contrastively pretrained checkpoint.",
+            spec.stage,
+            100 * (summary.get("sparse_active_last") or 0.0),
+            100 * (summary.get("sparse_active_first") or 0.0),
+            100 * cfg.sparse_alive_min,
+        )
     (folder / "training").mkdir(exist_ok=True)
     write_jsonl(history, folder / "training" / "history.jsonl")
     loss_curve_png(

@@ -105,10 +105,13 @@ class Profile(_Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
     retromae: RetroMAEConfig | None = Field(
-        None, description="RetroMAE stage before contrastive pretraining; null: start from scratch"
+        None, description="RetroMAE stage before contrastive pretraining; null: none"
     )
     pairs: PairsConfig = Field(default_factory=PairsConfig)
-    pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: TrainConfig | None = Field(
+        default_factory=TrainConfig,
+        description="contrastive pretraining on title-body pairs; null: the starting model is the checkpoint",
+    )
     mine: MineConfig = Field(default_factory=MineConfig)
     finetune: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
@@ -119,6 +122,15 @@ class Profile(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_segment(v, "profile name")
+
+    @model_validator(mode="after")
+    def _something_trains_a_fresh_model(self) -> Profile:
+        if self.model.init is None and self.pretrain is None and self.retromae is None:
+            raise ValueError(
+                "pretrain: null needs model.init (a pretrained encoder) or retromae: a fresh model "
+                "would reach fine-tuning untrained"
+            )
+        return self
 
     def source_files(self, source: SourceSpec) -> list[Path]:
         """The files a source names, sorted; every pattern must match at least one readable file."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # XLM-R positions start after the padding index (pad_token_id=1), so 2 ids are never used as positions:
 # 514 positions -> 512 tokens; BGE-M3 extends to 8194 -> 8192 tokens.
@@ -12,9 +12,38 @@ POSITION_OFFSET = 2
 MAX_POSITIONS = 8192 + POSITION_OFFSET
 
 
-class ModelSpec(BaseModel):
-    """A from-scratch encoder + M3 heads. Defaults are a tiny CPU-trainable model."""
+# The fields that shape a fresh model; with ``init`` the checkpoint decides them.
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "colbert_dim",
+    "dropout",
+    "attention_dropout",
+)
 
+
+class ModelSpec(BaseModel):
+    """The encoder a run starts from: a pretrained one (``init``) or a fresh one of the shape below
+    (defaults: a tiny CPU-trainable model) + the M3 heads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    init: str | None = Field(
+        None,
+        description="start from a pretrained encoder: store:REF, package:NAME, a local folder or a "
+        "Hugging Face id (model/init.py); null: a fresh model of the shape below",
+    )
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of an HF id")
+    max_positions: int | None = Field(
+        None,
+        ge=8,
+        le=MAX_POSITIONS - POSITION_OFFSET,
+        description="with init: grow the position table to this many tokens (BGE-M3: 8192)",
+    )
     vocab_size: int | None = Field(None, ge=8, description="None: take it from the tokenizer")
     hidden_size: int = Field(128, ge=8)
     num_hidden_layers: int = Field(2, ge=1)
@@ -22,7 +51,9 @@ class ModelSpec(BaseModel):
     intermediate_size: int = Field(512, ge=8)
     max_position_embeddings: int = Field(514, ge=POSITION_OFFSET + 8, le=MAX_POSITIONS)
     colbert_dim: int = Field(-1, description="-1: same as hidden_size (as in BGE-M3)")
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean"] | None = Field(
+        None, description="null: the checkpoint's own (init), else CLS as in BGE-M3"
+    )
     # XLM-R uses 0.1, but a tiny encoder trained from scratch with [CLS] pooling collapsed (loss stuck
     # at ln(batch)) with 0.1 and learned with 0.0 in our runs; raise it for pretrained/larger models.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -31,6 +62,17 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        if self.init is not None:
+            shaped = [f for f in _SHAPE_FIELDS if f in self.model_fields_set]
+            if shaped:
+                raise ValueError(
+                    f"model.init loads the encoder's shape from the checkpoint; remove {', '.join(shaped)}"
+                )
+        elif self.max_positions is not None or self.revision is not None:
+            raise ValueError(
+                "model.max_positions and model.revision apply to model.init; a fresh model's positions "
+                "are max_position_embeddings"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.colbert_dim == 0 or self.colbert_dim < -1:

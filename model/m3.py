@@ -33,6 +33,7 @@ COLBERT_HEAD = "colbert_linear.pt"
 STORE_MANIFEST_FILE = ".m3-manifest"  # written by m3.store.Store.materialize into every artifact folder
 FORMAT_VERSION = 1
 MCLS_INTERVAL = 256  # paper §3.4: one CLS per 256 tokens for long documents
+_OFFSET_POSITION_MODELS = ("xlm-roberta", "roberta", "camembert")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -221,12 +222,9 @@ class M3Model(nn.Module):
         hidden = backbone.config.hidden_size
         self.sparse_linear = nn.Linear(hidden, 1)
         self.colbert_linear = nn.Linear(hidden, hidden if colbert_dim == -1 else colbert_dim)
+        self.init_heads()
         positions = getattr(backbone.config, "max_position_embeddings", 514)
-        limit = (
-            positions - POSITION_OFFSET
-            if backbone.config.model_type in ("xlm-roberta", "roberta", "camembert")
-            else positions
-        )
+        limit = positions - self.position_offset
         self.max_length = min(max_length or limit, limit)
         # The store manifest id of the folder this model was loaded from (or was last saved as).
         self.manifest_id = manifest_id
@@ -237,6 +235,26 @@ class M3Model(nn.Module):
         # CLS/BOS, EOS/SEP, PAD, UNK (and MASK) never carry lexical weight (paper §3.2).
         special = sorted({int(i) for i in tokenizer.all_special_ids if i is not None})
         self.register_buffer("special_ids", torch.tensor(special, dtype=torch.long), persistent=False)
+
+    @property
+    def position_offset(self) -> int:
+        """Position-table rows no token uses: XLM-R/RoBERTa number positions after the padding id."""
+        return POSITION_OFFSET if self.backbone.config.model_type in _OFFSET_POSITION_MODELS else 0
+
+    def init_heads(self) -> None:
+        """Initialise the sparse and multi-vector heads as HF's ``_init_weights`` does for a linear
+        layer: weights ~ N(0, initializer_range), bias 0.
+
+        ``nn.Linear``'s default (U(±1/sqrt(hidden)) with a positive bias) starts lexical scores so large
+        (about 6 at hidden size 128, logits near 120 at τ = 0.05) that the sparse loss dominates the
+        first steps and drives every token weight below zero, where ReLU passes no gradient: the sparse
+        function dies (seen in our demo; FlagEmbedding issue #982 reports the same collapse).
+        Loaded heads are set after this and replace it.
+        """
+        std = float(getattr(self.backbone.config, "initializer_range", 0.02))
+        for head in (self.sparse_linear, self.colbert_linear):
+            nn.init.normal_(head.weight, mean=0.0, std=std)
+            nn.init.zeros_(head.bias)
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -254,7 +272,7 @@ class M3Model(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             backbone = XLMRobertaModel(hf_config, add_pooling_layer=False)
-            model = cls(backbone, tokenizer, spec.pooling, spec.colbert_dim, spec.max_length)
+            model = cls(backbone, tokenizer, spec.pooling or "cls", spec.colbert_dim, spec.max_length)
         return model.to(resolve_device(device))
 
     @classmethod

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import POSITION_OFFSET
 from model.m3 import M3Model, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -347,7 +346,7 @@ def extend_positions(model: M3Model, new_max: int) -> M3Model:
     """Grow the backbone's position table to ``new_max`` rows (e.g. 8192 + 2), in place.
 
     The existing rows are kept bit for bit, so inputs that fit the old table give identical outputs.
-    New rows tile the *learned* rows (XLM-R's rows from ``POSITION_OFFSET`` on): token index ``t`` past
+    New rows tile the *learned* rows (XLM-R's rows from ``model.position_offset`` on): token index ``t`` past
     the old limit ``L`` starts as the embedding of ``t mod L``. This is the copy initialisation
     Longformer (Beltagy et al. 2020) found better than random or interpolated rows: every block of
     ``L`` positions keeps the learned local structure (neighbour differences), and RetroMAE / later
@@ -358,7 +357,7 @@ def extend_positions(model: M3Model, new_max: int) -> M3Model:
     old_max, hidden = old.shape
     if new_max <= old_max:
         return model
-    learned = old.detach()[POSITION_OFFSET:]
+    learned = old.detach()[model.position_offset :]
     if learned.size(0) < 1:
         raise ValueError("the position table has no learned rows to copy")
     n_new = new_max - old_max
@@ -378,11 +377,7 @@ def extend_positions(model: M3Model, new_max: int) -> M3Model:
         "token_type_ids", torch.zeros((1, new_max), dtype=torch.long, device=device), persistent=False
     )
     model.backbone.config.max_position_embeddings = new_max
-    limit = (
-        new_max - POSITION_OFFSET
-        if model.backbone.config.model_type in ("xlm-roberta", "roberta", "camembert")
-        else new_max
-    )
+    limit = new_max - model.position_offset
     model.max_length = limit
     model.tokenizer.model_max_length = limit
     logger.info("extended positions %d -> %d (max %d tokens)", old_max, new_max, limit)

@@ -94,6 +94,18 @@ class EvalConfig(BaseModel):
         " the document, as the passage-level set cuts it from its context; LLM questions are kept as is",
     )
 
+    datasets: list[str] = Field(
+        default_factory=list,
+        description="pipeline stage: evaluation sets evaluated beside the held-out queries (specs as for "
+        "`m3 eval --dataset`, e.g. xquad-r:FILE, tatoeba:DIR:LANGS; relative paths from the profile's "
+        "base_dir). Evaluation only: never a training source",
+    )
+    compare_rounds: bool = Field(
+        False,
+        description="pipeline stage: also evaluate the checkpoint fine-tuning started from (round 0) and "
+        "every earlier ANCE round's model; the report then has a table per round",
+    )
+
     @model_validator(mode="after")
     def _primary_is_reported(self) -> EvalConfig:
         # a primary metric or mode that is not computed would make every promotion decision NaN
@@ -262,8 +274,12 @@ def evaluate_run(
     run: Mapping[str, Mapping[str, float]],
     metrics: Sequence[str] = ("ndcg_cut_10", "recall_100"),
     pool_ids: Iterable[str] | None = None,
+    per_query: dict[str, dict[str, float]] | None = None,
 ) -> dict:
     """Per-query-averaged metrics over *every* query in qrels, computed with pytrec_eval.
+
+    ``per_query`` (a dict to fill): each query's value of each metric, 0 for a query that scores 0,
+    for paired comparisons of two systems on the same queries (bootstrap intervals).
 
     Nothing is dropped silently: a query missing from the run, a query without a relevant judgement,
     and (when `pool_ids` is given) a query whose relevant passages are all absent from the pool each
@@ -291,20 +307,29 @@ def evaluate_run(
         full_run = {qid: dict(run.get(qid, {})) for qid in judged}
         if plain:
             evaluator = pytrec_eval.RelevanceEvaluator(judged, {_measure(m) for m in plain})
-            for values in evaluator.evaluate(full_run).values():
+            for qid, values in evaluator.evaluate(full_run).items():
                 for m in plain:
                     sums[m] += values[m]
+                    if per_query is not None:
+                        per_query.setdefault(qid, {})[m] = float(values[m])
         for m in metrics:
             cut = _MRR_CUT.fullmatch(m)
             if cut:  # MRR@k = trec_eval's recip_rank over the run cut at k (as ir_measures' RR@k)
                 k = int(cut.group(1))
                 evaluator = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
                 cut_run = {qid: truncate_trec_order(r, k) for qid, r in full_run.items()}
-                for values in evaluator.evaluate(cut_run).values():
+                for qid, values in evaluator.evaluate(cut_run).items():
                     sums[m] += values["recip_rank"]
+                    if per_query is not None:
+                        per_query.setdefault(qid, {})[m] = float(values["recip_rank"])
     for key in ("num_not_in_run", "num_no_relevant", "num_relevant_not_in_pool"):
         if counts[key]:
             logger.warning("%d of %d queries: %s (scored 0)", counts[key], len(qrels), key)
+    if per_query is not None:
+        for qid in qrels:
+            row = per_query.setdefault(qid, {})
+            for m in metrics:
+                row.setdefault(m, 0.0)
     n = len(qrels)
     result: dict = {m: (sums[m] / n if n else math.nan) for m in metrics}
     result.update(counts)
@@ -585,7 +610,8 @@ def evaluate_datasets(
             runs, run_info = model_runs(ds, encoder, modes, cfg)
             systems.update({system_name(m): r for m, r in runs.items()})
         for name, run in systems.items():
-            results.setdefault(name, {})[ds.name] = evaluate_run(ds.qrels, run, cfg.metrics, pool)
+            scores = info.setdefault("per_query", {}).setdefault(name, {}).setdefault(ds.name, {})
+            results.setdefault(name, {})[ds.name] = evaluate_run(ds.qrels, run, cfg.metrics, pool, scores)
         info["timing_s"][ds.name] = round(time.perf_counter() - t0, 2)
         info["datasets"].append({**ds.summary(), **{k: v for k, v in run_info.items() if k != "queries"}})
         logger.info("evaluated %s: %d queries, %d passages", ds.name, len(ds.queries), len(ds.corpus))

@@ -116,6 +116,13 @@ class MineConfig(BaseModel):
         "training mines its own negatives); path: any local M3 / HF / sentence-transformers folder",
     )
     teacher_path: str | None = Field(None, description="the encoder folder for teacher: path")
+    rounds: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="iterative ANCE (Xiong et al. 2021): round k >= 2 mines with round k-1's fine-tuned "
+        "model and fine-tunes on from it; round 1 uses `teacher`",
+    )
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     rescore: RescoreConfig | None = None
@@ -167,6 +174,18 @@ def with_backend(queries: pd.DataFrame) -> pd.DataFrame:
     """``queries`` with a ``backend`` column (None where the table has none): what
     :meth:`MineConfig.excludes_same_document` decides by."""
     return queries if "backend" in queries else queries.assign(backend=None)
+
+
+def pairing_stats(queries: pd.DataFrame) -> dict[str, int]:
+    """Queries per pairing, ``pairing_document`` and ``pairing_passage``: what the positives are
+    (the queries' ``pairing`` column; a table without one is passage-level). Additive over shards.
+
+    With document pairing a query's positive is its whole (cut) document, under the document's id,
+    so the pool (the distinct positives) holds documents and "same document" is the positive itself.
+    """
+    col = queries["pairing"].fillna("passage") if "pairing" in queries else ["passage"] * len(queries)
+    counts = Counter(col)
+    return {f"pairing_{p}": int(counts[p]) for p in ("document", "passage")}
 
 
 def _stable_u64(*parts: object) -> int:
@@ -368,7 +387,7 @@ def mine_bm25(
                 "lang": q.lang,
             }
         )
-    out_stats = {key: stats[key] for key in STAT_KEYS}
+    out_stats = {key: stats[key] for key in STAT_KEYS} | pairing_stats(queries)
     logger.info("BM25 mining: %s", out_stats)
     return rows, out_stats
 

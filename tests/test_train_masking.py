@@ -260,7 +260,12 @@ def test_dead_sparse_head_is_reported_as_collapsed(tok_dir, caplog):
         records: list[dict] = []
         with caplog.at_level(logging.WARNING, logger="tasks.training.trainer"):
             caplog.clear()
-            summary = train(model, exs, cfg(max_steps=2, sub_batch_size=sub), on_progress=records.append)
+            summary = train(
+                model,
+                exs,
+                cfg(max_steps=2, sub_batch_size=sub, sparse_revive_below=0),
+                on_progress=records.append,
+            )
         assert [r["sparse_active"] for r in records] == [0.0, 0.0]
         assert summary["sparse_active_first"] == 0.0 and summary["sparse_active_last"] == 0.0
         assert summary["sparse_collapsed"] is True
@@ -277,3 +282,19 @@ def test_dense_only_training_has_no_sparse_record(tok_dir):
     )
     assert "sparse_active" not in records[0] and records[0]["masked_negatives"] > 0
     assert summary["sparse_collapsed"] is None and summary["sparse_active_last"] is None
+
+
+def test_a_sparse_head_that_starts_dead_is_revived_before_the_first_step(tok_dir, caplog):
+    """The default: a dead-at-start head gets a data-dependent bias, so the function can learn."""
+    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    with torch.no_grad():
+        model.sparse_linear.bias.fill_(-5.0)
+    records: list[dict] = []
+    with caplog.at_level(logging.WARNING, logger="tasks.training.trainer"):
+        summary = train(model, duplicate_examples(16), cfg(max_steps=2), on_progress=records.append)
+    assert summary["sparse_revived"]["share_before"] < 0.25
+    assert summary["sparse_revived"]["bias_shift"] > 4.0
+    assert all(r["sparse_active"] > 0.2 for r in records) and summary["sparse_collapsed"] is False
+    assert "starts dead" in caplog.text
+    alive = M3Model.from_spec(SPEC, tok_dir, device="cpu")  # an alive head is left as it is
+    assert train(alive, duplicate_examples(16), cfg(max_steps=1))["sparse_revived"] is None

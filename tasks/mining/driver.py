@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from m3.store import Store
-from tasks.mine import STAT_KEYS, MineConfig, score_summary
+from tasks.mine import STAT_KEYS, MineConfig, pairing_stats, score_summary
 from tasks.mining.embed import (
     CACHE_STAGE,
     PASSAGES,
@@ -275,6 +275,7 @@ def mine_dense(
             "search_rounds": rounds,
             "pool": n_pool,
             "scores": score_summary(rows),
+            **pairing_stats(train),
         }
     )
     return DenseResult(rows, out_stats, passage_embeddings, query_embeddings, reused)

@@ -42,6 +42,13 @@ class TrainConfig(BaseModel):
         description="share of distinct non-special tokens with a positive lexical weight (mean of the "
         "last 10% of steps) under which the sparse head counts as collapsed (summary: sparse_collapsed)",
     )
+    sparse_revive_below: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="a sparse head that starts with fewer than this share of its tokens positive gets a "
+        "data-dependent bias before step 1 (trainer.revive_dead_sparse_head); 0: never",
+    )
     # schedule
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")

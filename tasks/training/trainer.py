@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +184,10 @@ def train(
                 "resuming from %s at step %d (epoch %d, batch %d)", folder, step, start_epoch, start_batch
             )
 
+    revived = None
+    if state is None and cfg.sparse_revive_below > 0 and "sparse" in cfg.functions:
+        revived = revive_dead_sparse_head(model, data.passages, cfg.sparse_revive_below, pad_id)
+
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     was_ckpt = model.gradient_checkpointing
     model.set_gradient_checkpointing(cfg.grad_checkpointing)
@@ -339,10 +344,53 @@ def train(
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
         else None,
+        # the process's max RSS so far (Linux: KiB): on CPU, training's peak in a training process
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "sparse_revived": revived,
         "history": history,
     }
     logger.info("train done: %s", {k: v for k, v in summary.items() if k != "history"})
     return summary
+
+
+@torch.no_grad()
+def revive_dead_sparse_head(
+    model: M3Model, passages: list[list[int]], threshold: float, pad_id: int, sample: int = 64
+) -> dict[str, float] | None:
+    """Give a sparse head that starts (almost) dead a data-dependent bias (in the spirit of the
+    data-dependent initialisation of Salimans & Kingma 2016, "Weight Normalization"); None if alive.
+
+    Hidden states of a pretrained encoder share a large common direction (anisotropy), so a freshly
+    initialised ``w`` often puts nearly every token's pre-ReLU logit ``w·h + b`` on the same side of 0.
+    When fewer than ``threshold`` of the tokens of a sample of training passages are positive, ReLU
+    passes little gradient and the sparse function starts (nearly) dead. Setting
+    ``b -= median(w·h + b)`` makes half of the tokens active without changing which tokens score
+    higher. A head that starts alive (a loaded BGE-M3 head, say) is left as it is.
+    """
+    was_training = model.training
+    model.eval()
+    rows = passages[:: max(1, len(passages) // sample)][:sample]
+    ids, mask = pad_batch(rows, pad_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    hidden = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = model.sparse_linear(hidden).squeeze(-1).float()
+    keep = mask.bool() & ~torch.isin(ids, model.special_ids)
+    z = logits[keep]
+    model.train(was_training)
+    if z.numel() == 0:
+        return None
+    share = float((z > 0).float().mean())
+    if share >= threshold:
+        return None
+    shift = float(z.median())
+    model.sparse_linear.bias.sub_(shift)
+    logger.warning(
+        "sparse head starts dead (%.1f%% of %d tokens positive): bias shifted by %.4f to the median logit",
+        100 * share,
+        z.numel(),
+        -shift,
+    )
+    return {"share_before": share, "bias_shift": -shift}
 
 
 def _make_batch(

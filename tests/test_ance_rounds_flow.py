@@ -1,0 +1,55 @@
+"""Iterative ANCE through ``m3 run`` (``mine.rounds: 2``): round 2 mines with round 1's model and
+fine-tunes on from it, each round's train-set and model are artifacts with that lineage, the report
+shows every round's scores (round 0: the starting checkpoint), and a rerun takes every round from
+the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from m3.store import Store
+from tests.conftest import REPO, TINY, copy_store, run_m3
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(900)
+def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m3_api_env, tiny_pipeline):
+    store_url = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
+    store = Store(store_url)
+    data = yaml.safe_load(Path(TINY).read_text())
+    data["base_dir"] = str(REPO)
+    data["mine"].update(rounds=2, range_start=0, range_end=10)
+    data["finetune"].update(max_steps=4)
+    data["evaluate"] = {"compare_rounds": True, "k_values": [10], "metrics": ["ndcg_cut_10"]}
+    profile = tmp_path / "tiny-rounds.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    args = ["run", "--profile", str(profile), "--store", store_url, "--from", "mine", "--json"]
+
+    first = json.loads(run_m3(args, m3_api_env).stdout)
+    refs = [s["ref"] for s in first["stages"]]
+    assert refs == [
+        "train-set/tiny-r1",
+        "model/tiny-r1",
+        "train-set/tiny-r2",
+        "model/tiny-r2",
+        "report/tiny",
+    ]
+    r1, r2 = store.resolve("model/tiny-r1"), store.resolve("model/tiny-r2")
+    ts2 = store.manifest(store.resolve("train-set/tiny-r2"))
+    assert r1 in ts2.parents and ts2.metrics["teacher"] == "checkpoint"  # round 1's model mined round 2
+    assert set(store.manifest(r2).parents) == {r1, ts2.id}  # and round 2 trained on from it
+    assert store.resolve("model/tiny") == r2 and store.resolve("train-set/tiny") == ts2.id
+
+    report = store.manifest(store.resolve("report/tiny")).metrics
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert report["rounds"][0]["model"] == store.resolve("checkpoint/tiny")
+    assert report["rounds"][1]["model"] == r1 and report["model"] == r2
+    assert "by round" in report["table_markdown"]
+
+    again = json.loads(run_m3(args, m3_api_env).stdout)
+    assert all(s["cached"] for s in again["stages"]), again["stages"]

@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-demo: setup                                          ## the whole pipeline on the demo profile
-	$(BIN)/m3 run --profile demo
+demo: setup                                          ## the whole pipeline on the demo data, from MiniLM
+	$(BIN)/m3 run --profile minilm-cpu
 
 test: setup                                          ## every test, end-to-end ones included
 	$(BIN)/pytest -ra

@@ -179,4 +179,28 @@ def load_profile(name_or_path: str) -> Profile:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ProfileError(f"profile {path}: {where}: {first['msg']}") from exc
+        hint = _nearest_key(first["loc"]) if first["type"] == "extra_forbidden" else ""
+        raise ProfileError(f"profile {path}: {where}: {first['msg']}{hint}") from exc
+
+
+def _nearest_key(loc: tuple) -> str:
+    """'; did you mean X?' for an unknown key, from the fields of the config model it was given to."""
+    import difflib
+    import typing
+
+    model: Any = Profile
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        kinds = [
+            a for a in (field.annotation, *typing.get_args(field.annotation)) if hasattr(a, "model_fields")
+        ]
+        args = [x for a in typing.get_args(field.annotation) for x in typing.get_args(a)]
+        kinds += [a for a in args if hasattr(a, "model_fields")]
+        model = kinds[0] if kinds else None
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ SPM_FILENAME = "sentencepiece.bpe.model"  # the name XLMRobertaTokenizer expects
 
 class TokenizerConfig(BaseModel):
     """Knobs for :func:`train_tokenizer` (the profile composes this)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     vocab_size: int = Field(8000, ge=16)
     seed: int = 0

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytrec_eval
 import regex
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.mine import MineConfig, build_bm25
 
@@ -48,6 +48,8 @@ def system_name(mode: str) -> str:
 
 class EvalConfig(BaseModel):
     """Evaluation knobs (the profile's ``evaluate:`` section)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     k_values: tuple[int, ...] = (10, 100)
     metrics: tuple[str, ...] = ("ndcg_cut_10", "recall_100", "mrr_cut_10")

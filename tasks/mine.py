@@ -22,7 +22,7 @@ from typing import Literal
 import bm25s
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.text import TextConfig, bm25_tokens
 
@@ -48,6 +48,8 @@ STAT_KEYS = (
 class EncodeConfig(BaseModel):
     """How a dense teacher embeds the pool and the queries (part of the embedding cache key)."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
+
     encoder: Literal["auto", "m3", "sentence-transformers"] = Field(
         "auto", description="auto: sentence-transformers when the folder has modules.json, else M3"
     )
@@ -66,6 +68,8 @@ class EncodeConfig(BaseModel):
 
 class SearchConfig(BaseModel):
     """faiss search over the embedding shards (tasks/mining/search.py)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
         "auto", description="auto: flat up to exact_max, the `approximate` index above"
@@ -96,6 +100,8 @@ class RescoreConfig(BaseModel):
       such as bge-reranker), its logit per (query, passage) pair, optionally through a sigmoid.
     """
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
+
     kind: Literal["bi-encoder", "m3-hybrid", "cross-encoder"] = "bi-encoder"
     path: str
     encoder: Literal["auto", "m3", "sentence-transformers"] = "auto"
@@ -109,6 +115,8 @@ class RescoreConfig(BaseModel):
 
 class MineConfig(BaseModel):
     """Mining knobs. The rank window is 0-based over the *clean* ranking (see mine_bm25)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     teacher: Literal["bm25", "checkpoint", "path"] = Field(
         "bm25",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.m3 import M3Model, autocast_for, resolve_device
 from model.retromae import RetroMAE, chunk_token_ids, extend_positions
@@ -30,6 +30,8 @@ ProgressFn = Callable[[dict[str, Any]], None]
 class RetroMAEConfig(BaseModel):
     """Knobs for :func:`train_retromae`. The paper masks 15-30% for the encoder and 50-70% for the
     decoder (BGE-M3's reference settings: 0.3 / 0.5); lr/batch defaults suit the tiny CPU model."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")

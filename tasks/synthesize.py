@@ -49,6 +49,8 @@ QUERY_COLUMNS = [
 class IctConfig(BaseModel):
     """ICT knobs."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
+
     passage_max_chars: int = Field(600, ge=1, description="passage budget (whole sentences)")
     min_sentences: int = Field(
         3, ge=2, description="skip passages with fewer sentences: the context left must be non-trivial"

@@ -144,3 +144,25 @@ def test_every_profile_loads_and_names_a_reachable_start(name, monkeypatch):
     for section in (profile.pretrain, profile.finetune):
         if section is not None and len(section.functions) == 3:
             assert section.group_size >= 2  # unified fine-tuning needs hard negatives
+
+
+@pytest.mark.parametrize(
+    ("section", "hint"),
+    [
+        ({"finetune": {"lerning_rate": 1e-5}}, "finetune.lerning_rate"),
+        ({"mine": {"encode": {"batchsize": 3}}}, "did you mean 'batch_size'"),
+        ({"evaluate": {"datasetz": []}}, "did you mean 'datasets'"),
+        ({"retromae": {"max_step": 3}}, "did you mean 'max_steps'"),
+        ({"model": {"init_from": "x"}}, "did you mean 'init'"),
+        ({"ingest": {"quality": {"min_word": 3}}}, "ingest.quality.min_word"),
+    ],
+)
+def test_a_profile_typo_fails_before_anything_runs_naming_the_key(tmp_path, section, hint):
+    data = json.loads(load_profile("demo").model_dump_json())
+    for key, value in section.items():
+        data[key] = {**(data.get(key) or {}), **value}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match="Extra inputs are not permitted") as err:
+        load_profile(str(path))
+    assert hint in str(err.value)

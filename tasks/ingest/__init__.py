@@ -51,6 +51,8 @@ __all__ = [
 class IngestConfig(pydantic.BaseModel):
     """Knobs of the ingest step (the data profile composes this)."""
 
+    model_config = pydantic.ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
+
     min_chars: int = pydantic.Field(200, ge=0, description="drop shorter documents (filtered:too_short)")
     max_chars: int = pydantic.Field(
         200_000, gt=0, description="truncate longer documents; the original length goes into meta"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import regex
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ COL_EXACT, COL_ID, FIRST_BAND_COL = 0, 1, 2
 
 class DedupConfig(BaseModel):
     """Knobs of deduplication (``ingest.dedup`` in a profile)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     exact: bool = True
     near: bool = True

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import regex
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # Languages written without spaces between words (ISO 639-1, plus 639-3 where no 639-1 exists).
 UNSPACED_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "dz", "wuu", "yue", "lzh"})
@@ -56,6 +56,8 @@ _ELLIPSIS = ("...", "…")
 
 class QualityConfig(BaseModel):
     """Thresholds of the quality filters (defaults: Gopher's, C4's, FineWeb's; see the module doc)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     enabled: bool = True
     min_words: int = Field(50, ge=0, description="Gopher: at least this many words (spaced scripts)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Function = Literal["dense", "sparse", "colbert"]
 
@@ -12,6 +12,8 @@ Function = Literal["dense", "sparse", "colbert"]
 class TrainConfig(BaseModel):
     """Defaults suit the tiny CPU model; the paper used lr 1e-5..1e-4 and batches in the thousands on a
     pretrained XLM-R-large (arXiv 2402.03216 §3.4, recipe.md)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     # what is trained
     functions: list[Function] = Field(

@@ -33,18 +33,18 @@ METRIC = "ndcg_cut_10"
 
 
 def per_query(store, report_id: str) -> dict[str, dict[str, float]]:
-    """``{system: {"dataset/qid": nDCG@10}}`` from a report's metrics.json."""
+    """``{system: {"dataset<TAB>qid": nDCG@10}}`` from a report's metrics.json."""
     info = json.loads((store.materialize(report_id) / "metrics.json").read_text())
     out: dict[str, dict[str, float]] = {}
     for system, sets in info["per_query"].items():
         for ds, rows in sets.items():
             for qid, values in rows.items():
-                out.setdefault(system, {})[f"{ds}/{qid}"] = values[METRIC]
+                out.setdefault(system, {})[f"{ds}\t{qid}"] = values[METRIC]
     return out
 
 
 def dataset_of(key: str) -> str:
-    return key.rsplit("/", 1)[0]
+    return key.split("\t", 1)[0]
 
 
 def compare(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, float]]:

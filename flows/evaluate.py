@@ -331,8 +331,10 @@ def evaluate(
             if test.empty:
                 raise RuntimeError("evaluate: the queries artifact has no held-out (split=test) queries")
             datasets = datasets_from_ict(test, passages, cfg.per_language)
-            for spec in extra_sets:
-                datasets.extend(load_datasets(spec))
+            for spec in extra_sets:  # columns "xquad-r:de", "tatoeba:deu": apart from held-out "de"
+                for ds in load_datasets(spec):
+                    ds.name = f"{spec.split(':', 1)[0]}:{ds.name}"
+                    datasets.append(ds)
             log.info(
                 "evaluating %s on %d held-out queries over %d passages%s",
                 mid[:12],

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from m3.store import Store
-from tests.conftest import REPO, TINY, copy_store, run_m3
+from tests.conftest import REPO, SHARED_DATA, TINY, copy_store, run_m3
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,14 @@ def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m
     data["base_dir"] = str(REPO)
     data["mine"].update(rounds=2, range_start=0, range_end=10)
     data["finetune"].update(max_steps=4)
-    data["evaluate"] = {"compare_rounds": True, "k_values": [10], "metrics": ["ndcg_cut_10"]}
+    data["evaluate"] = {
+        "compare_rounds": True,
+        "k_values": [10],
+        "metrics": ["ndcg_cut_10"],
+        "datasets": [
+            f"tatoeba:{SHARED_DATA / 'tatoeba'}:afr"
+        ],  # evaluation only, beside the held-out queries
+    }
     profile = tmp_path / "tiny-rounds.yaml"
     profile.write_text(yaml.safe_dump(data))
     args = ["run", "--profile", str(profile), "--store", store_url, "--from", "mine", "--json"]
@@ -50,6 +57,12 @@ def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m
     assert report["rounds"][0]["model"] == store.resolve("checkpoint/tiny")
     assert report["rounds"][1]["model"] == r1 and report["model"] == r2
     assert "by round" in report["table_markdown"]
+    columns = set(report["tables"]["ndcg_cut_10"]["M3 dense"])
+    assert {"tatoeba:afr", "en", "avg"} <= columns  # the extra set is its own column
+    eval_data = [p for p in store.manifest(store.resolve("report/tiny")).parents]
+    assert any(store.manifest(p).kind == "eval-data" for p in eval_data)
+    per_query = json.loads((store.materialize(store.resolve("report/tiny")) / "metrics.json").read_text())
+    assert len(per_query["per_query"]["M3 dense"]["tatoeba:afr"]) == 1000
 
     again = json.loads(run_m3(args, m3_api_env).stdout)
     assert all(s["cached"] for s in again["stages"]), again["stages"]

@@ -133,7 +133,7 @@ class StepRunner:
     def special_ids(self) -> torch.Tensor:
         return self._model.special_ids
 
-    def _autocast(self):
+    def autocast(self):
         if self.cfg.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return autocast_for(self.device) if self.cfg.precision == "auto" else contextlib.nullcontext()
@@ -186,7 +186,7 @@ class StepRunner:
         if self.cfg.sub_batch_size:
             out = self._run_cached(batch, step)
         else:
-            with self._autocast():
+            with self.autocast():
                 q, p = self.module(batch.q_ids, batch.q_mask, batch.p_ids, batch.p_mask)
             out = self._loss(q, p, batch, step)
             out["loss"].backward()
@@ -206,7 +206,7 @@ class StepRunner:
         with torch.no_grad():
             for side, (ids, mask) in chunks:
                 rng_states.append((torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None))
-                with self._autocast():
+                with self.autocast():
                     (reps,) = self.module(ids, mask)
                 cached[side].append(_pad_to({k: v.float() for k, v in reps.items()}, widths[side]))
         after = (torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None)
@@ -231,7 +231,7 @@ class StepRunner:
                 else self.module.no_sync()
             )
             with sync:
-                with self._autocast():
+                with self.autocast():
                     (reps,) = self.module(ids, mask)
                 reps = _pad_to(reps, widths[side])
                 surrogate = sum((reps[k].float() * grads[side][k][rows]).sum() for k in reps)

@@ -186,7 +186,8 @@ def train(
 
     revived = None
     if state is None and cfg.sparse_revive_below > 0 and "sparse" in cfg.functions:
-        revived = revive_dead_sparse_head(model, data.passages, cfg.sparse_revive_below, pad_id)
+        with runner.autocast():  # the precision training computes in
+            revived = revive_dead_sparse_head(model, data.passages, cfg.sparse_revive_below, pad_id)
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     was_ckpt = model.gradient_checkpointing

@@ -298,3 +298,19 @@ def test_a_sparse_head_that_starts_dead_is_revived_before_the_first_step(tok_dir
     assert "starts dead" in caplog.text
     alive = M3Model.from_spec(SPEC, tok_dir, device="cpu")  # an alive head is left as it is
     assert train(alive, duplicate_examples(16), cfg(max_steps=1))["sparse_revived"] is None
+
+
+def test_new_heads_can_learn_faster_than_the_backbone(tok_dir):
+    from tasks.training.optim import param_groups
+
+    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    groups = param_groups(model.named_parameters(), 0.01, 2e-5, ("sparse_linear.", "colbert_linear."), 20.0)
+    fast = [g for g in groups if "lr" in g]
+    head_params = {id(p) for m in (model.sparse_linear, model.colbert_linear) for p in m.parameters()}
+    assert {id(p) for g in fast for p in g["params"]} == head_params
+    assert all(g["lr"] == pytest.approx(4e-4) for g in fast)
+    plain = param_groups(model.named_parameters(), 0.01)  # scale 1: the two groups as before
+    assert [g["weight_decay"] for g in plain] == [0.01, 0.0] and all("lr" not in g for g in plain)
+    before = model.sparse_linear.weight.detach().clone()
+    train(model, duplicate_examples(16), cfg(max_steps=1, lr=1e-6, head_lr_scale=1000.0))
+    assert (model.sparse_linear.weight - before).abs().max() > 1e-4  # moved at ~1e-3, not 1e-6

@@ -54,7 +54,10 @@ class TrainConfig(BaseModel):
     # schedule
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")
-    lr: float = Field(5e-4, gt=0)  # tiny from-scratch model; use 1e-5..1e-4 for a pretrained large one
+    lr: float = Field(5e-4, gt=0)
+    head_lr_scale: float = Field(
+        1.0, gt=0, description="the sparse and multi-vector heads learn at lr × this (new heads: 10-20)"
+    )  # tiny from-scratch model; use 1e-5..1e-4 for a pretrained large one
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)

@@ -20,11 +20,28 @@ def warmup_linear_decay(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def param_groups(
-    named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float
+    named: Iterable[tuple[str, torch.nn.Parameter]],
+    weight_decay: float,
+    lr: float | None = None,
+    fast: tuple[str, ...] = (),
+    fast_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: biases and norms are left undecayed; frozen parameters skipped."""
-    decay, no_decay = [], []
+    """Weight decay on matrices only: biases and norms are left undecayed; frozen parameters skipped.
+
+    Parameters whose name starts with one of ``fast`` (new heads on a pretrained encoder) learn at
+    ``fast_scale × lr``: a learning rate gentle enough for the pretrained backbone leaves freshly
+    initialised heads nearly where they started (the usual "higher lr for new layers" practice).
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in named:
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            no_decay = p.ndim < 2 or "norm" in name.lower()
+            is_fast = fast_scale != 1.0 and name.startswith(fast)
+            groups.setdefault((no_decay, is_fast), []).append(p)
+    out = []
+    for (no_decay, is_fast), params in sorted(groups.items()):
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if is_fast and lr is not None:
+            group["lr"] = lr * fast_scale
+        out.append(group)
+    return out

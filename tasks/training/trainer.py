@@ -152,7 +152,13 @@ def train(
 
     requires_grad = _freeze_unused(model, cfg.functions)
     # foreach: one multi-tensor kernel per group instead of a Python loop over parameters
-    groups = param_groups(model.named_parameters(), cfg.weight_decay)
+    groups = param_groups(
+        model.named_parameters(),
+        cfg.weight_decay,
+        cfg.lr,
+        fast=("sparse_linear.", "colbert_linear."),
+        fast_scale=cfg.head_lr_scale,
+    )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
     encoder: torch.nn.Module = Encoder(model, tuple(cfg.functions))

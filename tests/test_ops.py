@@ -528,15 +528,19 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
     # Prefect asset materialization events, one per built artifact, with its parents upstream
     from flows.common import asset_key
 
-    found = _api(
-        stack,
-        "POST",
-        "/events/filter",
-        {"filter": {"event": {"prefix": ["prefect.asset.materialization"]}}, "limit": 50},
-    )
-    materialized = {e["resource"]["prefect.resource.id"] for e in found["events"]}
-    assert asset_key(str(store_dir), "report", "tiny") in materialized
-    assert asset_key(str(store_dir), "corpus", "tiny") in materialized
+    wanted = {asset_key(str(store_dir), kind, "tiny") for kind in ("report", "corpus")}
+
+    def materialized() -> set[str] | None:  # events reach the server's store a little later: poll
+        found = _api(
+            stack,
+            "POST",
+            "/events/filter",
+            {"filter": {"event": {"prefix": ["prefect.asset.materialization"]}}, "limit": 50},
+        )
+        ids = {e["resource"]["prefect.resource.id"] for e in found["events"]}
+        return ids if wanted <= ids else None
+
+    _wait(materialized, 60, f"asset materialization events of {sorted(wanted)}", every=1)
 
     # the lineage page on this real run: every artifact, with links to its Prefect runs
     _lineage_page_on_real_run(store, stack)

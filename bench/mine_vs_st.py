@@ -144,8 +144,9 @@ class Ours:
     def __init__(self, model_path: str, n_workers: int, threads: int) -> None:
         from distributed import Client, LocalCluster
 
+        from model.init import folder_identity
         from tasks.mining.driver import encode_worker_env
-        from tasks.mining.teachers import TeacherRef, folder_identity, preload
+        from tasks.mining.teachers import TeacherRef, preload
 
         self.model_path = model_path
         self.ref = TeacherRef(identity=folder_identity(model_path), path=model_path)

@@ -191,10 +191,12 @@ def build_report(
         for f in sorted((scratch / LONG_DOCS).rglob("*")):
             if f.is_file():
                 files[f.relative_to(scratch).as_posix()] = f
+    summary = {m: {sys: _num(t.loc[sys, "avg"]) for sys in t.index} for m, t in tables.items()}
+    if extra and extra.get("rounds"):
+        md += rounds_markdown(extra["rounds"], summary, cfg.primary_metric)
     (scratch / "report.md").write_text(md, encoding="utf-8")
     (scratch / "metrics.json").write_text(json.dumps(info, indent=2, default=float, ensure_ascii=False))
     _chart(tables, scratch / "chart.png")
-    summary = {m: {sys: _num(t.loc[sys, "avg"]) for sys in t.index} for m, t in tables.items()}
     shaped = {
         m: {sys: {str(c): _num(v) for c, v in row.items()} for sys, row in t.iterrows()}
         for m, t in tables.items()
@@ -247,10 +249,10 @@ def training_chain(store: Store, model_id: str) -> list[str]:
     return chain[::-1]
 
 
-def rounds_markdown(rounds: list[dict[str, Any]], final: dict[str, Any], metric: str) -> str:
+def rounds_markdown(rounds: list[dict[str, Any]], final_avg: dict[str, Any], metric: str) -> str:
     """The macro average of each system per round (round 0: the starting checkpoint), ×100."""
-    cols = [*rounds, {"round": len(rounds), "avg": final["avg"]}]
-    systems = list(final["avg"].get(metric, {}))
+    cols = [*rounds, {"round": len(rounds), "avg": final_avg}]
+    systems = list(final_avg.get(metric, {}))
     head = "| system | " + " | ".join(f"round {c['round']}" for c in cols) + " |\n"
     head += "|---|" + "---:|" * len(cols) + "\n"
     body = ""
@@ -314,9 +316,12 @@ def evaluate(
     stage_inputs = {"queries": queries_id}
     if cfg.long_documents:  # the whole documents come from the corpus: an input (cache key, lineage)
         stage_inputs["corpus"] = (inputs or {}).get("corpus") or corpus_of(env.store, queries_id)
-    extra_sets = [resolve_spec_paths(spec, env.profile.base_dir) for spec in cfg.datasets]
-    for spec in extra_sets:  # the raw files of each set are an artifact: the report's lineage names them
+    extra_sets = []  # loaded once; columns "xquad-r:de", "tatoeba:deu", apart from held-out "de"
+    for spec in (resolve_spec_paths(s, env.profile.base_dir) for s in cfg.datasets):
         got = load_datasets(spec)
+        for ds in got:
+            ds.name = f"{spec.split(':', 1)[0]}:{ds.name}"
+        extra_sets.extend(got)  # the raw files of each set are an artifact: the report's lineage names them
         stage_inputs[f"data:{spec}"] = register_eval_data(env, spec, [f for d in got for f in d.files])
 
     def spec_for(mid: str, name: str, rounds: dict[str, str]) -> StageSpec:
@@ -330,17 +335,13 @@ def evaluate(
             test = table[table["split"] == "test"]
             if test.empty:
                 raise RuntimeError("evaluate: the queries artifact has no held-out (split=test) queries")
-            datasets = datasets_from_ict(test, passages, cfg.per_language)
-            for spec in extra_sets:  # columns "xquad-r:de", "tatoeba:deu": apart from held-out "de"
-                for ds in load_datasets(spec):
-                    ds.name = f"{spec.split(':', 1)[0]}:{ds.name}"
-                    datasets.append(ds)
+            datasets = [*datasets_from_ict(test, passages, cfg.per_language), *extra_sets]
             log.info(
                 "evaluating %s on %d held-out queries over %d passages%s",
                 mid[:12],
                 len(test),
                 len(passages),
-                f" and {len(extra_sets)} evaluation set(s)" if extra_sets else "",
+                f" and {len(cfg.datasets)} evaluation set(s)" if extra_sets else "",
             )
             long_sets = None
             if "corpus" in stage_inputs:
@@ -353,11 +354,7 @@ def evaluate(
                     LONG_DOCS,
                 )
             extra = {"model": mid, **({"rounds": rounds} if rounds else {})}
-            out = build_report(scratch, datasets, encoder, cfg, extra, long_sets)[0]
-            if rounds:
-                out.metrics["table_markdown"] += rounds_markdown(rounds, out.metrics, cfg.primary_metric)
-                (scratch / "report.md").write_text(out.metrics["table_markdown"], encoding="utf-8")
-            return out
+            return build_report(scratch, datasets, encoder, cfg, extra, long_sets)[0]
 
         by_round = {f"round{r['round']}": r["model"] for r in rounds or []}
         return run_stage(

@@ -17,13 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import TRANSIENT_RETRIES, dask_runner, open_env, producer_ids, publish
 from m3.stage import StageOutput, StageSpec, run_stage
 from m3.store import Store
+from model.init import folder_identity
 from tasks.artifact_io import read_table, schema_dict, write_jsonl
 from tasks.mine import MineConfig, mine_bm25, score_summary
 from tasks.mining import driver as dense
 from tasks.mining.embed import encode_partition
 from tasks.mining.sample import mine_partition
 from tasks.mining.search import search_shard, train_quantizer
-from tasks.mining.teachers import TeacherRef, folder_identity
+from tasks.mining.teachers import TeacherRef
 
 CODE = ("tasks/mine.py", "tasks/text.py", "tasks/mining", "flows/mine.py")
 

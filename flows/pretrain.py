@@ -167,11 +167,7 @@ def pretrain(
         return publish(env, StageResult("pretrain", "checkpoint", ref, start, cached=True))
     pairs = publish_result(env, build_pairs(env, corpus, refresh))
     base = (
-        {"retromae": start}
-        if env.profile.retromae
-        else {"init": start}
-        if start
-        else {"tokenizer": tokenizer}
+        {"tokenizer": tokenizer} if start is None else {"retromae" if env.profile.retromae else "init": start}
     )
     spec = StageSpec(
         "pretrain",

@@ -18,6 +18,7 @@ import regex
 
 from m3.store import Store
 from model.config import ModelSpec
+from model.init import folder_identity
 from model.m3 import M3Model
 from model.tokenizer import train_tokenizer
 from tasks.artifact_io import write_table
@@ -25,7 +26,7 @@ from tasks.mine import MineConfig, _norm
 from tasks.mining import driver
 from tasks.mining.embed import PASSAGES, commit_embeddings, partitions, read_index
 from tasks.mining.search import block_topk, merge_topk, search_shard
-from tasks.mining.teachers import TeacherRef, folder_identity, load_counts
+from tasks.mining.teachers import TeacherRef, load_counts
 from tests.test_mine import _build
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,6 @@ counts are visible through :func:`load_counts`, which the tests read on each wor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ class TeacherRef:
     """Where a dense teacher comes from: a local folder, or a checkpoint artifact in the store.
 
     ``identity`` names the weights for cache keys: the manifest id of a store checkpoint, or a
-    content hash of a local folder (see :func:`folder_identity`).
+    content hash of a local folder (:func:`model.init.folder_identity`).
     """
 
     identity: str
@@ -46,20 +45,6 @@ class TeacherRef:
         from m3.store import Store
 
         return Store(self.store_url).materialize(self.manifest_id)
-
-
-def folder_identity(path: str | Path) -> str:
-    """sha256 over every file's relative path and bytes: the same weights give the same id anywhere."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"teacher folder {root} does not exist")
-    digest = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(f.relative_to(root)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def encoder_kind(folder: str | Path, encoder: str = "auto") -> str:

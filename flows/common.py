@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -18,7 +20,7 @@ from prefect_dask import DaskTaskRunner
 
 from m3.openlineage import store_uri
 from m3.profile import DaskSpec, Profile, load_profile
-from m3.stage import StageResult, classify_failure
+from m3.stage import StageOutput, StageResult, StageSpec, classify_failure, run_stage
 from m3.store import Store
 from m3.store.store import default_cache_dir
 
@@ -72,6 +74,22 @@ class StageEnv:
                 f"input {ref} is not in the store {self.store.url}: run the stage that makes it first"
             ) from None
 
+    def run(
+        self, spec: StageSpec, build: Callable[[Path], StageOutput], *, refresh: bool = False
+    ) -> StageResult:
+        """The one way a flow runs a stage: the cached artifact or a new one (``m3.stage.run_stage``:
+        key, build, commit, OpenLineage events), then its Prefect artifacts and asset event."""
+        result = run_stage(
+            self.store,
+            spec,
+            build,
+            refresh=refresh,
+            flow=flow_run.get_flow_name() or spec.stage,
+            **producer_ids(),
+        )
+        publish(self, result)
+        return result
+
 
 def resolve_store_url(profile: Profile, store: str | None) -> str:
     import os
@@ -121,12 +139,9 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
     return rows
 
 
-def publish(env: StageEnv, result: StageResult) -> State | dict[str, Any]:
-    """Prefect artifacts for a stage output, under stable keys so versions accumulate.
-
-    Returns the flow's result: a ``Cached`` state when the store already had the artifact, so
-    Prefect shows a reused stage as cached.
-    """
+def publish(env: StageEnv, result: StageResult) -> None:
+    """Prefect artifacts for a stage output, under stable keys so versions accumulate, and the asset
+    materialization event of a newly built one."""
     m = env.store.manifest(result.manifest_id)
     store_url = env.store.url.rstrip("/")
     parents = "\n".join(
@@ -155,6 +170,11 @@ def publish(env: StageEnv, result: StageResult) -> State | dict[str, Any]:
     create_markdown_artifact(body, key=key, description=f"{result.ref} → {m.id[:12]}")
     table = _flatten(m.metrics) or [{"metric": "files", "value": str(len(m.files))}]
     create_table_artifact(table, key=_artifact_key(key, "metrics"), description=f"metrics of {result.ref}")
+
+
+def flow_result(result: StageResult) -> State | dict[str, Any]:
+    """A stage flow's return value: a ``Cached`` state when the store already had the artifact, so
+    Prefect shows a reused stage as cached."""
     out = {
         "stage": result.stage,
         "ref": result.ref,

@@ -25,8 +25,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
-from flows.common import StageEnv, _artifact_key, load_table, open_env, producer_ids, publish
-from m3.stage import StageOutput, StageSpec, run_stage
+from flows.common import StageEnv, _artifact_key, flow_result, load_table, open_env
+from m3.stage import StageOutput, StageSpec, declare
 from m3.store import RefConflict, Store
 from tasks.eval_data import load_datasets
 from tasks.evaluate import (
@@ -41,14 +41,6 @@ from tasks.evaluate import (
     write_long_document_sets,
 )
 
-CODE = (
-    "tasks/evaluate.py",
-    "tasks/retrieval.py",
-    "tasks/eval_data",
-    "tasks/mine.py",
-    "tasks/text.py",
-    "flows/evaluate.py",
-)
 CHAMPION_REF = "model/champion"
 LONG_DOCS = "long-docs"  # the report's folder holding the MLDR-format long-document sets
 
@@ -290,6 +282,7 @@ def _load_model(env: StageEnv, model_id: str):
 
 
 # ---------------------------------------------------------------------------------- stage flow
+@declare("report", needs=("model", "queries"), reads=("corpus",), sections=("evaluate",))
 @flow(name="evaluate")
 def evaluate(
     profile: str = "demo",
@@ -325,7 +318,9 @@ def evaluate(
         stage_inputs[f"data:{spec}"] = register_eval_data(env, spec, [f for d in got for f in d.files])
 
     def spec_for(mid: str, name: str, rounds: dict[str, str]) -> StageSpec:
-        return StageSpec("evaluate", "report", name, {"model": mid, **rounds, **stage_inputs}, config, CODE)
+        return StageSpec(
+            "evaluate", "report", name, {"model": mid, **rounds, **stage_inputs}, config, (__name__,)
+        )
 
     def run_for(mid: str, name: str, rounds: list[dict[str, Any]] | None = None):
         def build(scratch: Path) -> StageOutput:
@@ -357,14 +352,7 @@ def evaluate(
             return build_report(scratch, datasets, encoder, cfg, extra, long_sets)[0]
 
         by_round = {f"round{r['round']}": r["model"] for r in rounds or []}
-        return run_stage(
-            env.store,
-            spec_for(mid, name, by_round),
-            build,
-            refresh=refresh,
-            flow="evaluate",
-            **producer_ids(),
-        )
+        return env.run(spec_for(mid, name, by_round), build, refresh=refresh)
 
     champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
     rounds = None
@@ -388,7 +376,7 @@ def evaluate(
     decision = champion_decision(env.store, model_id, score, champion_id, champion_score, promote_champion)
     log.info("champion: %s", decision)
     _publish_report_tables(env.profile.name, metrics)
-    return _with(publish(env, result), champion=decision)
+    return _with(flow_result(result), champion=decision)
 
 
 def _publish_report_tables(name: str, metrics: dict) -> None:
@@ -423,7 +411,9 @@ def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
     uniq = sorted({Path(f).resolve() for f in files})
     stamp = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in uniq]
     name = "eval." + hashlib.sha1(spec.encode()).hexdigest()[:12]
-    stage = StageSpec("register-eval-data", "eval-data", name, {}, {"spec": spec, "files": stamp}, ())
+    stage = StageSpec(
+        "register-eval-data", "eval-data", name, {}, {"spec": spec, "files": stamp}, (__name__,)
+    )
 
     def build(scratch: Path) -> StageOutput:
         named: dict[str, Path] = {}
@@ -434,7 +424,7 @@ def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
             named, {"spec": spec, "files": len(named)}, {"origin": {k: str(v) for k, v in named.items()}}
         )
 
-    return run_stage(env.store, stage, build).manifest_id
+    return env.run(stage, build).manifest_id
 
 
 @flow(name="evaluate-model")
@@ -488,14 +478,14 @@ def evaluate_model(
     m_name = env.store.manifest(model_id).name
 
     def run_for(mid: str, name: str):
-        spec = StageSpec("evaluate-model", "report", name, {"model": mid, **inputs}, config, CODE)
+        spec = StageSpec("evaluate-model", "report", name, {"model": mid, **inputs}, config, (__name__,))
 
         def build(scratch: Path) -> StageOutput:
             log.info("evaluating %s on %s", mid[:12], ", ".join(d.name for d in loaded))
             out, _ = build_report(scratch, loaded, M3Encoder(_load_model(env, mid), cfg), cfg, {"model": mid})
             return out
 
-        return run_stage(env.store, spec, build, refresh=refresh, flow="evaluate-model", **producer_ids())
+        return env.run(spec, build, refresh=refresh)
 
     result = run_for(model_id, f"eval.{m_name}")
     metrics = env.store.manifest(result.manifest_id).metrics
@@ -509,5 +499,5 @@ def evaluate_model(
     log.info("champion: %s", decision)
     _publish_report_tables(f"{env.profile.name}-{m_name}", metrics)
     return _with(
-        publish(env, result), champion=decision, avg=metrics["avg"], table_markdown=metrics["table_markdown"]
+        flow_result(result), champion=decision, avg=metrics["avg"], table_markdown=metrics["table_markdown"]
     )

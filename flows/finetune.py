@@ -7,13 +7,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import open_env, producer_ids, publish
-from flows.pretrain import MODEL_CODE
+from flows.common import flow_result, open_env
 from flows.training import folder_files, run_training
-from m3.stage import StageOutput, StageSpec, run_stage
+from m3.stage import StageOutput, StageSpec, declare
 from tasks.artifact_io import read_jsonl
 
 
+@declare("model", needs=("checkpoint", "train-set"), sections=("finetune",))
 @flow(name="finetune")
 def finetune(
     profile: str = "demo",
@@ -45,7 +45,7 @@ def finetune(
         round_name(env.profile.name, round, env.profile.mine.rounds),
         {"checkpoint": checkpoint, "train-set": train_set},
         {"train": cfg.model_dump(mode="json")},
-        (*MODEL_CODE, "flows/finetune.py", "flows/training.py"),
+        (__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -62,4 +62,4 @@ def finetune(
         objective = "unified (self-distillation)" if len(cfg.functions) > 1 else f"{cfg.functions[0]} InfoNCE"
         return StageOutput(folder_files(trained), {"objective": objective + " + hard negatives", **summary})
 
-    return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="finetune", **producer_ids()))
+    return flow_result(env.run(spec, build, refresh=refresh))

@@ -22,16 +22,14 @@ import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import TRANSIENT_RETRIES, StageEnv, dask_runner, open_env, producer_ids, publish
+from flows.common import TRANSIENT_RETRIES, StageEnv, dask_runner, flow_result, open_env
 from m3.profile import SourceSpec
-from m3.stage import StageOutput, StageSpec, run_stage
+from m3.stage import StageOutput, StageSpec, declare
 from m3.store import Store
 from tasks.artifact_io import schema_dict
 from tasks.ingest import IngestConfig
 from tasks.ingest.shards import FileJob, ingest_to_shard, run_ingest, write_books
 from tasks.ingest.sources import fetch_source
-
-CODE = ("tasks/ingest", "tasks/artifact_io.py", "flows/ingest.py", "data_specs/schemas.yaml")
 
 
 def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
@@ -57,7 +55,7 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
         f"{env.profile.name}.{source.name}",
         inputs={},
         config={"files": stamp, "format": source.format, "lang": source.lang},
-        code=("flows/ingest.py",),
+        code=(__name__,),
     )
 
     def build(_: Path) -> StageOutput:
@@ -68,7 +66,7 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
             schema={"format": source.format, "origin": {n: str(p) for n, p in files.items()}},
         )
 
-    return run_stage(env.store, spec, build, refresh=refresh, flow="ingest", **producer_ids()).manifest_id
+    return env.run(spec, build, refresh=refresh).manifest_id
 
 
 def stored_file_to_shard(
@@ -132,6 +130,7 @@ def _merge(env: StageEnv, result: dict[str, Any], scratch: Path) -> StageOutput:
     return StageOutput(files=files, metrics=metrics, schema=schema_dict("corpus"), rows=result["rows"])
 
 
+@declare("corpus", sections=("sources", "ingest"))
 @flow(name="ingest")
 def ingest(
     profile: str = "demo",
@@ -156,7 +155,7 @@ def ingest(
             "sources": [s.model_dump(mode="json", exclude={"paths"}) for s, _ in sources.values()],
             "languages": env.profile.languages,
         },
-        code=CODE,
+        code=(__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -185,6 +184,6 @@ def ingest(
         shutil.rmtree(scratch / "shards", ignore_errors=True)
         return _merge(env, result, scratch)
 
-    result = run_stage(env.store, spec, build, refresh=refresh, flow="ingest", **producer_ids())
+    result = env.run(spec, build, refresh=refresh)
     log.info("corpus %s: %s", "reused" if result.cached else "built", result.manifest_id)
-    return publish(env, result)
+    return flow_result(result)

@@ -14,8 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import TRANSIENT_RETRIES, dask_runner, open_env, producer_ids, publish
-from m3.stage import StageOutput, StageSpec, run_stage
+from flows.common import TRANSIENT_RETRIES, dask_runner, flow_result, open_env
+from m3.stage import StageOutput, StageSpec, declare
 from m3.store import Store
 from model.init import folder_identity
 from tasks.artifact_io import read_table, schema_dict, write_jsonl
@@ -25,8 +25,6 @@ from tasks.mining.embed import encode_partition
 from tasks.mining.sample import mine_partition
 from tasks.mining.search import search_shard, train_quantizer
 from tasks.mining.teachers import TeacherRef
-
-CODE = ("tasks/mine.py", "tasks/text.py", "tasks/mining", "flows/mine.py")
 
 
 @task(name="mine-shard", **TRANSIENT_RETRIES)
@@ -109,6 +107,7 @@ def round_name(profile: str, round: int, rounds: int) -> str:
     return profile if rounds == 1 else f"{profile}-r{round}"
 
 
+@declare("train-set", needs=("queries",), reads=("checkpoint",), sections=("mine",))
 @flow(name="mine")
 def mine(
     profile: str = "demo",
@@ -128,7 +127,7 @@ def mine(
         cfg = cfg.model_copy(update={"teacher": "checkpoint"})
     if cfg.teacher != "bm25":
         return _mine_dense_stage(env, cfg, queries, inputs, refresh, name)
-    spec = StageSpec("mine", "train-set", name, {"queries": queries}, _key_config(cfg), CODE)
+    spec = StageSpec("mine", "train-set", name, {"queries": queries}, _key_config(cfg), (__name__,))
 
     def build(scratch: Path) -> StageOutput:
         n = max(1, env.profile.dask.n_workers * 2)
@@ -159,7 +158,7 @@ def mine(
             {"train.jsonl": n_rows},
         )
 
-    return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="mine", **producer_ids()))
+    return flow_result(env.run(spec, build, refresh=refresh))
 
 
 def _key_config(cfg: MineConfig) -> dict[str, Any]:
@@ -180,7 +179,7 @@ def _mine_dense_stage(
         name,
         {"queries": queries, **extra_inputs},
         {**_key_config(cfg), "teacher_identity": teacher.identity},
-        CODE,
+        (__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -205,4 +204,4 @@ def _mine_dense_stage(
             {"train.jsonl": n_rows},
         )
 
-    return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="mine", **producer_ids()))
+    return flow_result(env.run(spec, build, refresh=refresh))

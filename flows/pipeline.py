@@ -14,17 +14,12 @@ from flows.ingest import ingest
 from flows.mine import mine
 from flows.pretrain import pretrain
 from flows.synthesize import synthesize
+from m3.stage import pipeline_order
 
-# (stage, flow, output kind, input kinds)
-STAGES = (
-    ("ingest", ingest, "corpus", ()),
-    ("synthesize", synthesize, "queries", ("corpus",)),
-    ("pretrain", pretrain, "checkpoint", ("corpus",)),
-    ("mine", mine, "train-set", ("queries",)),
-    ("finetune", finetune, "model", ("checkpoint", "train-set")),
-    ("evaluate", evaluate, "report", ("model", "queries")),
-)
-STAGE_NAMES = tuple(s[0] for s in STAGES)
+# Each stage is declared once, on its flow (``@declare``: kind, inputs, config sections); the
+# order, the stage names and what each stage is handed all come from those declarations.
+STAGES = pipeline_order([ingest, synthesize, pretrain, mine, finetune, evaluate])
+STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def select_stages(from_stage: str | None, only: list[str] | None, refresh: list[str] | None) -> list[str]:
@@ -56,15 +51,16 @@ def pipeline(
     refresh = refresh or []
     outputs: dict[str, str] = {}
     done = []
-    for name, stage_flow, kind, needs in STAGES:
+    for st in STAGES:
+        name, kind = st.name, st.kind
         if name not in selected:
             try:
                 outputs[kind] = env.store.resolve(f"{kind}/{env.profile.name}")
             except KeyError:
                 continue  # only needed if a selected stage reads it; that stage reports it
             continue
-        inputs = {k: outputs[k] for k in needs if k in outputs}
-        state = stage_flow(
+        inputs = {k: outputs[k] for k in st.inputs if k in outputs}
+        state = st.flow(
             profile=profile, store=env.store.url, refresh=name in refresh, inputs=inputs, return_state=True
         )
         if not state.is_completed():

@@ -12,13 +12,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import StageEnv, load_table, open_env, producer_ids, publish
+from flows.common import StageEnv, flow_result, load_table, open_env, publish
 from flows.training import folder_files, run_training
-from m3.stage import StageOutput, StageResult, StageSpec, run_stage
+from m3.stage import StageOutput, StageResult, StageSpec, declare
 from tasks.artifact_io import schema_dict, write_table
 from tasks.pairs import title_body_pairs
-
-MODEL_CODE = ("model", "tasks/training")
 
 
 def build_tokenizer(env: StageEnv, corpus: str, refresh: bool):
@@ -30,7 +28,7 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool):
         env.profile.name,
         inputs={"corpus": corpus},
         config=env.profile.tokenizer.model_dump(mode="json"),
-        code=("model/tokenizer.py", "flows/pretrain.py"),
+        code=(__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -43,7 +41,7 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool):
         size = len(AutoTokenizer.from_pretrained(str(scratch / "tokenizer")))
         return StageOutput(folder_files(scratch / "tokenizer"), {"vocab_size": size, "docs": len(docs)})
 
-    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+    return env.run(spec, build, refresh=refresh)
 
 
 def build_pairs(env: StageEnv, corpus: str, refresh: bool):
@@ -53,7 +51,7 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool):
         env.profile.name,
         inputs={"corpus": corpus},
         config=env.profile.pairs.model_dump(mode="json"),
-        code=("tasks/pairs.py", "tasks/text.py", "flows/pretrain.py"),
+        code=(__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -61,7 +59,7 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool):
         rows = write_table(pairs, "pairs", scratch)
         return StageOutput({r: scratch / r for r in rows}, stats, schema_dict("pairs"), rows)
 
-    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+    return env.run(spec, build, refresh=refresh)
 
 
 def build_start(env: StageEnv, refresh: bool):
@@ -77,7 +75,7 @@ def build_start(env: StageEnv, refresh: bool):
         f"{env.profile.name}-init",
         inputs={"init": source.manifest_id} if source.manifest_id else {},
         config={"model": mspec.model_dump(mode="json"), "source_identity": source.identity},
-        code=(*MODEL_CODE, "flows/pretrain.py"),
+        code=(__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -95,7 +93,7 @@ def build_start(env: StageEnv, refresh: bool):
         model.save_pretrained(scratch / "model")
         return StageOutput(folder_files(scratch / "model"), info)
 
-    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+    return env.run(spec, build, refresh=refresh)
 
 
 def build_retromae(env: StageEnv, corpus: str, refresh: bool, tokenizer: str | None, start: str | None):
@@ -113,7 +111,7 @@ def build_retromae(env: StageEnv, corpus: str, refresh: bool, tokenizer: str | N
         f"{env.profile.name}-retromae",
         inputs={**base, "corpus": corpus},
         config={"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
-        code=(*MODEL_CODE, "tasks/retromae.py", "flows/pretrain.py"),
+        code=(__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -123,7 +121,7 @@ def build_retromae(env: StageEnv, corpus: str, refresh: bool, tokenizer: str | N
         model.save_pretrained(scratch / "model")
         return StageOutput(folder_files(scratch / "model"), summary)
 
-    return run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids())
+    return env.run(spec, build, refresh=refresh)
 
 
 def _start_model(env: StageEnv, tokenizer: str | None, start: str | None):
@@ -135,6 +133,7 @@ def _start_model(env: StageEnv, tokenizer: str | None, start: str | None):
     return M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
 
 
+@declare("checkpoint", needs=("corpus",), sections=("model", "tokenizer", "retromae", "pairs", "pretrain"))
 @flow(name="pretrain")
 def pretrain(
     profile: str = "demo",
@@ -152,11 +151,11 @@ def pretrain(
     corpus = env.input_id(inputs, "corpus", "corpus")
     tokenizer = start = None
     if env.profile.model.init:
-        start = publish_result(env, build_start(env, refresh))
+        start = build_start(env, refresh).manifest_id
     else:
-        tokenizer = publish_result(env, build_tokenizer(env, corpus, refresh))
+        tokenizer = build_tokenizer(env, corpus, refresh).manifest_id
     if env.profile.retromae:
-        start = publish_result(env, build_retromae(env, corpus, refresh, tokenizer, start))
+        start = build_retromae(env, corpus, refresh, tokenizer, start).manifest_id
     cfg = env.profile.pretrain
     if cfg is None:  # no contrastive stage: the pretrained (or RetroMAE) model is the checkpoint
         ref = f"checkpoint/{env.profile.name}"
@@ -164,8 +163,10 @@ def pretrain(
         if head is None or head.manifest != start:
             env.store.set_ref(ref, start)
         log.info("pretrain: no contrastive stage (pretrain: null); %s is %s", ref, start[:12])
-        return publish(env, StageResult("pretrain", "checkpoint", ref, start, cached=True))
-    pairs = publish_result(env, build_pairs(env, corpus, refresh))
+        result = StageResult("pretrain", "checkpoint", ref, start, cached=True)
+        publish(env, result)
+        return flow_result(result)
+    pairs = build_pairs(env, corpus, refresh).manifest_id
     base = (
         {"tokenizer": tokenizer} if start is None else {"retromae" if env.profile.retromae else "init": start}
     )
@@ -175,7 +176,7 @@ def pretrain(
         env.profile.name,
         inputs={**base, "pairs": pairs},
         config={"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
-        code=(*MODEL_CODE, "flows/pretrain.py", "flows/training.py"),
+        code=(__name__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -189,10 +190,4 @@ def pretrain(
         trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch, refresh)
         return StageOutput(folder_files(trained), {"objective": "dense InfoNCE (title-body)", **summary})
 
-    return publish(env, run_stage(env.store, spec, build, refresh=refresh, flow="pretrain", **producer_ids()))
-
-
-def publish_result(env: StageEnv, result: StageResult) -> str:
-    """Publish an inner stage's output (Prefect artifacts) and return its manifest id."""
-    publish(env, result)
-    return result.manifest_id
+    return flow_result(env.run(spec, build, refresh=refresh))

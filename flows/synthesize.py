@@ -18,13 +18,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import load_table, open_env, producer_ids, publish
-from m3.stage import StageOutput, StageSpec, run_stage
+from flows.common import flow_result, load_table, open_env
+from m3.stage import StageOutput, StageSpec, declare
 from tasks.artifact_io import schema_dict, write_jsonl, write_table
 from tasks.llm.config import OpenAIConfig
 from tasks.synthesize import ict_queries, pairing_metrics
-
-CODE = ("tasks/synthesize.py", "tasks/llm", "tasks/text.py", "tasks/artifact_io.py", "flows/synthesize.py")
 
 
 def resolve_api_key(cfg: OpenAIConfig) -> str | None:
@@ -54,6 +52,7 @@ def resolve_api_key(cfg: OpenAIConfig) -> str | None:
     return None
 
 
+@declare("queries", needs=("corpus",), sections=("synthesize",))
 @flow(name="synthesize")
 def synthesize(
     profile: str = "demo",
@@ -72,7 +71,7 @@ def synthesize(
         env.profile.name,
         inputs={"corpus": corpus},
         config=settings.stage_config(),
-        code=CODE,
+        code=(__name__,),
     )
 
     def build_ict(scratch: Path) -> StageOutput:
@@ -124,6 +123,4 @@ def synthesize(
         return StageOutput({r: scratch / r for r in rows}, m, schema_dict("queries"), rows)
 
     build = build_openai if settings.backend == "openai" else build_ict
-    return publish(
-        env, run_stage(env.store, spec, build, refresh=refresh, flow="synthesize", **producer_ids())
-    )
+    return flow_result(env.run(spec, build, refresh=refresh))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import subprocess
 from pathlib import Path
@@ -46,23 +45,3 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
-
-
-@functools.cache
-def code_version(*packages: str) -> str:
-    """Hash of the source files of the given repo folders (e.g. ``tasks/ingest``, ``model``).
-
-    It goes into stage cache keys, so editing the code of a stage invalidates that stage (and
-    only that stage) even in a dirty checkout, where the git commit would not change.
-    """
-    digest = hashlib.sha256()
-    for package in sorted(packages):
-        base = REPO_ROOT / package
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
-        for f in files:
-            if "__pycache__" in f.parts or not f.is_file():
-                continue
-            digest.update(str(f.relative_to(REPO_ROOT)).encode())
-            digest.update(b"\0")
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]

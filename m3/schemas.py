@@ -9,7 +9,8 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-SCHEMAS_FILE = Path(__file__).resolve().parent.parent / "data_specs" / "schemas.yaml"
+CODE_DATA = ("data_specs/schemas.yaml",)  # read at run time: part of every stage key that imports this
+SCHEMAS_FILE = Path(__file__).resolve().parent.parent / CODE_DATA[0]
 _TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from m3 import openlineage
-from m3.provenance import code_version, git_state, package_versions
+from m3.codekey import code_digest
+from m3.provenance import git_state, package_versions
 from m3.store.manifest import Producer, canonical_json, hash_config
 from m3.store.store import Store
 
@@ -155,8 +156,70 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One pipeline stage, declared once, next to the flow that makes its data (``@declare``).
+
+    ``needs`` are the artifact kinds it cannot run without and ``reads`` those it uses when the
+    run has them (a checkpoint teacher for mining); both order the pipeline (:func:`pipeline_order`)
+    and say what the pipeline hands the stage. ``sections`` are the profile sections it is configured
+    by. The stage's deployments, ``--from``/``--only`` checks and docs all derive from this.
+    """
+
+    name: str
+    kind: str
+    needs: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    flow: Any = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.needs, *self.reads)
+
+
+def declare(kind: str, *, needs=(), reads=(), sections=()):
+    """Decorator for a stage's Prefect flow: attaches its :class:`Stage` as ``flow.stage``."""
+
+    def wrap(flow_fn):
+        flow_fn.stage = Stage(flow_fn.name, kind, tuple(needs), tuple(reads), tuple(sections), flow_fn)
+        return flow_fn
+
+    return wrap
+
+
+def pipeline_order(flows) -> tuple[Stage, ...]:
+    """The declared stages in an order where every stage comes after the stages making its inputs.
+
+    Ties keep the order given. A kind made twice or an input no stage makes is a declaration error.
+    """
+    stages = [f.stage for f in flows]
+    makers: dict[str, str] = {}
+    for st in stages:
+        if st.kind in makers:
+            raise ValueError(f"stages {makers[st.kind]} and {st.name} both make {st.kind!r}")
+        makers[st.kind] = st.name
+    for st in stages:
+        for kind in st.inputs:
+            if kind not in makers:
+                raise ValueError(f"stage {st.name} reads {kind!r}, which no stage makes")
+    ordered: list[Stage] = []
+    pending = list(stages)
+    while pending:
+        ready = [st for st in pending if all(makers[k] in {o.name for o in ordered} for k in st.inputs)]
+        if not ready:
+            raise ValueError(f"the stages {', '.join(s.name for s in pending)} depend on each other")
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+    return tuple(ordered)
+
+
+@dataclass(frozen=True)
 class StageSpec:
-    """The identity of one stage output: what it reads, how it is configured, which code."""
+    """The identity of one stage output: what it reads, how it is configured, which code.
+
+    ``code`` names the module(s) whose import closure is the stage's code (``m3.codekey``): the
+    module that defines the build function, ``__name__`` where the spec is written.
+    """
 
     stage: str
     kind: str
@@ -175,7 +238,7 @@ class StageSpec:
             "kind": self.kind,
             "inputs": dict(sorted(self.inputs.items())),
             "config": hash_config(self.config),
-            "code": code_version(*self.code),
+            "code": code_digest(*self.code),
         }
         return hashlib.sha256(canonical_json(body)).hexdigest()[:32]
 
@@ -209,7 +272,7 @@ def run_stage(
         task_run_id=task_run_id,
         git_commit=commit,
         git_dirty=dirty,
-        code_version=code_version(*spec.code),
+        code_version=code_digest(*spec.code),
         packages=package_versions(),
         config=dict(spec.config),
         config_hash=hash_config(spec.config),

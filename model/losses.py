@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS
+
 
 def group_labels(
     n_queries: int, group_size: int, device: torch.device | None = None, query_offset: int = 0
@@ -87,12 +89,6 @@ def self_distill(
     """
     target = torch.softmax(masked_logits(teacher_logits.detach(), mask), dim=-1)
     return -(target * torch.log_softmax(masked_logits(student_logits, mask), dim=-1)).sum(-1).mean()
-
-
-FUNCTIONS = ("dense", "sparse", "colbert")
-# s_inter weights w and loss weights λ of the paper (arXiv 2402.03216 §3.3), per function.
-ENSEMBLE_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
-LOSS_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
 
 
 def group_scores(scores: torch.Tensor, group_size: int, query_offset: int = 0) -> torch.Tensor:

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-# Ensemble-teacher weights (dense, lexical, multi-vector), paper §3.3: s_inter = s_d + 0.3·s_lex + s_mul.
-DEFAULT_WEIGHTS: tuple[float, float, float] = (1.0, 0.3, 1.0)
+from m3.recipe import weights_tuple
+
+DEFAULT_WEIGHTS = weights_tuple()  # the ensemble teacher's (dense, lexical, multi-vector), m3.recipe
 _MAX_SIM_ELEMENTS = 1 << 25  # bound the [n, m_chunk, Lq, Lp] similarity block in colbert scoring
 
 

@@ -185,11 +185,11 @@ def _build(scratch: Path) -> StageOutput:
 
 def _run_stages(store: Store, source: str) -> str:
     """One built stage, the same again (a cache hit), then a stage whose build fails on its input."""
-    spec = StageSpec("ingest", "corpus", "t", {"source:raw": source}, {"min_chars": 1}, ("m3/stage.py",))
+    spec = StageSpec("ingest", "corpus", "t", {"source:raw": source}, {"min_chars": 1}, ("m3.stage",))
     built = run_stage(store, spec, _build, flow="ingest", flow_run_id=FLOW_RUN)
     again = run_stage(store, spec, _build, flow="ingest", flow_run_id=FLOW_RUN)
     assert again.cached
-    bad = StageSpec("mine", "train-set", "t", {"queries": built.manifest_id}, {}, ("m3/stage.py",))
+    bad = StageSpec("mine", "train-set", "t", {"queries": built.manifest_id}, {}, ("m3.stage",))
 
     def corrupt(_: Path) -> StageOutput:
         raise ValueError("Parquet magic bytes not found in footer")

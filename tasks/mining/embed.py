@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3.provenance import code_version
+from m3.codekey import code_digest
 from m3.store import Store
 from m3.store.manifest import canonical_json
 from tasks.artifact_io import read_table
@@ -67,7 +67,7 @@ def embedding_key(teacher_identity: str, queries_id: str, role: str, encode: dic
         "max_length": length,
         "prefix": prefix,
         **{k: encode.get(k) for k in keep},
-        "code": code_version("tasks/mining/embed.py", "tasks/mining/teachers.py", "model/m3.py"),
+        "code": code_digest(__name__),
     }
     return hashlib.sha256(canonical_json(body)).hexdigest()[:32]
 

@@ -160,3 +160,24 @@ def test_lineage_walks_parents_to_sources(tmp_path):
     assert [n["kind"] for n in nodes] == ["report", "corpus", "source"]
     assert nodes[0]["id"] == report.id and nodes[-1]["files"][0]["path"] == "w.xml"
     assert json.dumps(nodes)  # machine-readable
+
+
+def test_tokenizer_artifact_carries_no_local_absolute_paths(tmp_path):
+    """A trained tokenizer, committed and read back, names no folder of the machine that built it
+    (SentencePiece records its ``input``/``model_prefix`` file names in the model unless fed a stream)."""
+    import tempfile
+
+    from model.tokenizer import train_tokenizer
+
+    texts = [f"the quick brown fox {i} jumps over the lazy dog near the river bank" for i in range(200)]
+    folder = train_tokenizer(texts, tmp_path / "tok", vocab_size=48)
+    store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    m = store.commit("tokenizer", "demo", files, ref="tokenizer/demo")
+    assert "sentencepiece.bpe.model" in files
+    local = [str(tmp_path), tempfile.gettempdir().rstrip("/") + "/", "m3-spm-", str(Path.home())]
+    for rel in [f.path for f in m.files]:
+        data = store.read_file_bytes(m.id, rel)
+        for needle in local:
+            assert needle.encode() not in data, (rel, needle)
+    assert str(tmp_path) not in store.manifest(m.id).to_json().decode()

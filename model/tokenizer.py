@@ -10,6 +10,7 @@ the saved folder loads offline with ``AutoTokenizer.from_pretrained`` (from ``to
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 from collections.abc import Iterable
@@ -103,26 +104,33 @@ def precompiled_charsmap(model_bytes: bytes) -> bytes | None:
     return None
 
 
-def _train_spm(input_file: Path, prefix: Path, vocab_size: int, cfg: TokenizerConfig) -> None:
+def _train_spm(input_file: Path, vocab_size: int, cfg: TokenizerConfig) -> bytes:
+    """The trained model's bytes. The lines are fed through ``sentence_iterator`` and the model comes
+    back through ``model_writer``: given file names (``input=``, ``model_prefix=``) SentencePiece
+    records them in the model's ``trainer_spec``, and the artifact would carry this machine's temp
+    paths."""
     spm.set_random_generator_seed(cfg.seed)
-    spm.SentencePieceTrainer.train(
-        input=str(input_file),
-        model_prefix=str(prefix),
-        model_type="unigram",
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,  # tiny corpora: accept fewer pieces instead of failing
-        character_coverage=cfg.character_coverage,
-        input_sentence_size=cfg.input_sentence_size,
-        shuffle_input_sentence=True,
-        max_sentence_length=cfg.max_sentence_length,
-        num_threads=cfg.num_threads,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        normalization_rule_name="nmt_nfkc",
-        minloglevel=2,
-    )
+    model = io.BytesIO()
+    with input_file.open(encoding="utf-8") as lines:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(line.rstrip("\n") for line in lines),
+            model_writer=model,
+            model_type="unigram",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,  # tiny corpora: accept fewer pieces instead of failing
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.input_sentence_size,
+            shuffle_input_sentence=True,
+            max_sentence_length=cfg.max_sentence_length,
+            num_threads=cfg.num_threads,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            normalization_rule_name="nmt_nfkc",
+            minloglevel=2,
+        )
+    return model.getvalue()
 
 
 def train_tokenizer(
@@ -154,11 +162,10 @@ def train_tokenizer(
         if n_lines == 0:
             raise ValueError("train_tokenizer: no non-empty text to train on")
 
-        prefix = Path(tmp) / "spm"
         size = cfg.vocab_size
         while True:
             try:
-                _train_spm(corpus, prefix, size, cfg)
+                model_bytes = _train_spm(corpus, size, cfg)
                 break
             except RuntimeError as exc:  # e.g. "Vocabulary size is smaller than required_chars"
                 msg = str(exc)
@@ -174,7 +181,6 @@ def train_tokenizer(
                 if new_size == size or new_size > 4 * cfg.vocab_size:
                     raise
                 size = new_size
-        model_bytes = (Path(str(prefix) + ".model")).read_bytes()
 
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     n_pieces = sp.get_piece_size()

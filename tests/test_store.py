@@ -160,3 +160,76 @@ def test_lineage_walks_parents_to_sources(tmp_path):
     assert [n["kind"] for n in nodes] == ["report", "corpus", "source"]
     assert nodes[0]["id"] == report.id and nodes[-1]["files"][0]["path"] == "w.xml"
     assert json.dumps(nodes)  # machine-readable
+
+
+def test_tokenizer_artifact_carries_no_local_absolute_paths(tmp_path):
+    """A trained tokenizer, committed and read back, names no folder of the machine that built it
+    (SentencePiece records its ``input``/``model_prefix`` file names in the model unless fed a stream)."""
+    import tempfile
+
+    from model.tokenizer import train_tokenizer
+
+    texts = [f"the quick brown fox {i} jumps over the lazy dog near the river bank" for i in range(200)]
+    folder = train_tokenizer(texts, tmp_path / "tok", vocab_size=48)
+    store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    m = store.commit("tokenizer", "demo", files, ref="tokenizer/demo")
+    assert "sentencepiece.bpe.model" in files
+    local = [str(tmp_path), tempfile.gettempdir().rstrip("/") + "/", "m3-spm-", str(Path.home())]
+    for rel in [f.path for f in m.files]:
+        data = store.read_file_bytes(m.id, rel)
+        for needle in local:
+            assert needle.encode() not in data, (rel, needle)
+    assert str(tmp_path) not in store.manifest(m.id).to_json().decode()
+
+
+def _client_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+
+
+def test_retry_classifies_transient_errors_and_bounds_the_policy():
+    """What the store retries: no answer, 5xx, throttling. Never a 4xx such as NoSuchBucket."""
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+    from s3fs.errors import translate_boto_error
+
+    from m3.store.retry import RetryPolicy, is_transient, unsent
+
+    transient = [
+        EndpointConnectionError(endpoint_url="http://x"),
+        ConnectionClosedError(endpoint_url="http://x"),
+        ReadTimeoutError(endpoint_url="http://x"),
+        ConnectionResetError(104, "reset"),
+        TimeoutError("timed out"),
+        *(translate_boto_error(_client_error(c, s)) for c, s in [("SlowDown", 503), ("InternalError", 500)]),
+        translate_boto_error(_client_error("ThrottlingException", 400)),
+        _client_error("TooManyRequests", 429),
+    ]
+    permanent = [
+        *(
+            translate_boto_error(_client_error(c, s))
+            for c, s in [("NoSuchBucket", 404), ("AccessDenied", 403)]
+        ),
+        translate_boto_error(_client_error("OperationAborted", 409)),  # EBUSY, but a 4xx
+        translate_boto_error(_client_error("InvalidBucketName", 400)),
+        FileNotFoundError("x"),
+        PermissionError("x"),
+        OSError(28, "No space left on device"),
+        ValueError("x"),
+    ]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in permanent] == [False] * len(permanent)
+    assert unsent(transient[0]) and not unsent(transient[1]) and not unsent(transient[2])
+
+    policy = RetryPolicy.from_env({})
+    assert (policy.attempts, policy.max_seconds) == (5, 30.0)
+    waits = [policy.delay(i) for i in range(1, policy.attempts)]
+    assert all(0 < w <= policy.cap_seconds for w in waits) and sum(waits) < policy.max_seconds
+    custom = RetryPolicy.from_env({"M3_STORE_RETRY_ATTEMPTS": "2", "M3_STORE_RETRY_SECONDS": "1.5"})
+    assert (custom.attempts, custom.max_seconds) == (2, 1.5)
+    with pytest.raises(ValueError, match="M3_STORE_RETRY"):
+        RetryPolicy.from_env({"M3_STORE_RETRY_ATTEMPTS": "many"})

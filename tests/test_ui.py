@@ -128,10 +128,12 @@ def ui_server(tmp_path_factory):
     server.server_close()
 
 
-def launch_browser(playwright):
+def launch_browser(playwright, extra_args: list[str] = ()):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
+    )
 
 
 def test_api_graph_lists_every_artifact_with_parents_and_children(ui_server):

@@ -7,9 +7,11 @@ Layout under the root (any fsspec URL):
     refs/<kind>/<name>/<seq:010d>.json     ref history; the highest seq is the head
     stage-cache/<stage>/<key>.json         stage cache key -> manifest id
 
-A commit writes blobs, then the manifest, then advances the ref. Until the ref moves the
-artifact is not visible under any name, so a crash at any point leaves nothing partial to see;
-what it leaves behind is unreferenced and ``gc`` removes it.
+A commit writes blobs, then the manifest, checks both are there, then advances the ref. Until
+the ref moves the artifact is not visible under any name, so a crash at any point leaves nothing
+partial to see; what it leaves behind is unreferenced and ``gc`` removes it. Each read and write
+of that path is retried on transient errors (m3/store/retry.py); when they outlast the retries
+the commit fails with a StoreError that says nothing was published.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 from m3.store.backend import Backend
 from m3.store.manifest import FileEntry, Manifest, Producer
 from m3.store.names import InvalidName, is_manifest_id, validate_ref, validate_relpath, validate_segment
+from m3.store.retry import RetriesExhausted, RetryPolicy, describe, is_transient, unsent
+from m3.store.retry import call as retry_call
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ class NotFound(StoreError, KeyError):
 
 class RefConflict(StoreError):
     """Another writer moved the ref first (compare-and-swap lost)."""
+
+
+class _RefUncertain(StoreError):
+    """The ref write failed, but one attempt may have reached the store unanswered."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -86,10 +98,15 @@ def default_cache_dir() -> Path:
 
 
 class Store:
-    def __init__(self, url: str, cache_dir: Path | None = None):
+    def __init__(self, url: str, cache_dir: Path | None = None, retry: RetryPolicy | None = None):
         self.url = url
         self.backend = Backend(url)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.retry = retry or RetryPolicy.from_env()
+
+    def _io(self, what: str, fn, *args, on_error=None):
+        """``fn(*args)`` on the backend, retried on transient errors (see m3/store/retry.py)."""
+        return retry_call(fn, *args, what=what, policy=self.retry, on_error=on_error)
 
     # -- blobs and manifests ------------------------------------------------------------------
     @staticmethod
@@ -99,8 +116,9 @@ class Store:
     def _put_blob(self, local: Path) -> tuple[str, int]:
         sha, size = _sha256_file(local)
         rel = self._blob_path(sha)
-        if not self.backend.exists(rel):
-            self.backend.put_file_atomic(local, rel)
+        if not self._io(f"check blob {sha[:12]}", self.backend.exists, rel):
+            # content-addressed, so a repeated PUT after a lost answer writes the same bytes
+            self._io(f"write blob {sha[:12]}", self.backend.put_file_atomic, local, rel)
             if self.backend.is_local:
                 os.chmod(self.backend.full(rel), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         return sha, size
@@ -121,17 +139,31 @@ class Store:
     ) -> Manifest:
         """Store ``files`` (artifact path -> local file) as a new artifact version.
 
-        Order: blobs, manifest, then (if ``ref``) the ref, so readers never see a partial
-        artifact. ``expected`` is the compare-and-swap value for the ref (None = must not exist);
-        by default the ref advances on top of whatever head it has.
+        Order: blobs, manifest, a check that both are stored, then (if ``ref``) the ref, so
+        readers never see a partial artifact. ``expected`` is the compare-and-swap value for the
+        ref (None = must not exist); by default the ref advances on top of whatever head it has.
+        Store I/O that fails (after retries, for transient errors) raises StoreError naming the
+        store and the artifact.
         """
         validate_segment(kind, "artifact kind")
         validate_segment(name, "artifact name")
         if ref is not None:
             validate_ref(ref)
+        try:
+            return self._commit(kind, name, files, parents, producer, metrics, schema, rows, ref, expected)
+        except (OSError, _RefUncertain) as exc:
+            outcome, cause = "nothing was published", exc
+            if isinstance(exc, _RefUncertain):
+                outcome, cause = exc.message, exc.__cause__
+            reason = str(cause) if isinstance(cause, RetriesExhausted) else describe(cause)
+            raise StoreError(
+                f"store {self.url}: could not commit {kind}/{name} ({reason}); {outcome}"
+            ) from exc
+
+    def _commit(self, kind, name, files, parents, producer, metrics, schema, rows, ref, expected) -> Manifest:
         parents = list(dict.fromkeys(parents))
         for parent in parents:
-            if not self.backend.exists(f"manifests/{parent}.json"):
+            if not self._io("check parent", self.backend.exists, f"manifests/{parent}.json"):
                 raise NotFound(f"parent manifest {parent} is not in the store {self.url}")
         entries = []
         rows = rows or {}
@@ -151,17 +183,39 @@ class Store:
             created_at=_now(),
         )
         manifest.id = manifest.compute_id()
-        self.backend.create_exclusive(f"manifests/{manifest.id}.json", manifest.to_json())
+        # Exclusive and content-addressed: if a retried write finds it there, it is this manifest.
+        self._io(
+            "write manifest",
+            self.backend.create_exclusive,
+            f"manifests/{manifest.id}.json",
+            manifest.to_json(),
+        )
         _crash_point("after_manifest")
         if ref is not None:
+            self._check_complete(manifest)
             self.set_ref(ref, manifest.id, expected=expected)
             _crash_point("after_ref")
         return manifest
 
+    def _check_complete(self, manifest: Manifest) -> None:
+        """The manifest and every blob it names are stored (a ref must never name a partial one)."""
+        missing = []
+        if not self._io("check manifest", self.backend.exists, f"manifests/{manifest.id}.json"):
+            missing.append(f"manifest {manifest.id[:12]}")
+        for entry in {e.sha256: e for e in manifest.files}.values():
+            rel = self._blob_path(entry.sha256)
+            if not self._io(f"check blob {entry.sha256[:12]}", self.backend.exists, rel):
+                missing.append(f"blob of {entry.path}")
+        if missing:
+            raise StoreError(
+                f"store {self.url}: could not commit {manifest.kind}/{manifest.name} "
+                f"({', '.join(missing[:3])} missing after it was written); nothing was published"
+            )
+
     def manifest(self, manifest_id: str) -> Manifest:
         rel = f"manifests/{manifest_id}.json"
         try:
-            data = self.backend.read_bytes(rel)
+            data = self._io("read manifest", self.backend.read_bytes, rel)
         except FileNotFoundError:
             raise NotFound(f"no artifact with id {manifest_id} in the store {self.url}") from None
         manifest = Manifest.model_validate_json(data)
@@ -201,10 +255,10 @@ class Store:
     def ref_history(self, ref: str) -> list[RefEntry]:
         validate_ref(ref)
         out = []
-        for fname in self.backend.list_dir(f"refs/{ref}"):
+        for fname in self._io(f"list ref {ref}", self.backend.list_dir, f"refs/{ref}"):
             if not fname.endswith(".json") or not fname[:-5].isdigit():
                 continue
-            data = json.loads(self.backend.read_bytes(f"refs/{ref}/{fname}"))
+            data = json.loads(self._io(f"read ref {ref}", self.backend.read_bytes, f"refs/{ref}/{fname}"))
             out.append(RefEntry(ref, int(fname[:-5]), data["manifest"], data.get("previous"), data["at"]))
         return sorted(out, key=lambda e: e.seq)
 
@@ -247,12 +301,34 @@ class Store:
                 return head
             seq = (head.seq if head else 0) + 1
             body = {"manifest": manifest_id, "previous": current, "at": _now()}
-            if self.backend.create_exclusive(
-                f"refs/{ref}/{seq:0{_SEQ_WIDTH}d}.json", json.dumps(body).encode()
-            ):
+            if self._create_ref_version(ref, seq, json.dumps(body).encode()):
                 return RefEntry(ref, seq, manifest_id, current, body["at"])
             if expected is not _ANY:
                 raise RefConflict(f"ref {ref} was moved concurrently by another writer (version {seq} taken)")
+
+    def _create_ref_version(self, ref: str, seq: int, data: bytes) -> bool:
+        """Create ``refs/REF/SEQ.json`` exclusively, with retries; True if this call created it.
+
+        A retried write that finds the version taken reads it back: if it holds our bytes (the
+        body's timestamp makes them unique), the earlier attempt landed and only its answer was
+        lost. If every attempt failed, :class:`_RefUncertain` says whether one may have landed.
+        """
+        rel = f"refs/{ref}/{seq:0{_SEQ_WIDTH}d}.json"
+        failures: list[BaseException] = []
+        try:
+            created = self._io(
+                f"write ref {ref}", self.backend.create_exclusive, rel, data, on_error=failures.append
+            )
+        except OSError as exc:
+            if any(is_transient(f) and not unsent(f) for f in failures):  # no answer: it may have landed
+                raise _RefUncertain(
+                    f"ref {ref} may have moved (a write of version {seq} got no answer); "
+                    f"`m3 artifacts show {ref}` tells"
+                ) from exc
+            raise
+        if created or not failures:
+            return created
+        return self._io(f"read ref {ref}", self.backend.read_bytes, rel) == data
 
     # -- stage cache --------------------------------------------------------------------------
     def cache_lookup(self, stage: str, key: str) -> str | None:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.m3-installed
 
-.PHONY: setup demo test test-fast lint format lock clean serve pools ui
+.PHONY: setup browser demo test test-fast lint format lock clean serve pools ui
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,22 @@ setup: $(STAMP)
 demo: setup                                          ## the whole pipeline on the demo data, from MiniLM
 	$(BIN)/m3 run --profile minilm-cpu
 
-test: setup                                          ## every test, end-to-end ones included
+browser:                                             ## Debian chromium for the browser tests (Playwright never downloads one)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "installing Debian chromium (apt-get) for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
+	  else \
+	    echo "m3: the browser tests need /usr/bin/chromium: run 'sudo apt-get install -y chromium', then make test again" >&2; \
+	    exit 2; \
+	  fi; \
+	fi
+
+test: setup browser                                  ## every test, end-to-end ones included
 	$(BIN)/pytest -ra
 
-test-fast: setup                                     ## skip the slow end-to-end tests
+test-fast: setup browser                                     ## skip the slow end-to-end tests
 	$(BIN)/pytest -ra -m "not slow"
 
 serve: setup                                         ## local Prefect server (SQLite) + process worker, deployments applied
@@ -35,9 +47,10 @@ pools: setup                                         ## work pools on $$PREFECT_
 ui: setup                                            ## the lineage page over the store (M3_STORE or ./.m3/store)
 	$(BIN)/m3 ui
 
-lint: setup
+lint: setup                                          ## ruff, and mypy on the library code (m3/, model/, tasks/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy m3 model tasks
 
 format: setup
 	$(BIN)/ruff format .

@@ -4,8 +4,10 @@ API needs: a concurrency limit, RPM/TPM limits, a budget, and retries that back 
 Retries: exponential backoff with full jitter (Brooker, "Exponential Backoff And Jitter", AWS
 Architecture Blog, 2015) on 429, 5xx, timeouts, dropped connections and unreadable bodies; a
 ``Retry-After`` / ``retry-after-ms`` header sets the minimum wait. Other 4xx are the caller's
-mistake (bad request, bad key, unknown model) and are never retried. The official ``openai``
-client does the HTTP; its own retries are off so that every request sent is counted here.
+mistake (bad request, bad key, unknown model) and are never retried, nor is a 200 reply of the
+wrong shape or size (``tasks.llm.reply``): the server would answer the same way again. The
+official ``openai`` client does the HTTP (its own retries off, so that every request sent is
+counted here); the body is read raw, bounded, and checked here rather than trusted to its models.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The key lives only in memory, inside the HTTP client. Every error text that leaves this package
 (failure lists, logs, exceptions) goes through :meth:`Redactor.clean` first, because servers do
-echo credentials back (a 401 body naming the key it rejected, a proxy dumping request headers).
+echo credentials back (a 401 body naming the key it rejected, a proxy dumping request headers);
+so does the content of every 200 reply, before it is parsed or cached (a model or proxy can echo
+the key there too), and every cache record, field by field (:meth:`Redactor.clean_obj`).
 """
 
 from __future__ import annotations

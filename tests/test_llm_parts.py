@@ -17,6 +17,7 @@ from tasks.llm.config import BudgetConfig, OpenAIConfig
 from tasks.llm.filters import QuestionFilter
 from tasks.llm.parse import ParseError, parse_questions
 from tasks.llm.prompts import build_messages
+from tasks.llm.reply import Reply, ReplyError, read_reply, reply_byte_limit
 from tasks.llm.secret import Redactor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,57 @@ def test_redactor_scrubs_the_key_and_pieces_of_it():
     assert KEY not in cleaned and "NEVER-WRI" not in cleaned and "[REDACTED]" in cleaned
     assert Redactor(None).clean("nothing to hide") == "nothing to hide"
     assert KEY not in repr(r)
+
+
+def test_redactor_scrubs_every_secret_in_nested_records():
+    r = Redactor(KEY, "proxy-token-123456", None)
+    record = {"content": f"a {KEY} b", "usage": {"prompt_tokens": 3}, "list": ["proxy-token-123456", 1, None]}
+    assert r.clean_obj(record) == {
+        "content": "a [REDACTED] b",
+        "usage": {"prompt_tokens": 3},
+        "list": ["[REDACTED]", 1, None],
+    }
+
+
+def _body(**over) -> bytes:
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "{}"}}
+    reply = {"model": "m", "choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    reply.update(over)
+    return json.dumps(reply).encode()
+
+
+def test_reply_check_accepts_what_servers_legitimately_send():
+    assert read_reply(_body()) == Reply("{}", "stop", (5, 2), "m")
+    # No usage (some local servers), no finish_reason, null content, no model: accepted.
+    choice = {"message": {"content": None}}
+    assert read_reply(_body(usage=None, choices=[choice], model=None)) == Reply(None, None, None, None)
+    assert read_reply(_body(usage={"prompt_tokens": 5.0, "completion_tokens": 0})).usage == (5, 0)
+    assert reply_byte_limit(512) > 256 * 1024
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "bad_response"),
+        (b'"text"', "reply_not_object"),
+        (_body(usage={"prompt_tokens": True, "completion_tokens": 1}), "reply_bad_usage"),
+        (_body(usage={"prompt_tokens": 1}), "reply_bad_usage"),
+        (_body(usage={"prompt_tokens": 1.5, "completion_tokens": 1}), "reply_bad_usage"),
+        (_body(usage={"prompt_tokens": 2**40, "completion_tokens": 1}), "reply_bad_usage"),
+        (_body(choices={"0": {}}), "reply_no_choices"),
+        (_body(choices=[{"message": "hi"}]), "reply_no_message"),
+        (_body(choices=[{"message": {"content": {"text": "hi"}}}]), "reply_bad_content"),
+        (
+            _body(choices=[{"message": {"content": "x"}, "finish_reason": "tool_calls"}]),
+            "reply_bad_finish_reason",
+        ),
+    ],
+)
+def test_reply_check_names_what_is_wrong(body, reason):
+    with pytest.raises(ReplyError) as err:
+        read_reply(body)
+    assert err.value.reason == reason and err.value.detail
+    assert err.value.retryable is (reason == "bad_response")
 
 
 def test_config_refuses_a_key_where_a_name_belongs():

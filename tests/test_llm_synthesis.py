@@ -107,11 +107,24 @@ def corpus() -> pd.DataFrame:
 
 
 # -- the server ---------------------------------------------------------------------------------
+def completion(body: dict, content: object) -> dict:
+    """A well-formed chat-completion reply to request ``body`` with message ``content``; faults
+    that break its shape start from this (``("json", broken)``)."""
+    prompt = sum(len(m["content"]) for m in body["messages"])
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+    usage = {"prompt_tokens": prompt // 4, "completion_tokens": len(str(content)) // 4}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    reply = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0}
+    reply.update(model=body["model"], choices=[choice], usage=usage)
+    return reply
+
+
 class ChatServer:
     """A chat-completions server in a thread. ``respond(body, n_seen)`` returns an action:
     ``("ok", questions)``, ``("content", raw_text)``, ``("status", code, headers, body)``,
-    ``("sleep", seconds)``, ``("bad_body",)``, ``("drop",)`` or ``("hang",)``; ``n_seen`` counts
-    earlier requests with the same messages."""
+    ``("sleep", seconds)``, ``("bad_body",)``, ``("drop",)``, ``("hang",)``, or a 200 reply of
+    any shape: ``("json", obj)``, ``("raw", bytes)`` or ``("raw_unsized", bytes)`` (without a
+    Content-Length); ``n_seen`` counts earlier requests with the same messages."""
 
     def __init__(self, respond: Callable[[dict, int], tuple]):
         self.respond = respond
@@ -157,23 +170,30 @@ class ChatServer:
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)
+                elif kind == "json":
+                    self._raw(200, json.dumps(action[1], ensure_ascii=False).encode())
+                elif kind == "raw":
+                    self._raw(200, action[1])
+                elif kind == "raw_unsized":  # no Content-Length: the body ends when the connection does
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    self._write(action[1])
                 else:
                     content = (
                         json.dumps({"questions": action[1]}, ensure_ascii=False)
                         if kind == "ok"
                         else action[1]
                     )
-                    prompt = sum(len(m["content"]) for m in body["messages"])
-                    choice = {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content},
-                    }
-                    usage = {"prompt_tokens": prompt // 4, "completion_tokens": len(content) // 4}
-                    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                    reply = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0}
-                    reply.update(model=body["model"], choices=[choice], usage=usage)
-                    self._raw(200, json.dumps(reply, ensure_ascii=False).encode())
+                    self._raw(200, json.dumps(completion(body, content), ensure_ascii=False).encode())
+
+            def _write(self, data):
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
+                    self.close_connection = True
 
             def _status(self, code, headers, payload):
                 data = json.dumps(payload).encode()
@@ -190,7 +210,7 @@ class ChatServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                self._write(data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -5,6 +5,10 @@ sha256(model, messages, sampling parameters, attempt). Entries are created with 
 create-if-absent primitive, so a killed run leaves only complete entries and two concurrent runs
 never overwrite each other. A rerun or a resumed run finds every reply it already paid for.
 
+Only usable replies are kept: the stage checks a reply's shape and parses its questions before it
+puts it here, and scrubs the API key out of it; a malformed reply is asked again on a rerun. An
+entry the stage cannot use (written by an older version, say) is replaced, not trusted.
+
 The endpoint URL is not part of the key: the same model name behind another URL (a proxy, a
 second replica) is the same model. ``m3 gc`` does not touch this area (it is paid-for data, not
 an artifact); delete it by hand to forget replies.
@@ -53,9 +57,13 @@ class ResponseCache:
             return None
         return record if isinstance(record, dict) and record.get("key") == key else None
 
-    def put(self, key: str, record: dict[str, Any]) -> bool:
-        """Store a reply; False if an entry was already there (the first one wins)."""
+    def put(self, key: str, record: dict[str, Any], *, replace: bool = False) -> bool:
+        """Store a reply; False if an entry was already there (the first one wins) unless
+        ``replace``: then an unusable entry is overwritten."""
         body = json.dumps({**record, "key": key}, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        if replace:
+            self.backend.put_atomic(self.path(key), body)
+            return True
         return self.backend.create_exclusive(self.path(key), body)
 
     def keys(self) -> list[str]:

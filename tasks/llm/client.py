@@ -4,8 +4,10 @@ API needs: a concurrency limit, RPM/TPM limits, a budget, and retries that back 
 Retries: exponential backoff with full jitter (Brooker, "Exponential Backoff And Jitter", AWS
 Architecture Blog, 2015) on 429, 5xx, timeouts, dropped connections and unreadable bodies; a
 ``Retry-After`` / ``retry-after-ms`` header sets the minimum wait. Other 4xx are the caller's
-mistake (bad request, bad key, unknown model) and are never retried. The official ``openai``
-client does the HTTP; its own retries are off so that every request sent is counted here.
+mistake (bad request, bad key, unknown model) and are never retried, nor is a 200 reply of the
+wrong shape or size (``tasks.llm.reply``): the server would answer the same way again. The
+official ``openai`` client does the HTTP (its own retries off, so that every request sent is
+counted here); the body is read raw, bounded, and checked here rather than trusted to its models.
 """
 
 from __future__ import annotations
@@ -14,19 +16,26 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import httpx2
 import openai
 
 from tasks.llm.budget import Budget
 from tasks.llm.config import OpenAIConfig
 from tasks.llm.ratelimit import RateLimiter
+from tasks.llm.reply import ReplyError, read_reply, reply_byte_limit
 from tasks.llm.secret import Redactor
 
 logger = logging.getLogger(__name__)
+# What a dropped or broken connection raises, before the headers (wrapped by openai) or while the
+# body is read (not wrapped: the body is read here).
+_TRANSPORT_ERRORS = (openai.APIConnectionError, httpx2.RequestError, ssl.SSLError, anyio.EndOfStream)
 
 
 @dataclass
@@ -129,10 +138,10 @@ class ChatClient:
 
     def _classify(self, exc: BaseException) -> tuple[str, bool, float | None]:
         """(reason, retryable, retry_after seconds) of a failed request."""
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException | TimeoutError):
             return "timeout", True, None
-        if isinstance(exc, openai.APIConnectionError):
-            return "connection_error", True, None
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            return "connection_error", True, None  # also a body cut or undecodable mid-read
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             retry_after = _retry_after(exc.response.headers)
@@ -141,12 +150,36 @@ class ChatClient:
             if status >= 500:
                 return f"http_{status}", True, retry_after
             return f"http_{status}", False, None
-        if isinstance(exc, openai.APIResponseValidationError | ValueError):
+        if isinstance(exc, openai.APIResponseValidationError):
             return "bad_response", True, None  # a body that is not a chat completion
         raise exc  # a bug, not a server fault: let it surface
 
+    async def _post(self, messages: list[dict[str, str]], params: dict[str, Any]) -> bytes:
+        """The raw body of a 2xx reply, read up to ``reply_byte_limit`` bytes (and ``timeout_s``
+        in all: a server dripping bytes cannot hold a request open forever); raises ReplyError
+        ``reply_too_large`` past the limit. Non-2xx replies raise openai's status errors."""
+        limit = reply_byte_limit(self.cfg.max_tokens)
+        async with self._client.chat.completions.with_streaming_response.create(
+            model=self.cfg.model, messages=messages, **params
+        ) as resp:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise ReplyError("reply_too_large", f"Content-Length {declared} > {limit} bytes")
+            chunks, size = [], 0
+            async with asyncio.timeout(self.cfg.timeout_s):
+                async for chunk in resp.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ReplyError("reply_too_large", f"body over {limit} bytes")
+                    chunks.append(chunk)
+        return b"".join(chunks)
+
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
-        """One chat completion, retried as the server allows; raises RequestFailed/BudgetExhausted."""
+        """One chat completion, retried as the server allows; raises RequestFailed/BudgetExhausted.
+
+        A 200 reply is checked (``tasks.llm.reply``) and its content and model name have the
+        secret scrubbed before anything else sees them: a server echoing the key cannot get it
+        into the cache, the queries or the failure lists."""
         cfg = self.cfg
         est_prompt = estimate_tokens(messages)
         est_total = est_prompt + cfg.max_tokens
@@ -156,31 +189,38 @@ class ChatClient:
                 self.stats.rate_limit_wait_s += await self.limiter.acquire(est_total)
                 reservation = self.budget.reserve(est_prompt, cfg.max_tokens)  # may raise BudgetExhausted
                 self.stats.requests += 1
+                reply = None
                 try:
-                    resp = await self._client.chat.completions.create(
-                        model=cfg.model, messages=messages, **params
-                    )
+                    reply = read_reply(await self._post(messages, params))
+                except ReplyError as exc:
+                    # The server answered and may have billed it: unless it said what it used,
+                    # count the worst case, as reserved.
+                    pt, ct = exc.usage or (est_prompt, cfg.max_tokens)
+                    self.budget.settle(reservation, pt, ct)
+                    self.limiter.settle(est_total, pt + ct if exc.usage else None)
+                    if exc.usage is None:
+                        self.stats.requests_without_usage += 1
+                    reason, retryable, retry_after = exc.reason, exc.retryable, None
+                    detail = self.redactor.clean(exc.detail)[:300]
                 except Exception as exc:  # classified below; unknown kinds re-raise
                     self.budget.settle(reservation, 0, 0)
                     self.stats.requests_without_usage += 1
                     reason, retryable, retry_after = self._classify(exc)
                     detail = self.redactor.clean(f"{type(exc).__name__}: {exc}")[:300]
-                else:
-                    usage = resp.usage
-                    pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
-                    ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-                    if usage is None:
+                if reply is not None:
+                    pt, ct = reply.usage or (0, 0)
+                    if reply.usage is None:
                         self.stats.requests_without_usage += 1
                     self.budget.settle(reservation, pt, ct)
-                    self.limiter.settle(est_total, pt + ct if usage else None)
+                    self.limiter.settle(est_total, pt + ct if reply.usage else None)
                     self.stats.responses_ok += 1
-                    choice = resp.choices[0] if resp.choices else None
+                    clean = self.redactor.clean
                     return Completion(
-                        content=choice.message.content if choice and choice.message else None,
-                        finish_reason=choice.finish_reason if choice else None,
-                        prompt_tokens=pt if usage else None,
-                        completion_tokens=ct if usage else None,
-                        model=resp.model or cfg.model,
+                        content=None if reply.content is None else clean(reply.content),
+                        finish_reason=reply.finish_reason,
+                        prompt_tokens=pt if reply.usage else None,
+                        completion_tokens=ct if reply.usage else None,
+                        model=clean(reply.model or cfg.model)[:200],
                         attempts=attempt + 1,
                     )
             self.stats.errors[reason] += 1

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -208,34 +208,66 @@ def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return box["value"]
 
 
+def _cached_reply(record: dict[str, Any]) -> tuple[list[Any], tuple[int, int]] | None:
+    """The questions and usage of a cache entry, or None if the stage could not have written it
+    (an older version cached replies before checking them): such an entry is asked again."""
+    content, finish, usage = record.get("content"), record.get("finish_reason"), record.get("usage")
+    if not isinstance(content, str) or not (finish is None or isinstance(finish, str)):
+        return None
+    counts = [
+        usage.get(k) if isinstance(usage, dict) else None for k in ("prompt_tokens", "completion_tokens")
+    ]
+    if not all(c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in counts):
+        return None
+    try:
+        questions = parse_questions(content, finish)
+    except ParseError:
+        return None
+    return questions, (counts[0] or 0, counts[1] or 0)
+
+
 async def _run_job(
-    job: _Job, client, cache: ResponseCache | None, cfg: OpenAIConfig, params: dict
+    job: _Job, client, cache: ResponseCache | None, cfg: OpenAIConfig, params: dict, redactor: Redactor
 ) -> _JobResult:
+    """One passage: its questions from the cache or the server, or its failure reason.
+
+    A reply goes to the cache only once it parsed, scrubbed of the secret: a malformed reply
+    (wrong shape, unparsable, cut) is never kept, so a rerun asks for exactly those passages again."""
     from tasks.llm.client import RequestFailed
 
     out = _JobResult()
     for attempt in range(cfg.parse_retries + 1):
         key = request_key(cfg.model, job.messages, params, attempt)
-        record = await asyncio.to_thread(cache.get, key) if cache else None
-        if record is not None:
-            out.cache_hits += 1
-            usage = record.get("usage") or {}
-            pt, ct = out.cached_usage
-            out.cached_usage = (
-                pt + int(usage.get("prompt_tokens") or 0),
-                ct + int(usage.get("completion_tokens") or 0),
-            )
-        else:
-            try:
-                comp = await client.complete(job.messages, params)
-            except RequestFailed as exc:
-                out.requests += exc.attempts
-                out.reason, out.detail = exc.reason, exc.detail
+        stored = await asyncio.to_thread(cache.get, key) if cache else None
+        if stored is not None:
+            record = redactor.clean_obj(stored)
+            cached = _cached_reply(record)
+            if cached is not None:
+                out.cache_hits += 1
+                pt, ct = out.cached_usage
+                out.cached_usage = (pt + cached[1][0], ct + cached[1][1])
+                if record != stored:  # an older entry holding the key: keep it scrubbed
+                    await asyncio.to_thread(cache.put, key, record, replace=True)
+                out.questions, out.reason = cached[0], None
                 return out
-            except BudgetExhausted as exc:
-                out.reason, out.detail = "budget_exhausted", f"stopped at {exc.reason}"
-                return out
-            out.requests += comp.attempts
+            logger.warning("llm-cache entry %s is not a usable reply; asking again", key[:12])
+        try:
+            comp = await client.complete(job.messages, params)
+        except RequestFailed as exc:
+            out.requests += exc.attempts
+            out.reason, out.detail = exc.reason, exc.detail
+            return out
+        except BudgetExhausted as exc:
+            out.reason, out.detail = "budget_exhausted", f"stopped at {exc.reason}"
+            return out
+        out.requests += comp.attempts
+        try:
+            questions = parse_questions(comp.content, comp.finish_reason)
+        except ParseError as exc:
+            out.parse_failures.append(exc.reason)
+            out.reason, out.detail = exc.reason, exc.detail
+            continue
+        if cache is not None:
             record = {
                 "model": cfg.model,
                 "reply_model": comp.model,
@@ -245,20 +277,16 @@ async def _run_job(
                 "request": {"messages": job.messages, "params": params, "attempt": attempt},
                 "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
-            if cache is not None:
-                # Committed before the reply is used: a kill after this line never pays for it again.
-                await asyncio.to_thread(cache.put, key, record)
-        try:
-            out.questions = parse_questions(record.get("content"), record.get("finish_reason"))
-            out.reason = None
-            return out
-        except ParseError as exc:
-            out.parse_failures.append(exc.reason)
-            out.reason, out.detail = exc.reason, exc.detail
+            # Committed before the questions are used: a kill after this line never pays for it again.
+            await asyncio.to_thread(cache.put, key, redactor.clean_obj(record), replace=stored is not None)
+        out.questions, out.reason = questions, None
+        return out
     return out
 
 
-async def _run_all(jobs: list[_Job], client, cache, cfg: OpenAIConfig, params: dict) -> list[_JobResult]:
+async def _run_all(
+    jobs: list[_Job], client, cache, cfg: OpenAIConfig, params: dict, redactor: Redactor
+) -> list[_JobResult]:
     results: list[_JobResult | None] = [None] * len(jobs)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(jobs)):
@@ -273,7 +301,7 @@ async def _run_all(jobs: list[_Job], client, cache, cfg: OpenAIConfig, params: d
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            results[i] = await _run_job(jobs[i], client, cache, cfg, params)
+            results[i] = await _run_job(jobs[i], client, cache, cfg, params, redactor)
             done += 1
             if done % 50 == 0 or done == len(jobs):
                 logger.info(
@@ -295,6 +323,7 @@ def llm_queries(
     cache: ResponseCache | None,
     heldout_fraction: float = 0.2,
     seed: int = 0,
+    secrets: Sequence[str] = (),
 ) -> LLMResult:
     """Questions for long corpus documents (queries schema in CONTRACTS.md, ``backend="openai"``).
 
@@ -303,7 +332,8 @@ def llm_queries(
     ``passage``, the passage the LLM was shown under ``<doc_id>#p<i>``. Either way ``query_id`` is
     ``q:<doc_id>#p<i>:<k>`` and every row carries ``pairing`` and its document's ``length_bucket``.
 
-    ``api_key`` is used only by the HTTP client; it is scrubbed from every text this returns or logs.
+    ``api_key`` is used only by the HTTP client; it, and any of ``secrets`` (other credentials the
+    caller holds), is scrubbed from every text this returns, logs or caches.
     Books kept in ``metrics``: ``docs_in == docs_selected + sum(docs_skipped)``,
     ``docs_selected == docs_with_questions + sum(docs_failed)``,
     ``passages == passages_ok + sum(passages_failed)``,
@@ -312,7 +342,7 @@ def llm_queries(
     from tasks.llm.client import ChatClient
     from tasks.synthesize import split_of
 
-    redactor = Redactor(api_key)
+    redactor = Redactor(api_key, *secrets)
     scrub = RedactingFilter(redactor)
     # Defence in depth: logger filters do not apply to child loggers, so name the ones that log
     # requests and replies (the key itself is never passed to any of them).
@@ -366,7 +396,7 @@ def _llm_queries(
         "LLM synthesis: %d documents selected (%s skipped), %d passages, model %s at %s",
         len(selected), dict(skipped), len(jobs), cfg.model, public_endpoint(cfg.base_url),
     )  # fmt: skip
-    results = _run_sync(_run_all(jobs, client, cache, cfg, params)) if jobs else []
+    results = _run_sync(_run_all(jobs, client, cache, cfg, params, redactor)) if jobs else []
 
     qfilter = QuestionFilter(cfg.filters)
     rows: list[dict[str, Any]] = []

@@ -145,7 +145,7 @@ def language_data(lang: str, tokenizer, args: argparse.Namespace) -> LanguageDat
     """One language's ICT queries split by document, train rows with BM25 negatives mined from train
     passages only, and the held-out queries with their own documents' passages as the pool."""
     from tasks.mine import MineConfig, mine_bm25
-    from tasks.synthesize import IctConfig, ict_queries
+    from tasks.synthesize.ict import IctConfig, ict_queries
 
     t0 = time.perf_counter()
     cols = ["passage_id", "passage", "doc_id", "lang"]

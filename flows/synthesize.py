@@ -21,8 +21,8 @@ from prefect import flow, get_run_logger
 from flows.common import flow_result, load_table, open_env
 from m3.stage import StageOutput, StageSpec, declare
 from tasks.artifact_io import schema_dict, write_jsonl, write_table
-from tasks.llm.config import OpenAIConfig
-from tasks.synthesize import ict_queries, pairing_metrics
+from tasks.synthesize.ict import ict_queries, pairing_metrics
+from tasks.synthesize.llm.config import OpenAIConfig
 
 
 def resolve_api_key(cfg: OpenAIConfig) -> str | None:
@@ -89,8 +89,8 @@ def synthesize(
         return StageOutput({r: scratch / r for r in rows}, metrics, schema_dict("queries"), rows)
 
     def build_openai(scratch: Path) -> StageOutput:
-        from tasks.llm.cache import ResponseCache
-        from tasks.llm.synthesize import llm_queries
+        from tasks.synthesize.llm.cache import ResponseCache
+        from tasks.synthesize.llm.synthesize import llm_queries
 
         docs = load_table(env, corpus, "corpus")
         result = llm_queries(

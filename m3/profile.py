@@ -23,7 +23,7 @@ from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
 from tasks.mine import MineConfig
 from tasks.pairs import PairsConfig
 from tasks.retromae import RetroMAEConfig
-from tasks.synthesize import SynthesizeConfig
+from tasks.synthesize.ict import SynthesizeConfig
 from tasks.training import TrainConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles"

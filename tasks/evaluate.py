@@ -665,7 +665,7 @@ def long_document_datasets(
     counted (``warnings["queries_without_document"]``).
 
     An ICT query (``backend == "ict"``) *is* a sentence of its document, which the passage-level
-    evaluation removes from the query's context (tasks.synthesize.IctConfig.remove_prob). With
+    evaluation removes from the query's context (tasks.synthesize.ict.IctConfig.remove_prob). With
     ``drop_query_sentences`` the same rule holds here: every occurrence of a held-out ICT query is cut
     from its document (counted in ``notes["query_sentences_removed"]``; one not found verbatim stays
     and is counted in ``warnings["query_sentences_not_found"]``), otherwise retrieval would be a

@@ -24,7 +24,7 @@ from tasks.evaluate import (
     system_name,
     write_long_document_sets,
 )
-from tasks.synthesize import IctConfig, ict_queries
+from tasks.synthesize.ict import IctConfig, ict_queries
 from tasks.text import split_sentences
 from tests.conftest import REPO, TINY, copy_store, run_m3
 from tests.test_evaluate_mcls import tiny_m3

@@ -11,14 +11,14 @@ from pydantic import ValidationError
 
 from m3.profile import ProfileError, load_profile
 from m3.store import Store
-from tasks.llm.budget import Budget, BudgetExhausted
-from tasks.llm.cache import ResponseCache, request_key
-from tasks.llm.config import BudgetConfig, OpenAIConfig
-from tasks.llm.filters import QuestionFilter
-from tasks.llm.parse import ParseError, parse_questions
-from tasks.llm.prompts import build_messages
-from tasks.llm.reply import Reply, ReplyError, read_reply, reply_byte_limit
-from tasks.llm.secret import Redactor
+from tasks.synthesize.llm.budget import Budget, BudgetExhausted
+from tasks.synthesize.llm.cache import ResponseCache, request_key
+from tasks.synthesize.llm.config import BudgetConfig, OpenAIConfig
+from tasks.synthesize.llm.filters import QuestionFilter
+from tasks.synthesize.llm.parse import ParseError, parse_questions
+from tasks.synthesize.llm.prompts import build_messages
+from tasks.synthesize.llm.reply import Reply, ReplyError, read_reply, reply_byte_limit
+from tasks.synthesize.llm.secret import Redactor
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-m3test-NEVER-WRITE-ME-5e0c2f7a91b4d38e"
@@ -210,7 +210,7 @@ def test_budget_reserves_worst_case_and_stays_closed():
 
 
 def test_length_buckets_and_document_cut():
-    from tasks.llm.longdoc import BUCKET_LABELS, document_positive, length_bucket
+    from tasks.synthesize.llm.longdoc import BUCKET_LABELS, document_positive, length_bucket
 
     assert BUCKET_LABELS[0] == "0-500" and BUCKET_LABELS[-1] == "7000-8192" and len(BUCKET_LABELS) == 9
     assert [length_bucket(t) for t in (0, 500, 501, 1999, 2000, 7000, 8192, 50_000)] == [

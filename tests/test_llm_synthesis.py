@@ -29,12 +29,12 @@ import pytest
 
 from m3.store import Store
 from tasks.ingest import ingest_file
-from tasks.llm.cache import ResponseCache
-from tasks.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
-from tasks.llm.longdoc import BUCKET_LABELS, length_bucket
-from tasks.llm.synthesize import llm_queries, select_documents
 from tasks.mine import MineConfig, mine_bm25, pairing_stats
-from tasks.synthesize import QUERY_COLUMNS
+from tasks.synthesize.ict import QUERY_COLUMNS
+from tasks.synthesize.llm.cache import ResponseCache
+from tasks.synthesize.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
+from tasks.synthesize.llm.longdoc import BUCKET_LABELS, length_bucket
+from tasks.synthesize.llm.synthesize import llm_queries, select_documents
 from tasks.text import join_sentences, split_sentences
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,9 +455,9 @@ _CHILD = """
 import json, os, sys
 import pandas as pd
 from m3.store import Store
-from tasks.llm.cache import ResponseCache
-from tasks.llm.config import OpenAIConfig
-from tasks.llm.synthesize import llm_queries
+from tasks.synthesize.llm.cache import ResponseCache
+from tasks.synthesize.llm.config import OpenAIConfig
+from tasks.synthesize.llm.synthesize import llm_queries
 corpus = pd.read_parquet(sys.argv[1])
 cfg = OpenAIConfig.model_validate_json(open(sys.argv[2]).read())
 cache = ResponseCache(Store(sys.argv[3]).backend)

@@ -218,7 +218,7 @@ def test_block_topk_ties_resolve_by_row():
 def wiki_store(tmp_path_factory):
     """ICT queries on the enwiki dump (gensim's shortened pages-articles), through the real ingest."""
     from tasks.ingest import iter_documents
-    from tasks.synthesize import IctConfig, ict_queries
+    from tasks.synthesize.ict import IctConfig, ict_queries
 
     path = DATA / "gensim-wiki" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     docs = []

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.synthesize import QUERY_COLUMNS, IctConfig, ict_queries, split_of
+from tasks.synthesize.ict import QUERY_COLUMNS, IctConfig, ict_queries, split_of
 from tasks.text import split_sentences
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -146,8 +146,8 @@ def test_skip_reasons_counted():
 
 def test_ict_rows_are_passage_level_with_their_document_bucket(corpus, cfg, tmp_path):
     from tasks.artifact_io import read_table, write_table
-    from tasks.llm.longdoc import BUCKET_LABELS
-    from tasks.synthesize import pairing_metrics
+    from tasks.synthesize.ict import pairing_metrics
+    from tasks.synthesize.llm.longdoc import BUCKET_LABELS
 
     q, _ = ict_queries(corpus, cfg)
     assert (q["pairing"] == "passage").all()

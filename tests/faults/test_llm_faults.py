@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from m3.store import Store
-from tasks.llm.cache import ResponseCache
-from tasks.llm.config import SelectionConfig
-from tasks.llm.parse import parse_questions
-from tasks.llm.synthesize import llm_queries, select_documents
+from tasks.synthesize.llm.cache import ResponseCache
+from tasks.synthesize.llm.config import SelectionConfig
+from tasks.synthesize.llm.parse import parse_questions
+from tasks.synthesize.llm.synthesize import llm_queries, select_documents
 from tests.conftest import run_m3
 from tests.test_llm_synthesis import (
     KEY,

@@ -6,6 +6,6 @@ the store), ``budget``, ``prompts``, ``parse``, ``filters``, ``secret`` (key red
 package does not import ``openai``.
 """
 
-from tasks.llm.config import BudgetConfig, FilterConfig, OpenAIConfig, SelectionConfig
+from tasks.synthesize.llm.config import BudgetConfig, FilterConfig, OpenAIConfig, SelectionConfig
 
 __all__ = ["BudgetConfig", "FilterConfig", "OpenAIConfig", "SelectionConfig"]

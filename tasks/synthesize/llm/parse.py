@@ -12,7 +12,7 @@ import re
 
 import jsonschema
 
-from tasks.llm.prompts import output_schema
+from tasks.synthesize.llm.prompts import output_schema
 
 _FENCE = re.compile(r"\A```(?:json|JSON)?\s*\n(.*)\n\s*```\Z", re.DOTALL)
 _VALIDATOR = jsonschema.Draft202012Validator(output_schema())

@@ -8,7 +8,7 @@ queries table (`backend="ict"`, `model=""`) so nobody mistakes its rows for LLM 
 positive is a passage (`pairing="passage"`), never the long document MultiLongDoc pairs LLM
 questions with.
 
-The LLM backend (`backend: openai`, any OpenAI-compatible server) lives in `tasks/llm/`;
+The LLM backend (`backend: openai`, any OpenAI-compatible server) lives in `tasks/synthesize/llm/`;
 :class:`SynthesizeConfig` picks between the two.
 """
 
@@ -23,8 +23,14 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.llm.config import OpenAIConfig
-from tasks.llm.longdoc import bucket_counts, chars_per_token, document_tokens, length_bucket, pairing_counts
+from tasks.synthesize.llm.config import OpenAIConfig
+from tasks.synthesize.llm.longdoc import (
+    bucket_counts,
+    chars_per_token,
+    document_tokens,
+    length_bucket,
+    pairing_counts,
+)
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tasks.llm.config import BudgetConfig
+from tasks.synthesize.llm.config import BudgetConfig
 
 
 class BudgetExhausted(Exception):

@@ -5,7 +5,7 @@ Retries: exponential backoff with full jitter (Brooker, "Exponential Backoff And
 Architecture Blog, 2015) on 429, 5xx, timeouts, dropped connections and unreadable bodies; a
 ``Retry-After`` / ``retry-after-ms`` header sets the minimum wait. Other 4xx are the caller's
 mistake (bad request, bad key, unknown model) and are never retried, nor is a 200 reply of the
-wrong shape or size (``tasks.llm.reply``): the server would answer the same way again. The
+wrong shape or size (``tasks.synthesize.llm.reply``): the server would answer the same way again. The
 official ``openai`` client does the HTTP (its own retries off, so that every request sent is
 counted here); the body is read raw, bounded, and checked here rather than trusted to its models.
 """
@@ -26,11 +26,11 @@ import anyio
 import httpx2
 import openai
 
-from tasks.llm.budget import Budget
-from tasks.llm.config import OpenAIConfig
-from tasks.llm.ratelimit import RateLimiter
-from tasks.llm.reply import ReplyError, read_reply, reply_byte_limit
-from tasks.llm.secret import Redactor
+from tasks.synthesize.llm.budget import Budget
+from tasks.synthesize.llm.config import OpenAIConfig
+from tasks.synthesize.llm.ratelimit import RateLimiter
+from tasks.synthesize.llm.reply import ReplyError, read_reply, reply_byte_limit
+from tasks.synthesize.llm.secret import Redactor
 
 logger = logging.getLogger(__name__)
 # What a dropped or broken connection raises, before the headers (wrapped by openai) or while the
@@ -177,7 +177,7 @@ class ChatClient:
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         """One chat completion, retried as the server allows; raises RequestFailed/BudgetExhausted.
 
-        A 200 reply is checked (``tasks.llm.reply``) and its content and model name have the
+        A 200 reply is checked (``tasks.synthesize.llm.reply``) and its content and model name have the
         secret scrubbed before anything else sees them: a server echoing the key cannot get it
         into the cache, the queries or the failure lists."""
         cfg = self.cfg

@@ -15,7 +15,7 @@ from collections import Counter
 import regex
 
 from tasks.ingest.language import detect_language
-from tasks.llm.config import FilterConfig
+from tasks.synthesize.llm.config import FilterConfig
 from tasks.text import split_sentences
 
 DROP_REASONS = ("empty", "too_short", "too_long", "copies_passage", "wrong_language", "duplicate")

@@ -26,14 +26,20 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from tasks.llm.budget import Budget, BudgetExhausted
-from tasks.llm.cache import ResponseCache, request_key
-from tasks.llm.config import OpenAIConfig, SelectionConfig
-from tasks.llm.filters import DROP_REASONS, QuestionFilter
-from tasks.llm.longdoc import bucket_counts, document_positive, document_tokens, length_bucket, pairing_counts
-from tasks.llm.parse import ParseError, parse_questions
-from tasks.llm.prompts import build_messages, output_schema
-from tasks.llm.secret import RedactingFilter, Redactor
+from tasks.synthesize.llm.budget import Budget, BudgetExhausted
+from tasks.synthesize.llm.cache import ResponseCache, request_key
+from tasks.synthesize.llm.config import OpenAIConfig, SelectionConfig
+from tasks.synthesize.llm.filters import DROP_REASONS, QuestionFilter
+from tasks.synthesize.llm.longdoc import (
+    bucket_counts,
+    document_positive,
+    document_tokens,
+    length_bucket,
+    pairing_counts,
+)
+from tasks.synthesize.llm.parse import ParseError, parse_questions
+from tasks.synthesize.llm.prompts import build_messages, output_schema
+from tasks.synthesize.llm.secret import RedactingFilter, Redactor
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
 logger = logging.getLogger(__name__)
@@ -49,8 +55,8 @@ _SCRUBBED_LOGGERS = (
     "httpx",
     "httpx2",
     "httpx2._client",
-    "tasks.llm.client",
-    "tasks.llm.synthesize",
+    "tasks.synthesize.llm.client",
+    "tasks.synthesize.llm.synthesize",
 )
 
 
@@ -233,7 +239,7 @@ async def _run_job(
 
     A reply goes to the cache only once it parsed, scrubbed of the secret: a malformed reply
     (wrong shape, unparsable, cut) is never kept, so a rerun asks for exactly those passages again."""
-    from tasks.llm.client import RequestFailed
+    from tasks.synthesize.llm.client import RequestFailed
 
     out = _JobResult()
     for attempt in range(cfg.parse_retries + 1):
@@ -339,8 +345,8 @@ def llm_queries(
     ``passages == passages_ok + sum(passages_failed)``,
     ``questions_generated == questions_kept + sum(questions_dropped)``.
     """
-    from tasks.llm.client import ChatClient
-    from tasks.synthesize import split_of
+    from tasks.synthesize.ict import split_of
+    from tasks.synthesize.llm.client import ChatClient
 
     redactor = Redactor(api_key, *secrets)
     scrub = RedactingFilter(redactor)

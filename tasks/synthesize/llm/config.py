@@ -13,7 +13,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.llm.longdoc import DEFAULT_CHARS_PER_TOKEN, DEFAULT_CHARS_PER_TOKEN_BY_LANG, chars_per_token
+from tasks.synthesize.llm.longdoc import (
+    DEFAULT_CHARS_PER_TOKEN,
+    DEFAULT_CHARS_PER_TOKEN_BY_LANG,
+    chars_per_token,
+)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -28,7 +32,7 @@ class SelectionConfig(_Strict):
 
     MultiLongDoc (M3 paper, section 3) samples *long* articles and asks the LLM about paragraphs of
     them; the document stays the retrieval unit, the passage is what the question is about.
-    Documents fall into the length buckets of ``tasks.llm.longdoc.LENGTH_BUCKETS`` (tokens estimated
+    Documents fall into the length buckets of ``longdoc.LENGTH_BUCKETS`` (tokens estimated
     from characters with ``chars_per_token``); ``max_docs_per_bucket`` spreads the selection over
     them as ``max_docs_per_lang`` does over languages.
     """
@@ -39,7 +43,9 @@ class SelectionConfig(_Strict):
     max_docs: int | None = Field(None, ge=1, description="at most this many documents in all")
     max_docs_per_lang: int | None = Field(None, ge=1, description="at most this many per language")
     max_docs_per_bucket: int | None = Field(
-        None, ge=1, description="at most this many per length bucket (tasks.llm.longdoc.LENGTH_BUCKETS)"
+        None,
+        ge=1,
+        description="at most this many per length bucket (tasks.synthesize.llm.longdoc.LENGTH_BUCKETS)",
     )
     chars_per_token: float = Field(
         DEFAULT_CHARS_PER_TOKEN,

@@ -232,9 +232,10 @@ def ingest_file(
 ) -> FileIngestResult:
     """Read one file into corpus records plus bookkeeping (stats and quarantine entries).
 
-    Malformed input never raises: it is quarantined, and the reader either skips the bad unit
-    (JSON lines) or stops cleanly at it (cut XML or WARC streams). Holds the file's records in
-    memory; the stage itself streams them into a Parquet shard (:mod:`.shards`).
+    Malformed input never raises: it is quarantined, and the reader skips the bad unit (a JSON
+    line, a WARC record, a compressed member that does not decode) and reads on from the next one,
+    or stops cleanly where nothing after it can be trusted (a cut stream, broken XML). Holds the
+    file's records in memory; the stage itself streams them into a Parquet shard (:mod:`.shards`).
     """
     config = config or IngestConfig()
     books, quarantine = Books(), []

@@ -27,9 +27,6 @@ MAGIC = {
     b"\x28\xb5\x2f\xfd": "zstd",
 }
 
-# Errors that mean "the compressed stream ended early" (a cut download) rather than bad input.
-TRUNCATION_ERRORS: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, lzma.LZMAError)
-
 
 def detect_compression(path: str | os.PathLike) -> str | None:
     """Return "gzip", "bz2", "xz", "zstd" or None (plain) from the file's first bytes."""

@@ -31,7 +31,7 @@ from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
 from .common import Quarantined, Skipped, excerpt, iso_timestamp, make_record
-from .files import detect_compression, find_member, open_bytes
+from .files import DECODE_ERRORS, detect_compression, find_member, open_bytes
 from .language import normalize_code
 
 logger = logging.getLogger(__name__)
@@ -165,11 +165,16 @@ def _iter_from(
                 return None
             # The WARC header's Content-Length: rec.content_length is what is left after parse_http.
             last = (rec.stream_pos, _int(rec.headers.get("Content-Length")))
-    if kind in ("bz2", "xz") and "WARC" not in error:  # the decompressor failed, not the WARC
-        yield Quarantined(path, "corrupt_stream", offset=start, detail=f"{error}; the file stops here")
+    try:
+        if kind in ("bz2", "xz") and "WARC" not in error:
+            raise OSError(error)  # the decompressor failed, not the WARC: nothing to rescan
+        bad = _record_end(path, kind, *last) if last else start
+        resume, raw = _next_start(path, kind, bad)
+    except DECODE_ERRORS as exc:  # bz2/xz: the decoded stream cannot be read past the fault
+        where = last[0] if last else start
+        detail = f"{error}; {exc}; the file stops here (decoded offset)"
+        yield Quarantined(path, "corrupt_stream", offset=where, detail=detail)
         return None
-    bad = _record_end(path, kind, *last) if last else start
-    resume, raw = _next_start(path, kind, bad)
     where = f"resumed at byte {resume}" if resume is not None else "no record after it"
     yield Quarantined(path, "bad_record", offset=bad, excerpt=raw, detail=f"{error}; {where}")
     return resume

@@ -127,6 +127,27 @@ def test_plain_warc_garbage_between_records(tmp_path, clean_warc):
     assert q["excerpt"].startswith("\\x00\\x01garbage")
 
 
+@pytest.mark.fault(
+    case="WARC.bz2: garbage between records, and a bz2 stream that does not decode", outcome="quarantined"
+)
+def test_bz2_warc_garbage_and_corrupt_stream(tmp_path, clean_warc):
+    raw = gzip.decompress(WARCFILE.read_bytes())
+    at = [m.start() for m in re.finditer(rb"WARC/1\.0\r\n", raw)][25]
+    path = tmp_path / "between.warc.bz2"
+    path.write_bytes(bz2.compress(raw[:at] + GARBAGE + raw[at:]))
+    result = ingest_file(path, "warc", "ccnews", None, READER)
+    assert ids(result) == ids(clean_warc)
+    assert_quarantined(result, path.name, "bad_record", offset=at)  # an offset in the decoded stream
+    # A second stream appended whose data is flipped: the first one's records all stay.
+    broken = bytearray(bz2.compress(raw))
+    broken[len(broken) // 2] ^= 0x55
+    path = tmp_path / "two-streams.warc.bz2"
+    path.write_bytes(bz2.compress(raw) + bytes(broken))
+    result = ingest_file(path, "warc", "ccnews", None, READER)
+    assert ids(result) == ids(clean_warc)
+    assert_quarantined(result, path.name, "corrupt_stream")
+
+
 @pytest.mark.fault(case="WARC: one gzip member cut in half mid-file", outcome="quarantined")
 def test_warc_truncated_member_mid_file(tmp_path, clean_warc):
     members = gzip_members(WARCFILE.read_bytes())

@@ -83,7 +83,7 @@ def test_mc4_files(path):
         assert len(SENTENCE_END.findall(rec["text"])) >= 6, rec["url"]
     if lang == "de":
         (q,) = result.quarantine
-        assert q["reason"] == "malformed_json" and q["offset"] == 2
+        assert q["reason"] == "malformed_json" and q["line"] == 2
         assert result.stats["read"] == 3
     else:
         assert not result.quarantine

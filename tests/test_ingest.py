@@ -319,8 +319,11 @@ def test_mc4_malformed_lines_are_quarantined(tmp_path):
     path = tmp_path / "c4-en.mixed.json"
     path.write_text("\n".join([good[0], '{"text": "cut off', "[1, 2]", "", '{"url": "x"}', good[1]]))
     result = ingest_file(path, "mc4", "mc4", None, READER)
-    reasons = {q["offset"]: q["reason"] for q in result.quarantine}
+    reasons = {q["line"]: q["reason"] for q in result.quarantine}
     assert reasons == {2: "malformed_json", 3: "malformed_json", 5: "missing_text"}
+    raw = path.read_bytes()
+    for q in result.quarantine:  # the byte offset points at the line the excerpt quotes
+        assert raw[q["offset"] :].decode("utf-8").startswith(q["excerpt"][:10])
     assert result.stats["kept"] + result.stats.get("filtered:too_short", 0) == 2
     assert_books_balance(result)
 
@@ -356,7 +359,7 @@ def test_resiliparse_warcfile():
 
 def test_clipped_warc_is_quarantined():
     result = ingest(CLIPPED, "warc")
-    assert result.stats == {"read": 1, "kept": 0, "quarantined": 1}
+    assert result.stats == {"read": 1, "kept": 0, "quarantined": 1, "quarantined:truncated": 1}
     (q,) = result.quarantine
     assert q["reason"] == "truncated"
     assert q["record"].startswith("http://www.houstonpress.com/music/")
@@ -426,14 +429,15 @@ def test_language_codes():
 
 
 def test_quarantined_as_dict():
-    q = Quarantined("x.json", "malformed_json", offset=3, record="{", detail="bad")
+    q = Quarantined("/data/in/x.json", "malformed_json", offset=3, record="{", detail="bad /data/in/x.json")
     assert q.as_dict() == {
-        "path": "x.json",
+        "file": "x.json",  # never the local path, also not inside the detail
         "reason": "malformed_json",
         "offset": 3,
         "record": "{",
-        "detail": "bad",
+        "detail": "bad x.json",
     }
+    assert q.as_dict("src/x.json")["file"] == "src/x.json"
 
 
 def test_unknown_format():

@@ -205,4 +205,6 @@ def test_stats_file_round_trips(stage, tmp_path):
     assert stats["identity"] == "read = kept + filtered + duplicates + quarantined"
     lines = files["quarantine.jsonl"].read_text().splitlines()
     assert len(lines) == stats["totals"]["quarantined"]
-    assert all({"path", "reason", "source", "file"} <= set(json.loads(x)) for x in lines)
+    assert all({"reason", "source", "file"} <= set(json.loads(x)) for x in lines)
+    assert not any("path" in json.loads(x) for x in lines)  # relative names, no local paths
+    assert str(DATA) not in files["quarantine.jsonl"].read_text()

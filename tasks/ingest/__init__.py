@@ -142,10 +142,14 @@ class Books:
     def __init__(self) -> None:
         self.by_lang: dict[str, Counter[str]] = {}
 
-    def add(self, lang: str | None, key: str) -> None:
+    def add(self, lang: str | None, key: str, detail: str | None = None) -> None:
+        """Count one unit under ``key``; ``detail`` (``quarantined:<reason>``) breaks a total down
+        and is not part of the identity's sum."""
         counter = self.by_lang.setdefault(lang or UNDETERMINED, Counter())
         counter["read"] += 1
         counter[key] += 1
+        if detail:
+            counter[detail] += 1
 
     @staticmethod
     def ordered(counter: Counter[str] | dict[str, int]) -> dict[str, int]:
@@ -194,14 +198,18 @@ def iter_ingest(
     books: Books,
     quarantine: list[dict],
     languages: list[str] | None = None,
+    name: str | None = None,
 ) -> Iterator[dict]:
     """Kept records of one file, streamed; everything else is counted in ``books`` (per language)
-    and malformed units are appended to ``quarantine``."""
+    and malformed units are appended to ``quarantine``, each with ``quarantined:<reason>`` too.
+
+    ``name`` is how quarantine entries name the file (default: its base name; never the local path).
+    """
     file_lang = normalize_code(lang)
     for item in iter_documents(path, fmt, source, lang, config):
         if isinstance(item, Quarantined):
-            books.add(file_lang, "quarantined")
-            quarantine.append(item.as_dict())
+            books.add(file_lang, "quarantined", f"quarantined:{item.reason}")
+            quarantine.append(item.as_dict(name))
             continue
         if isinstance(item, Skipped):
             books.add(item.info.get("lang") or file_lang, f"filtered:{item.reason}")
@@ -224,9 +232,10 @@ def ingest_file(
 ) -> FileIngestResult:
     """Read one file into corpus records plus bookkeeping (stats and quarantine entries).
 
-    Malformed input never raises: it is quarantined, and the reader either skips the bad unit
-    (JSON lines) or stops cleanly at it (cut XML or WARC streams). Holds the file's records in
-    memory; the stage itself streams them into a Parquet shard (:mod:`.shards`).
+    Malformed input never raises: it is quarantined, and the reader skips the bad unit (a JSON
+    line, a WARC record, a compressed member that does not decode) and reads on from the next one,
+    or stops cleanly where nothing after it can be trusted (a cut stream, broken XML). Holds the
+    file's records in memory; the stage itself streams them into a Parquet shard (:mod:`.shards`).
     """
     config = config or IngestConfig()
     books, quarantine = Books(), []

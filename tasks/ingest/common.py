@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,26 +18,61 @@ from typing import Any
 from .clean import clean_text
 from .language import UNDETERMINED, detect_language, normalize_code
 
+EXCERPT_CHARS = 80
+
+
+def excerpt(data: bytes | str | None, limit: int = EXCERPT_CHARS) -> str:
+    """A bounded, printable view of some bad input: invalid UTF-8 and control characters are
+    escaped (``\\xNN``), so a quarantine line stays one short, readable line whatever it quotes."""
+    if not data:
+        return ""
+    text = data if isinstance(data, str) else data[: limit * 4].decode("utf-8", errors="backslashreplace")
+    out = []
+    for ch in text:
+        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+        if sum(len(x) for x in out) >= limit:
+            break
+    return "".join(out)[:limit]
+
 
 @dataclass(frozen=True)
 class Quarantined:
-    """Malformed input that could not be turned into a document (kept for inspection)."""
+    """Malformed input that could not be turned into a document (kept for inspection).
+
+    ``path`` is where the reader found it on this machine; :meth:`as_dict` writes only the file's
+    name (or the name the caller gives, e.g. the file's name inside its source artifact), so a
+    quarantine file never carries a local absolute path.
+    """
 
     path: str
     reason: str
-    offset: int | None = None  # byte offset in the (decompressed) stream, or line number for JSONL
-    record: str | None = None  # what we know of the unit: a page title, a URL, the raw line head
+    offset: int | None = None  # byte offset: in the file (WARC, compressed streams) or decoded stream
+    record: str | None = None  # what we know of the unit: a page title, a URL
     detail: str = ""
+    excerpt: str | None = None  # the bad bytes themselves, bounded and printable (see excerpt())
+    line: int | None = None  # line number, for line-based formats
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "reason": self.reason}
+    def as_dict(self, name: str | None = None) -> dict[str, Any]:
+        name = name or os.path.basename(self.path)
+        out: dict[str, Any] = {"file": name, "reason": self.reason}
         if self.offset is not None:
             out["offset"] = self.offset
+        if self.line is not None:
+            out["line"] = self.line
         if self.record is not None:
             out["record"] = self.record
+        if self.excerpt:
+            out["excerpt"] = self.excerpt
         if self.detail:
-            out["detail"] = self.detail
+            out["detail"] = _scrub(self.detail, self.path, name)
         return out
+
+
+def _scrub(text: str, path: str, name: str) -> str:
+    """Replace the local path (and its folder) in a message by the file's name."""
+    if path and os.path.isabs(path):
+        text = text.replace(path, name).replace(os.path.dirname(path) + os.sep, "")
+    return text
 
 
 @dataclass(frozen=True)

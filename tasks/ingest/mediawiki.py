@@ -8,8 +8,10 @@ pull parser chunk by chunk and clears every finished page, so memory stays bound
 page, never the dump.
 
 A cut (truncated compressed stream or unclosed XML at end of file) keeps every complete page and
-yields one :class:`Quarantined` with reason ``truncated``. Malformed XML before the end stops the
-stream with reason ``malformed_xml`` (resynchronising inside broken XML is guesswork).
+yields one :class:`Quarantined` with reason ``truncated``; a compressed stream that does not decode
+yields ``corrupt_stream`` and reading resumes at the next stream that does (multistream dumps).
+Malformed XML before the end stops the stream with reason ``malformed_xml`` (resynchronising
+inside broken XML is guesswork).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .common import Quarantined, Skipped, doc_id, iso_timestamp, make_record
-from .files import TRUNCATION_ERRORS, open_bytes
+from .files import StreamFault, iter_decoded
 from .language import (
     normalize_code,
     wiki_code_from_dbname,
@@ -235,6 +237,40 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+class _Resync:
+    """Text filter after a corrupt stream was skipped: drop everything up to the next ``<page>``
+    (the rest of the damaged page) and the document's closing ``</mediawiki>`` (its opening tag
+    went with the parser that was reset), holding back a few characters across chunk borders."""
+
+    _PAGE = re.compile(r"<page[\s>]")
+    _CLOSE = "</mediawiki>"
+
+    def __init__(self) -> None:
+        self.found, self.held = False, ""
+
+    def feed(self, text: str) -> str:
+        text = self.held + text
+        if not self.found:
+            m = self._PAGE.search(text)
+            if not m:
+                self.held = text[-8:]
+                return ""
+            self.found, text = True, text[m.start() :]
+        text = text.replace(self._CLOSE, "")
+        keep = len(self._CLOSE) - 1
+        cut = text.rfind("<", max(0, len(text) - keep))
+        if cut < 0:
+            self.held = ""
+            return text
+        self.held = text[cut:]
+        return text[:cut]
+
+    def flush(self) -> str:
+        out = self.held.replace(self._CLOSE, "") if self.found else ""
+        self.held = ""
+        return out
+
+
 def iter_mediawiki(
     path: str, source: str, lang: str | None, engine: str = "fast"
 ) -> Iterator[dict | Skipped | Quarantined]:
@@ -242,15 +278,27 @@ def iter_mediawiki(
 
     ``engine`` renders wikitext: "fast" (:mod:`.wikifast`, the default, ~20x quicker) or
     "mwparserfromhell" (a full parse; slower, kept for comparison).
+
+    A compressed stream that stops decoding (a corrupt bz2 block, a bad gzip member) keeps every
+    page finished before the fault and yields one ``corrupt_stream`` item; where decoding resumes
+    at a later stream (``pages-articles-multistream`` dumps are ~100 pages per bz2 stream), a fresh
+    parser reads on from the next ``<page>``, with the siteinfo already known.
     """
     path = str(path)
     wiki = _WikiFile(path, source, lang, engine)
-    parser = ET.XMLPullParser(events=("start", "end"))
     stack: list[ET.Element] = []
     page_title: str | None = None  # title of the page being parsed, for a quarantine note
     in_page = False
     root_lang: str | None = None
     consumed = 0
+
+    def new_parser() -> ET.XMLPullParser:
+        p = ET.XMLPullParser(events=("start", "end"))
+        p.feed(f"<{_WRAPPER}>")
+        return p
+
+    parser = new_parser()
+    resync: _Resync | None = None
 
     def drain() -> Iterator[dict | Skipped | Quarantined]:
         nonlocal page_title, in_page, root_lang
@@ -275,68 +323,88 @@ def iter_mediawiki(
                 yield wiki.page_item(elem)
                 _discard(elem, stack)
 
-    def quarantine(reason: str, detail: str) -> Quarantined:
+    def quarantine(reason: str, detail: str, offset: int | None = None, raw: str = "") -> Quarantined:
         return Quarantined(
-            path, reason, offset=consumed, record=page_title if in_page else None, detail=detail
+            path,
+            reason,
+            offset=consumed if offset is None else offset,
+            record=page_title if in_page else None,
+            detail=detail,
+            excerpt=raw or None,
         )
 
-    with open_bytes(path) as raw:
-        truncated_by_codec = ""
-        chunks = _read_chunks(raw)
-        head = b""
-        try:
-            while len(head) < 4096:  # enough to sniff the encoding and see the XML declaration
-                data = next(chunks, b"")
-                if not data:
-                    break
-                head += data
-        except TRUNCATION_ERRORS as exc:
-            truncated_by_codec = f"{type(exc).__name__}: {exc}"
-        encoding, bom = _sniff_encoding(head)
-        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-        consumed = len(head)
-        parser.feed(f"<{_WRAPPER}>")
-        parser.feed(_XML_DECL.sub("", decoder.decode(head[bom:]), count=1))
-        done = not head or bool(truncated_by_codec)
-        while True:
-            try:
-                yield from drain()
-            except ET.ParseError as exc:
-                yield quarantine("malformed_xml", str(exc))
-                return
-            if done:
-                break
-            try:
-                data = next(chunks, b"")
-            except TRUNCATION_ERRORS as exc:
-                truncated_by_codec = f"{type(exc).__name__}: {exc}"
-                break
-            if not data:
-                break
-            consumed += len(data)
-            parser.feed(decoder.decode(data))
-
-        if truncated_by_codec:
-            with contextlib.suppress(ET.ParseError):  # the cut itself is what we report
-                yield from drain()
-            yield quarantine("truncated", truncated_by_codec)
-            return
-        parser.feed(decoder.decode(b"", final=True))
-        parser.feed(f"</{_WRAPPER}>")
+    pieces = _pieces(iter_decoded(path))
+    head, fault = b"", None
+    while len(head) < 4096:  # enough to sniff the encoding and see the XML declaration
+        piece = next(pieces, b"")
+        if isinstance(piece, StreamFault):
+            fault = piece
+            break
+        if not piece:
+            break
+        head += piece
+    encoding, bom = _sniff_encoding(head)
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    consumed = len(head)
+    parser.feed(_XML_DECL.sub("", decoder.decode(head[bom:]), count=1))
+    while True:
         try:
             yield from drain()
-            parser.close()
         except ET.ParseError as exc:
-            # Anything that only fails once the end is reached is an unclosed (cut) document.
-            yield quarantine("truncated", str(exc))
+            yield quarantine("malformed_xml", str(exc))
+            return
+        if fault is None:
+            piece = next(pieces, b"")
+            if isinstance(piece, StreamFault):
+                fault = piece
+            elif not piece:
+                break
+            else:
+                consumed += len(piece)
+                text = decoder.decode(piece)
+                parser.feed(resync.feed(text) if resync else text)
+                continue
+        # A fault: finish what was decoded, record it, and either stop or read on after it.
+        parser.feed(decoder.decode(b"", final=True))
+        with contextlib.suppress(ET.ParseError):  # the fault itself is what we report
+            yield from drain()
+        yield quarantine(fault.reason, fault.detail, fault.offset, fault.excerpt)
+        if fault.resumed_at is None:
+            return
+        fault, parser, resync = None, new_parser(), _Resync()
+        stack.clear()
+        in_page, page_title = False, None
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+
+    tail = decoder.decode(b"", final=True)
+    parser.feed((resync.feed(tail) + resync.flush()) if resync else tail)
+    parser.feed(f"</{_WRAPPER}>")
+    try:
+        yield from drain()
+        parser.close()
+    except ET.ParseError as exc:
+        # Anything that only fails once the end is reached is an unclosed (cut) document.
+        yield quarantine("truncated", str(exc))
 
 
-def _read_chunks(raw) -> Iterator[bytes]:
-    """Read decompressed bytes in pieces. ``read1`` returns what one decompression step gives, so
-    when a compressed stream is cut, everything before the cut has already been handed out."""
-    read = getattr(raw, "read1", None) or raw.read
-    while data := read(CHUNK_BYTES):
-        yield data
+def _pieces(decoded: Iterator[bytes | StreamFault]) -> Iterator[bytes | StreamFault]:
+    """Decoded bytes regrouped into about CHUNK_BYTES per parser feed (fewer, larger feeds)."""
+    buf: list[bytes] = []
+    size = 0
+    for piece in decoded:
+        if isinstance(piece, StreamFault):
+            if buf:
+                yield b"".join(buf)
+                buf, size = [], 0
+            yield piece
+            continue
+        buf.append(piece)
+        size += len(piece)
+        if size >= CHUNK_BYTES:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 def _discard(elem: ET.Element, stack: list[ET.Element]) -> None:

@@ -8,7 +8,9 @@ language. :func:`run_ingest` wires the steps through any ``submit(fn, *args) -> 
 client's ``submit`` or a Prefect task's), so the same code runs on 1 worker, 2 or a cluster, and
 gives the same result on each.
 
-Accounting, per source and language: ``read = kept + filtered:* + duplicates:* + quarantined``.
+Accounting, per source and language: ``read = kept + filtered:* + duplicates:* + quarantined``
+(``quarantined:<reason>`` breaks the quarantined total down). Quarantine entries name a file by
+its name inside the source artifact, never by where a worker happened to read it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | N
         batch.clear()
 
     with pq.ParquetWriter(parquet, schema, compression="zstd") as writer, sig_path.open("wb") as sig_fh:
-        for rec in iter_ingest(job.path, job.fmt, job.source, job.lang, config, books, quarantine, languages):
+        for rec in iter_ingest(
+            job.path, job.fmt, job.source, job.lang, config, books, quarantine, languages, name=job.rel
+        ):
             batch.append(rec)
             if len(batch) >= config.batch_rows:
                 flush(writer, sig_fh)
@@ -88,7 +92,7 @@ def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | N
         "file": job.rel,
         "stats": stats,
         "by_lang": books.per_lang(),
-        "quarantine": [dict(q, source=job.source, file=job.rel) for q in quarantine],
+        "quarantine": [dict(q, source=job.source) for q in quarantine],  # "file" is job.rel
         "rows": rows,
         "parquet": str(parquet),
         "sig": str(sig_path),

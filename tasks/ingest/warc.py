@@ -8,7 +8,8 @@ size (``filtered:too_large``).
 
 A record whose payload is shorter than its declared length (a clipped download, a cut gzip
 member) is quarantined with reason ``truncated`` and the stream stops there: after a cut the next
-record boundary cannot be trusted.
+record boundary cannot be trusted. Garbage or an undecodable member *between* records is one
+``bad_record`` item and reading resumes at the next record (see :func:`iter_warc`).
 
 The raw payload is read without fastwarc's auto-decoding so the length check sees the bytes as
 stored; chunked transfer encoding and gzip/deflate/brotli content encoding are undone here.
@@ -16,9 +17,12 @@ stored; chunked transfer encoding and gzip/deflate/brotli content encoding are u
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import lzma
+import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -26,8 +30,8 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from .common import Quarantined, Skipped, iso_timestamp, make_record
-from .files import detect_compression, open_bytes
+from .common import Quarantined, Skipped, excerpt, iso_timestamp, make_record
+from .files import DECODE_ERRORS, detect_compression, find_member, open_bytes
 from .language import normalize_code
 
 logger = logging.getLogger(__name__)
@@ -108,9 +112,13 @@ def _looks_like_html(body: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
 
 
-def _open_warc(path: str):
+def _open_warc(path: str, kind: str | None):
     # fastwarc reads plain, gzip, lz4 and zstd WARCs itself; bz2/xz go through our decompressor.
-    return open_bytes(path) if detect_compression(path) in ("bz2", "xz") else open(path, "rb")
+    return open_bytes(path) if kind in ("bz2", "xz") else open(path, "rb")
+
+
+_WARC_START = re.compile(rb"WARC/1\.[01]\r?\n")
+_SCAN_BYTES = 1 << 20
 
 
 def iter_warc(
@@ -119,33 +127,137 @@ def iter_warc(
     lang: str | None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> Iterator[dict | Skipped | Quarantined]:
-    """Yield one item per WARC record: a corpus record, a Skipped or a Quarantined (then stop)."""
+    """Yield one item per WARC record: a corpus record, a Skipped or a Quarantined.
+
+    A bad stretch (garbage between records, a record whose header does not parse, a gzip member
+    that does not decode) is one ``bad_record`` item, and reading restarts at the next record
+    start after it: the next gzip member that decodes to ``WARC/1.x`` in a ``.warc.gz``, the next
+    ``WARC/1.x`` line in a plain WARC. A bz2/xz stream that stops decoding ends the file
+    (``corrupt_stream``); a clipped payload ends it as ``truncated``.
+    """
     path = str(path)
-    arg_lang = normalize_code(lang)
-    with _open_warc(path) as fh:
-        for rec in ArchiveIterator(fh, parse_http=True, auto_decode="none"):
-            url = (rec.headers.get("WARC-Target-URI") or "").strip().strip("<>")
-            if rec.record_type != WarcRecordType.response:
-                yield Skipped("record_type", {"type": str(rec.record_type).rsplit(".", 1)[-1]})
-                continue
-            if not rec.is_http:
-                yield Skipped("record_type", {"type": "response/non-http", "url": url})
-                continue
-            expected = rec.content_length
-            body = rec.reader.read(max_payload_bytes + 1)
-            if len(body) > max_payload_bytes:
-                yield Skipped("too_large", {"url": url, "bytes": expected})
-                continue
-            if len(body) < expected:
-                yield Quarantined(
-                    path,
-                    "truncated",
-                    offset=rec.stream_pos,
-                    record=url,
-                    detail=f"payload has {len(body)} of {expected} declared bytes",
-                )
-                return
-            yield _response_item(rec, url, body, source, arg_lang)
+    kind = detect_compression(path)
+    start: int | None = 0
+    while start is not None:
+        start = yield from _iter_from(path, kind, start, normalize_code(lang), source, max_payload_bytes)
+
+
+def _iter_from(
+    path: str, kind: str | None, start: int, lang: str | None, source: str, max_payload_bytes: int
+) -> Generator[dict | Skipped | Quarantined, None, int | None]:
+    """Read records from byte ``start`` (of the file; of the decoded stream for bz2/xz) until the
+    end (returns None) or a fault (yields it and returns where to restart, or None)."""
+    last: tuple[int, int] | None = None  # (stream_pos, content_length) of the last record read whole
+    with _open_warc(path, kind) as fh:
+        fh.seek(start)
+        records = iter(ArchiveIterator(fh, parse_http=True, auto_decode="none"))
+        while True:
+            try:
+                rec = next(records, None)
+                if rec is None:
+                    return None
+                item = _record_item(rec, path, source, lang, max_payload_bytes)
+            except (OSError, EOFError, lzma.LZMAError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                break
+            yield item
+            if isinstance(item, Quarantined):  # a clipped payload: the stream is cut here
+                return None
+            # The WARC header's Content-Length: rec.content_length is what is left after parse_http.
+            last = (rec.stream_pos, _int(rec.headers.get("Content-Length")))
+    try:
+        if kind in ("bz2", "xz") and "WARC" not in error:
+            raise OSError(error)  # the decompressor failed, not the WARC: nothing to rescan
+        bad = _record_end(path, kind, *last) if last else start
+        resume, raw = _next_start(path, kind, bad)
+    except DECODE_ERRORS as exc:  # bz2/xz: the decoded stream cannot be read past the fault
+        where = last[0] if last else start
+        detail = f"{error}; {exc}; the file stops here (decoded offset)"
+        yield Quarantined(path, "corrupt_stream", offset=where, detail=detail)
+        return None
+    where = f"resumed at byte {resume}" if resume is not None else "no record after it"
+    yield Quarantined(path, "bad_record", offset=bad, excerpt=raw, detail=f"{error}; {where}")
+    return resume
+
+
+def _record_item(rec, path: str, source: str, lang: str | None, max_payload_bytes: int):
+    url = (rec.headers.get("WARC-Target-URI") or "").strip().strip("<>")
+    if rec.record_type != WarcRecordType.response:
+        return Skipped("record_type", {"type": str(rec.record_type).rsplit(".", 1)[-1]})
+    if not rec.is_http:
+        return Skipped("record_type", {"type": "response/non-http", "url": url})
+    expected = rec.content_length
+    body = rec.reader.read(max_payload_bytes + 1)
+    if len(body) > max_payload_bytes:
+        return Skipped("too_large", {"url": url, "bytes": expected})
+    if len(body) < expected:
+        return Quarantined(
+            path,
+            "truncated",
+            offset=rec.stream_pos,
+            record=url,
+            detail=f"payload has {len(body)} of {expected} declared bytes",
+        )
+    return _response_item(rec, url, body, source, lang)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _record_end(path: str, kind: str | None, pos: int, content_length: int) -> int:
+    """Where the record that starts at ``pos`` ends: its gzip member's end in a ``.warc.gz``, its
+    header + ``Content-Length`` + the blank line otherwise (so a rescan never starts inside it)."""
+    with _open_warc(path, kind) as fh:
+        fh.seek(pos)
+        if kind == "gzip":
+            dec, at = zlib.decompressobj(16 + zlib.MAX_WBITS), pos
+            try:
+                while not dec.eof and (data := fh.read(_SCAN_BYTES)):
+                    at += len(data)
+                    while data and not dec.eof:
+                        dec.decompress(data, _SCAN_BYTES)
+                        data = dec.unconsumed_tail
+            except zlib.error:
+                return pos + 1
+            return at - len(dec.unused_data) if dec.eof else pos + 1
+        head = fh.read(64 << 10)
+        blank = head.find(b"\r\n\r\n")
+        if blank < 0:
+            return pos + 1
+        end = pos + blank + 4 + content_length
+        fh.seek(end)
+        sep = fh.read(4)
+        return end + len(sep) - len(sep.lstrip(b"\r\n"))
+
+
+def _next_start(path: str, kind: str | None, bad: int) -> tuple[int | None, str]:
+    """The next record start after ``bad`` (where reading failed), and an excerpt of the bytes there."""
+    at = bad + 1
+    with _open_warc(path, kind) as fh:
+        fh.seek(bad)
+        head = fh.read(4096)
+        raw = excerpt(head)
+        if kind == "gzip":
+            if head.startswith(b"\x1f\x8b"):  # a gzip member of garbage: quote what it decodes to
+                with contextlib.suppress(zlib.error):
+                    raw = excerpt(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 512)) or raw
+            return find_member(fh, "gzip", at, ok=lambda first: bool(_WARC_START.match(first))), raw
+        if kind in (None, "bz2", "xz"):
+            pos = at
+            while True:
+                fh.seek(pos)
+                window = fh.read(_SCAN_BYTES)
+                m = _WARC_START.search(window)
+                if m:
+                    return pos + m.start(), raw
+                if len(window) < _SCAN_BYTES:
+                    return None, raw
+                pos += len(window) - 16
+        return None, raw  # lz4/zstd: no resynchronisation
 
 
 def _response_item(rec, url: str, body: bytes, source: str, arg_lang: str | None) -> dict | Skipped:

@@ -33,7 +33,9 @@ from tasks.llm.cache import ResponseCache
 from tasks.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
 from tasks.llm.longdoc import BUCKET_LABELS, length_bucket
 from tasks.llm.synthesize import llm_queries, select_documents
-from tasks.mine import MineConfig, mine_bm25, pairing_stats
+from tasks.mining.bm25 import mine_bm25
+from tasks.mining.config import MineConfig
+from tasks.mining.stats import pairing_stats
 from tasks.synthesize import QUERY_COLUMNS
 from tasks.text import join_sentences, split_sentences
 

@@ -30,12 +30,12 @@ STAT_KEYS = (
 )
 
 
-def count_negatives(stats: Counter, negatives: int, pads: int, cfg_negatives: int) -> None:
-    """Count one query's emitted negatives, of which ``pads`` random padding (``cfg_negatives``: how
-    many the config asks for; fewer makes the query short)."""
+def count_negatives(stats: Counter, negatives: int, pads: int, wanted: int) -> None:
+    """Count one query's ``negatives`` emitted, ``pads`` of them random padding; fewer than ``wanted``
+    (the config's ``num_negatives``) makes the query short."""
     stats["padded"] += pads
     stats["padded_queries"] += 1 if pads else 0
-    if negatives < cfg_negatives:
+    if negatives < wanted:
         stats["short_queries"] += 1
     stats["negatives"] += negatives
 

@@ -144,7 +144,8 @@ class LanguageData:
 def language_data(lang: str, tokenizer, args: argparse.Namespace) -> LanguageData:
     """One language's ICT queries split by document, train rows with BM25 negatives mined from train
     passages only, and the held-out queries with their own documents' passages as the pool."""
-    from tasks.mine import MineConfig, mine_bm25
+    from tasks.mining.bm25 import mine_bm25
+    from tasks.mining.config import MineConfig
     from tasks.synthesize.ict import IctConfig, ict_queries
 
     t0 = time.perf_counter()

@@ -123,7 +123,7 @@ def commit_pool(corpus, queries, pos, tmp: Path):
 
 
 def config(model_path: str):
-    from tasks.mine import MineConfig
+    from tasks.mining.config import MineConfig
 
     return MineConfig(
         teacher="path",

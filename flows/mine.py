@@ -7,7 +7,6 @@ worker, embeddings cached in the store), search index shards, sample per query p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,56 +17,30 @@ from flows.common import TRANSIENT_RETRIES, dask_runner, flow_result, open_env
 from m3.stage import StageOutput, StageSpec, declare
 from m3.store import Store
 from model.init import folder_identity
-from tasks.artifact_io import read_table, schema_dict, write_jsonl
-from tasks.mine import MineConfig, mine_bm25, score_summary
+from tasks.artifact_io import schema_dict, write_jsonl
+from tasks.mining import bm25
 from tasks.mining import driver as dense
+from tasks.mining.config import MineConfig
 from tasks.mining.embed import encode_partition
 from tasks.mining.sample import mine_partition
 from tasks.mining.search import search_shard, train_quantizer
 from tasks.mining.teachers import TeacherRef
 
-
-@task(name="mine-shard", **TRANSIENT_RETRIES)
-def mine_shard(store_url: str, queries_id: str, shard: int, n_shards: int, config: dict, out: str) -> dict:
-    """Mine one shard of the training queries against the whole passage pool."""
-    table = read_table(Store(store_url).materialize(queries_id), "queries")
-    passages = table.drop_duplicates("passage_id")[["passage_id", "passage", "doc_id", "lang"]]
-    train = table[table["split"] == "train"].iloc[shard::n_shards]
-    rows, stats = mine_bm25(train, passages, MineConfig(**config))
-    write_jsonl(rows, Path(out))
-    return stats
-
-
-@task(name="encode-partition", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def encode_partition_task(job: dict[str, Any]) -> dict:
-    return encode_partition(**job)
-
-
-@task(name="train-quantizer", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def train_quantizer_task(job: dict[str, Any]) -> Any:
-    return train_quantizer(**job)
-
-
-@task(name="search-shard", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def search_shard_task(job: dict[str, Any]) -> dict:
-    return search_shard(**job)
-
-
-@task(name="mine-partition", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def mine_partition_task(job: dict[str, Any]) -> dict:
-    return mine_partition(**job)
-
-
+# The Dask tasks read from the store: transient failures retry (TRANSIENT_RETRIES).
+mine_shard = task(name="mine-shard", **TRANSIENT_RETRIES)(bm25.mine_shard)
 _DENSE_TASKS = {
-    encode_partition: encode_partition_task,
-    train_quantizer: train_quantizer_task,
-    search_shard: search_shard_task,
-    mine_partition: mine_partition_task,
+    fn: task(name=name, cache_policy=NO_CACHE, **TRANSIENT_RETRIES)(fn)
+    for fn, name in (
+        (encode_partition, "encode-partition"),
+        (train_quantizer, "train-quantizer"),
+        (search_shard, "search-shard"),
+        (mine_partition, "mine-partition"),
+    )
 }
 
 
 def _prefect_mapper(phase: str, fn: Any, jobs: list[dict]) -> list[Any]:
-    futures = [_DENSE_TASKS[fn].with_options(name=phase).submit(job) for job in jobs]
+    futures = [_DENSE_TASKS[fn].with_options(name=phase).submit(**job) for job in jobs]
     return [f.result() for f in futures]
 
 
@@ -77,13 +50,7 @@ def mine_dense_run(store_url: str, queries_id: str, config: dict, teacher: dict,
     result = dense.mine_dense(
         Store(store_url), queries_id, MineConfig(**config), TeacherRef(**teacher), _prefect_mapper, name=name
     )
-    return {
-        "rows": result.rows,
-        "stats": result.stats,
-        "passage_embeddings": result.passage_embeddings,
-        "query_embeddings": result.query_embeddings,
-        "reused": result.reused,
-    }
+    return dict(vars(result))  # rows, stats, passage_embeddings, query_embeddings, reused
 
 
 def resolve_teacher(env: Any, cfg: MineConfig, inputs: dict[str, str] | None) -> tuple[TeacherRef, dict]:
@@ -144,19 +111,8 @@ def mine(
         ]
         log.info("mining hard negatives with BM25 in %d shards on Dask", n)
         shard_stats = mine_shards.with_options(task_runner=dask_runner(env.profile.dask))(jobs)
-        stats: dict[str, int] = {}
-        for s in shard_stats:
-            for k, v in s.items():
-                stats[k] = stats.get(k, 0) + v if isinstance(v, int | float) else v
-        rows = [json.loads(line) for job in jobs for line in Path(job["out"]).read_text().splitlines()]
-        rows.sort(key=lambda r: r["query_id"])  # independent of the sharding
-        n_rows = write_jsonl(rows, scratch / "train.jsonl")
-        return StageOutput(
-            {"train.jsonl": scratch / "train.jsonl"},
-            {"teacher": "bm25", **stats, "scores": score_summary(rows)},
-            schema_dict("train-set"),
-            {"train.jsonl": n_rows},
-        )
+        rows, metrics = bm25.collect_shards([job["out"] for job in jobs], shard_stats)
+        return _train_set(scratch, rows, metrics)
 
     return flow_result(env.run(spec, build, refresh=refresh))
 
@@ -188,7 +144,6 @@ def _mine_dense_stage(
             out = mine_dense_run.with_options(task_runner=dask_runner(env.profile.dask))(
                 env.store.url, queries, config, teacher.__dict__, name
             )
-        n_rows = write_jsonl(out["rows"], scratch / "train.jsonl")
         metrics = {
             "teacher": cfg.teacher,
             "teacher_identity": teacher.identity,
@@ -197,11 +152,13 @@ def _mine_dense_stage(
             "embeddings_reused": out["reused"],
             **out["stats"],
         }
-        return StageOutput(
-            {"train.jsonl": scratch / "train.jsonl"},
-            metrics,
-            schema_dict("train-set"),
-            {"train.jsonl": n_rows},
-        )
+        return _train_set(scratch, out["rows"], metrics)
 
     return flow_result(env.run(spec, build, refresh=refresh))
+
+
+def _train_set(scratch: Path, rows: list[dict], metrics: dict[str, Any]) -> StageOutput:
+    """The stage's output: the rows as ``train.jsonl``, the teacher's metrics."""
+    n_rows = write_jsonl(rows, scratch / "train.jsonl")
+    files = {"train.jsonl": scratch / "train.jsonl"}
+    return StageOutput(files, metrics, schema_dict("train-set"), {"train.jsonl": n_rows})

@@ -20,7 +20,7 @@ from model.tokenizer import TokenizerConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig
 from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
-from tasks.mine import MineConfig
+from tasks.mining.config import MineConfig
 from tasks.pairs import PairsConfig
 from tasks.retromae import RetroMAEConfig
 from tasks.synthesize.ict import SynthesizeConfig

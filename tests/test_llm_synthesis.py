@@ -29,7 +29,9 @@ import pytest
 
 from m3.store import Store
 from tasks.ingest import ingest_file
-from tasks.mine import MineConfig, mine_bm25, pairing_stats
+from tasks.mining.bm25 import mine_bm25
+from tasks.mining.config import MineConfig
+from tasks.mining.stats import pairing_stats
 from tasks.synthesize.ict import QUERY_COLUMNS
 from tasks.synthesize.llm.cache import ResponseCache
 from tasks.synthesize.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig

@@ -1,8 +1,17 @@
-"""Dense-teacher hard-negative mining that scales out on Dask (ANCE, Xiong et al. 2020, arXiv 2007.00808).
+"""The mine stage: queries → train-set rows with hard negatives (ANCE, Xiong et al. 2020, arXiv 2007.00808).
 
-``teachers`` loads encoders once per worker process, ``embed`` encodes the pool partition by
-partition into store shards (cached by teacher + pool + encode config), ``search`` runs exact, IVF or
-HNSW faiss search shard by shard with an exact, order-independent top-k merge, ``sample`` applies the
-exclusions, margins and rank window of ``tasks.mine`` to the candidates, and ``driver`` strings the
-phases together over any map function (a Dask client in tests, Prefect tasks on Dask in the flow).
+A teacher ranks the passage pool for each training query; the shared rules drop positives and likely
+false negatives and sample negatives from a rank window below the top.
+
+* ``config``: the ``mine`` section of a profile (MineConfig and its encode / search / rescore parts).
+* ``pool``: the passage pool and training queries of a ``queries`` artifact.
+* ``rules``: what may not be a negative, the rank window, padding: the same for every teacher.
+* ``stats``: the additive counts of a run and the teacher-score distributions.
+* ``bm25``: the BM25 teacher (bm25s), mining with it, its query shards; the evaluation's BM25 index.
+* ``teachers``: dense teachers and re-scorers, loaded once per worker process.
+* ``embed``: the pool and the queries encoded partition by partition into cached store shards.
+* ``search``: exact, IVF or HNSW faiss search shard by shard, merged exactly (``m3.topk``).
+* ``sample``: the rules applied to the merged dense candidates, after an optional re-scoring.
+* ``driver``: the dense phases strung together over any map function (Dask in tests, Prefect
+  tasks on Dask in ``flows/mine.py``).
 """

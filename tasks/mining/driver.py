@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from m3.store import Store
-from tasks.mine import STAT_KEYS, MineConfig, pairing_stats, score_summary
+from m3.topk import merge_topk
+from tasks.mining.config import MineConfig
 from tasks.mining.embed import (
     CACHE_STAGE,
     PASSAGES,
@@ -29,12 +30,13 @@ from tasks.mining.embed import (
     commit_embeddings,
     embedding_key,
     encode_partition,
-    load_frames,
     partitions,
     read_index,
 )
+from tasks.mining.pool import load_frames
 from tasks.mining.sample import mine_partition
-from tasks.mining.search import merge_topk, search_shard, train_quantizer
+from tasks.mining.search import search_shard, train_quantizer
+from tasks.mining.stats import STAT_KEYS, pairing_stats, score_summary
 from tasks.mining.teachers import TeacherRef
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ role, encode config, code): any later mining with the same teacher and pool reus
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -18,34 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from m3.codekey import code_digest
 from m3.store import Store
 from m3.store.manifest import canonical_json
-from tasks.artifact_io import read_table
+from tasks.mining.pool import load_frames
 
 logger = logging.getLogger(__name__)
 
 PASSAGES, QUERIES = "passages", "queries"
 CACHE_STAGE = "embed"
 SHARD_FILE = "vectors.npy"
-
-
-def split_pool(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(passage pool, training queries) of a ``queries`` table, in artifact order.
-
-    The pool is every distinct passage (train and test positives), as the BM25 miner uses it.
-    """
-    passages = table.drop_duplicates("passage_id")[["passage_id", "passage", "doc_id", "lang"]]
-    train = table[table["split"] == "train"]
-    return passages.reset_index(drop=True), train.reset_index(drop=True)
-
-
-@functools.lru_cache(maxsize=2)
-def load_frames(store_url: str, queries_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The pool and training queries of a queries artifact, read once per process."""
-    return split_pool(read_table(Store(store_url).materialize(queries_id), "queries"))
 
 
 def texts_for(store_url: str, queries_id: str, role: str, start: int, end: int, encode: dict) -> list[str]:

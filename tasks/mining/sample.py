@@ -1,4 +1,4 @@
-"""Turn merged candidate lists into train-set rows: the rules of ``tasks.mine`` over dense scores.
+"""Turn merged candidate lists into train-set rows: ``tasks.mining.rules`` over dense scores.
 
 Per query: optional re-scoring of the candidates by a second model (its scores become the teacher
 scores and the order), then the clean ranking (no positive, no copy of it, nothing from the query's
@@ -13,32 +13,34 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 
-from tasks.mine import (
-    STAT_KEYS,
-    MineConfig,
-    _Exclusion,
-    _norm,
-    _pad,
-    _stable_u64,
-    choose_window,
+from m3.topk import sort_rows
+from tasks.mining.config import MineConfig
+from tasks.mining.embed import read_index, rows_of
+from tasks.mining.pool import load_frames
+from tasks.mining.rules import (
+    Exclusion,
+    PoolFacts,
     clean_candidates,
-    margin_limits,
+    norm_text,
+    query_rng,
+    sample_negatives,
+    stable_u64,
+    train_row,
     with_backend,
 )
-from tasks.mining.embed import load_frames, read_index, rows_of
+from tasks.mining.stats import STAT_KEYS, count_negatives
 
 logger = logging.getLogger(__name__)
 
 
 def text_key(text: str) -> int:
     """64-bit key of the whitespace-normalised text: what "exact duplicate" compares, in 8 bytes."""
-    return _stable_u64("text", _norm(text))
+    return stable_u64("text", norm_text(text))
 
 
 @functools.lru_cache(maxsize=2)
@@ -91,6 +93,10 @@ def mine_partition(
             cfg, meta, qs, cand_ids, cand_scores, pos_rows, pos_scores
         )
 
+    pool = PoolFacts(
+        meta["norm"], meta["docs"], meta["doc_norms"], meta["langs"] if cfg.per_language else None
+    )
+    whole_pool = np.arange(n_pool)
     stats: Counter = Counter()
     rows: list[dict] = []
     short: list[int] = []
@@ -100,20 +106,15 @@ def mine_partition(
         qstats: Counter = Counter()
         pos_idx = int(pos_rows[j])
         pos_score = None if pos_idx < 0 or np.isnan(pos_scores[j]) else float(pos_scores[j])
-        abs_limit, rel_limit = margin_limits(pos_score, cfg)
-        doc = meta["doc_code"].get(q.doc_id, -1)
-        excluded = _Exclusion(
-            pos_idx,
-            text_key(q.passage),
-            doc,
-            meta["norm"],
-            meta["docs"],
-            meta["doc_norms"].get(doc, set()),
-            langs=meta["langs"] if cfg.per_language else None,
+        excluded = Exclusion(
+            pool,
+            cfg,
+            pos_idx=pos_idx,
+            pos_text=text_key(q.passage),
+            pos_score=pos_score,
+            doc_id=meta["doc_code"].get(q.doc_id, -1),
+            backend=q.backend,
             lang=meta["lang_code"].get(q.lang, -1),
-            abs_limit=abs_limit,
-            rel_limit=rel_limit,
-            exclude_same_doc=cfg.excludes_same_document(q.backend),
         )
         ids, scores = cand_ids[j], cand_scores[j]
         clean = clean_candidates(ids.tolist(), scores.tolist(), cfg.range_end, excluded, qstats)
@@ -127,37 +128,19 @@ def mine_partition(
         group = meta["by_lang"].get(q.lang) if cfg.per_language else None
         if cfg.per_language and group is None:
             qstats["lang_not_in_pool"] += 1
-        rng = random.Random(_stable_u64("mine", cfg.seed, q.query_id))
-        chosen = choose_window(clean, cfg, rng)
-        negs = [i for i, _ in chosen]
-        neg_scores = [float(s) for _, s in chosen]
-        missing = cfg.num_negatives - len(negs)
-        if missing > 0 and cfg.pad:
-            skip = {i for i, _ in clean[: cfg.range_start]}
-            pool_ids = group if group is not None else np.arange(n_pool)
-            pads = _pad(pool_ids, missing, rng, excluded, skip | set(negs))
-            if pads:
-                pads_todo.append((len(rows), pads))
-                negs += pads
-                neg_scores += [0.0] * len(pads)  # filled in below with the teacher's scores
-                qstats["padded"] += len(pads)
-                qstats["padded_queries"] += 1
-        if len(negs) < cfg.num_negatives:
-            qstats["short_queries"] += 1
-        qstats["negatives"] += len(negs)
+        rng = query_rng(cfg, q.query_id)
+        chosen, pads = sample_negatives(clean, cfg, rng, excluded, group if group is not None else whole_pool)
+        negs = [i for i, _ in chosen] + pads
+        # padding scores are filled in below with the teacher's scores
+        neg_scores = [float(s) for _, s in chosen] + [0.0] * len(pads)
+        if pads:
+            pads_todo.append((len(rows), pads))
+        count_negatives(qstats, len(negs), len(pads), cfg.num_negatives)
         stats.update(qstats)
-        rows.append(
-            {
-                "query": q.query,
-                "pos": [q.passage],
-                "neg": meta["texts"].iloc[negs].tolist(),
-                "pos_scores": [0.0 if pos_score is None else pos_score],
-                "neg_scores": neg_scores,
-                "query_id": q.query_id,
-                "lang": q.lang,
-                "_row": int(query_rows[j]),
-            }
+        row = train_row(
+            q, meta["texts"].iloc[negs].tolist(), 0.0 if pos_score is None else pos_score, neg_scores
         )
+        rows.append(row | {"_row": int(query_rows[j])})
     if pads_todo:
         _score_pads(store_url, cfg, meta, rows, pads_todo, passage_embeddings, query_embeddings)
     for r in rows:
@@ -192,7 +175,6 @@ def _rescore(cfg: MineConfig, meta, qs, cand_ids, cand_scores, pos_rows, pos_sco
     """Replace retrieval scores with the second model's, and re-order each list by them (score desc,
     pool row asc). Each query's pairs (its candidates, then its positive) are sent together, so a
     re-scorer working in chunks sees a query's pairs side by side."""
-    from tasks.mining.search import sort_rows
     from tasks.mining.teachers import rescore_pairs
 
     queries, positives = qs["query"].tolist(), qs["passage"].tolist()

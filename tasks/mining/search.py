@@ -1,8 +1,8 @@
 """Top-k inner-product search over embedding shards, one index shard per task, merged exactly.
 
 Ranking is a total order, (score desc, pool row asc), everywhere: inside a block, across blocks and
-across index shards. Keeping the exact top-k of that order at every step makes the result of the
-whole search independent of how the pool is grouped into shards and which worker ran what.
+across index shards (``m3.topk``). Keeping the exact top-k of that order at every step makes the
+result of the whole search independent of how the pool is grouped into shards and which worker ran what.
 
 The scores themselves are made grouping-independent too: every score comes from a product of one
 fixed query partition with one fixed passage partition (the embedding shards), so the floating point
@@ -34,48 +34,10 @@ import logging
 
 import numpy as np
 
+from m3.topk import NO_ID, block_topk, merge_topk
 from tasks.mining.embed import load_shard
 
 logger = logging.getLogger(__name__)
-
-NO_ID = -1
-
-
-def block_topk(scores: np.ndarray, base: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of each row of ``scores`` (columns = pool rows base, base+1, ...) in the total
-    order (score desc, row asc); ties at the cut are resolved by the lower row, never arbitrarily."""
-    n, m = scores.shape
-    if m <= k:
-        ids = np.broadcast_to(np.arange(base, base + m, dtype=np.int64), (n, m))
-        return sort_rows(ids.copy(), scores.copy())
-    kth = np.partition(scores, m - k, axis=1)[:, m - k]  # the k-th largest value per row
-    above = scores > kth[:, None]
-    tie = scores == kth[:, None]
-    need = k - above.sum(1)
-    take = above | (tie & (np.cumsum(tie, axis=1) <= need[:, None]))
-    rows, cols = np.nonzero(take)  # exactly k per row, row-major
-    ids = (cols + base).astype(np.int64).reshape(n, k)
-    return sort_rows(ids, scores[rows, cols].reshape(n, k))
-
-
-def sort_rows(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order each row by (score desc, id asc); padding (id -1, score -inf) goes last."""
-    key_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
-    order = np.lexsort((key_ids, -scores.astype(np.float64)), axis=1)
-    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
-
-
-def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of the union of per-row candidate lists, padded with (-1, -inf) to width k."""
-    ids = np.concatenate([p[0] for p in parts], axis=1)
-    scores = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32)
-    ids, scores = sort_rows(ids, scores)
-    ids, scores = ids[:, :k], scores[:, :k]
-    if ids.shape[1] < k:
-        pad = k - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=NO_ID)
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return ids, scores
 
 
 def _query_blocks(store_url: str, query_shards: list[dict], query_rows: np.ndarray):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from m3.recipe import weights_tuple
+
 logger = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
@@ -300,7 +302,7 @@ def rescore_pairs(rescore: dict, queries: list[str], passages: list[str], thread
             folder, queries, passages, activation=rescore.get("activation", "none"), **kw
         )
     if rescore["kind"] == "m3-hybrid":
-        return hybrid_scores(folder, queries, passages, weights=rescore.get("weights", (1.0, 0.3, 1.0)), **kw)
+        return hybrid_scores(folder, queries, passages, weights=rescore.get("weights", weights_tuple()), **kw)
     uq, qi = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
     up, pi = np.unique(np.asarray(passages, dtype=object), return_inverse=True)
     qv = encode_texts(folder, rescore.get("encoder", "auto"), uq.tolist(), threads=threads, **kw)

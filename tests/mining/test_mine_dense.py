@@ -17,20 +17,22 @@ import pytest
 import regex
 
 from m3.store import Store
+from m3.topk import block_topk, merge_topk
 from model.config import ModelSpec
 from model.init import folder_identity
 from model.m3 import M3Model
 from model.tokenizer import train_tokenizer
 from tasks.artifact_io import write_table
-from tasks.mine import MineConfig, _norm
 from tasks.mining import driver
+from tasks.mining.config import MineConfig
 from tasks.mining.embed import PASSAGES, commit_embeddings, partitions, read_index
-from tasks.mining.search import block_topk, merge_topk, search_shard
+from tasks.mining.rules import norm_text
+from tasks.mining.search import search_shard
 from tasks.mining.teachers import TeacherRef, load_counts
-from tests.test_mine import _build
+from tests.mining.test_mine import _build
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _queries_table(queries: pd.DataFrame, passages: pd.DataFrame) -> pd.DataFrame:
@@ -99,11 +101,13 @@ def _cfg(**kw) -> MineConfig:
 
 def _check(rows, queries, passages, cfg):
     by_id = queries.set_index("query_id")
-    doc_texts = passages.assign(n=passages["passage"].map(_norm)).groupby("doc_id")["n"].apply(set).to_dict()
+    doc_texts = (
+        passages.assign(n=passages["passage"].map(norm_text)).groupby("doc_id")["n"].apply(set).to_dict()
+    )
     for r in rows:
         q = by_id.loc[r["query_id"]]
-        negs = [_norm(t) for t in r["neg"]]
-        assert _norm(q["passage"]) not in negs  # never the positive, never an exact copy of it
+        negs = [norm_text(t) for t in r["neg"]]
+        assert norm_text(q["passage"]) not in negs  # never the positive, never an exact copy of it
         assert len(set(negs)) == len(negs)
         assert not set(negs) & doc_texts[q["doc_id"]]
         assert len(r["neg"]) == len(r["neg_scores"]) == cfg.num_negatives
@@ -142,10 +146,10 @@ def test_tatoeba_exclusions_cache_and_sharding(store_q, tatoeba, teacher):
     # ICT queries under the auto rule: their document's other passages may be negatives.
     auto = driver.mine_dense(store, qid, _cfg(exclude_same_document=None), teacher, name="t")
     assert auto.reused == {"passages": True, "queries": True} and auto.stats["removed_same_doc"] == 0
-    doc_of = dict(zip(passages["passage"].map(_norm), passages["doc_id"], strict=False))
+    doc_of = dict(zip(passages["passage"].map(norm_text), passages["doc_id"], strict=False))
     by_id = queries.set_index("query_id")
     assert any(
-        doc_of.get(_norm(n)) == by_id.loc[r["query_id"], "doc_id"] for r in auto.rows for n in r["neg"]
+        doc_of.get(norm_text(n)) == by_id.loc[r["query_id"], "doc_id"] for r in auto.rows for n in r["neg"]
     )
 
 
@@ -157,7 +161,8 @@ def test_margins_match_brute_force(store_q, tatoeba, teacher):
         strategy="top", range_start=0, range_end=15, absolute_margin=0.02, relative_margin=0.01, pad=False
     )
     res = driver.mine_dense(store, qid, cfg, teacher, name="t")
-    from tasks.mining.embed import load_frames, read_index, rows_of
+    from tasks.mining.embed import read_index, rows_of
+    from tasks.mining.pool import load_frames
 
     p_index = read_index(store.url, res.passage_embeddings)
     q_index = read_index(store.url, res.query_embeddings)
@@ -165,7 +170,7 @@ def test_margins_match_brute_force(store_q, tatoeba, teacher):
     assert train["query_id"].tolist() == queries["query_id"].tolist()
     xv = rows_of(store.url, p_index, np.arange(len(pool)))
     qv = rows_of(store.url, q_index, np.arange(len(queries)))
-    norm = [_norm(t) for t in pool["passage"]]
+    norm = [norm_text(t) for t in pool["passage"]]
     by_id = {r["query_id"]: r for r in res.rows}
     docs, langs, texts = pool["doc_id"].tolist(), pool["lang"].tolist(), pool["passage"].tolist()
     pids = pool["passage_id"].tolist()
@@ -179,7 +184,7 @@ def test_margins_match_brute_force(store_q, tatoeba, teacher):
         for i in sorted(range(len(pool)), key=lambda i: (-s[i], i)):
             if len(clean) == cfg.range_end:
                 break
-            same = i == pos or norm[i] == _norm(q.passage) or docs[i] == q.doc_id or norm[i] in doc_norms
+            same = i == pos or norm[i] == norm_text(q.passage) or docs[i] == q.doc_id or norm[i] in doc_norms
             if same or langs[i] != q.lang:
                 continue
             if s[i] > ps - 0.02:
@@ -481,7 +486,9 @@ def test_hnsw_recall_and_sharding(store_q, tatoeba, minilm):
     assert a.stats["index"] == b.stats["index"] == "hnsw" and b.stats["index_shards"] == 3
     assert a.rows == b.rows
     # the same negatives (up to which of two copies of a text, tied to 1 ulp, was emitted)
-    assert [[_norm(t) for t in r["neg"]] for r in a.rows] == [[_norm(t) for t in r["neg"]] for r in flat.rows]
+    assert [[norm_text(t) for t in r["neg"]] for r in a.rows] == [
+        [norm_text(t) for t in r["neg"]] for r in flat.rows
+    ]
     np.testing.assert_allclose(
         [r["neg_scores"] for r in a.rows], [r["neg_scores"] for r in flat.rows], atol=1e-5
     )
@@ -506,12 +513,12 @@ def test_hnsw_recall_and_sharding(store_q, tatoeba, minilm):
 def _expected_negatives(store, qid, cfg, res, rows, score_fn):
     """Brute force for re-scored mining: the teacher's exact candidates (deepened the way the driver
     does when a clean list runs short), scored pair by pair with ``score_fn(query, texts)``, ordered
-    by (score desc, pool row asc), cleaned and windowed by the rules of ``tasks.mine``.
+    by (score desc, pool row asc), cleaned and windowed by the rules of ``tasks.mining.rules``.
     Returns {query_id: (negatives, their scores, positive score)}."""
     import random
 
-    from tasks.mine import _stable_u64, choose_window
-    from tasks.mining.embed import load_frames
+    from tasks.mining.pool import load_frames
+    from tasks.mining.rules import choose_window, stable_u64
 
     pool, train = load_frames(store.url, qid)
     p_index, q_index = (
@@ -519,7 +526,7 @@ def _expected_negatives(store, qid, cfg, res, rows, score_fn):
         read_index(store.url, res.query_embeddings),
     )
     texts, pids = pool["passage"].tolist(), pool["passage_id"].tolist()
-    norm, docs, langs = [_norm(t) for t in texts], pool["doc_id"].tolist(), pool["lang"].tolist()
+    norm, docs, langs = [norm_text(t) for t in texts], pool["doc_id"].tolist(), pool["lang"].tolist()
     row_of = {q: i for i, q in enumerate(train["query_id"])}
     out = {}
     for r in rows:
@@ -537,7 +544,7 @@ def _expected_negatives(store, qid, cfg, res, rows, score_fn):
             clean, seen = [], set()
             for t in sorted(range(len(cand)), key=lambda t: (-s[t], cand[t])):
                 i = cand[t]
-                if i == pos or norm[i] == _norm(q["passage"]) or docs[i] == q["doc_id"]:
+                if i == pos or norm[i] == norm_text(q["passage"]) or docs[i] == q["doc_id"]:
                     continue
                 if norm[i] in doc_norms or langs[i] != q["lang"] or norm[i] in seen:
                     continue
@@ -548,7 +555,7 @@ def _expected_negatives(store, qid, cfg, res, rows, score_fn):
             if len(clean) == cfg.range_end or k >= len(pool):
                 break
             k = min(4 * k, len(pool))
-        chosen = choose_window(clean, cfg, random.Random(_stable_u64("mine", cfg.seed, q["query_id"])))
+        chosen = choose_window(clean, cfg, random.Random(stable_u64("mine", cfg.seed, q["query_id"])))
         pos_score = float(score_fn(q["query"], [q["passage"]])[0])
         out[q["query_id"]] = ([texts[i] for i, _ in chosen], [sc for _, sc in chosen], pos_score)
     return out

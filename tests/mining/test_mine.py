@@ -6,6 +6,7 @@ true positive is known. Exact copies of some positives are added under other doc
 different whitespace) to check they are never emitted as negatives.
 """
 
+import json
 import math
 import random
 from collections import Counter
@@ -16,10 +17,12 @@ import pandas as pd
 import pytest
 import regex
 
-from tasks.mine import MineConfig, build_bm25, mine_bm25
+from tasks.mining.bm25 import build_bm25, mine_bm25
+from tasks.mining.config import MineConfig
+from tasks.mining.stats import merge_shard_stats, score_summary
 from tasks.text import bm25_tokens
 
-TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba"
+TATOEBA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tatoeba"
 
 
 def _unique_lines(name: str) -> list[str]:
@@ -139,6 +142,47 @@ def test_sharding_gives_identical_rows(data, strategy):
     assert {r["query_id"]: r for r in shard_rows} == {r["query_id"]: r for r in whole}
     assert len(shard_rows) == len(whole)
     assert {k: shard_stats[k] for k in whole_stats} == whole_stats
+
+
+def test_store_shards_merge_into_the_whole_run(data, tmp_path):
+    """The flow's path: shards of a queries artifact mined apart (every n-th query), their files and
+    stats collected, give the rows and stats of one run over all the training queries."""
+    from m3.store import Store
+    from tasks.artifact_io import write_table
+    from tasks.mining.bm25 import collect_shards, mine_shard
+    from tasks.mining.pool import split_pool
+
+    queries, passages = data
+    queries = queries.iloc[:200]
+    extra = passages[~passages["passage_id"].isin(queries["passage_id"])]
+    table = pd.concat(
+        [
+            queries.assign(backend="llm", model="", split="train"),
+            extra.assign(
+                query_id="t:" + extra["passage_id"], query="-", backend="llm", model="", split="test"
+            ),
+        ],
+        ignore_index=True,
+    )
+    store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    files = write_table(table, "queries", tmp_path / "q")
+    qid = store.commit("queries", "t", {k: tmp_path / "q" / k for k in files}).id
+    cfg = MineConfig(seed=5)
+    outs = [str(tmp_path / f"shard-{i}.jsonl") for i in range(3)]
+    shard_stats = [mine_shard(store.url, qid, i, 3, cfg.model_dump(mode="json"), outs[i]) for i in range(3)]
+    rows, metrics = collect_shards(outs, shard_stats)
+
+    pool, train = split_pool(table)
+    whole, whole_stats = mine_bm25(train, pool, cfg)
+    assert json.loads(json.dumps(sorted(whole, key=lambda r: r["query_id"]))) == rows
+    assert metrics == {"teacher": "bm25", **whole_stats, "scores": score_summary(rows)}
+    assert whole_stats["removed_same_doc"] > 0
+
+
+def test_merge_shard_stats_adds_numbers_and_keeps_the_last_of_the_rest():
+    merged = merge_shard_stats([{"queries": 2, "mean": 0.5, "index": "flat"}, {"queries": 3, "index": "ivf"}])
+    assert merged == {"queries": 5, "mean": 0.5, "index": "ivf"}
+    assert merge_shard_stats([]) == {}
 
 
 def _brute_bm25(query_tokens, doc_tokens, k1, b):

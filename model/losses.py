@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -131,6 +133,13 @@ def teacher_distill(
     return per_query.mean()
 
 
+def _tensor_sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)`` of a non-empty iterable, typed as the tensor it is (``sum`` of none is ``0``)."""
+    total = sum(terms)
+    assert isinstance(total, torch.Tensor), "sum of no tensors"
+    return total
+
+
 def unified_loss(
     scores: dict[str, torch.Tensor],
     temperature: float,
@@ -168,7 +177,7 @@ def unified_loss(
     if len(funcs) == 1:
         out["loss"] = out[funcs[0]]
         return out
-    s_inter = sum(w[f] * scores[f].float() for f in funcs)
+    s_inter = _tensor_sum(w[f] * scores[f].float() for f in funcs)
     out["s_inter"] = s_inter
     out["inter"] = info_nce_from_scores(s_inter, temperature, group_size, query_offset, mask)
     k = len(funcs)
@@ -179,6 +188,6 @@ def unified_loss(
     teacher = s_inter / temperature
     for f in funcs:
         out[f"distill_{f}"] = self_distill(scores[f] / temperature, teacher, mask)
-    out["L_prime"] = sum(lam[f] * out[f"distill_{f}"] for f in funcs) / k
+    out["L_prime"] = _tensor_sum(lam[f] * out[f"distill_{f}"] for f in funcs) / k
     out["loss"] = (out["L"] + out["L_prime"]) / 2
     return out

@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import POSITION_OFFSET, ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ def resolve_model_path(
         ) from exc
 
 
-def _load_backbone(path: str) -> nn.Module:
+def _load_backbone(path: str) -> PreTrainedModel:
     from transformers import AutoModel
 
     try:  # encoders with a pooler (BERT, XLM-R) skip it: M3 never uses it
@@ -204,9 +207,11 @@ def write_sentence_transformers_config(folder: str | Path, pooling: str, dim: in
 class M3Model(nn.Module):
     """Backbone + the three M3 heads; see :meth:`forward` and :meth:`encode`."""
 
+    special_ids: torch.Tensor  # buffer registered in __init__
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: PreTrainedModel,
         tokenizer: Any,
         pooling: str = "cls",
         colbert_dim: int = -1,

@@ -28,12 +28,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.m3 import M3Model, pad_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +150,25 @@ def decoder_labels(
     return input_ids.masked_fill(~content_mask(input_ids, attention_mask, special_ids), IGNORE)
 
 
+# ------------------------------------------------------------------------------------ backbone
+class _Embeddings(Protocol):
+    """What this module uses of an XLM-R-family ``backbone.embeddings`` module."""
+
+    word_embeddings: nn.Embedding
+    position_embeddings: nn.Embedding
+    padding_idx: int
+
+    def __call__(self, *, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None: ...
+
+
+def _embeddings(backbone: nn.Module) -> _Embeddings:
+    """``backbone.embeddings``, typed: ``nn.Module.__getattr__`` is annotated ``Tensor | Module``, so
+    a type checker knows nothing of a submodule's own fields."""
+    return cast(_Embeddings, backbone.embeddings)
+
+
 # ------------------------------------------------------------------------------------------ layers
 class MLMHead(nn.Module):
     """Dense + GELU + LayerNorm, then a vocabulary projection *tied to the word embeddings* (+ bias).
@@ -229,7 +252,7 @@ class RetroMAE(nn.Module):
         eps = getattr(cfg, "layer_norm_eps", 1e-5)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.lm_head = MLMHead(m3.backbone.embeddings.word_embeddings, eps)
+            self.lm_head = MLMHead(_embeddings(m3.backbone).word_embeddings, eps)
             self.decoder = EnhancedDecoderLayer(
                 cfg.hidden_size,
                 cfg.num_attention_heads,
@@ -247,7 +270,7 @@ class RetroMAE(nn.Module):
         self.to(m3.device)
 
     @property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> PreTrainedModel:
         return self.m3.backbone
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -309,7 +332,7 @@ class RetroMAE(nn.Module):
 
     def query_positions(self, length: int, device: torch.device) -> torch.Tensor:
         """XLM-R position ids of a sequence without padding: ``padding_idx + 1 + arange(length)``."""
-        pad = self.backbone.embeddings.padding_idx
+        pad = _embeddings(self.backbone).padding_idx
         return torch.arange(pad + 1, pad + 1 + length, device=device)
 
     def forward(
@@ -325,7 +348,7 @@ class RetroMAE(nn.Module):
         encoder_loss = self._mlm_loss(hidden, encoder_labels)
         cls = hidden[:, :1]  # [B, 1, H]: the sentence embedding (CLS pooling, as BGE-M3's dense vector)
 
-        emb = self.backbone.embeddings
+        emb = _embeddings(self.backbone)
         length = input_ids.size(1)
         positions = emb.position_embeddings(self.query_positions(length, input_ids.device))  # [L, H]
         h1 = cls + positions[None]  # query stream
@@ -352,7 +375,7 @@ def extend_positions(model: M3Model, new_max: int) -> M3Model:
     ``L`` positions keeps the learned local structure (neighbour differences), and RetroMAE / later
     training on long inputs then adapts the copies. ``new_max`` at or below the current size is a no-op.
     """
-    emb = model.backbone.embeddings
+    emb = _embeddings(model.backbone)
     old = emb.position_embeddings.weight
     old_max, hidden = old.shape
     if new_max <= old_max:

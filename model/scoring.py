@@ -178,7 +178,7 @@ def _weights(weights) -> tuple[float, float, float]:
     w = tuple(float(x) for x in weights)
     if len(w) != 3:
         raise ValueError("weights must be (dense, lexical, colbert)")
-    return w  # type: ignore[return-value]
+    return w
 
 
 def hybrid(dense=None, lexical=None, colbert=None, weights=DEFAULT_WEIGHTS):

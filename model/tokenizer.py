@@ -75,6 +75,7 @@ def _proto_fields(buf: bytes) -> Iterable[tuple[int, int, bytes | int]]:
     while pos < len(buf):
         key, pos = _read_varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: bytes | int
         if wire == 0:
             value, pos = _read_varint(buf, pos)
         elif wire == 1:
@@ -97,10 +98,10 @@ def precompiled_charsmap(model_bytes: bytes) -> bytes | None:
     keeps the HF normalizer identical to SentencePiece's (nmt_nfkc) without another dependency.
     """
     for field, wire, value in _proto_fields(model_bytes):
-        if field == 3 and wire == 2:
-            for sub_field, sub_wire, sub_value in _proto_fields(value):  # type: ignore[arg-type]
-                if sub_field == 2 and sub_wire == 2:
-                    return bytes(sub_value) or None  # type: ignore[arg-type]
+        if field == 3 and wire == 2 and not isinstance(value, int):  # wire type 2 always carries bytes
+            for sub_field, sub_wire, sub_value in _proto_fields(value):
+                if sub_field == 2 and sub_wire == 2 and not isinstance(sub_value, int):
+                    return bytes(sub_value) or None
     return None
 
 
@@ -192,7 +193,9 @@ def train_tokenizer(
     (out_dir / SPM_FILENAME).write_bytes(model_bytes)
     tok = XLMRobertaTokenizer(
         vocab=vocab,
-        _spm_precompiled_charsmap=precompiled_charsmap(model_bytes),
+        # transformers annotates this ``str | None``, but it is the raw charsmap bytes that
+        # ``normalizers.Precompiled`` takes (transformers itself passes bytes here).
+        _spm_precompiled_charsmap=precompiled_charsmap(model_bytes),  # type: ignore[arg-type]
         model_max_length=512,
     )
     tok.save_pretrained(str(out_dir))

@@ -66,7 +66,7 @@ class Backend:
         existing ancestor a writable folder), or an existing S3 bucket. Writes nothing."""
         problem = self._local_problem(write) if self.is_local else self._remote_problem(write)
         if problem:
-            raise StoreUnavailable(f"store {self.url}: {problem}")
+            raise StoreUnavailable(" ".join(f"store {self.url}: {problem}".split()))  # one line
 
     def _local_problem(self, write: bool) -> str | None:
         root = Path(self.root or "/")
@@ -100,7 +100,7 @@ class Backend:
             self.fs.invalidate_cache(self.root)
             if self.root != bucket and not self.fs.exists(self.root):
                 return "no store there (nothing under that prefix)"
-        except (OSError, ValueError) as exc:  # no credentials, endpoint down, access denied
+        except Exception as exc:  # no credentials, endpoint down, access denied: one line, not a trace
             return f"cannot reach it: {exc}"
         return None
 

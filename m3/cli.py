@@ -37,15 +37,15 @@ def _fail(message: str) -> None:
 
 
 def _store(store: str | None, profile: str | None = None):
-    from m3.store import Store
+    from m3.preflight import existing_store  # a read-only command: a missing store is an error
 
     if store is None and profile is not None:
         # Only here: these pull in Prefect and torch, seconds of start-up for `m3 lineage` & co.
         from flows.common import resolve_store_url
         from m3.profile import load_profile
 
-        return Store(resolve_store_url(load_profile(profile), None))
-    return Store(store or os.environ.get("M3_STORE") or ".m3/store")
+        return existing_store(resolve_store_url(load_profile(profile), None))
+    return existing_store(store or os.environ.get("M3_STORE") or ".m3/store")
 
 
 def _print_json(value: Any) -> None:
@@ -71,6 +71,9 @@ def run(
         prof.source_files(source)
     select_stages(from_stage, only, refresh)
     store_url = resolve_store_url(prof, store)
+    from m3.preflight import check_writable_store
+
+    check_writable_store(store_url)  # before Prefect starts: a store it cannot write to is refused
 
     from m3.prefect_api import prefect_api
 
@@ -277,9 +280,10 @@ def ui(
     store: StoreOpt = None,
 ) -> None:
     """The lineage web page: artifact graph, manifests, metrics, plots, links to Prefect runs."""
+    from m3.preflight import checked_now
     from m3.ui.server import serve
 
-    serve(_store(store), host=host, port=port)
+    serve(checked_now(_store(store)), host=host, port=port)
 
 
 @app.command()

@@ -71,6 +71,37 @@ class SourceSpec(_Strict):
         return self
 
 
+MIN_WORKER_MEMORY = 256 * 2**20  # a Dask worker process alone takes ~150 MB: less is killed at once
+
+
+def check_memory_limit(v: Any) -> Any:
+    """``v`` if dask can read it as a worker memory limit that a worker can live in, else
+    ValueError. Parsed the way ``distributed.worker_memory.parse_memory_limit`` does (a number
+    <= 1 is a fraction of the machine's memory; a string goes through ``dask.utils.parse_bytes``),
+    so a bad unit is refused when the profile loads, not inside the first Dask stage."""
+    from dask.utils import parse_bytes
+
+    if v is None or v == "auto":
+        return v
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise ValueError(f"expected a size such as '4GiB', a fraction, 'auto' or null, got {v!r}")
+    try:
+        number = float(v)
+    except ValueError:
+        number = None
+    if number is not None and number <= 1:
+        if number <= 0:
+            raise ValueError(f"must be > 0 (null: no limit), got {v!r}")
+        return v  # a fraction of the machine's memory
+    try:
+        size = parse_bytes(v) if number is None else int(number)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{v!r} is not a size: {exc} (use e.g. 4GiB, 500MB, 0.5, auto)") from None
+    if size < MIN_WORKER_MEMORY:
+        raise ValueError(f"{v!r} is {size} bytes, below the 256MiB a Dask worker needs")
+    return v
+
+
 class DaskSpec(_Strict):
     """Where data stages run: an existing scheduler (``address``), a cluster class started for the
     run (``cluster_class`` + ``cluster_kwargs``, e.g. ``dask_kubernetes.operator.KubeCluster`` or
@@ -79,9 +110,18 @@ class DaskSpec(_Strict):
     address: str | None = None
     cluster_class: str | None = Field(None, description="import path of a dask cluster class")
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
-    n_workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: str = "3GiB"
+    n_workers: int = Field(2, ge=1, description="0 or fewer never gets a worker: the run would wait forever")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str | int | float | None = Field(
+        "3GiB",
+        description="per worker, as dask reads it: a size (4GiB, 500MB, bytes), a fraction of this "
+        "machine's memory (0 < x <= 1), 'auto' (an equal share), or null (no limit)",
+    )
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_limit(cls, v: Any) -> Any:
+        return check_memory_limit(v)
 
     @model_validator(mode="after")
     def _one_target(self) -> DaskSpec:
@@ -91,6 +131,18 @@ class DaskSpec(_Strict):
             raise ValueError(
                 f"dask.cluster_class must be an import path like pkg.Class, not {self.cluster_class!r}"
             )
+        if self.cluster_class and self.cluster_class.rsplit(".", 1)[-1] == "LocalCluster":
+            # the same shape as the default cluster, so the same bounds (other classes, e.g. an
+            # adaptive KubeCluster, legitimately start with n_workers 0 and name memory otherwise)
+            kw = self.cluster_kwargs
+            for key in ("n_workers", "threads_per_worker"):
+                if key in kw and (not isinstance(kw[key], int) or isinstance(kw[key], bool) or kw[key] < 1):
+                    raise ValueError(f"cluster_kwargs.{key} must be an integer >= 1, got {kw[key]!r}")
+            if "memory_limit" in kw:
+                try:
+                    check_memory_limit(kw["memory_limit"])
+                except ValueError as exc:
+                    raise ValueError(f"cluster_kwargs.memory_limit: {exc}") from None
         return self
 
 
@@ -98,7 +150,7 @@ class Profile(_Strict):
     name: str
     description: str = ""
     store: str | None = None
-    languages: list[str] | None = None
+    languages: list[str] | None = Field(None, min_length=1, description="null: every language")
     sources: list[SourceSpec] = Field(min_length=1)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
@@ -180,7 +232,8 @@ def load_profile(name_or_path: str) -> Profile:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         hint = _nearest_key(first["loc"]) if first["type"] == "extra_forbidden" else ""
-        raise ProfileError(f"profile {path}: {where}: {first['msg']}{hint}") from exc
+        msg = " ".join(str(first["msg"]).removeprefix("Value error, ").split())  # one line
+        raise ProfileError(f"profile {path}: {where or 'top level'}: {msg}{hint}") from exc
 
 
 def _nearest_key(loc: tuple) -> str:

@@ -58,7 +58,7 @@ class ModelSpec(BaseModel):
     # at ln(batch)) with 0.1 and learned with 0.0 in our runs; raise it for pretrained/larger models.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="None: same as dropout")
-    seed: int = 0  # weight initialisation
+    seed: int = Field(0, ge=0)  # weight initialisation
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

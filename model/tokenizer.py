@@ -32,7 +32,7 @@ class TokenizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     vocab_size: int = Field(8000, ge=16)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     character_coverage: float = Field(0.9999, gt=0.0, le=1.0)
     input_sentence_size: int = Field(1_000_000, ge=1)  # lines SentencePiece samples for training
     max_lines: int = Field(2_000_000, ge=1)  # lines streamed to the temp file (bounds disk)

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,13 +51,15 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
-    k_values: tuple[int, ...] = (10, 100)
-    metrics: tuple[str, ...] = ("ndcg_cut_10", "recall_100", "mrr_cut_10")
+    k_values: tuple[Annotated[int, Field(ge=1)], ...] = Field((10, 100), min_length=1)
+    metrics: tuple[str, ...] = Field(("ndcg_cut_10", "recall_100", "mrr_cut_10"), min_length=1)
     batch_size: int = Field(256, ge=1, description="texts per encode_fn call")
     block_size: int = Field(16384, ge=1, description="passages scored at once in dense_run")
     per_language: bool = Field(True, description="queries search only passages of their own language")
-    modes: tuple[Mode, ...] = Field(MODES, description="M3 retrieval modes to report (paper Table 1 rows)")
-    weights: dict[str, dict[str, float]] = Field(
+    modes: tuple[Mode, ...] = Field(
+        MODES, min_length=1, description="M3 retrieval modes to report (paper Table 1 rows)"
+    )
+    weights: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in PAPER_WEIGHTS.items()},
         description="hybrid weights per mode over dense/sparse/multivec; the paper's by default",
     )
@@ -115,6 +117,17 @@ class EvalConfig(BaseModel):
             raise ValueError(f"primary_metric {self.primary_metric!r} is not in metrics {list(self.metrics)}")
         if self.primary_mode not in self.modes:
             raise ValueError(f"primary_mode {self.primary_mode!r} is not in modes {list(self.modes)}")
+        for mode, w in self.weights.items():  # a typo here would silently weigh a function 0
+            if mode not in PAPER_WEIGHTS:
+                raise ValueError(f"weights.{mode}: not a hybrid mode (known: {', '.join(PAPER_WEIGHTS)})")
+            unknown = sorted(set(w) - {"dense", "sparse", "multivec"})
+            if unknown:
+                raise ValueError(f"weights.{mode}: unknown functions {unknown} (dense, sparse, multivec)")
+            if not any(w.values()):
+                raise ValueError(f"weights.{mode}: every weight is 0")
+        missing = [m for m in self.modes if m in PAPER_WEIGHTS and m not in self.weights]
+        if missing:
+            raise ValueError(f"modes {missing} need weights (weights.{missing[0]})")
         return self
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
@@ -13,6 +13,14 @@ class PairsConfig(BaseModel):
     body_max_chars: int = Field(1000, ge=50, description="the body is cut at a sentence boundary")
     min_body_chars: int = Field(100, ge=1)
     min_title_chars: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _body(self) -> PairsConfig:
+        if self.min_body_chars > self.body_max_chars:
+            raise ValueError(
+                f"min_body_chars ({self.min_body_chars}) exceeds body_max_chars ({self.body_max_chars})"
+            )
+        return self
 
 
 def title_body_pairs(corpus: pd.DataFrame, config: PairsConfig | None = None) -> tuple[pd.DataFrame, dict]:

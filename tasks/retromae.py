@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model.config import MAX_POSITIONS, POSITION_OFFSET
 from model.m3 import M3Model, autocast_for, resolve_device
 from model.retromae import RetroMAE, chunk_token_ids, extend_positions
 from tasks.training.optim import param_groups, warmup_linear_decay
@@ -39,16 +40,20 @@ class RetroMAEConfig(BaseModel):
     lr: float = Field(5e-4, gt=0)  # tiny from-scratch model; the paper's scale used ~1e-4 and below
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
-    encoder_mask_ratio: float = Field(0.3, ge=0, lt=1)
-    decoder_mask_ratio: float = Field(0.5, ge=0, lt=1)
+    # > 0: with nothing masked there is nothing to predict (the loss is NaN)
+    encoder_mask_ratio: float = Field(0.3, gt=0, lt=1)
+    decoder_mask_ratio: float = Field(0.5, gt=0, lt=1)
     max_length: int = Field(256, ge=8, description="tokens per piece, <s> and </s> included")
     min_length: int = Field(8, ge=1, description="drop pieces with fewer content tokens")
     max_positions: int | None = Field(
-        None, description="grow the position table to this many rows first (8194 = BGE-M3's 8192 tokens)"
+        None,
+        ge=POSITION_OFFSET + 8,
+        le=MAX_POSITIONS,
+        description="grow the position table to this many rows first (8194 = BGE-M3's 8192 tokens)",
     )
     max_grad_norm: float | None = Field(1.0, gt=0)
     length_group_batches: int = Field(16, ge=1, description="batches per length-sorted megabatch")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     log_every: int = Field(10, ge=1)
     device: str | None = None  # None: CUDA when present
     num_threads: int | None = Field(None, ge=1, description="CPU intra-op threads while training")

@@ -27,6 +27,17 @@ def _s3_options() -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
+def _writable(folder: Path) -> bool:
+    """Whether files can be made in ``folder``: its permissions (for root these always pass) and a
+    read-only mount (which stops root too)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        return not os.statvfs(folder).f_flag & os.ST_RDONLY
+    except OSError:
+        return True
+
+
 class Backend:
     """A store root on a filesystem; every path argument is relative to the root."""
 
@@ -40,19 +51,79 @@ class Backend:
         self.root = root.rstrip("/")
         protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
         self.is_local = bool({"file", "local"} & set(protocols))
+        self._check_before_read = False
+
+    # -- existence -----------------------------------------------------------------------------
+    def require_existing(self) -> None:
+        """Make the first read check that the store is there (read-only commands): a mistyped
+        folder or bucket is then an error, not an empty store. Lazy, so that the command's own
+        arguments (a malformed ref) are reported first, as they would be for an existing store."""
+        self._check_before_read = True
+
+    def check_root(self, *, write: bool = False) -> None:
+        """StoreUnavailable, with one line, unless the root can be used: read, an existing folder
+        (or a non-empty S3 prefix); write, a writable folder or one that can be made (its nearest
+        existing ancestor a writable folder), or an existing S3 bucket. Writes nothing."""
+        problem = self._local_problem(write) if self.is_local else self._remote_problem(write)
+        if problem:
+            raise StoreUnavailable(" ".join(f"store {self.url}: {problem}".split()))  # one line
+
+    def _local_problem(self, write: bool) -> str | None:
+        root = Path(self.root or "/")
+        if not os.path.lexists(root):
+            if not write:
+                return "no store there (the folder does not exist)"
+            ancestor = root.parent
+            while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            if not ancestor.is_dir():
+                return f"cannot make the folder: {ancestor} is not a folder"
+            if not _writable(ancestor):
+                return f"cannot make the folder: {ancestor} is not writable"
+            return None
+        if not root.is_dir():
+            return "not a folder (a store is a folder)"
+        if not os.access(root, os.R_OK | os.X_OK):
+            return "the folder is not readable"
+        if write and not _writable(root):
+            return "the folder is not writable"
+        return None
+
+    def _remote_problem(self, write: bool) -> str | None:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        bucket = self.root.split("/", 1)[0]
+        try:
+            if protocol in {"s3", "s3a"} and not self.fs.exists(bucket):
+                return f"bucket {bucket!r} does not exist (or these credentials cannot reach it)"
+            if write:
+                return None  # a new prefix in an existing bucket is a new store
+            self.fs.invalidate_cache(self.root)
+            if self.root != bucket and not self.fs.exists(self.root):
+                return "no store there (nothing under that prefix)"
+        except Exception as exc:  # no credentials, endpoint down, access denied: one line, not a trace
+            return f"cannot reach it: {exc}"
+        return None
+
+    def _ensure_root(self) -> None:
+        if self._check_before_read:
+            self._check_before_read = False
+            self.check_root()
 
     def full(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
     # -- reads -------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
+        self._ensure_root()
         return self.fs.exists(self.full(rel))
 
     def read_bytes(self, rel: str) -> bytes:
+        self._ensure_root()
         return self.fs.cat_file(self.full(rel))
 
     def list_dir(self, rel: str) -> list[str]:
         """Names directly under ``rel`` (files and folders); empty when absent."""
+        self._ensure_root()
         try:
             entries = self.fs.ls(self.full(rel), detail=False, refresh=True)
         except FileNotFoundError:
@@ -61,6 +132,7 @@ class Backend:
 
     def walk_files(self, rel: str) -> list[str]:
         """All file paths under ``rel``, relative to the root."""
+        self._ensure_root()
         base = self.full(rel)
         try:
             found = self.fs.find(base)
@@ -70,6 +142,7 @@ class Backend:
         return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
 
     def modified_ts(self, rel: str) -> float | None:
+        self._ensure_root()
         try:
             info = self.fs.info(self.full(rel))
         except FileNotFoundError:
@@ -82,6 +155,7 @@ class Backend:
         return None
 
     def get_file(self, rel: str, local: Path) -> None:
+        self._ensure_root()
         self.fs.get_file(self.full(rel), str(local))
 
     # -- writes ------------------------------------------------------------------------------

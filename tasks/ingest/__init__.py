@@ -79,6 +79,12 @@ class IngestConfig(pydantic.BaseModel):
         None, description="scheduler address for this stage (overrides the profile's dask section)"
     )
 
+    @pydantic.model_validator(mode="after")
+    def _lengths(self) -> IngestConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
+        return self
+
 
 @dataclass
 class FileIngestResult:

@@ -64,7 +64,7 @@ class DedupConfig(BaseModel):
     threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of a near-duplicate")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     ngram: int = Field(5, ge=1, description="shingle length in words (characters x3 for CJK/Thai)")
-    seed: int = 1
+    seed: int = Field(1, ge=0)
     bands_per_task: int = Field(
         16, ge=1, description="signature columns (exact hash, LSH bands) bucketed by one reduce task"
     )

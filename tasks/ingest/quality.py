@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 import regex
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Languages written without spaces between words (ISO 639-1, plus 639-3 where no 639-1 exists).
 UNSPACED_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "dz", "wuu", "yue", "lzh"})
@@ -54,6 +55,10 @@ _BULLET = ("•", "·", "-", "*", "‣", "◦", "–", "—", "●", "▪")
 _ELLIPSIS = ("...", "…")
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+NgramSize = Annotated[int, Field(ge=1)]
+
+
 class QualityConfig(BaseModel):
     """Thresholds of the quality filters (defaults: Gopher's, C4's, FineWeb's; see the module doc)."""
 
@@ -68,7 +73,9 @@ class QualityConfig(BaseModel):
     max_chars_unspaced: int = Field(200_000, gt=0)
     min_mean_word_length: float = Field(3.0, ge=0)
     max_mean_word_length: float = Field(10.0, gt=0)
-    mean_word_length_by_lang: dict[str, tuple[float, float]] = Field(
+    mean_word_length_by_lang: dict[
+        str, tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(gt=0)]]
+    ] = Field(
         default_factory=lambda: {"ko": (1.5, 10.0)},
         description="per-language bounds; a Hangul block is a whole syllable, so Korean words are short",
     )
@@ -83,14 +90,32 @@ class QualityConfig(BaseModel):
     max_dup_para_fraction: float = Field(0.3, ge=0, le=1)
     max_dup_line_char_fraction: float = Field(0.2, ge=0, le=1)
     max_dup_para_char_fraction: float = Field(0.2, ge=0, le=1)
-    top_ngram_max_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    dup_ngram_max_fraction: dict[int, float] = Field(
+    top_ngram_max_fraction: dict[NgramSize, Share] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
+    )
+    dup_ngram_max_fraction: dict[NgramSize, Share] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
     min_punct_lines: float = Field(
         0.12, ge=0, le=1, description="C4/FineWeb: share of lines ending in terminal punctuation"
     )
     lorem_ipsum: bool = True
+
+    @model_validator(mode="after")
+    def _ranges(self) -> QualityConfig:
+        # an empty range would filter every document out, which looks like a broken source
+        pairs = [
+            ("min_words", "max_words"),
+            ("min_chars_unspaced", "max_chars_unspaced"),
+            ("min_mean_word_length", "max_mean_word_length"),
+        ]
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high} ({getattr(self, high)})")
+        for lang, (low, high) in self.mean_word_length_by_lang.items():
+            if low > high:
+                raise ValueError(f"mean_word_length_by_lang.{lang}: {low} exceeds {high}")
+        return self
 
 
 def is_unspaced(text: str, lang: str | None) -> bool:

@@ -3,7 +3,7 @@ the sampling knobs every teacher shares (the profile's ``mine`` section)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -55,6 +55,9 @@ class SearchConfig(BaseModel):
     )
 
 
+Weight = Annotated[float, Field(ge=0)]
+
+
 class RescoreConfig(BaseModel):
     """A second model that re-scores the retrieved candidates; its scores become the teacher scores
     (``pos_scores`` / ``neg_scores``), the order of the candidates and what the margins compare.
@@ -72,10 +75,16 @@ class RescoreConfig(BaseModel):
     encoder: Literal["auto", "m3", "sentence-transformers"] = "auto"
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(256, ge=8)
-    weights: tuple[float, float, float] = Field(
+    weights: tuple[Weight, Weight, Weight] = Field(
         weights_tuple(), description="m3-hybrid: (dense, lexical, multi-vector) weights"
     )
     activation: Literal["none", "sigmoid"] = Field("none", description="cross-encoder: on the logit")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RescoreConfig:
+        if self.kind == "m3-hybrid" and not any(self.weights):
+            raise ValueError("weights are all 0: every candidate would score the same")
+        return self
 
 
 class MineConfig(BaseModel):
@@ -100,7 +109,9 @@ class MineConfig(BaseModel):
     search: SearchConfig = Field(default_factory=SearchConfig)
     rescore: RescoreConfig | None = None
     absolute_margin: float | None = Field(
-        None, description="drop candidates scoring above pos_score - absolute_margin (likely false negatives)"
+        None,
+        ge=0.0,
+        description="drop candidates scoring above pos_score - absolute_margin (likely false negatives)",
     )
     relative_margin: float | None = Field(
         None,
@@ -111,13 +122,13 @@ class MineConfig(BaseModel):
     range_end: int = Field(50, ge=1, description="one past the last clean rank to sample from")
     num_negatives: int = Field(7, ge=1)
     strategy: Literal["top", "random"] = "random"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     per_language: bool = Field(
         True, description="one index per language: IDF from the query's own language, negatives in it"
     )
     # Anserini's defaults, used for its MIRACL / Mr.TyDi BM25 baselines (bm25s defaults to 1.5/0.75).
-    k1: float = 0.9
-    b: float = 0.4
+    k1: float = Field(0.9, ge=0, description="term-frequency saturation; 0: binary term matches")
+    b: float = Field(0.4, ge=0, le=1, description="length normalisation: 0 none, 1 full")
     pad: bool = Field(True, description="fill missing negatives with random passages (counted in stats)")
     exclude_same_document: bool | None = Field(
         None,

@@ -67,8 +67,9 @@ class IctConfig(BaseModel):
     # retrieval a trivial string match (BM25 would score ~1.0) and the numbers meaningless.
     remove_prob: float = Field(1.0, ge=0.0, le=1.0, description="P(query sentence removed from context)")
     min_query_chars: int = Field(20, ge=1, description="shorter sentences are not used as queries")
-    heldout_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of documents put in test")
-    seed: int = 0
+    # 0 leaves evaluation without queries, 1 leaves training without any
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of documents put in test")
+    seed: int = Field(0, ge=0)
 
 
 class SynthesizeConfig(IctConfig):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Function = Literal["dense", "sparse", "colbert"]
+Weight = Annotated[float, Field(ge=0)]  # a negative weight would reward the wrong passage
 
 
 class TrainConfig(BaseModel):
@@ -22,10 +23,10 @@ class TrainConfig(BaseModel):
     )
     self_distill: bool = True
     self_distill_start_step: int = Field(0, ge=0, description="optimizer step from which L' joins the loss")
-    ensemble_weights: dict[Function, float] = Field(
+    ensemble_weights: dict[Function, Weight] = Field(
         default_factory=lambda: {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
     )
-    loss_weights: dict[Function, float] = Field(
+    loss_weights: dict[Function, Weight] = Field(
         default_factory=lambda: {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
     )
     teacher_distill_weight: float = Field(
@@ -62,15 +63,16 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     temperature: float = Field(0.02, gt=0)  # FlagEmbedding's M3 default
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # batching
     batch_size: int = Field(32, ge=2, description="queries per step (all ranks together), upper bound")
     group_size: int = Field(1, ge=1, description="1 positive + (group_size - 1) hard negatives per query")
     max_length: int = Field(256, ge=8)  # passages
     query_max_length: int | None = Field(64, ge=8, description="None: same as max_length")
     group_by_length: bool = True
-    length_buckets: list[int] = Field(
+    length_buckets: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+        min_length=1,
         description="upper token bounds of the length groups; one batch never mixes groups",
     )
     length_group_batches: int = Field(16, ge=1, description="batches per length-sorted megabatch in a group")

@@ -39,7 +39,7 @@ class SelectionConfig(_Strict):
 
     min_doc_chars: int = Field(2000, ge=0, description="only documents at least this long")
     max_doc_chars: int | None = Field(None, ge=1, description="skip documents longer than this")
-    languages: list[str] | None = Field(None, description="only these languages (None: all)")
+    languages: list[str] | None = Field(None, min_length=1, description="only these languages (None: all)")
     max_docs: int | None = Field(None, ge=1, description="at most this many documents in all")
     max_docs_per_lang: int | None = Field(None, ge=1, description="at most this many per language")
     max_docs_per_bucket: int | None = Field(
@@ -68,6 +68,19 @@ class SelectionConfig(_Strict):
             raise ValueError("chars_per_token_by_lang: every ratio must be > 0")
         return v
 
+    @model_validator(mode="after")
+    def _ranges(self) -> SelectionConfig:
+        # an empty range selects nothing, and the stage would pay for a run that asks no question
+        if self.max_doc_chars is not None and self.min_doc_chars > self.max_doc_chars:
+            raise ValueError(
+                f"min_doc_chars ({self.min_doc_chars}) exceeds max_doc_chars ({self.max_doc_chars})"
+            )
+        if self.min_passage_chars > self.passage_chars:
+            raise ValueError(
+                f"min_passage_chars ({self.min_passage_chars}) exceeds passage_chars ({self.passage_chars})"
+            )
+        return self
+
     def ratio(self, lang: str) -> float:
         """Characters per token of ``lang``."""
         return chars_per_token(lang, self.chars_per_token, self.chars_per_token_by_lang)
@@ -88,6 +101,15 @@ class FilterConfig(_Strict):
     language_min_confidence: float = Field(
         0.6, ge=0.0, le=1.0, description="py3langid must be this sure of another language to drop"
     )
+
+    @model_validator(mode="after")
+    def _range(self) -> FilterConfig:
+        if self.min_question_chars > self.max_question_chars:
+            raise ValueError(
+                f"min_question_chars ({self.min_question_chars}) exceeds max_question_chars "
+                f"({self.max_question_chars})"
+            )
+        return self
 
 
 class BudgetConfig(_Strict):
@@ -176,4 +198,8 @@ class OpenAIConfig(_Strict):
             not _BLOCK_NAME.fullmatch(self.api_key_secret) or self.api_key_secret.startswith("sk-")
         ):
             raise ValueError("api_key_secret must be the NAME of a Prefect Secret block, not a key")
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ValueError(
+                f"backoff_base_s ({self.backoff_base_s}) exceeds backoff_max_s ({self.backoff_max_s})"
+            )
         return self

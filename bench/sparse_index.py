@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.retrieval import InvertedIndex  # noqa: E402
+from tasks.evaluate.index import InvertedIndex  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba"
 

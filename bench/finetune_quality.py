@@ -67,7 +67,10 @@ def evaluate(model, queries_test: pd.DataFrame, pool: pd.DataFrame, max_length: 
     """Per-query nDCG@10 of every system in each language: ``{"lang system": {query_id: ndcg}}``."""
     import pytrec_eval
 
-    from tasks.evaluate import EvalConfig, M3Encoder, bm25_dataset_run, datasets_from_ict, model_runs
+    from tasks.evaluate.config import EvalConfig
+    from tasks.evaluate.datasets import datasets_from_ict
+    from tasks.evaluate.encoders import M3Encoder
+    from tasks.evaluate.runs import bm25_dataset_run, model_runs
 
     cfg = EvalConfig(
         modes=MODES,

@@ -1,4 +1,4 @@
-"""Sparse (lexical) retrieval: the inverted index of tasks/retrieval.py vs a dense matrix product over
+"""Sparse (lexical) retrieval: the inverted index of tasks/evaluate/index.py vs a dense matrix product over
 the same lexical weights, on >= 50k real passages, in one run.
 
 Passages are every distinct line of the LASER Tatoeba files in ../shared/data/tatoeba (58 languages
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.retrieval import InvertedIndex  # noqa: E402
+from tasks.evaluate.index import InvertedIndex  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba"
 

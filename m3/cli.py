@@ -148,7 +148,8 @@ def eval_model(
     """Evaluate a model the way the paper reports it: modes × languages, against BM25."""
     from pathlib import Path
 
-    from tasks.evaluate import EvalConfig, evaluate_model_path
+    from tasks.evaluate.config import EvalConfig
+    from tasks.evaluate.model_folder import evaluate_model_path
 
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     primary = "dense" if "dense" in wanted or not wanted else wanted[0]

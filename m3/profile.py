@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from m3.store.names import validate_segment
 from model.config import ModelSpec
 from model.tokenizer import TokenizerConfig
-from tasks.evaluate import EvalConfig
+from tasks.evaluate.config import EvalConfig
 from tasks.ingest import IngestConfig
 from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
 from tasks.mining.config import MineConfig

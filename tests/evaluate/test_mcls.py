@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.eval_data import EvalDataset
-from tasks.evaluate import EvalConfig, M3Encoder, evaluate_datasets, summarize
+from tasks.evaluate.config import EvalConfig
+from tasks.evaluate.data import EvalDataset
+from tasks.evaluate.encoders import M3Encoder
+from tasks.evaluate.metrics import evaluate_datasets
+from tasks.evaluate.report import summarize
 
 SHORT = ["a short passage about cats", "dogs bark at night"]  # far below 16 tokens
 LONG = [
@@ -111,7 +114,7 @@ def test_report_records_whether_mcls_was_used(model):
 def test_m3_eval_mcls_flags_reach_the_config(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import tasks.evaluate
+    import tasks.evaluate.model_folder
     from m3.cli import app
 
     seen = []
@@ -120,7 +123,7 @@ def test_m3_eval_mcls_flags_reach_the_config(monkeypatch, tmp_path):
         seen.append(cfg)
         return {"table_markdown": "", "avg": {}}
 
-    monkeypatch.setattr(tasks.evaluate, "evaluate_model_path", fake)
+    monkeypatch.setattr(tasks.evaluate.model_folder, "evaluate_model_path", fake)
     base = ["eval", "--model", str(tmp_path), "--dataset", "mldr:x", "--json"]
     runner = CliRunner()
     assert runner.invoke(app, base).exit_code == 0
@@ -141,7 +144,7 @@ def test_m3_eval_mcls_on_a_tiny_model_and_mldr_files(model, tmp_path):
     from typer.testing import CliRunner
 
     from m3.cli import app
-    from tasks.eval_data.formats import write_mldr
+    from tasks.evaluate.data.formats import write_mldr
 
     folder = model.save_pretrained(tmp_path / "model")
     write_mldr(_dataset(), tmp_path / "mldr")

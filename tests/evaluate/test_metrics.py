@@ -1,25 +1,20 @@
+"""trec_eval metrics over runs, BM25 end to end, the paper-shaped table and its markdown."""
+
 import logging
 import math
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluate import (
-    EvalConfig,
-    _measure,
-    bm25_run,
-    dense_run,
-    evaluate_by_language,
-    evaluate_run,
-    evaluation_table,
-    qrels_from_queries,
-    render_markdown,
-)
+from tasks.evaluate.config import EvalConfig
+from tasks.evaluate.datasets import datasets_from_ict
+from tasks.evaluate.metrics import _measure, evaluate_by_language, evaluate_run
+from tasks.evaluate.report import evaluation_table, render_markdown
+from tasks.evaluate.runs import bm25_dataset_run, qrels_from_queries
+from tests.conftest import SHARED_DATA
 
-TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba"
+TATOEBA = SHARED_DATA / "tatoeba"
 METRICS = ("ndcg_cut_10", "recall_100")
 
 
@@ -62,7 +57,7 @@ def test_perfect_run_scores_one_and_shuffled_lower():
 def test_missing_queries_are_counted_and_scored_zero(caplog):
     qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 0}, "q4": {"zz": 1}}
     run = {"q1": {"a": 1.0}, "q4": {"a": 1.0}, "q-extra": {"a": 1.0}}
-    with caplog.at_level(logging.WARNING, logger="tasks.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="tasks.evaluate.metrics"):
         res = evaluate_run(qrels, run, METRICS, pool_ids=["a", "b", "c"])
     assert res["num_queries"] == 4
     assert res["num_not_in_run"] == 1  # q2
@@ -103,57 +98,22 @@ def _tatoeba_eval_set(n=300):
 
 def test_bm25_run_end_to_end_per_language():
     queries, passages = _tatoeba_eval_set()
-    run = bm25_run(queries, passages, k=100)
+    cfg = EvalConfig()
+    sets = datasets_from_ict(queries, passages)
+    run = {qid: r for ds in sets for qid, r in bm25_dataset_run(ds, cfg).items()}
     assert set(run) == set(queries["query_id"])
     assert all(len(r) <= 100 for r in run.values())
-    # Per-language index: English queries only retrieve English passages.
+    # Per-language sets: English queries only retrieve English passages.
     assert all(pid.startswith("en:") for qid, r in run.items() if qid.startswith("q:en") for pid in r)
-    res = evaluate_by_language(queries, run, EvalConfig(), pool_ids=passages["passage_id"])
+    res = evaluate_by_language(queries, run, cfg, pool_ids=passages["passage_id"])
     assert set(res) == {"de", "en"}
     for lang in res:
         assert res[lang]["num_queries"] == 300
         assert res[lang]["ndcg_cut_10"] > 0.8 and res[lang]["recall_100"] > 0.9
 
 
-def _toy_encoder(dim=32):
-    """Integer bag-of-character-trigram counts: exact float32 dot products, so a blocked top-k must
-    equal the full-matrix top-k bit for bit (ties included)."""
-
-    def encode(texts):
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        for r, t in enumerate(texts):
-            t = f"  {t.lower()} "
-            for i in range(len(t) - 2):
-                out[r, zlib.crc32(t[i : i + 3].encode()) % dim] += 1
-        return out
-
-    return encode
-
-
-def test_dense_run_blocked_equals_full_matrix():
-    queries, passages = _tatoeba_eval_set(n=120)
-    enc = _toy_encoder()
-    k = 10
-    run = dense_run(enc, queries, passages, k=k, batch_size=16, block_size=37, query_chunk=25)
-    for lang in ("en", "de"):
-        q = queries[queries["lang"] == lang]
-        p = passages[passages["lang"] == lang]
-        scores = enc(q["query"].tolist()) @ enc(p["passage"].tolist()).T
-        pids = np.array(p["passage_id"])
-        for row, qid in enumerate(q["query_id"]):
-            order = np.lexsort((np.arange(len(pids)), -scores[row]))[:k]
-            assert list(run[qid]) == list(pids[order])
-            assert list(run[qid].values()) == pytest.approx(scores[row, order].tolist())
-    # The same run unblocked, and across all languages when per_language is off.
-    assert dense_run(enc, queries, passages, k=k, block_size=10_000) == run
-    mixed = dense_run(enc, queries, passages, k=k, per_language=False)
-    assert any(pid.startswith("de:") for qid, r in mixed.items() if qid.startswith("q:en") for pid in r)
-
-
-def test_dense_run_small_pool_and_qrels():
-    queries, passages = _tatoeba_eval_set(n=5)
-    run = dense_run(_toy_encoder(), queries, passages, k=100)
-    assert all(len(r) == 5 for r in run.values())  # k larger than the pool
+def test_qrels_from_queries():
+    queries, _ = _tatoeba_eval_set(n=5)
     qrels = qrels_from_queries(queries)
     assert qrels["q:en:0"] == {"en:0": 1} and len(qrels) == 10
 

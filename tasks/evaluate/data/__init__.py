@@ -25,7 +25,6 @@ import gzip
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,7 +239,7 @@ def load_datasets(spec: str, strict: bool = False, max_queries: int | None = Non
 
     ``max_queries`` keeps the first N usable queries of each (for quick checks; the report says so).
     """
-    from tasks.eval_data import formats
+    from tasks.evaluate.data import formats
 
     fmt, args = _split_spec(spec)
     if fmt == "beir":
@@ -258,7 +257,7 @@ def load_datasets(spec: str, strict: bool = False, max_queries: int | None = Non
             formats.load_tatoeba(f"tatoeba:{args[0]}:{lang}", args[0], lang) for lang in args[1].split(",")
         ]
     else:
-        from tasks.eval_data.hf import load_hf
+        from tasks.evaluate.data.hf import load_hf
 
         out = [load_hf(spec, *args)]
     done = [finalize(ds, strict=strict) for ds in out]
@@ -270,9 +269,3 @@ def load_datasets(spec: str, strict: bool = False, max_queries: int | None = Non
                 ds.qrels = {q: r for q, r in ds.qrels.items() if q in keep}
                 ds.notes["truncated_to_max_queries"] = max_queries
     return done
-
-
-def default_data_dir() -> Path:
-    """Where shared evaluation data lives for this checkout (``../shared/data``), or $M3_EVAL_DATA."""
-    env = os.environ.get("M3_EVAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"

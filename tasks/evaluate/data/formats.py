@@ -1,4 +1,4 @@
-"""Readers for the local evaluation formats (see the table in ``tasks.eval_data``)."""
+"""Readers for the local evaluation formats (see the table in ``tasks.evaluate.data``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import regex
 
-from tasks.eval_data import (
+from tasks.evaluate.data import (
     DataError,
     EvalDataset,
     Qrels,
@@ -24,6 +24,30 @@ from tasks.eval_data import (
 logger = logging.getLogger(__name__)
 
 _LANG_IN_NAME = regex.compile(r"(?:miracl|mrtydi|mldr)-v[\d.]+-([a-z]{2,3})(?:[-./]|$)")
+
+
+def _from_rows(
+    spec: str,
+    lang: str,
+    queries: list[tuple[str, str]],
+    passages: list[tuple[str, str]],
+    qrels: Qrels,
+    corpus_lang: str,
+    files: list[Path],
+    **extra,
+) -> EvalDataset:
+    """A set read row by row: (query_id, query) and (passage_id, passage) tuples, queries in ``lang``."""
+    return EvalDataset(
+        name=lang,
+        spec=spec,
+        queries=pd.DataFrame(queries, columns=["query_id", "query"], dtype=object),
+        corpus=pd.DataFrame(passages, columns=["passage_id", "passage"], dtype=object),
+        qrels=qrels,
+        query_lang=lang,
+        corpus_lang=corpus_lang,
+        files=files,
+        **extra,
+    )
 
 
 def _first_existing(folder: Path, *names: str) -> Path:
@@ -177,17 +201,7 @@ def load_xquad_r(spec: str, path: str) -> EvalDataset:
                 qrels[qid] = gold
     if not passages:
         raise DataError(f"{p}: no paragraphs with sentences")
-    return EvalDataset(
-        name=lang,
-        spec=spec,
-        queries=pd.DataFrame(queries, columns=["query_id", "query"], dtype=object),
-        corpus=pd.DataFrame(passages, columns=["passage_id", "passage"], dtype=object),
-        qrels=qrels,
-        query_lang=lang,
-        corpus_lang=lang,
-        files=[p],
-        warnings=warnings,
-    )
+    return _from_rows(spec, lang, queries, passages, qrels, lang, [p], warnings=warnings)
 
 
 # ----------------------------------------------------------------------------------------- Tatoeba
@@ -225,15 +239,6 @@ def load_tatoeba(spec: str, directory: str, lang: str) -> EvalDataset:
         qid = f"{lang}.{i}"
         queries.append((qid, q))
         qrels[qid] = {pid_of[key]: 1}
-    ds = EvalDataset(
-        name=lang,
-        spec=spec,
-        queries=pd.DataFrame(queries, columns=["query_id", "query"], dtype=object),
-        corpus=pd.DataFrame(passages, columns=["passage_id", "passage"], dtype=object),
-        qrels=qrels,
-        query_lang=lang,
-        corpus_lang="eng",
-        files=[src, eng],
-    )
+    ds = _from_rows(spec, lang, queries, passages, qrels, "eng", [src, eng])
     _bump(ds.notes, "duplicate_english_lines_merged", merged)
     return ds

@@ -9,19 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from m3.recipe import EVAL_MODES
 from model.scoring import colbert_scores, dense_scores, hybrid, lexical_scores
-from tasks.eval_data import EvalDataset, load_datasets
-from tasks.evaluate import (
-    MODES,
-    Encoder,
-    EvalConfig,
-    evaluate_datasets,
-    evaluate_run,
-    model_runs,
-    summarize,
-    truncate_trec_order,
-)
-from tasks.retrieval import DenseIndex, InvertedIndex, TokenVectors, dense_lexical_matrix
+from tasks.evaluate.config import EvalConfig
+from tasks.evaluate.data import EvalDataset, load_datasets
+from tasks.evaluate.encoders import Encoder
+from tasks.evaluate.index import DenseIndex, InvertedIndex, TokenVectors, dense_lexical_matrix
+from tasks.evaluate.metrics import evaluate_datasets, evaluate_run, truncate_trec_order
+from tasks.evaluate.report import summarize
+from tasks.evaluate.runs import model_runs
 from tests.conftest import SHARED_DATA
 
 TATOEBA = SHARED_DATA / "tatoeba"
@@ -115,7 +111,7 @@ def test_exhaustive_modes_equal_the_full_hybrid_matrices():
     ds = _tatoeba(80)
     enc = HashEncoder()
     cfg = EvalConfig(multivec="exhaustive", k_values=(10, 20))
-    runs, info = model_runs(ds, enc, MODES, cfg)
+    runs, info = model_runs(ds, enc, EVAL_MODES, cfg)
     p = enc.encode(ds.corpus["passage"].tolist(), query=False, sparse=True, colbert=True)
     q = enc.encode(ds.queries["query"].tolist(), query=True, sparse=True, colbert=True)
     d = dense_scores(q["dense_vecs"], p["dense_vecs"])
@@ -145,7 +141,7 @@ def test_rerank_scores_the_union_of_dense_and_sparse_candidates():
     ds = _tatoeba(60)
     enc = HashEncoder()
     cfg = EvalConfig(multivec="rerank", candidates=5, k_values=(10,))
-    runs, info = model_runs(ds, enc, MODES, cfg)
+    runs, info = model_runs(ds, enc, EVAL_MODES, cfg)
     for qid in ds.queries["query_id"]:
         union = set(list(runs["dense"][qid])[:5]) | set(list(runs["sparse"][qid])[:5])
         for mode in ("multivec", "dense+sparse", "all"):
@@ -194,7 +190,7 @@ def test_evaluate_datasets_paper_table_per_language_and_macro_average():
     out = summarize(info, cfg)
     assert set(out["tables"]) == {"ndcg_cut_10", "recall_100", "mrr_cut_10"}
     table = out["tables"]["ndcg_cut_10"]
-    assert list(table) == ["BM25", *(f"M3 {m}" for m in MODES)]
+    assert list(table) == ["BM25", *(f"M3 {m}" for m in EVAL_MODES)]
     for row in table.values():
         assert row["avg"] == pytest.approx((row["fra"] + row["deu"]) / 2, abs=1e-4)
     assert table["BM25"]["fra"] > 0.5 and table["M3 all"]["fra"] > 0.3  # queries are near-copies

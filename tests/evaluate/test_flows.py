@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.evaluate import CHAMPION_REF, champion_decision, primary_score, should_promote
 from m3.store import Store
+from tasks.evaluate.champion import CHAMPION_REF, champion_decision, primary_score, should_promote
 from tests.conftest import REPO, SHARED_DATA, run_m3
 
 XQUAD_DE = SHARED_DATA / "xquad-r" / "de.json.gz"
@@ -215,7 +215,7 @@ def test_evaluation_deployments_in_prefect_yaml_are_valid():
         flow = load_flow_from_entrypoint(str(REPO / dep["entrypoint"]))
         flow.validate_parameters(dep["parameters"])
     for spec in nightly["parameters"]["datasets"]:  # the shared data they name exists
-        from tasks.eval_data import load_datasets
+        from tasks.evaluate.data import load_datasets
 
         cwd = os.getcwd()
         try:

@@ -10,24 +10,26 @@ import pandas as pd
 import pytest
 import yaml
 
+from m3.recipe import EVAL_MODES
 from m3.store import Store
-from tasks.eval_data import load_datasets
-from tasks.eval_data.formats import write_mldr
-from tasks.evaluate import (
-    MODES,
-    EvalConfig,
-    M3Encoder,
+from tasks.evaluate.config import EvalConfig, system_name
+from tasks.evaluate.data import load_datasets
+from tasks.evaluate.data.formats import write_mldr
+from tasks.evaluate.datasets import (
+    LONG_DOCS,
+    corpus_of,
     datasets_from_ict,
-    evaluate_datasets,
     long_document_datasets,
-    summarize,
-    system_name,
+    long_document_sets,
     write_long_document_sets,
 )
+from tasks.evaluate.encoders import M3Encoder
+from tasks.evaluate.metrics import evaluate_datasets
+from tasks.evaluate.report import build_report, summarize
 from tasks.synthesize.ict import IctConfig, ict_queries
 from tasks.text import split_sentences
 from tests.conftest import REPO, TINY, copy_store, run_m3
-from tests.test_evaluate_mcls import tiny_m3
+from tests.evaluate.test_mcls import tiny_m3
 
 WORDS = {
     "en": [
@@ -143,8 +145,6 @@ def test_mldr_files_round_trip_through_the_reader(held_out, tmp_path):
 def test_long_run_reports_every_mode_apart_from_the_main_average(held_out, tmp_path):
     """``build_report`` (the stage's report builder, no Prefect run) with and without long documents:
     ``metrics["long"]`` has the main section's shape, the main average is unchanged."""
-    from flows.evaluate import LONG_DOCS, build_report, long_document_sets
-
     docs, queries, test = held_out
     passages = queries.drop_duplicates("passage_id")
     cfg = EvalConfig(max_length=64, query_max_length=32, long_max_length=128, mcls=True, mcls_interval=16)
@@ -156,7 +156,7 @@ def test_long_run_reports_every_mode_apart_from_the_main_average(held_out, tmp_p
     assert out.metrics["avg"] == plain["avg"] and out.metrics["tables"] == plain["tables"]
     assert out.metrics["mcls"] == {"enabled": True, "interval": 16}
     long = out.metrics["long"]
-    systems = ["BM25", *(system_name(m) for m in MODES)]
+    systems = ["BM25", *(system_name(m) for m in EVAL_MODES)]
     for metric in cfg.metrics:
         assert list(long["avg"][metric]) == systems
         assert all(0.0 <= v <= 1.0 for v in long["avg"][metric].values())
@@ -173,8 +173,6 @@ def test_long_run_reports_every_mode_apart_from_the_main_average(held_out, tmp_p
 
 
 def test_corpus_input_is_the_queries_parent(tmp_path):
-    from flows.evaluate import corpus_of
-
     store = Store(str(tmp_path / "store"))
     f = tmp_path / "x.txt"
     f.write_text("x")
@@ -212,7 +210,7 @@ def test_evaluate_stage_with_long_documents(tmp_path, m3_api_env, tiny_pipeline)
     assert report.metrics["avg"] == before.metrics["avg"]
     assert report.metrics["mcls"] == {"enabled": True, "interval": 256}
     long = report.metrics["long"]
-    assert set(long["avg"]["ndcg_cut_10"]) == {"BM25", *(system_name(m) for m in MODES)}
+    assert set(long["avg"]["ndcg_cut_10"]) == {"BM25", *(system_name(m) for m in EVAL_MODES)}
     langs = {d["name"] for d in long["datasets"]}
     assert langs == {d["name"] for d in report.metrics["datasets"]}
     names = {f.path for f in report.files}

@@ -8,26 +8,11 @@ ranking is ordered by (score desc, passage index asc), so results never depend o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tasks.mine import topk_sorted
-
-logger = logging.getLogger(__name__)
-
-
-def _ordered(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of (idx, scores) under the total order (score desc, idx asc); zero scores kept."""
-    if k <= 0 or len(idx) == 0:
-        return idx[:0], scores[:0]
-    if k < len(scores):
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        keep = scores >= kth
-        idx, scores = idx[keep], scores[keep]
-    order = np.lexsort((idx, -scores))[:k]
-    return idx[order], scores[order]
+from m3.topk import topk
 
 
 # ------------------------------------------------------------------------------------------- dense
@@ -55,7 +40,7 @@ class DenseIndex:
         out = []
         for s, i in zip(scores, idx, strict=True):
             keep = i >= 0
-            out.append(_ordered(i[keep].astype(np.int64), s[keep], k))
+            out.append(topk(i[keep].astype(np.int64), s[keep], k))
         return out
 
     def scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -117,7 +102,7 @@ class InvertedIndex:
 
     def search(self, query: Mapping[str, float], k: int) -> tuple[np.ndarray, np.ndarray]:
         idx, s = self.score(query)
-        return topk_sorted(idx, s, k)
+        return topk(idx, s, k, positive=True)
 
     def scores(self, query: Mapping[str, float], candidates: np.ndarray) -> np.ndarray:
         """s_lex for given passages (0 for those sharing no token)."""

@@ -96,7 +96,7 @@ def evaluate(
 
     def spec_for(mid: str, name: str, rounds: dict[str, str]) -> StageSpec:
         return StageSpec(
-            "evaluate", "report", name, {"model": mid, **rounds, **stage_inputs}, config, (__name__,)
+            "evaluate", "report", name, {"model": mid, **rounds, **stage_inputs}, config, (__file__,)
         )
 
     def run_for(mid: str, name: str, rounds: list[dict[str, Any]] | None = None):
@@ -184,7 +184,7 @@ def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
     named = eval_data_files(files)
     name = "eval." + hashlib.sha1(spec.encode()).hexdigest()[:12]
     config = {"spec": spec, "files": file_stamps(named.values())}
-    stage = StageSpec("register-eval-data", "eval-data", name, {}, config, (__name__,))
+    stage = StageSpec("register-eval-data", "eval-data", name, {}, config, (__file__,))
 
     def build(scratch: Path) -> StageOutput:
         origin = {k: str(v) for k, v in named.items()}
@@ -230,7 +230,7 @@ def evaluate_model(
     m_name = env.store.manifest(model_id).name
 
     def run_for(mid: str, name: str):
-        spec = StageSpec("evaluate-model", "report", name, {"model": mid, **inputs}, config, (__name__,))
+        spec = StageSpec("evaluate-model", "report", name, {"model": mid, **inputs}, config, (__file__,))
 
         def build(scratch: Path) -> StageOutput:
             log.info("evaluating %s on %s", mid[:12], ", ".join(d.name for d in loaded))

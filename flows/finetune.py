@@ -45,7 +45,7 @@ def finetune(
         round_name(env.profile.name, round, env.profile.mine.rounds),
         {"checkpoint": checkpoint, "train-set": train_set},
         {"train": cfg.model_dump(mode="json")},
-        (__name__,),
+        (__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:

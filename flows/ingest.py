@@ -55,7 +55,7 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
         f"{env.profile.name}.{source.name}",
         inputs={},
         config={"files": stamp, "format": source.format, "lang": source.lang},
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(_: Path) -> StageOutput:
@@ -155,7 +155,7 @@ def ingest(
             "sources": [s.model_dump(mode="json", exclude={"paths"}) for s, _ in sources.values()],
             "languages": env.profile.languages,
         },
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:

@@ -94,7 +94,7 @@ def mine(
         cfg = cfg.model_copy(update={"teacher": "checkpoint"})
     if cfg.teacher != "bm25":
         return _mine_dense_stage(env, cfg, queries, inputs, refresh, name)
-    spec = StageSpec("mine", "train-set", name, {"queries": queries}, _key_config(cfg), (__name__,))
+    spec = StageSpec("mine", "train-set", name, {"queries": queries}, _key_config(cfg), (__file__,))
 
     def build(scratch: Path) -> StageOutput:
         n = max(1, env.profile.dask.n_workers * 2)
@@ -135,7 +135,7 @@ def _mine_dense_stage(
         name,
         {"queries": queries, **extra_inputs},
         {**_key_config(cfg), "teacher_identity": teacher.identity},
-        (__name__,),
+        (__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:

@@ -28,7 +28,7 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool):
         env.profile.name,
         inputs={"corpus": corpus},
         config=env.profile.tokenizer.model_dump(mode="json"),
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -51,7 +51,7 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool):
         env.profile.name,
         inputs={"corpus": corpus},
         config=env.profile.pairs.model_dump(mode="json"),
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -75,7 +75,7 @@ def build_start(env: StageEnv, refresh: bool):
         f"{env.profile.name}-init",
         inputs={"init": source.manifest_id} if source.manifest_id else {},
         config={"model": mspec.model_dump(mode="json"), "source_identity": source.identity},
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -111,7 +111,7 @@ def build_retromae(env: StageEnv, corpus: str, refresh: bool, tokenizer: str | N
         f"{env.profile.name}-retromae",
         inputs={**base, "corpus": corpus},
         config={"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -176,7 +176,7 @@ def pretrain(
         env.profile.name,
         inputs={**base, "pairs": pairs},
         config={"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:

@@ -71,7 +71,7 @@ def synthesize(
         env.profile.name,
         inputs={"corpus": corpus},
         config=settings.stage_config(),
-        code=(__name__,),
+        code=(__file__,),
     )
 
     def build_ict(scratch: Path) -> StageOutput:

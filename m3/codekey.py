@@ -63,10 +63,28 @@ def _imports(name: str, path: Path) -> tuple[set[str], set[str]]:
     return found, data
 
 
+def module_name(entry: str, root: Path = REPO_ROOT) -> str:
+    """A dotted module name for ``entry``: a module name as is, or a ``.py`` file of the repository
+    (a flow's ``__file__``: a deployment loads ``flows/evaluate.py`` by path, where its ``__name__``
+    is not ``flows.evaluate``)."""
+    if not entry.endswith(".py"):
+        return entry
+    path = Path(entry).resolve()
+    try:
+        rel = path.relative_to(root.resolve()).with_suffix("")
+    except ValueError:
+        raise ValueError(f"{entry} is not a file of the repository {root}") from None
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
 def import_closure(*modules: str, root: Path = REPO_ROOT) -> tuple[list[Path], list[Path]]:
-    """The repository's Python files the modules import (transitively) and the data files they name."""
+    """The repository's Python files the modules import (transitively) and the data files they name.
+
+    ``modules`` are dotted names or ``.py`` files of the repository (:func:`module_name`)."""
     seen: dict[str, Path] = {}
     data: set[Path] = set()
+    modules = tuple(module_name(m, root) for m in modules)
     todo = list(modules)
     while todo:
         name = todo.pop()

@@ -218,7 +218,8 @@ class StageSpec:
     """The identity of one stage output: what it reads, how it is configured, which code.
 
     ``code`` names the module(s) whose import closure is the stage's code (``m3.codekey``): the
-    module that defines the build function, ``__name__`` where the spec is written.
+    module that defines the build function, ``__file__`` where the spec is written (a dotted name
+    works too, but a deployment loads a flow file under another ``__name__``).
     """
 
     stage: str

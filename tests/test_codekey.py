@@ -82,6 +82,14 @@ def test_stage_key_uses_the_closure(monkeypatch):
     assert spec.key() != before
 
 
+def test_a_flow_file_is_its_module(tree: Path):
+    """A deployment loads ``flows/mine.py`` by path (its ``__name__`` is then not ``flows.mine``):
+    the file names the same closure, so the key is the same either way."""
+    assert code_digest(str(tree / "flows" / "mine.py"), root=tree) == code_digest("flows.mine", root=tree)
+    with pytest.raises(ValueError, match="not a file of the repository"):
+        import_closure("/elsewhere/flow.py", root=tree)
+
+
 def test_unknown_module_is_an_error():
     with pytest.raises(ValueError, match="not a module of the repository"):
         import_closure("flows.no_such_stage")

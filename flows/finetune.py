@@ -7,10 +7,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import flow_result, open_env
 from flows.training import folder_files, run_training
 from m3.stage import StageOutput, StageSpec, declare
+from m3.stage_env import flow_result, open_env
 from tasks.artifact_io import read_jsonl
+from tasks.mining.stage import round_name
 
 
 @declare("model", needs=("checkpoint", "train-set"), sections=("finetune",))
@@ -26,7 +27,6 @@ def finetune(
     """``nproc_per_node``: processes for torchrun (one per GPU on a GPU worker; 0 = every visible
     GPU); None keeps the profile's ``finetune.nproc_per_node``. ``round`` (iterative ANCE): the
     round's model is ``model/<profile>-r<round>``, trained on from ``inputs["checkpoint"]``."""
-    from flows.mine import round_name
     from tasks.training import examples_from_rows
 
     env = open_env(profile, store)

@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import open_env
 from flows.evaluate import evaluate
 from flows.finetune import finetune
 from flows.ingest import ingest
 from flows.mine import mine
 from flows.pretrain import pretrain
 from flows.synthesize import synthesize
+from m3.selection import select_stages as choose_stages
 from m3.stage import pipeline_order
+from m3.stage_env import open_env
 
 # Each stage is declared once, on its flow (``@declare``: kind, inputs, config sections); the
 # order, the stage names and what each stage is handed all come from those declarations.
 STAGES = pipeline_order([ingest, synthesize, pretrain, mine, finetune, evaluate])
 STAGE_NAMES = tuple(s.name for s in STAGES)
-
-
-def select_stages(from_stage: str | None, only: list[str] | None, refresh: list[str] | None) -> list[str]:
-    """The stages to run. Refused, with one line naming the known stages or the selection: an
-    unknown name; ``--only`` a stage before ``--from`` (the two together narrow the run, so every
-    ``--only`` stage must lie in the ``--from`` range); ``--refresh`` a stage that does not run
-    (it would do nothing, and the user meant it to)."""
-    for name in [from_stage, *(only or []), *(refresh or [])]:
-        if name is not None and name not in STAGE_NAMES:
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-    start = STAGE_NAMES.index(from_stage) if from_stage else 0
-    if only:
-        before = [s for s in STAGE_NAMES[:start] if s in only]
-        if before:
-            raise ValueError(
-                f"--only {before[0]} comes before --from {from_stage} "
-                f"(--from {from_stage} runs {', '.join(STAGE_NAMES[start:])})"
-            )
-        selected = [s for s in STAGE_NAMES if s in only]
-    else:
-        selected = list(STAGE_NAMES[start:])
-    idle = [s for s in dict.fromkeys(refresh or []) if s not in selected]
-    if idle:
-        raise ValueError(
-            f"--refresh {idle[0]}: stage {idle[0]} does not run (selected: {', '.join(selected)}); "
-            f"add --only {idle[0]} or start earlier with --from"
-        )
-    return selected
+select_stages = functools.partial(choose_stages, STAGE_NAMES)  # the CLI checks before Prefect starts
 
 
 @flow(name="pipeline")

@@ -1,0 +1,144 @@
+"""The ``ingest`` stage: the profile's raw source files → one cleaned, partitioned ``corpus``.
+
+Each source is first registered as a ``source`` artifact (the root of every lineage chain); the
+corpus build then hands one job per stored file to ``run_files`` (the flow's Dask subflow, which
+runs :func:`tasks.ingest.shards.run_ingest`). The books (``stats.json``: per source, language and
+source x language, with ``read = kept + filtered + duplicates + quarantined``) and the quarantine
+(``quarantine.jsonl``: file, location, reason) are files of the same ``corpus`` artifact, so they
+never describe another version of the data than the one they sit next to.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from m3.profile import SourceSpec
+from m3.stage import StageOutput, StageResult, StageSpec
+from m3.stage_env import StageEnv, run_logger
+from m3.store import Store
+from tasks.artifact_io import schema_dict
+from tasks.ingest import IngestConfig
+from tasks.ingest.shards import FileJob, ingest_to_shard, write_books
+from tasks.ingest.sources import fetch_source
+
+# (jobs, out_dir) -> run_ingest's result: the flow runs the files on its Dask runner.
+RunFiles = Callable[[list[FileJob], str], dict[str, Any]]
+
+
+def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
+    """The raw files of a source as a ``source`` artifact. The cache key is each file's path, size
+    and mtime, so an unchanged dump is not re-hashed."""
+    if source.online is not None:
+        # Online: resumable, checksum-verified downloads into the store's cache; the files then
+        # become content-addressed blobs of the source artifact like local ones.
+        folder = env.store.cache_dir / "downloads" / f"{env.profile.name}.{source.name}"
+        paths = sorted(res.path for _, res in fetch_source(source.online, folder))
+    else:
+        paths = env.profile.source_files(source)
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        names = [f"{i:04d}-{p.name}" for i, p in enumerate(paths)]
+    spec = StageSpec(
+        "register-source",
+        "source",
+        f"{env.profile.name}.{source.name}",
+        inputs={},
+        config={"files": stamp, "format": source.format, "lang": source.lang},
+        code=(__file__,),
+    )
+
+    def build(_: Path) -> StageOutput:
+        files = dict(zip(names, paths, strict=True))
+        return StageOutput(
+            files=files,
+            metrics={"files": len(paths), "bytes": sum(p.stat().st_size for p in paths)},
+            schema={"format": source.format, "origin": {n: str(p) for n, p in files.items()}},
+        )
+
+    return env.run(spec, build, refresh=refresh).manifest_id
+
+
+def stored_file_to_shard(
+    store_url: str, job: FileJob, config: IngestConfig, languages: list[str] | None
+) -> dict[str, Any]:
+    """Worker side of one file: fetch the source artifact (``job.path`` is ``<manifest id>/<file>``)."""
+    source_id, rel = job.path.split("/", 1)
+    folder = Store(store_url).materialize(source_id)
+    return ingest_to_shard(replace(job, path=str(folder / rel)), config, languages)
+
+
+def corpus_output(result: dict[str, Any], scratch: Path) -> StageOutput:
+    """The corpus artifact from ``run_ingest``'s result: shards, books and quarantine, metrics."""
+    log = run_logger(__name__)
+    stats = result["stats"]
+    for f in stats["files"]:
+        log.info("%s/%s: %s", f["source"], f["file"], f["stats"])
+    totals = stats["totals"]
+    if not totals["kept"]:
+        raise RuntimeError("ingest: no document survived reading and filtering; check the sources")
+    out = scratch / "out"
+    files: dict[str, Path] = {rel: out / rel for rel in result["rows"]}
+    files.update(write_books(result, scratch))
+    per_lang = {lang: books["kept"] for lang, books in stats["by_lang"].items() if books["kept"]}
+    chars = 0
+    for rel in result["rows"]:
+        chars += int(pc.sum(pq.read_table(out / rel, columns=["n_chars"]).column("n_chars")).as_py() or 0)
+    metrics = {
+        "docs": totals["kept"],
+        "docs_per_lang": per_lang,
+        "chars": chars,
+        "identity": stats["identity"],
+        "dedup": stats["dedup"],
+        **totals,
+    }
+    return StageOutput(files=files, metrics=metrics, schema=schema_dict("corpus"), rows=result["rows"])
+
+
+def build_corpus(env: StageEnv, refresh: bool, run_files: RunFiles) -> StageResult:
+    """Register every source, then read, deduplicate and write them into ``corpus/<profile>``."""
+    log = run_logger(__name__)
+    sources = {s.name: (s, register_source(env, s, refresh)) for s in env.profile.sources}
+    spec = StageSpec(
+        "ingest",
+        "corpus",
+        env.profile.name,
+        inputs={f"source:{name}": mid for name, (_, mid) in sources.items()},
+        config={
+            "ingest": env.profile.ingest.model_dump(mode="json"),
+            "sources": [s.model_dump(mode="json", exclude={"paths"}) for s, _ in sources.values()],
+            "languages": env.profile.languages,
+        },
+        code=(__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        jobs: list[FileJob] = []
+        for name, (source, mid) in sources.items():
+            for entry in env.store.manifest(mid).files:
+                jobs.append(
+                    FileJob(
+                        path=f"{mid}/{entry.path}",
+                        fmt=cast(str, source.format),  # SourceSpec sets it when it loads
+                        source=name,
+                        lang=source.lang,
+                        rel=entry.path,
+                        out=str(scratch / "shards" / f"shard-{len(jobs):05d}"),
+                        bytes=entry.bytes,
+                    )
+                )
+        log.info("ingesting %d files from %d sources on Dask", len(jobs), len(sources))
+        result = run_files(jobs, str(scratch / "out"))
+        shutil.rmtree(scratch / "shards", ignore_errors=True)
+        return corpus_output(result, scratch)
+
+    result = env.run(spec, build, refresh=refresh)
+    log.info("corpus %s: %s", "reused" if result.cached else "built", result.manifest_id)
+    return result

@@ -31,13 +31,16 @@ def dask_runner(spec: DaskSpec) -> DaskTaskRunner:
         return DaskTaskRunner(address=spec.address)
     if spec.cluster_class:
         return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs=dict(spec.cluster_kwargs))
+    from m3 import lifecycle
+
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
+        cluster_class=lifecycle.local_cluster,  # a LocalCluster the run closes when it is stopped
         cluster_kwargs={
             "n_workers": spec.n_workers,
             "threads_per_worker": spec.threads_per_worker,
             "memory_limit": spec.memory_limit,
             "processes": True,
             "dashboard_address": ":0",  # a free port: parallel runs must not fight over 8787
+            "local_directory": str(lifecycle.run_dir() / "dask"),  # spill/scratch: gone with the run
         },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -62,6 +63,22 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the pipeline (or part of it) on a profile; ends with the evaluation table."""
+    from m3 import lifecycle
+
+    # First: SIGTERM/SIGINT stop every phase in order (imports and config too), and whatever the
+    # run leaves in the temp dir goes with it.
+    with lifecycle.run_scope():
+        _run(profile, store, from_stage, only, refresh, as_json)
+
+
+def _run(
+    profile: str,
+    store: str | None,
+    from_stage: str | None,
+    only: list[str] | None,
+    refresh: list[str] | None,
+    as_json: bool,
+) -> None:
     from flows.common import resolve_store_url
     from flows.pipeline import select_stages
     from m3.profile import load_profile
@@ -312,7 +329,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from m3.store import InvalidName, NotFound, StoreError
     from m3.store.backend import StoreUnavailable
 
-    errors = (InvalidName, NotFound, StoreError, StoreUnavailable, ValueError, ValidationError)
+    errors: tuple[type[BaseException], ...] = (InvalidName, NotFound, StoreError, StoreUnavailable)
+    errors += (ValueError, ValidationError)
     errors += (FileNotFoundError, PermissionError, UserError)
     # m3.profile imports torch (seconds): commands that never load a profile should not pay for it,
     # and if it was never imported no ProfileError can have been raised.
@@ -321,6 +339,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main() -> None:
+    from m3 import lifecycle
+
+    try:
+        _main()
+    finally:
+        signum = lifecycle.stop_signal()
+        if signum is not None:  # however the stop surfaced (Abort, Exit(130), a crashed state)
+            typer.echo(f"m3: stopped by {signal.Signals(signum).name}", err=True)
+            # The run is over and its children are gone: Prefect's exit-time workers would only
+            # retry (for seconds) the server already stopped.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+
+
+def _main() -> None:
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
     try:
         # Without standalone mode click *returns* the code of a ``typer.Exit`` (``_fail``) instead of
@@ -332,7 +366,10 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("m3: aborted", err=True)
+        from m3 import lifecycle
+
+        if lifecycle.stop_signal() is None:
+            typer.echo("m3: aborted", err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors come through here too
         import click

@@ -11,12 +11,12 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m3 import openlineage
+from m3 import lifecycle, openlineage
 from m3.codekey import code_digest
 from m3.provenance import git_state, package_versions
 from m3.store.manifest import Producer, canonical_json, hash_config
@@ -106,7 +106,7 @@ _TRANSIENT_ERRNOS = {4, 11, 16, 104, 110, 111, 113, 101, 32}  # EINTR EAGAIN EBU
 _DATA_NAMES = {"EOFError", "BadGzipFile", "LZMAError", "error", "ArrowException", "ParseError", "ParserError"}
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -278,7 +278,7 @@ def run_stage(
         config=dict(spec.config),
         config_hash=hash_config(spec.config),
     )
-    scratch = Path(tempfile.mkdtemp(prefix=f"m3-{spec.stage}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"m3-{spec.stage}-", dir=lifecycle.run_dir()))  # gone with the run
     lineage = openlineage.stage_run(store, spec, flow=flow, flow_run_id=flow_run_id)
     lineage.start()
     try:

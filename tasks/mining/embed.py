@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from m3 import lifecycle
 from m3.codekey import code_digest
 from m3.store import Store
 from m3.store.manifest import canonical_json
@@ -83,7 +84,7 @@ def encode_partition(
         threads=encode.get("torch_threads", 1),
     )
     store = Store(store_url)
-    with tempfile.TemporaryDirectory(prefix="m3-embed-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="m3-embed-", dir=lifecycle.run_dir()) as tmp:
         path = Path(tmp) / SHARD_FILE
         np.save(path, vecs)
         parents = [queries_id] + ([ref.manifest_id] if ref.manifest_id else [])
@@ -115,7 +116,7 @@ def commit_embeddings(
     if len(dims) > 1:
         raise ValueError(f"embedding shards disagree on the dimension: {sorted(dims)}")
     index = {"role": role, "rows": rows, "dim": dims.pop() if dims else 0, "shards": shards, **meta}
-    with tempfile.TemporaryDirectory(prefix="m3-embed-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="m3-embed-", dir=lifecycle.run_dir()) as tmp:
         path = Path(tmp) / "index.json"
         path.write_text(json.dumps(index, indent=1))
         m = store.commit(

@@ -143,7 +143,7 @@ class StageRun:
                 programmingLanguage="python",
                 stackTrace="".join(traceback.format_exception(error))[-8000:],
             )
-        job_facets = {
+        job_facets: dict[str, Any] = {
             "jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="M3", jobType="STAGE")
         }
         return RunEvent(

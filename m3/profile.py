@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +18,7 @@ from m3.store.names import validate_segment
 from model.config import ModelSpec
 from model.tokenizer import TokenizerConfig
 from tasks.evaluate.config import EvalConfig
-from tasks.ingest import IngestConfig
+from tasks.ingest import Format, IngestConfig
 from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
 from tasks.mining.config import MineConfig
 from tasks.pairs import PairsConfig
@@ -43,7 +43,7 @@ class SourceSpec(_Strict):
     resumably, verified against published checksums and cached in the store."""
 
     name: str
-    format: Literal["mediawiki", "mc4", "warc"] | None = None
+    format: Format | None = None
     paths: list[str] = Field(default_factory=list)
     lang: str | None = None
     online: OnlineSpec | None = None

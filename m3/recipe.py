@@ -6,6 +6,8 @@ read these; a profile may override the config values, never the names.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # The three retrieval functions, in the order of the paper's (dense, lexical, multi-vector).
 FUNCTIONS = ("dense", "sparse", "colbert")
 
@@ -16,7 +18,8 @@ LOSS_WEIGHTS: dict[str, float] = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
 
 # The evaluation's modes: each function alone, then the paper's fused systems (§4, MIRACL / MLDR
 # tables): Dense+Sparse = 1·dense + 0.3·sparse, All = 1·dense + 0.3·sparse + 1·multi-vector.
-EVAL_MODES = ("dense", "sparse", "multivec", "dense+sparse", "all")
+EvalMode = Literal["dense", "sparse", "multivec", "dense+sparse", "all"]
+EVAL_MODES: tuple[EvalMode, ...] = get_args(EvalMode)
 EVAL_FUSION: dict[str, dict[str, float]] = {
     "dense+sparse": {
         "dense": ENSEMBLE_WEIGHTS["dense"],

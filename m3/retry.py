@@ -73,7 +73,7 @@ def retry(
         if run.deployment_id and not local:
             # What the UI's Retry button sends (prefect-ui-library retryFlowRun): not forced, so the
             # server's orchestration rules decide, exactly as for a click.
-            result = client.set_flow_run_state(
+            result: Any = client.set_flow_run_state(
                 run.id, Scheduled(name="AwaitingRetry", message="Retry from m3 retry"), force=False
             )
             if result.status.value != "ACCEPT":

@@ -38,7 +38,9 @@ def write_table(df: pd.DataFrame, kind: str, out_dir: Path, rows_per_file: int =
     spec = declared(kind)
     written: dict[str, int] = {}
     key = spec.get("partition_by")
-    groups = sorted(df.groupby(key, sort=True), key=lambda g: g[0]) if key else [(None, df)]
+    groups: list[tuple[Any, Any]] = [(None, df)]
+    if key:
+        groups = sorted(df.groupby(key, sort=True), key=lambda g: g[0])
     for value, part in groups:
         prefix = f"{key}={value}/" if key else ""
         for i, start in enumerate(range(0, max(len(part), 1), rows_per_file)):

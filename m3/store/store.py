@@ -152,9 +152,10 @@ class Store:
         try:
             return self._commit(kind, name, files, parents, producer, metrics, schema, rows, ref, expected)
         except (OSError, _RefUncertain) as exc:
-            outcome, cause = "nothing was published", exc
+            cause: BaseException = exc
+            outcome = "nothing was published"
             if isinstance(exc, _RefUncertain):
-                outcome, cause = exc.message, exc.__cause__
+                outcome, cause = exc.message, exc.__cause__ or exc
             reason = str(cause) if isinstance(cause, RetriesExhausted) else describe(cause)
             raise StoreError(
                 f"store {self.url}: could not commit {kind}/{name} ({reason}); {outcome}"
@@ -297,12 +298,13 @@ class Store:
                     f"ref {ref} moved: expected {expected or 'no ref'}, found {current} "
                     "(another run wrote it first; rerun to build on top of it)"
                 )
-            if current == manifest_id:
+            if head is not None and current == manifest_id:
                 return head
             seq = (head.seq if head else 0) + 1
-            body = {"manifest": manifest_id, "previous": current, "at": _now()}
+            at = _now()
+            body = {"manifest": manifest_id, "previous": current, "at": at}
             if self._create_ref_version(ref, seq, json.dumps(body).encode()):
-                return RefEntry(ref, seq, manifest_id, current, body["at"])
+                return RefEntry(ref, seq, manifest_id, current, at)
             if expected is not _ANY:
                 raise RefConflict(f"ref {ref} was moved concurrently by another writer (version {seq} taken)")
 
@@ -403,7 +405,7 @@ class Store:
             return ts is not None and now - ts < grace_seconds
 
         live: set[str] = set()
-        stack = []
+        stack: list[str] = []
         for kind in self.backend.list_dir("refs"):
             for name in self.backend.list_dir(f"refs/{kind}"):
                 try:

@@ -430,6 +430,8 @@ def serve(store: Store, host: str = "127.0.0.1", port: int = 8765) -> None:
     extra = os.environ.get("M3_UI_ALLOWED_HOSTS", "").split(",")
     server = make_server(store, host, port, extra_hosts=extra)
     bound_host, bound_port = server.server_address[:2]
+    if isinstance(bound_host, bytes):
+        bound_host = bound_host.decode()
     print(f"m3 ui: http://{bound_host}:{bound_port}/  (store {store.url}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

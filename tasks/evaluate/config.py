@@ -8,9 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from m3.recipe import EVAL_FUSION, EVAL_MODES
-
-# The retrieval modes of m3.recipe.EVAL_MODES, as a type a profile is validated against.
-Mode = Literal["dense", "sparse", "multivec", "dense+sparse", "all"]
+from m3.recipe import EvalMode as Mode
 
 
 def system_name(mode: str) -> str:

@@ -48,7 +48,7 @@ def truncate_trec_order(ranking: Mapping[str, float], k: int) -> dict[str, float
 class _Desc(str):
     """A string that sorts descending (trec_eval breaks score ties by docno, descending)."""
 
-    def __lt__(self, other: str) -> bool:  # type: ignore[override]
+    def __lt__(self, other: str) -> bool:
         return str.__gt__(self, other)
 
 
@@ -157,7 +157,7 @@ def evaluate_datasets(
             systems["BM25"] = bm25_dataset_run(ds, cfg, mine_config)
         for b in baselines:
             systems[b.label] = model_runs(ds, b, ("dense",), cfg)[0]["dense"]
-        run_info = {}
+        run_info: dict[str, Any] = {}
         if encoder is not None and modes:
             runs, run_info = model_runs(ds, encoder, modes, cfg)
             systems.update({system_name(m): r for m, r in runs.items()})

@@ -83,8 +83,10 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         else None
     )
     if "dense" in modes:
+        assert dense_top is not None  # "dense" in modes puts it in needs
         runs["dense"] = _run_from(pids, ((i[:k], s[:k]) for i, s in dense_top), qids)
     if "sparse" in modes:
+        assert sparse_top is not None
         runs["sparse"] = _run_from(pids, ((i[:k], s[:k]) for i, s in sparse_top), qids)
     combined = [m for m in modes if m in ("multivec", "dense+sparse", "all")]
     if not combined:

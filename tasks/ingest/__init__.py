@@ -19,7 +19,7 @@ from typing import Literal
 
 import pydantic
 
-from .common import Quarantined, Skipped
+from .common import Format, Quarantined, Skipped
 from .dedup import DedupConfig
 from .language import UNDETERMINED, normalize_code
 from .mc4 import iter_mc4
@@ -29,7 +29,6 @@ from .warc import DEFAULT_MAX_PAYLOAD_BYTES, iter_warc
 
 logger = logging.getLogger(__name__)
 
-Format = Literal["mediawiki", "mc4", "warc"]
 
 __all__ = [
     "DedupConfig",
@@ -244,7 +243,8 @@ def ingest_file(
     file's records in memory; the stage itself streams them into a Parquet shard (:mod:`.shards`).
     """
     config = config or IngestConfig()
-    books, quarantine = Books(), []
+    books = Books()
+    quarantine: list[dict] = []
     records = list(iter_ingest(path, fmt, source, lang, config, books, quarantine, languages))
     out = books.totals()
     logger.info("ingested %s (%s): %s", path, fmt, out)

@@ -13,10 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from .clean import clean_text
 from .language import UNDETERMINED, detect_language, normalize_code
+
+Format = Literal["mediawiki", "mc4", "warc"]  # the input formats a reader exists for
 
 EXCERPT_CHARS = 80
 

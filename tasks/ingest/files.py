@@ -38,7 +38,7 @@ def detect_compression(path: str | os.PathLike) -> str | None:
     return None
 
 
-def open_bytes(path: str | os.PathLike) -> BinaryIO:
+def open_bytes(path: str | os.PathLike) -> io.BufferedIOBase:
     """Open ``path`` for streaming binary reads, decompressing gzip/bz2/xz transparently.
 
     zstd is recognised but needs the optional ``zstandard`` package; without it a clear error is
@@ -54,7 +54,7 @@ def open_bytes(path: str | os.PathLike) -> BinaryIO:
     if kind == "xz":
         return lzma.open(path, "rb")
     try:
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError(f"{path}: zstd-compressed input needs the 'zstandard' package") from exc
     raw = open(path, "rb")  # noqa: SIM115 - closed by the returned reader

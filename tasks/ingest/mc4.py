@@ -114,7 +114,7 @@ def _parse_line(line: bytes, path: str, lineno: int, offset: int):
     text = obj.get("text")
     if not isinstance(text, str):
         return bad("missing_text", "no string 'text' field")
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    metadata: dict = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
     url = obj.get("url") or metadata.get("url") or obj.get("id") or ""
     timestamp = obj.get("timestamp") or metadata.get("date_download") or obj.get("created")
     title = metadata.get("title") or _title_from_text(text)

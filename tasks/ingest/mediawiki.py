@@ -293,7 +293,7 @@ def iter_mediawiki(
     consumed = 0
 
     def new_parser() -> ET.XMLPullParser:
-        p = ET.XMLPullParser(events=("start", "end"))
+        p: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
         p.feed(f"<{_WRAPPER}>")
         return p
 
@@ -302,7 +302,8 @@ def iter_mediawiki(
 
     def drain() -> Iterator[dict | Skipped | Quarantined]:
         nonlocal page_title, in_page, root_lang
-        for event, elem in parser.read_events():
+        events: Iterator[Any] = parser.read_events()  # start/end only: (event, Element)
+        for event, elem in events:
             name = _local(elem.tag)
             if event == "start":
                 stack.append(elem)

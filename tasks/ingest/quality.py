@@ -112,9 +112,9 @@ class QualityConfig(BaseModel):
         for low, high in pairs:
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high} ({getattr(self, high)})")
-        for lang, (low, high) in self.mean_word_length_by_lang.items():
-            if low > high:
-                raise ValueError(f"mean_word_length_by_lang.{lang}: {low} exceeds {high}")
+        for lang, (shortest, longest) in self.mean_word_length_by_lang.items():
+            if shortest > longest:
+                raise ValueError(f"mean_word_length_by_lang.{lang}: {shortest} exceeds {longest}")
         return self
 
 

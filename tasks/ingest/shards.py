@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import Books, IngestConfig, iter_ingest
+from . import Books, Format, IngestConfig, iter_ingest
 from .dedup import COL_ID, Forest, Signer, bucket_edges, classify, merge_forests, non_roots, reduce_plan
 from .quality import is_unspaced
 
@@ -48,7 +48,7 @@ class FileJob:
     """One input file of one source (the unit of parallelism)."""
 
     path: str
-    fmt: str
+    fmt: Format
     source: str
     lang: str | None
     rel: str  # the file's name inside its source artifact (for the books)
@@ -60,7 +60,8 @@ def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | N
     """Stream one file into ``<out>.parquet`` + ``<out>.sig``; return its books."""
     schema = _corpus_schema()
     signer = Signer(config.dedup)
-    books, quarantine = Books(), []
+    books = Books()
+    quarantine: list[dict] = []
     batch: list[dict] = []
     rows = 0
     parquet, sig_path = Path(job.out + ".parquet"), Path(job.out + ".sig")

@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 import requests
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .common import Format
 from .download import Checksum, DownloadResult, download, fetch_text, parse_checksum_file
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class CCNewsSpec(_Spec):
 
 
 OnlineSpec = Annotated[WikipediaSpec | Mc4Spec | CCNewsSpec, Field(discriminator="kind")]
-FORMAT_OF = {"wikipedia": "mediawiki", "mc4": "mc4", "ccnews": "warc"}
+FORMAT_OF: dict[str, Format] = {"wikipedia": "mediawiki", "mc4": "mc4", "ccnews": "warc"}
 
 
 class PlannedFile(BaseModel):

@@ -24,7 +24,7 @@ from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
 from m3.store import Store
 from tasks.artifact_io import schema_dict
-from tasks.ingest import IngestConfig
+from tasks.ingest import Format, IngestConfig
 from tasks.ingest.shards import FileJob, ingest_to_shard, write_books
 from tasks.ingest.sources import fetch_source
 
@@ -126,7 +126,7 @@ def build_corpus(env: StageEnv, refresh: bool, run_files: RunFiles) -> StageResu
                 jobs.append(
                     FileJob(
                         path=f"{mid}/{entry.path}",
-                        fmt=cast(str, source.format),  # SourceSpec sets it when it loads
+                        fmt=cast(Format, source.format),  # SourceSpec sets it when it loads
                         source=name,
                         lang=source.lang,
                         rel=entry.path,

@@ -175,8 +175,8 @@ def _iter_from(
         detail = f"{error}; {exc}; the file stops here (decoded offset)"
         yield Quarantined(path, "corrupt_stream", offset=where, detail=detail)
         return None
-    where = f"resumed at byte {resume}" if resume is not None else "no record after it"
-    yield Quarantined(path, "bad_record", offset=bad, excerpt=raw, detail=f"{error}; {where}")
+    after = f"resumed at byte {resume}" if resume is not None else "no record after it"
+    yield Quarantined(path, "bad_record", offset=bad, excerpt=raw, detail=f"{error}; {after}")
     return resume
 
 

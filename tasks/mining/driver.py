@@ -180,9 +180,10 @@ def mine_dense(
         sizes[QUERIES] = len(train)
     got = ensure_embeddings(store, queries_id, sizes, teacher, cfg, name, mapper) if sizes else {}
     reused = {role: hit for role, (_, hit) in got.items()}
-    passage_embeddings = got[PASSAGES][0] if PASSAGES in got else passage_embeddings
-    query_embeddings = got[QUERIES][0] if QUERIES in got else query_embeddings
-    p_index, q_index = read_index(store.url, passage_embeddings), read_index(store.url, query_embeddings)
+    p_emb = got[PASSAGES][0] if PASSAGES in got else passage_embeddings
+    q_emb = got[QUERIES][0] if QUERIES in got else query_embeddings
+    assert p_emb is not None and q_emb is not None  # each one given or just made
+    p_index, q_index = read_index(store.url, p_emb), read_index(store.url, q_emb)
     if p_index["rows"] != len(passages) or q_index["rows"] != len(train):
         raise ValueError("the embeddings do not cover this pool / these queries")
     n_pool = len(passages)
@@ -255,8 +256,8 @@ def mine_dense(
                         "pos_scores": pos_scores[sel],
                         "k": k,
                         "config": cfg.model_dump(mode="json"),
-                        "passage_embeddings": passage_embeddings,
-                        "query_embeddings": query_embeddings,
+                        "passage_embeddings": p_emb,
+                        "query_embeddings": q_emb,
                     }
                 )
         short: list[int] = []
@@ -280,4 +281,4 @@ def mine_dense(
             **pairing_stats(train),
         }
     )
-    return DenseResult(rows, out_stats, passage_embeddings, query_embeddings, reused)
+    return DenseResult(rows, out_stats, p_emb, q_emb, reused)

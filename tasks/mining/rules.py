@@ -63,7 +63,7 @@ class PoolFacts:
 
     texts: Sequence[Hashable]  # normalised text (or its key) per pool row
     docs: Sequence[Hashable]  # document per pool row
-    doc_texts: Mapping[Hashable, set]  # document -> the texts of its passages
+    doc_texts: Mapping[Any, set]  # document -> the texts of its passages
     langs: Sequence[Hashable] | None = None  # set: only passages of the query's language may be negatives
 
 

@@ -186,6 +186,7 @@ def _rescore(cfg: MineConfig, meta, qs, cand_ids, cand_scores, pos_rows, pos_sco
         slots.append((j, cols, len(pairs_q)))
         pairs_q += [queries[j]] * (len(cols) + 1)
         pairs_p += meta["texts"].iloc[cand_ids[j, cols]].tolist() + [positives[j]]
+    assert cfg.rescore is not None  # only called when the profile asks for re-scoring
     s = rescore_pairs(cfg.rescore.model_dump(), pairs_q, pairs_p, threads=cfg.encode.torch_threads)
     new = np.full(cand_scores.shape, -np.inf, dtype=np.float32)
     pos = np.empty(len(cand_ids), dtype=np.float32)

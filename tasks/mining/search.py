@@ -97,6 +97,7 @@ def search_shard(
         raise ValueError(f"unknown index {index!r}")
     ann = _build_ann(index, store_url, passage_shards, queries, pos_rows, pos_scores, centroids, hnsw)
     if index == "ivf":
+        assert centroids is not None  # _build_ann refuses an IVF search without them
         ann.nprobe = min(nprobe, centroids.shape[0])
     width = min(k + 16, max(ann.ntotal, 1))  # a little slack so ties at the cut resolve by row
     if index == "hnsw":

@@ -46,6 +46,8 @@ class TeacherRef:
             return Path(self.path)
         from m3.store import Store
 
+        if not (self.store_url and self.manifest_id):
+            raise ValueError("a teacher needs a local path or a store URL and manifest id")
         return Store(self.store_url).materialize(self.manifest_id)
 
 

@@ -173,7 +173,9 @@ def load_xquad_r(spec: str, path: str) -> EvalDataset:
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     lang = p.name.split(".")[0]
-    passages, queries, qrels = [], [], {}
+    passages: list[tuple[str, str]] = []
+    queries: list[tuple[str, str]] = []
+    qrels: dict[str, dict[str, int]] = {}
     warnings: dict[str, int] = {}
     for a, article in enumerate(data.get("data", [])):
         for g, para in enumerate(article.get("paragraphs", [])):

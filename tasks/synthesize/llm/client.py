@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx2
@@ -31,6 +31,9 @@ from tasks.synthesize.llm.config import OpenAIConfig
 from tasks.synthesize.llm.ratelimit import RateLimiter
 from tasks.synthesize.llm.reply import ReplyError, read_reply, reply_byte_limit
 from tasks.synthesize.llm.secret import Redactor
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam  # plain role/content dicts
 
 logger = logging.getLogger(__name__)
 # What a dropped or broken connection raises, before the headers (wrapped by openai) or while the
@@ -160,7 +163,7 @@ class ChatClient:
         ``reply_too_large`` past the limit. Non-2xx replies raise openai's status errors."""
         limit = reply_byte_limit(self.cfg.max_tokens)
         async with self._client.chat.completions.with_streaming_response.create(
-            model=self.cfg.model, messages=messages, **params
+            model=self.cfg.model, messages=cast("list[ChatCompletionMessageParam]", messages), **params
         ) as resp:
             declared = resp.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:

@@ -90,7 +90,8 @@ def select_documents(
     keep.sort()
     per_lang: Counter = Counter()
     per_bucket: Counter = Counter()
-    rows, buckets = [], []
+    rows: list[int] = []
+    buckets: list[str] = []
     for _, _, lang, i in keep:
         if sel.max_docs is not None and len(rows) >= sel.max_docs:
             skipped["over_max_docs"] += 1
@@ -252,7 +253,7 @@ async def _run_job(
                 out.cache_hits += 1
                 pt, ct = out.cached_usage
                 out.cached_usage = (pt + cached[1][0], ct + cached[1][1])
-                if record != stored:  # an older entry holding the key: keep it scrubbed
+                if cache is not None and record != stored:  # an older entry holding the key: keep it scrubbed
                     await asyncio.to_thread(cache.put, key, record, replace=True)
                 out.questions, out.reason = cached[0], None
                 return out
@@ -417,7 +418,8 @@ def _llm_queries(
     # Filter in a fixed order (document id, passage index): duplicates resolve the same way every run.
     for doc_id in sorted(by_doc):
         kept_before = len(rows)
-        doc_reasons = []
+        doc_reasons: list[tuple[str | None, str]] = []
+        reason: str | None
         for job, res in by_doc[doc_id]:
             if res.questions is None:
                 passages_failed[res.reason] += 1

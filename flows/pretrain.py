@@ -101,7 +101,7 @@ def build_retromae(env: StageEnv, corpus: str, refresh: bool, tokenizer: str | N
     fresh ``ModelSpec`` model on the trained tokenizer, saved as ``checkpoint/<profile>-retromae``;
     contrastive pretraining starts from it."""
     from flows.common import progress_logger
-    from tasks.retromae import train_retromae
+    from tasks.training.retromae import train_retromae
 
     cfg = env.profile.retromae
     base = {"start": start} if start else {"tokenizer": tokenizer}

@@ -22,9 +22,9 @@ from tasks.ingest import Format, IngestConfig
 from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
 from tasks.mining.config import MineConfig
 from tasks.pairs import PairsConfig
-from tasks.retromae import RetroMAEConfig
 from tasks.synthesize.ict import SynthesizeConfig
 from tasks.training import TrainConfig
+from tasks.training.retromae import RetroMAEConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles"
 

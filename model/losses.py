@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS
+from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, Function
 
 
 def group_labels(
@@ -146,8 +146,8 @@ def unified_loss(
     group_size: int,
     *,
     self_distill_on: bool = True,
-    ensemble_weights: dict[str, float] | None = None,
-    loss_weights: dict[str, float] | None = None,
+    ensemble_weights: Mapping[Function, float] | None = None,
+    loss_weights: Mapping[Function, float] | None = None,
     query_offset: int = 0,
     mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -173,7 +173,9 @@ def unified_loss(
         )
     w = {**ENSEMBLE_WEIGHTS, **(ensemble_weights or {})}
     lam = {**LOSS_WEIGHTS, **(loss_weights or {})}
-    out = {f: info_nce_from_scores(scores[f], temperature, group_size, query_offset, mask) for f in funcs}
+    out: dict[str, torch.Tensor] = {
+        f: info_nce_from_scores(scores[f], temperature, group_size, query_offset, mask) for f in funcs
+    }
     if len(funcs) == 1:
         out["loss"] = out[funcs[0]]
         return out

@@ -20,7 +20,7 @@ hide ``1 - (1 - r)^2`` (75% at ``r = 0.5``) of the text from each row instead of
 
 Only the backbone is kept afterwards; the LM head and the decoder are training scaffolding, and the
 M3 heads (sparse, colbert) are neither used nor changed. This module has no Prefect imports
-(docs/CONTRACTS.md); the training loop is :func:`tasks.retromae.train_retromae`.
+(docs/CONTRACTS.md); the training loop is :func:`tasks.training.retromae.train_retromae`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from model.retromae import (
     mask_encoder_input,
 )
 from model.tokenizer import train_tokenizer
-from tasks.retromae import RetroMAEConfig, train_retromae
+from tasks.training.retromae import RetroMAEConfig, train_retromae
 from tests.test_model import corpus
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1}

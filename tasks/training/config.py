@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Function = Literal["dense", "sparse", "colbert"]
+from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, Function
+
 Weight = Annotated[float, Field(ge=0)]  # a negative weight would reward the wrong passage
 
 
@@ -18,17 +19,13 @@ class TrainConfig(BaseModel):
 
     # what is trained
     functions: list[Function] = Field(
-        default_factory=lambda: ["dense"],
+        default_factory=lambda: list(FUNCTIONS[:1]),
         description="retrieval functions to train; all three = the paper's unified fine-tuning",
     )
     self_distill: bool = True
     self_distill_start_step: int = Field(0, ge=0, description="optimizer step from which L' joins the loss")
-    ensemble_weights: dict[Function, Weight] = Field(
-        default_factory=lambda: {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
-    )
-    loss_weights: dict[Function, Weight] = Field(
-        default_factory=lambda: {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
-    )
+    ensemble_weights: dict[Function, Weight] = Field(default_factory=lambda: dict(ENSEMBLE_WEIGHTS))
+    loss_weights: dict[Function, Weight] = Field(default_factory=lambda: dict(LOSS_WEIGHTS))
     teacher_distill_weight: float = Field(
         0.0, ge=0, description="> 0: add a KD term towards the rows' pos_scores/neg_scores when present"
     )

@@ -28,7 +28,14 @@ class TrainExample(BaseModel):
 
     @property
     def has_teacher(self) -> bool:
-        return self.pos_score is not None and self.neg_scores is not None
+        return self.teacher_scores is not None
+
+    @property
+    def teacher_scores(self) -> tuple[float, list[float]] | None:
+        """(positive, negatives) scores the mining teacher gave, or None."""
+        if self.pos_score is None or self.neg_scores is None:
+            return None
+        return self.pos_score, list(self.neg_scores)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TrainExample:
@@ -90,7 +97,7 @@ class TokenizedSet:
             passages=passages,
             pos=[index[e.pos] for e in examples],
             negs=[[index[t] for t in e.negs] for e in examples],
-            teacher=[(e.pos_score, list(e.neg_scores)) if e.has_teacher else None for e in examples],
+            teacher=[e.teacher_scores for e in examples],
             passage_keys=[passage_key(ids) for ids in passages],
         )
 

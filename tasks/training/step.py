@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,8 +61,11 @@ class Batch:
     FIELDS = ("q_ids", "q_mask", "p_ids", "p_mask", "teacher", "teacher_mask", "p_keys")
 
     def to(self, device: torch.device) -> Batch:
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(*(mv(getattr(self, k)) for k in self.FIELDS))
+        fields: dict[str, Any] = {k: getattr(self, k) for k in self.FIELDS}
+        moved: dict[str, Any] = {
+            k: t if t is None else t.to(device, non_blocking=True) for k, t in fields.items()
+        }
+        return Batch(**moved)
 
 
 def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +131,7 @@ class StepRunner:
         self.info = info
         self.device = device
         self.functions = tuple(config.functions)
-        self._model = getattr(module, "module", module).model  # unwrap DDP
+        self._model: Any = getattr(module, "module", module).model  # unwrap DDP
 
     @property
     def special_ids(self) -> torch.Tensor:
@@ -202,7 +206,8 @@ class StepRunner:
         chunks += [("p", c) for c in self._chunks(batch.p_ids, batch.p_mask)]
         widths = {"q": batch.q_ids.shape[1], "p": batch.p_ids.shape[1]}
         cuda = self.device.type == "cuda"
-        rng_states, cached = [], {"q": [], "p": []}
+        rng_states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        cached: dict[str, list[dict[str, torch.Tensor]]] = {"q": [], "p": []}
         with torch.no_grad():
             for side, (ids, mask) in chunks:
                 rng_states.append((torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None))
@@ -216,27 +221,28 @@ class StepRunner:
                 v.requires_grad_(True)
         out = self._loss(leaves["q"], leaves["p"], batch, step)
         out["loss"].backward()
-        grads = {side: {k: v.grad for k, v in reps.items()} for side, reps in leaves.items()}
+        grads = {
+            side: {k: v.grad for k, v in reps.items() if v.grad is not None} for side, reps in leaves.items()
+        }
         offsets = {"q": 0, "p": 0}
         for i, (side, (ids, mask)) in enumerate(chunks):
             torch.set_rng_state(rng_states[i][0])  # same dropout masks as the cached pass
-            if cuda:
-                torch.cuda.set_rng_state(rng_states[i][1])
+            cuda_state = rng_states[i][1]
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state)
             rows = slice(offsets[side], offsets[side] + ids.shape[0])
             offsets[side] += ids.shape[0]
             last = i == len(chunks) - 1
-            sync = (
-                contextlib.nullcontext()
-                if last or not hasattr(self.module, "no_sync")
-                else self.module.no_sync()
-            )
+            no_sync: Any = getattr(self.module, "no_sync", None)  # DDP: reduce once, on the last chunk
+            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
             with sync:
                 with self.autocast():
                     (reps,) = self.module(ids, mask)
                 reps = _pad_to(reps, widths[side])
-                surrogate = sum((reps[k].float() * grads[side][k][rows]).sum() for k in reps)
+                terms = [(reps[k].float() * g[rows]).sum() for k, g in grads[side].items()]
+                surrogate = torch.stack(terms).sum()
                 surrogate.backward()
         torch.set_rng_state(after[0])
-        if cuda:
+        if after[1] is not None:
             torch.cuda.set_rng_state(after[1])
         return out

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import resource
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,24 @@ import torch
 
 from model.m3 import M3Model, pad_batch, resolve_device
 from tasks.training.batching import batch_rng, plan_epoch, sample_group
-from tasks.training.checkpoint import (
-    fingerprint,
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from tasks.training.checkpoint import fingerprint
 from tasks.training.config import TrainConfig
 from tasks.training.data import TokenizedSet, TrainExample
 from tasks.training.distributed import DistInfo, mean_across, sum_across
+from tasks.training.loop import (
+    CheckpointFn,
+    ProgressFn,
+    find_resume_state,
+    freeze_unused,
+    restore_flags,
+    run_loop,
+)
 from tasks.training.optim import param_groups, warmup_linear_decay
 from tasks.training.step import STAT_KEYS, Batch, Encoder, StepRunner
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[dict[str, Any]], None]
-CheckpointFn = Callable[[Path, int], None]
+_freeze_unused = freeze_unused  # the name tests/test_train_distributed.py imports
 _LOSS_NAMES = {
     "dense": "loss_dense",
     "sparse": "loss_sparse",
@@ -55,30 +54,13 @@ def _data_digest(examples: list[TrainExample]) -> str:
     return h.hexdigest()[:16]
 
 
-def _freeze_unused(model: M3Model, functions: list[str]) -> dict[str, bool]:
-    """Heads of functions not trained (and a BERT pooler) get no gradient; DDP requires every
-    parameter with ``requires_grad`` to receive one. Returns the previous flags to restore."""
-    before = {n: p.requires_grad for n, p in model.named_parameters()}
-    unused = [
-        m
-        for f, m in (("sparse", model.sparse_linear), ("colbert", model.colbert_linear))
-        if f not in functions
-    ]
-    if getattr(model.backbone, "pooler", None) is not None:
-        unused.append(model.backbone.pooler)
-    for module in unused:
-        for p in module.parameters():
-            p.requires_grad_(False)
-    return before
-
-
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
 def _mean_or_none(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return _mean(xs) if xs else None
+    present = [x for x in xs if x is not None]
+    return _mean(present) if present else None
 
 
 def _warn_collapsed(share: float, threshold: float, step: int, total: int, where: str) -> None:
@@ -150,7 +132,7 @@ def train(
     warmup = int(round(cfg.warmup_ratio * total))
     fp = fingerprint(cfg.model_dump(mode="json"), _data_digest(examples), info.world_size)
 
-    requires_grad = _freeze_unused(model, cfg.functions)
+    requires_grad = freeze_unused(model, cfg.functions)
     # foreach: one multi-tensor kernel per group instead of a Python loop over parameters
     groups = param_groups(
         model.named_parameters(),
@@ -170,32 +152,16 @@ def train(
         )
     runner = StepRunner(encoder, cfg, info, device)
     pad_id = model.tokenizer.pad_token_id
+    objective = ContrastiveObjective(data, cfg, info, device, runner, pad_id)
 
-    step, start_epoch, start_batch = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    resumed_from = None
-    state = None
-    if resume_from is not None:
-        folder = Path(resume_from)
-        folder = folder if (folder / "trainer_state.pt").is_file() else latest_checkpoint(folder)
-        if folder is not None:
-            state = load_checkpoint(folder, fp)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
-            history = state["history"]
-            resumed_from = step
-            logger.info(
-                "resuming from %s at step %d (epoch %d, batch %d)", folder, step, start_epoch, start_batch
-            )
+    state = find_resume_state(resume_from, fp)
+    resumed_from = None if state is None else int(state["step"])
 
     revived = None
     if state is None and cfg.sparse_revive_below > 0 and "sparse" in cfg.functions:
         with runner.autocast():  # the precision training computes in
             revived = revive_dead_sparse_head(model, data.passages, cfg.sparse_revive_below, pad_id)
 
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
     was_ckpt = model.gradient_checkpointing
     model.set_gradient_checkpointing(cfg.grad_checkpointing)
     # AdamW's second moments of tiny gradients become subnormal floats, which made CPU steps ~10x
@@ -217,106 +183,50 @@ def train(
         info.world_size,
         device,
     )
-    filled = 0
     sparse_on = "sparse" in cfg.functions
     window = max(1, total // 10)  # the running sparse share: mean over the last tenth of the run
     warned_collapse = False
-    t0 = time.perf_counter()
-    session_tokens = 0
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(cfg.seed + info.rank)
-        if state is not None:
-            set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
-        model.train()
-        try:
-            epoch = start_epoch
-            while step < total:
-                plan = plan_epoch(data, cfg, epoch, info.world_size)
-                first = start_batch if epoch == start_epoch else 0
-                for b_idx in range(first, len(plan)):
-                    if step >= total:
-                        break
-                    t_step = time.perf_counter()
-                    batch, n_real, n_all, n_filled = _make_batch(
-                        data, plan[b_idx], cfg, epoch, b_idx, info, pad_id
-                    )
-                    filled += n_filled
-                    losses = runner.run(batch, step)
-                    if cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    n_real = sum_across(n_real, info, device)
-                    n_all = sum_across(n_all, info, device)
-                    stats = {k: sum_across(losses.pop(k, 0.0), info, device) for k in STAT_KEYS}
-                    losses = {k: mean_across(v, info, device) for k, v in sorted(losses.items())}
-                    session_tokens += n_real
-                    dt = time.perf_counter() - t_step
-                    record = {
-                        "step": step,
-                        "total_steps": total,
-                        "loss": losses["loss"],
-                        **{_LOSS_NAMES[k]: v for k, v in losses.items() if k in _LOSS_NAMES},
-                        "lr": lr,
-                        "tokens_per_s": n_real / dt if dt > 0 else float("inf"),
-                        "padding_ratio": 1.0 - n_real / n_all,
-                        "tokens": n_real,
-                        "tokens_padded": n_all,
-                        "epoch": epoch,
-                        "elapsed_s": time.perf_counter() - t0,
-                        "masked_negatives": int(stats["masked_negatives"]),
-                    }
-                    if sparse_on:
-                        tokens = stats["sparse_tokens"]
-                        record["sparse_active"] = stats["sparse_active_tokens"] / tokens if tokens else None
-                    history.append(record)
-                    if sparse_on and not warned_collapse and info.is_main:
-                        running = _mean_or_none([r.get("sparse_active") for r in history[-window:]])
-                        if running is not None and running < cfg.sparse_alive_min:
-                            _warn_collapsed(running, cfg.sparse_alive_min, step, total, "running share")
-                            warned_collapse = True
-                    if info.is_main and on_progress is not None:
-                        on_progress(record)
-                    if step % cfg.log_every == 0 or step == total:
-                        logger.info(
-                            "step %d/%d loss %.4f lr %.2e %.0f tok/s pad %.2f",
-                            step,
-                            total,
-                            record["loss"],
-                            lr,
-                            record["tokens_per_s"],
-                            record["padding_ratio"],
-                        )
-                    if (
-                        checkpoint_dir is not None
-                        and cfg.checkpoint_every
-                        and step % cfg.checkpoint_every == 0
-                        and step < total
-                    ):
-                        _checkpoint(
-                            checkpoint_dir,
-                            on_checkpoint,
-                            model,
-                            optimizer,
-                            scheduler,
-                            step,
-                            epoch,
-                            b_idx + 1,
-                            history,
-                            fp,
-                            info,
-                        )
-                epoch += 1
-        finally:
-            model.eval()
-            model.set_gradient_checkpointing(was_ckpt)
-            torch.set_num_threads(prev_threads)
-            for name, p in model.named_parameters():
-                p.requires_grad_(requires_grad[name])
-    seconds = time.perf_counter() - t0
+
+    def watch_sparse(record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        nonlocal warned_collapse
+        if sparse_on and not warned_collapse and info.is_main:
+            running = _mean_or_none([r.get("sparse_active") for r in history[-window:]])
+            if running is not None and running < cfg.sparse_alive_min:
+                _warn_collapsed(running, cfg.sparse_alive_min, record["step"], total, "running share")
+                warned_collapse = True
+
+    try:
+        result = run_loop(
+            objective,
+            model,
+            optimizer,
+            scheduler,
+            total=total,
+            seed=cfg.seed,
+            max_grad_norm=cfg.max_grad_norm,
+            clip_params=model.parameters(),
+            log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every,
+            fingerprint=fp,
+            info=info,
+            device=device,
+            state=state,
+            checkpoint_dir=checkpoint_dir,
+            on_checkpoint=on_checkpoint,
+            on_progress=on_progress,
+            on_record=watch_sparse,
+        )
+    finally:
+        model.set_gradient_checkpointing(was_ckpt)
+        torch.set_num_threads(prev_threads)
+        restore_flags(model, requires_grad)
+    step, history, seconds, session_tokens = (
+        result.step,
+        result.history,
+        result.seconds,
+        result.session_tokens,
+    )
+    filled = objective.filled
     losses_all = [r["loss"] for r in history]
     tenth = max(1, len(losses_all) // 10)
     sparse_first = sparse_last = collapsed = None
@@ -431,34 +341,51 @@ def _make_batch(
     return Batch(q_ids, q_mask, p_ids, p_mask, teacher, teacher_mask, p_keys), n_real, n_all, filled
 
 
-def _checkpoint(
-    root, on_checkpoint, model, optimizer, scheduler, step, epoch, next_batch, history, fp, info
-) -> None:
-    """Every rank's RNG state is collected; rank 0 writes the file."""
-    rng = rng_state()
-    if info.active:
-        import torch.distributed as dist
+class ContrastiveObjective:
+    """Contrastive pretraining / unified fine-tuning as an :class:`~tasks.training.loop.Objective`:
+    length-grouped query batches with sampled negatives, :class:`StepRunner`'s loss."""
 
-        states: list[Any] = [None] * info.world_size
-        dist.all_gather_object(states, rng)
-        rng = states
-    if info.is_main:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "batch": next_batch,
-            "rng": rng,
-            "history": history,
-            "fingerprint": fp,
+    name = "train"
+
+    def __init__(
+        self,
+        data: TokenizedSet,
+        cfg: TrainConfig,
+        info: DistInfo,
+        device: torch.device,
+        runner: StepRunner,
+        pad_id: int,
+    ):
+        self.data, self.cfg, self.info, self.device = data, cfg, info, device
+        self.runner, self.pad_id = runner, pad_id
+        self.filled = 0  # negatives filled in (session)
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        return plan_epoch(self.data, self.cfg, epoch, self.info.world_size)
+
+    def step(self, item: list[int], step: int, epoch: int, b_idx: int) -> dict[str, Any]:
+        info, device = self.info, self.device
+        batch, n_real, n_all, n_filled = _make_batch(
+            self.data, item, self.cfg, epoch, b_idx, info, self.pad_id
+        )
+        self.filled += n_filled
+        losses = self.runner.run(batch, step)
+        stats = {k: sum_across(losses.pop(k, 0.0), info, device) for k in STAT_KEYS}
+        losses = {k: mean_across(v, info, device) for k, v in sorted(losses.items())}
+        fields: dict[str, Any] = {
+            "loss": losses["loss"],
+            **{_LOSS_NAMES[k]: v for k, v in losses.items() if k in _LOSS_NAMES},
+            "tokens": sum_across(n_real, info, device),
+            "tokens_padded": sum_across(n_all, info, device),
+            "masked_negatives": int(stats["masked_negatives"]),
         }
-        folder = save_checkpoint(Path(root), step, state)
-        logger.info("checkpoint at step %d: %s", step, folder)
-        if on_checkpoint is not None:
-            on_checkpoint(folder, step)
-    if info.active:
-        import torch.distributed as dist
+        if "sparse" in self.cfg.functions:
+            tokens = stats["sparse_tokens"]
+            fields["sparse_active"] = stats["sparse_active_tokens"] / tokens if tokens else None
+        return fields
 
-        dist.barrier()
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,4 +1,4 @@
-"""What the stage flows share on the Prefect side: the Dask task runner of a profile.
+"""The Dask task runner of a profile: what the Dask-backed stage flows (ingest, mine) share.
 
 The rest of a stage's run-time plumbing (``StageEnv``, publishing, flow results) is in
 ``m3.stage_env`` and ``m3.publish``, where the stage builders in ``tasks/`` reach it too.
@@ -9,20 +9,6 @@ from __future__ import annotations
 from prefect_dask import DaskTaskRunner
 
 from m3.profile import DaskSpec
-from m3.publish import asset_key, publish  # noqa: F401  (re-exported until callers move)
-from m3.stage_env import (  # noqa: F401  (re-exported until every caller imports m3.stage_env)
-    TRANSIENT_RETRIES,
-    StageEnv,
-    flow_result,
-    open_env,
-    progress_logger,
-    resolve_store_url,
-    retry_transient_only,
-)
-
-
-def load_table(env: StageEnv, manifest_id: str, kind: str):
-    return env.table(manifest_id, kind)
 
 
 def dask_runner(spec: DaskSpec) -> DaskTaskRunner:

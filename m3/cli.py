@@ -1,4 +1,4 @@
-"""The ``m3`` command line (design.md, "Command line")."""
+"""The ``m3`` command line (README.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def _store(store: str | None, profile: str | None = None):
 
     if store is None and profile is not None:
         # Only here: these pull in Prefect and torch, seconds of start-up for `m3 lineage` & co.
-        from flows.common import resolve_store_url
         from m3.profile import load_profile
+        from m3.stage_env import resolve_store_url
 
         return existing_store(resolve_store_url(load_profile(profile), None))
     return existing_store(store or os.environ.get("M3_STORE") or ".m3/store")
@@ -79,9 +79,9 @@ def _run(
     refresh: list[str] | None,
     as_json: bool,
 ) -> None:
-    from flows.common import resolve_store_url
     from flows.pipeline import select_stages
     from m3.profile import load_profile
+    from m3.stage_env import resolve_store_url
 
     prof = load_profile(profile)  # validate everything before anything is written
     for source in prof.sources:

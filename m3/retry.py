@@ -2,7 +2,7 @@
 
 Resuming needs nothing from Prefect: every stage looks up its stage-cache key first, so the stages
 that finished before the failure come back from the store and only the failed one and those after
-it run (design.md, "Stage cache").
+it run (docs/architecture.md, "Stage cache").
 
 A run of a deployment is retried the way the Prefect UI's "Retry" button does it: the same flow run
 goes back to ``Scheduled`` (named ``AwaitingRetry``) and its work pool's worker runs it again. A run

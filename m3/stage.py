@@ -1,7 +1,7 @@
 """Running one stage against the store: cache key, build in a scratch folder, commit, ref.
 
 A stage's output key is a hash of its input manifest ids, its config and its code version
-(design.md, "Stage cache"). If the store already holds an artifact for that key the stage is
+(docs/architecture.md, "Stage cache"). If the store already holds an artifact for that key the stage is
 not run again; this is what makes a rerun cheap and a retry resume at the failed stage.
 """
 

@@ -1,4 +1,4 @@
-"""Contrastive and self-distillation losses of the M3 recipe (arXiv 2402.03216 §3.3, recipe.md)."""
+"""Contrastive and self-distillation losses of the M3 recipe (arXiv 2402.03216 §3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The three M3 relevance functions and their hybrid (recipe.md; arXiv 2402.03216 §3.2).
+"""The three M3 relevance functions and their hybrid (arXiv 2402.03216 §3.2).
 
 Each function works on a single pair (returns a float) and on batches (returns an [n, m] matrix).
 ``*_tensor`` variants are differentiable torch versions for training losses. The formulas follow the

@@ -82,7 +82,7 @@ def test_retry_condition_retries_only_transient_failures():
 
     import flows.ingest
     import flows.mine
-    from flows.common import TRANSIENT_RETRIES, retry_transient_only
+    from m3.stage_env import TRANSIENT_RETRIES, retry_transient_only
 
     run = TaskRun(flow_run_id=None, task_key="k", dynamic_key="0", name="mine-shard-0")
     assert retry_transient_only(None, run, Failed(data=ConnectionResetError(104, "reset"))) is True
@@ -530,7 +530,7 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
     assert [i["name"] for i in fail["inputs"]] == ["queries/tiny"]
 
     # Prefect asset materialization events, one per built artifact, with its parents upstream
-    from flows.common import asset_key
+    from m3.publish import asset_key
 
     wanted = {asset_key(str(store_dir), kind, "tiny") for kind in ("report", "corpus")}
 

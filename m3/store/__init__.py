@@ -1,4 +1,4 @@
-"""The versioned, content-addressed artifact store with lineage (design.md, "The store")."""
+"""The versioned, content-addressed store with lineage (docs/architecture.md, "The store contract")."""
 
 from m3.store.manifest import FileEntry, Manifest, Producer
 from m3.store.names import InvalidName

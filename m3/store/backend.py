@@ -23,7 +23,8 @@ class StoreUnavailable(RuntimeError):
 
 def _s3_options() -> dict:
     endpoint = os.environ.get("M3_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    # Region goes through AWS_DEFAULT_REGION, not client_kwargs (see stack-notes: moto + mkdir).
+    # Region goes through AWS_DEFAULT_REGION, not client_kwargs: with region_name there, s3fs's
+    # mkdir against an S3-compatible server (moto) fails with "location-constraint is not valid".
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 

@@ -1,4 +1,4 @@
-"""The versioned artifact store (design.md, "The store").
+"""The versioned artifact store (docs/architecture.md, "The store contract").
 
 Layout under the root (any fsspec URL):
 

@@ -13,7 +13,7 @@ Weight = Annotated[float, Field(ge=0)]  # a negative weight would reward the wro
 
 class TrainConfig(BaseModel):
     """Defaults suit the tiny CPU model; the paper used lr 1e-5..1e-4 and batches in the thousands on a
-    pretrained XLM-R-large (arXiv 2402.03216 §3.4, recipe.md)."""
+    pretrained XLM-R-large (arXiv 2402.03216 §3.4)."""
 
     model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 

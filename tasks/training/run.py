@@ -10,18 +10,19 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
-from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from flows.common import StageEnv, progress_logger
 from m3.stage import StageSpec
+from m3.stage_env import StageEnv, progress_logger, run_logger
 from tasks.artifact_io import write_jsonl
 from tasks.training import TrainConfig, TrainExample
 
 
 def folder_files(folder: Path) -> dict[str, Path]:
+    """Every file under ``folder`` by its relative path: a model folder as artifact files."""
     return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
@@ -62,7 +63,7 @@ def run_training(
     from tasks.training.ddp import DDPJob, launch
     from tasks.training.plot import loss_curve_png
 
-    log = get_run_logger()
+    log = run_logger(__name__)
     ckpt_dir = scratch / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     resumed = None if refresh else _restore_checkpoint(env, spec, ckpt_dir)
@@ -82,11 +83,14 @@ def run_training(
         log.info("%s: checkpoint at step %d stored as train-state/%s", spec.stage, step, state_name)
 
     steps_log = progress_logger(spec.stage, cfg.log_every)
-    bar = create_progress_artifact(
-        0.0,
-        key=f"m3-{spec.stage}-{env.profile.name}-progress".lower(),
-        description=f"{spec.stage} training progress",
-    )
+    bar = cast(
+        UUID,
+        create_progress_artifact(
+            0.0,
+            key=f"m3-{spec.stage}-{env.profile.name}-progress".lower(),
+            description=f"{spec.stage} training progress",
+        ),
+    )  # sync call: the id itself
 
     def progress(record: dict[str, Any]) -> None:
         steps_log(record)

@@ -1,0 +1,251 @@
+"""The training stages: ``pretrain`` (corpus → ``checkpoint``) and ``finetune`` (checkpoint +
+train-set → ``model``).
+
+``pretrain`` is the recipe's first two steps: the starting model (``model.init``, or a tokenizer
+trained on the corpus and a fresh ``ModelSpec`` model), RetroMAE when the profile has ``retromae``,
+then dense InfoNCE on title–body ``pairs`` unless ``pretrain`` is null. ``finetune`` is the unified
+fine-tuning with self-knowledge distillation on the mined train-set (arXiv 2402.03216 §3.3).
+
+Training runs in the flow's process (or a GPU work pool), never inside a Dask worker: DataLoader
+workers cannot start from Dask's daemonic processes (docs/architecture.md, "Run lifetime").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from m3.publish import publish
+from m3.stage import StageOutput, StageResult, StageSpec
+from m3.stage_env import StageEnv, progress_logger, run_logger
+from tasks.artifact_io import read_jsonl, schema_dict, write_table
+from tasks.mining.stage import round_name
+from tasks.pairs import title_body_pairs
+from tasks.training.config import TrainConfig
+from tasks.training.run import folder_files, run_training
+
+
+def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
+    """A SentencePiece tokenizer trained on the corpus (titles and lines), for a model from scratch."""
+    from model.tokenizer import train_tokenizer
+
+    spec = StageSpec(
+        "tokenizer",
+        "tokenizer",
+        env.profile.name,
+        inputs={"corpus": corpus},
+        config=env.profile.tokenizer.model_dump(mode="json"),
+        code=(__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        docs = env.table(corpus, "corpus")
+        texts = (t for doc in docs.itertuples() for t in (doc.title, *doc.text.split("\n")) if t)
+        cfg = env.profile.tokenizer
+        train_tokenizer(texts, scratch / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed, config=cfg)
+        from transformers import AutoTokenizer
+
+        size = len(AutoTokenizer.from_pretrained(str(scratch / "tokenizer")))
+        return StageOutput(folder_files(scratch / "tokenizer"), {"vocab_size": size, "docs": len(docs)})
+
+    return env.run(spec, build, refresh=refresh)
+
+
+def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
+    """Title–body pairs of the corpus: the contrastive pretraining data."""
+    spec = StageSpec(
+        "pairs",
+        "pairs",
+        env.profile.name,
+        inputs={"corpus": corpus},
+        config=env.profile.pairs.model_dump(mode="json"),
+        code=(__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        pairs, stats = title_body_pairs(env.table(corpus, "corpus"), env.profile.pairs)
+        rows = write_table(pairs, "pairs", scratch)
+        return StageOutput({r: scratch / r for r in rows}, stats, schema_dict("pairs"), rows)
+
+    return env.run(spec, build, refresh=refresh)
+
+
+def build_start(env: StageEnv, refresh: bool) -> StageResult:
+    """The profile's ``model.init`` (a pretrained encoder) as ``checkpoint/<profile>-init``, the lineage
+    root of every model trained from it: heads added (or kept), positions extended, pooling recorded."""
+    from model.init import load_start_model, resolve_init
+
+    mspec = env.profile.model
+    assert mspec.init is not None  # only called when the profile names a starting model
+    source = resolve_init(mspec.init, base_dir=env.profile.base_dir, store=env.store, revision=mspec.revision)
+    spec = StageSpec(
+        "init",
+        "checkpoint",
+        f"{env.profile.name}-init",
+        inputs={"init": source.manifest_id} if source.manifest_id else {},
+        config={"model": mspec.model_dump(mode="json"), "source_identity": source.identity},
+        code=(__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        model, info = load_start_model(
+            source, pooling=mspec.pooling, max_positions=mspec.max_positions, seed=mspec.seed
+        )
+        run_logger(__name__).info(
+            "starting model %s (%s, %s pooling, %d tokens): heads %s",
+            mspec.init,
+            info["model_type"],
+            info["pooling"],
+            info["max_length"],
+            info["heads"],
+        )
+        model.save_pretrained(scratch / "model")
+        return StageOutput(folder_files(scratch / "model"), info)
+
+    return env.run(spec, build, refresh=refresh)
+
+
+def build_retromae(
+    env: StageEnv, corpus: str, refresh: bool, tokenizer: str | None, start: str | None
+) -> StageResult:
+    """Stage 1 of the recipe: RetroMAE on the corpus text, from the starting model (``start``) or a
+    fresh ``ModelSpec`` model on the trained tokenizer, saved as ``checkpoint/<profile>-retromae``;
+    contrastive pretraining starts from it."""
+    from tasks.training.retromae import train_retromae
+
+    cfg = env.profile.retromae
+    assert cfg is not None  # only called when the profile has a retromae section
+    base = _model_input("start", tokenizer, start)
+    spec = StageSpec(
+        "retromae",
+        "checkpoint",
+        f"{env.profile.name}-retromae",
+        inputs={**base, "corpus": corpus},
+        config={"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
+        code=(__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        texts = [t for t in env.table(corpus, "corpus")["text"] if t]
+        model = start_model(env, tokenizer, start)
+        summary = train_retromae(model, texts, cfg, on_progress=progress_logger("retromae", cfg.log_every))
+        model.save_pretrained(scratch / "model")
+        return StageOutput(folder_files(scratch / "model"), summary)
+
+    return env.run(spec, build, refresh=refresh)
+
+
+def _model_input(name: str, tokenizer: str | None, start: str | None) -> dict[str, str]:
+    """The stage input a model is built from: the stored ``start`` model (as ``name``), else the
+    trained tokenizer of a fresh one."""
+    if start is not None:
+        return {name: start}
+    assert tokenizer is not None
+    return {"tokenizer": tokenizer}
+
+
+def start_model(env: StageEnv, tokenizer: str | None, start: str | None):
+    """A stored model to continue from, else a fresh ``ModelSpec`` model on the trained tokenizer."""
+    from model.m3 import M3Model
+
+    if start is not None:
+        return M3Model.from_pretrained(env.store.materialize(start))
+    assert tokenizer is not None  # a fresh model needs the trained tokenizer
+    return M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
+
+
+def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
+    """The ``pretrain`` stage: starting model, RetroMAE, contrastive pretraining (as configured)."""
+    from tasks.training import TrainExample
+
+    tokenizer = start = None
+    if env.profile.model.init:
+        start = build_start(env, refresh).manifest_id
+    else:
+        tokenizer = build_tokenizer(env, corpus, refresh).manifest_id
+    if env.profile.retromae:
+        start = build_retromae(env, corpus, refresh, tokenizer, start).manifest_id
+    cfg = env.profile.pretrain
+    if cfg is None:  # no contrastive stage: the pretrained (or RetroMAE) model is the checkpoint
+        assert start is not None  # the profile check refuses pretrain: null without init or retromae
+        ref = f"checkpoint/{env.profile.name}"
+        head = env.store.head(ref)
+        if head is None or head.manifest != start:
+            env.store.set_ref(ref, start)
+        run_logger(__name__).info(
+            "pretrain: no contrastive stage (pretrain: null); %s is %s", ref, start[:12]
+        )
+        result = StageResult("pretrain", "checkpoint", ref, start, cached=True)
+        publish(env, result)
+        return result
+    pairs = build_pairs(env, corpus, refresh).manifest_id
+    base = _model_input("retromae" if env.profile.retromae else "init", tokenizer, start)
+    spec = StageSpec(
+        "pretrain",
+        "checkpoint",
+        env.profile.name,
+        inputs={**base, "pairs": pairs},
+        config={"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
+        code=(__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        table = env.table(pairs, "pairs")
+        examples = [
+            TrainExample(query=q, pos=p) for q, p in zip(table["query"], table["positive"], strict=True)
+        ]
+        model = start_model(env, tokenizer, start)
+        run_logger(__name__).info("contrastive pretraining on %d title–body pairs", len(examples))
+        model.save_pretrained(scratch / "start")
+        trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch, refresh)
+        return StageOutput(folder_files(trained), {"objective": "dense InfoNCE (title-body)", **summary})
+
+    return env.run(spec, build, refresh=refresh)
+
+
+def finetune_config(env: StageEnv, nproc_per_node: int | None) -> TrainConfig:
+    """The profile's ``finetune`` with ``nproc_per_node`` overridden (0: every visible GPU)."""
+    cfg = env.profile.finetune
+    if nproc_per_node is None:
+        return cfg
+    import torch
+
+    return cfg.model_copy(update={"nproc_per_node": nproc_per_node or max(1, torch.cuda.device_count())})
+
+
+def build_model(
+    env: StageEnv,
+    checkpoint: str,
+    train_set: str,
+    refresh: bool,
+    nproc_per_node: int | None = None,
+    round: int = 1,
+) -> StageResult:
+    """The ``finetune`` stage: the checkpoint trained on the train-set's hard negatives; one ANCE
+    round's model is ``model/<profile>-r<round>``."""
+    from tasks.training import examples_from_rows
+
+    cfg = finetune_config(env, nproc_per_node)
+    spec = StageSpec(
+        "finetune",
+        "model",
+        round_name(env.profile.name, round, env.profile.mine.rounds),
+        {"checkpoint": checkpoint, "train-set": train_set},
+        {"train": cfg.model_dump(mode="json")},
+        (__file__,),
+    )
+
+    def build(scratch: Path) -> StageOutput:
+        folder = env.store.materialize(train_set)
+        examples = examples_from_rows(read_jsonl(folder / "train.jsonl"))
+        run_logger(__name__).info(
+            "fine-tuning %s on %d queries, group size %d",
+            "+".join(cfg.functions),
+            len(examples),
+            cfg.group_size,
+        )
+        start = env.store.materialize(checkpoint)
+        trained, summary = run_training(env, spec, start, examples, cfg, scratch, refresh)
+        objective = "unified (self-distillation)" if len(cfg.functions) > 1 else f"{cfg.functions[0]} InfoNCE"
+        return StageOutput(folder_files(trained), {"objective": objective + " + hard negatives", **summary})
+
+    return env.run(spec, build, refresh=refresh)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from m3.store.names import validate_segment
+from m3.strict import StrictModel
 from model.config import ModelSpec
 from model.tokenizer import TokenizerConfig
 from tasks.evaluate.config import EvalConfig
@@ -33,11 +34,7 @@ class ProfileError(ValueError):
     """A profile that cannot be found or does not validate; the message names the problem."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SourceSpec(_Strict):
+class SourceSpec(StrictModel):
     """A group of input files of one format: local ``paths`` (globs), or an ``online`` spec
     (Wikipedia / mC4 / CC-News, inline or ``spec: NAME`` from data_specs/sources/) downloaded
     resumably, verified against published checksums and cached in the store."""
@@ -102,7 +99,7 @@ def check_memory_limit(v: Any) -> Any:
     return v
 
 
-class DaskSpec(_Strict):
+class DaskSpec(StrictModel):
     """Where data stages run: an existing scheduler (``address``), a cluster class started for the
     run (``cluster_class`` + ``cluster_kwargs``, e.g. ``dask_kubernetes.operator.KubeCluster`` or
     ``dask_jobqueue.SLURMCluster``), or by default a LocalCluster of this shape."""
@@ -146,7 +143,7 @@ class DaskSpec(_Strict):
         return self
 
 
-class Profile(_Strict):
+class Profile(StrictModel):
     name: str
     description: str = ""
     store: str | None = None

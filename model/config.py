@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from m3.strict import StrictModel
 
 # XLM-R positions start after the padding index (pad_token_id=1), so 2 ids are never used as positions:
 # 514 positions -> 512 tokens; BGE-M3 extends to 8194 -> 8192 tokens.
@@ -26,11 +28,9 @@ _SHAPE_FIELDS = (
 )
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(StrictModel):
     """The encoder a run starts from: a pretrained one (``init``) or a fresh one of the shape below
     (defaults: a tiny CPU-trainable model) + the M3 heads."""
-
-    model_config = ConfigDict(extra="forbid")
 
     init: str | None = Field(
         None,

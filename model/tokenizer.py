@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from m3.strict import StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +28,8 @@ MASK_TOKEN = "<mask>"
 SPM_FILENAME = "sentencepiece.bpe.model"  # the name XLMRobertaTokenizer expects
 
 
-class TokenizerConfig(BaseModel):
+class TokenizerConfig(StrictModel):
     """Knobs for :func:`train_tokenizer` (the profile composes this)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     vocab_size: int = Field(8000, ge=16)
     seed: int = Field(0, ge=0)

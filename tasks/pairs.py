@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from m3.strict import StrictModel
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
 
-class PairsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
+class PairsConfig(StrictModel):
     body_max_chars: int = Field(1000, ge=50, description="the body is cut at a sentence boundary")
     min_body_chars: int = Field(100, ge=1)
     min_title_chars: int = Field(2, ge=1)

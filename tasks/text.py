@@ -12,15 +12,15 @@ import logging
 import unicodedata
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from m3.strict import StrictModel
 
 logger = logging.getLogger(__name__)
 
 
-class TextConfig(BaseModel):
+class TextConfig(StrictModel):
     """Knobs for BM25 tokenisation (chunk sizes live with their callers, e.g. IctConfig)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     hangul_bigrams: bool = Field(
         True,

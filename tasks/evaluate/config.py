@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from m3.recipe import EVAL_FUSION, EVAL_MODES
 from m3.recipe import EvalMode as Mode
+from m3.strict import StrictModel
 
 
 def system_name(mode: str) -> str:
@@ -16,10 +17,8 @@ def system_name(mode: str) -> str:
     return f"M3 {mode}"
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StrictModel):
     """Evaluation knobs (the profile's ``evaluate:`` section)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     k_values: tuple[Annotated[int, Field(ge=1)], ...] = Field((10, 100), min_length=1)
     metrics: tuple[str, ...] = Field(("ndcg_cut_10", "recall_100", "mrr_cut_10"), min_length=1)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from m3.publish import artifact_key
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
 from tasks.evaluate.champion import champion_head, report_decision, training_chain
-from tasks.evaluate.config import with_overrides
+from tasks.evaluate.config import EvalConfig, with_overrides
 from tasks.evaluate.data import load_datasets
 from tasks.evaluate.datasets import (
     LONG_DOCS,
@@ -117,17 +117,35 @@ def build_evaluation(
             avg = _metrics(env, done)["avg"]
             rounds.append({"round": k, "model": mid, "report": done.manifest_id, "avg": avg})
     result = run_for(model_id, env.profile.name, rounds)
+    decision, _ = _decide(
+        env, cfg, result, run_for, model_id, champion_id, promote_champion, env.profile.name, env.profile.name
+    )
+    return result, decision
+
+
+def _decide(
+    env: StageEnv,
+    cfg: EvalConfig,
+    result: StageResult,
+    run_for: Callable[[str, str], StageResult],
+    model_id: str,
+    champion_id: str | None,
+    promote: bool,
+    name: str,
+    tables: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The champion decision on ``result``'s metrics (the champion evaluated by ``run_for`` as
+    ``<name>-champion`` when it is needed), and the report's tables published as ``tables``;
+    returns the decision and the metrics."""
     metrics = _metrics(env, result)
 
     def champion_metrics(cid: str) -> dict[str, Any]:
-        return _metrics(env, run_for(cid, f"{env.profile.name}-champion"))
+        return _metrics(env, run_for(cid, f"{name}-champion"))
 
-    decision = report_decision(
-        env.store, cfg, model_id, metrics, champion_id, champion_metrics, promote_champion
-    )
-    log.info("champion: %s", decision)
-    publish_report_tables(env.profile.name, metrics)
-    return result, decision
+    decision = report_decision(env.store, cfg, model_id, metrics, champion_id, champion_metrics, promote)
+    run_logger(__name__).info("champion: %s", decision)
+    publish_report_tables(tables, metrics)
+    return decision, metrics
 
 
 def publish_report_tables(name: str, metrics: dict) -> None:
@@ -212,14 +230,8 @@ def build_model_evaluation(
         return env.run(spec, build, refresh=refresh)
 
     result = run_for(model_id, f"eval.{m_name}")
-    metrics = _metrics(env, result)
-
-    def champion_metrics(cid: str) -> dict[str, Any]:
-        return _metrics(env, run_for(cid, f"eval.{m_name}-champion"))
-
-    decision = report_decision(
-        env.store, cfg, model_id, metrics, champion_id, champion_metrics, promote_champion
+    tables = f"{env.profile.name}-{m_name}"
+    decision, metrics = _decide(
+        env, cfg, result, run_for, model_id, champion_id, promote_champion, f"eval.{m_name}", tables
     )
-    log.info("champion: %s", decision)
-    publish_report_tables(f"{env.profile.name}-{m_name}", metrics)
     return result, decision, metrics

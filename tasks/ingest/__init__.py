@@ -19,6 +19,8 @@ from typing import Literal
 
 import pydantic
 
+from m3.strict import StrictModel
+
 from .common import Format, Quarantined, Skipped
 from .dedup import DedupConfig
 from .language import UNDETERMINED, normalize_code
@@ -47,10 +49,8 @@ __all__ = [
 ]
 
 
-class IngestConfig(pydantic.BaseModel):
+class IngestConfig(StrictModel):
     """Knobs of the ingest step (the data profile composes this)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     min_chars: int = pydantic.Field(200, ge=0, description="drop shorter documents (filtered:too_short)")
     max_chars: int = pydantic.Field(

@@ -36,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import regex
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from m3.strict import StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +56,8 @@ def _punct_table() -> dict[int, str]:
 COL_EXACT, COL_ID, FIRST_BAND_COL = 0, 1, 2
 
 
-class DedupConfig(BaseModel):
+class DedupConfig(StrictModel):
     """Knobs of deduplication (``ingest.dedup`` in a profile)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     exact: bool = True
     near: bool = True

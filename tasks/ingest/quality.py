@@ -24,7 +24,9 @@ from typing import Annotated
 
 import numpy as np
 import regex
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from m3.strict import StrictModel
 
 # Languages written without spaces between words (ISO 639-1, plus 639-3 where no 639-1 exists).
 UNSPACED_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "dz", "wuu", "yue", "lzh"})
@@ -59,10 +61,8 @@ Share = Annotated[float, Field(ge=0, le=1)]
 NgramSize = Annotated[int, Field(ge=1)]
 
 
-class QualityConfig(BaseModel):
+class QualityConfig(StrictModel):
     """Thresholds of the quality filters (defaults: Gopher's, C4's, FineWeb's; see the module doc)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     enabled: bool = True
     min_words: int = Field(50, ge=0, description="Gopher: at least this many words (spaced scripts)")

@@ -23,7 +23,9 @@ from typing import Annotated, Literal
 from urllib.parse import urljoin
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from m3.strict import StrictModel
 
 from .common import Format
 from .download import Checksum, DownloadResult, download, fetch_text, parse_checksum_file
@@ -34,9 +36,7 @@ _LANG = re.compile(r"^[a-z]{2,3}(?:[-_][a-z]+)*$")
 _DATE = re.compile(r"^(latest|\d{8})$")
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Spec(StrictModel):
     @field_validator("languages", check_fields=False)
     @classmethod
     def _languages(cls, v: list[str]) -> list[str]:

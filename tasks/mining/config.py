@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from m3.recipe import weights_tuple
+from m3.strict import StrictModel
 
 
-class EncodeConfig(BaseModel):
+class EncodeConfig(StrictModel):
     """How a dense teacher embeds the pool and the queries (part of the embedding cache key)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     encoder: Literal["auto", "m3", "sentence-transformers"] = Field(
         "auto", description="auto: sentence-transformers when the folder has modules.json, else M3"
@@ -31,10 +30,8 @@ class EncodeConfig(BaseModel):
     )
 
 
-class SearchConfig(BaseModel):
+class SearchConfig(StrictModel):
     """faiss search over the embedding shards (tasks/mining/search.py)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
         "auto", description="auto: flat up to exact_max, the `approximate` index above"
@@ -58,7 +55,7 @@ class SearchConfig(BaseModel):
 Weight = Annotated[float, Field(ge=0)]
 
 
-class RescoreConfig(BaseModel):
+class RescoreConfig(StrictModel):
     """A second model that re-scores the retrieved candidates; its scores become the teacher scores
     (``pos_scores`` / ``neg_scores``), the order of the candidates and what the margins compare.
 
@@ -67,8 +64,6 @@ class RescoreConfig(BaseModel):
     * ``cross-encoder``: an HF ``AutoModelForSequenceClassification`` folder with one label (a reranker
       such as bge-reranker), its logit per (query, passage) pair, optionally through a sigmoid.
     """
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     kind: Literal["bi-encoder", "m3-hybrid", "cross-encoder"] = "bi-encoder"
     path: str
@@ -87,10 +82,8 @@ class RescoreConfig(BaseModel):
         return self
 
 
-class MineConfig(BaseModel):
+class MineConfig(StrictModel):
     """Mining knobs. The rank window is 0-based over the *clean* ranking (see mine_bm25)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     teacher: Literal["bm25", "checkpoint", "path"] = Field(
         "bm25",

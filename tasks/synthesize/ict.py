@@ -21,8 +21,9 @@ from collections import Counter
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from m3.strict import StrictModel
 from tasks.synthesize.llm.config import OpenAIConfig
 from tasks.synthesize.llm.longdoc import (
     bucket_counts,
@@ -52,10 +53,8 @@ QUERY_COLUMNS = [
 ]  # fmt: skip
 
 
-class IctConfig(BaseModel):
+class IctConfig(StrictModel):
     """ICT knobs."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     passage_max_chars: int = Field(600, ge=1, description="passage budget (whole sentences)")
     min_sentences: int = Field(
@@ -77,8 +76,6 @@ class SynthesizeConfig(IctConfig):
 
     ``heldout_fraction`` and ``seed`` split documents train/test for both backends.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: Literal["ict", "openai"] = Field(
         "ict", description="ict: offline Inverse Cloze Task (weaker stand-in); openai: LLM questions"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, Function
+from m3.strict import StrictModel
 
 Weight = Annotated[float, Field(ge=0)]  # a negative weight would reward the wrong passage
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictModel):
     """Defaults suit the tiny CPU model; the paper used lr 1e-5..1e-4 and batches in the thousands on a
     pretrained XLM-R-large (arXiv 2402.03216 §3.4)."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     # what is trained
     functions: list[Function] = Field(

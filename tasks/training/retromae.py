@@ -19,31 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from m3.strict import StrictModel
 from model.config import MAX_POSITIONS, POSITION_OFFSET
-from model.m3 import M3Model, autocast_for, resolve_device
+from model.m3 import M3Model, autocast_for
 from model.retromae import RetroMAE, chunk_token_ids, extend_positions
+from tasks.training import loop
 from tasks.training.checkpoint import fingerprint
 from tasks.training.distributed import DistInfo, mean_across, sum_across
-from tasks.training.loop import (
-    CheckpointFn,
-    ProgressFn,
-    find_resume_state,
-    freeze_unused,
-    restore_flags,
-    run_loop,
-)
 from tasks.training.optim import param_groups, warmup_linear_decay
 
 logger = logging.getLogger(__name__)
 
 
-class RetroMAEConfig(BaseModel):
+class RetroMAEConfig(StrictModel):
     """Knobs for :func:`train_retromae`. The paper masks 15-30% for the encoder and 50-70% for the
     decoder (BGE-M3's reference settings: 0.3 / 0.5); lr/batch defaults suit the tiny CPU model."""
-
-    model_config = ConfigDict(extra="forbid")  # a typo in a profile is an error, never ignored
 
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")
@@ -192,10 +184,10 @@ def train_retromae(
     model: M3Model,
     texts: list[str],
     config: RetroMAEConfig,
-    on_progress: ProgressFn | None = None,
+    on_progress: loop.ProgressFn | None = None,
     *,
     checkpoint_dir: Path | str | None = None,
-    on_checkpoint: CheckpointFn | None = None,
+    on_checkpoint: loop.CheckpointFn | None = None,
     resume_from: Path | str | None = None,
     dist_info: DistInfo | None = None,
 ) -> dict[str, Any]:
@@ -214,9 +206,7 @@ def train_retromae(
     a given ``config.seed`` on CPU; the caller's global torch RNG is left untouched.
     """
     info = dist_info or DistInfo.current()
-    device = resolve_device(config.device)
-    if device.type == "cuda" and info.active:
-        device = torch.device("cuda", info.local_rank)
+    device = loop.training_device(config.device, info)
     model.to(device)
     if config.max_positions:
         extend_positions(model, config.max_positions)
@@ -234,23 +224,15 @@ def train_retromae(
     warmup = int(round(config.warmup_ratio * total))
     fp = fingerprint(config.model_dump(mode="json"), _texts_digest(texts), info.world_size)
 
-    requires_grad = freeze_unused(model, ())  # the M3 heads (and a BERT pooler) are not RetroMAE's
+    requires_grad = loop.freeze_unused(model, ())  # the M3 heads (and a BERT pooler) are not RetroMAE's
     retro = RetroMAE(model, seed=config.seed)
     params = retro.trainable_parameters()
     optimizer = torch.optim.AdamW(param_groups(params, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
-    module: torch.nn.Module = retro
-    if info.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        module = DistributedDataParallel(retro, device_ids=[device.index] if device.type == "cuda" else None)
+    module = loop.wrap_ddp(retro, info, device)
     objective = RetroMAEObjective(retro, module, pieces, config, info, device)
-    state = find_resume_state(resume_from, fp)
+    state = loop.find_resume_state(resume_from, fp)
 
-    prev_threads = torch.get_num_threads()
-    torch.set_flush_denormal(True)  # subnormal AdamW moments slow CPU steps (see tasks/training/trainer.py)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     logger.info(
         "train_retromae: %d pieces, %d steps (%d/epoch), batch %d, mask %.2f/%.2f, %d rank(s), device %s",
         len(pieces),
@@ -262,30 +244,30 @@ def train_retromae(
         info.world_size,
         device,
     )
-    try:
-        result = run_loop(
-            objective,
-            retro,
-            optimizer,
-            scheduler,
-            total=total,
-            seed=config.seed,
-            max_grad_norm=config.max_grad_norm,
-            clip_params=[p for _, p in params],
-            log_every=config.log_every,
-            checkpoint_every=config.checkpoint_every,
-            fingerprint=fp,
-            info=info,
-            device=device,
-            state=state,
-            checkpoint_dir=checkpoint_dir,
-            on_checkpoint=on_checkpoint,
-            on_progress=on_progress,
-        )
-    finally:
-        model.eval()
-        torch.set_num_threads(prev_threads)
-        restore_flags(model, requires_grad)
+    with loop.cpu_threads(config.num_threads):
+        try:
+            result = loop.run_loop(
+                objective,
+                retro,
+                optimizer,
+                scheduler,
+                total=total,
+                seed=config.seed,
+                max_grad_norm=config.max_grad_norm,
+                clip_params=[p for _, p in params],
+                log_every=config.log_every,
+                checkpoint_every=config.checkpoint_every,
+                fingerprint=fp,
+                info=info,
+                device=device,
+                state=state,
+                checkpoint_dir=checkpoint_dir,
+                on_checkpoint=on_checkpoint,
+                on_progress=on_progress,
+            )
+        finally:
+            model.eval()
+            loop.restore_flags(model, requires_grad)
     history, seconds = result.history, result.seconds
     losses = [float(r["loss"]) for r in history]
     enc_losses = [float(r["encoder_loss"]) for r in history]

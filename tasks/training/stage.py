@@ -24,17 +24,21 @@ from tasks.training.config import TrainConfig
 from tasks.training.run import folder_files, run_training
 
 
+def _spec(stage: str, kind: str, name: str, inputs: dict[str, str], config: dict) -> StageSpec:
+    """A training stage's spec: its code is this module's import closure."""
+    return StageSpec(stage, kind, name, inputs=inputs, config=config, code=(__file__,))
+
+
 def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
     """A SentencePiece tokenizer trained on the corpus (titles and lines), for a model from scratch."""
     from model.tokenizer import train_tokenizer
 
-    spec = StageSpec(
+    spec = _spec(
         "tokenizer",
         "tokenizer",
         env.profile.name,
-        inputs={"corpus": corpus},
-        config=env.profile.tokenizer.model_dump(mode="json"),
-        code=(__file__,),
+        {"corpus": corpus},
+        env.profile.tokenizer.model_dump(mode="json"),
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -52,13 +56,8 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
 
 def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
     """Title–body pairs of the corpus: the contrastive pretraining data."""
-    spec = StageSpec(
-        "pairs",
-        "pairs",
-        env.profile.name,
-        inputs={"corpus": corpus},
-        config=env.profile.pairs.model_dump(mode="json"),
-        code=(__file__,),
+    spec = _spec(
+        "pairs", "pairs", env.profile.name, {"corpus": corpus}, env.profile.pairs.model_dump(mode="json")
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -77,13 +76,12 @@ def build_start(env: StageEnv, refresh: bool) -> StageResult:
     mspec = env.profile.model
     assert mspec.init is not None  # only called when the profile names a starting model
     source = resolve_init(mspec.init, base_dir=env.profile.base_dir, store=env.store, revision=mspec.revision)
-    spec = StageSpec(
+    spec = _spec(
         "init",
         "checkpoint",
         f"{env.profile.name}-init",
-        inputs={"init": source.manifest_id} if source.manifest_id else {},
-        config={"model": mspec.model_dump(mode="json"), "source_identity": source.identity},
-        code=(__file__,),
+        {"init": source.manifest_id} if source.manifest_id else {},
+        {"model": mspec.model_dump(mode="json"), "source_identity": source.identity},
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -115,13 +113,12 @@ def build_retromae(
     cfg = env.profile.retromae
     assert cfg is not None  # only called when the profile has a retromae section
     base = _model_input("start", tokenizer, start)
-    spec = StageSpec(
+    spec = _spec(
         "retromae",
         "checkpoint",
         f"{env.profile.name}-retromae",
-        inputs={**base, "corpus": corpus},
-        config={"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
-        code=(__file__,),
+        {**base, "corpus": corpus},
+        {"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -179,13 +176,12 @@ def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
         return result
     pairs = build_pairs(env, corpus, refresh).manifest_id
     base = _model_input("retromae" if env.profile.retromae else "init", tokenizer, start)
-    spec = StageSpec(
+    spec = _spec(
         "pretrain",
         "checkpoint",
         env.profile.name,
-        inputs={**base, "pairs": pairs},
-        config={"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
-        code=(__file__,),
+        {**base, "pairs": pairs},
+        {"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
     )
 
     def build(scratch: Path) -> StageOutput:
@@ -225,13 +221,12 @@ def build_model(
     from tasks.training import examples_from_rows
 
     cfg = finetune_config(env, nproc_per_node)
-    spec = StageSpec(
+    spec = _spec(
         "finetune",
         "model",
         round_name(env.profile.name, round, env.profile.mine.rounds),
         {"checkpoint": checkpoint, "train-set": train_set},
         {"train": cfg.model_dump(mode="json")},
-        (__file__,),
     )
 
     def build(scratch: Path) -> StageOutput:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from model.m3 import M3Model, pad_batch, resolve_device
+from model.m3 import M3Model, pad_batch
 from tasks.training.batching import batch_rng, plan_epoch, sample_group
 from tasks.training.checkpoint import fingerprint
 from tasks.training.config import TrainConfig
@@ -26,10 +26,13 @@ from tasks.training.distributed import DistInfo, mean_across, sum_across
 from tasks.training.loop import (
     CheckpointFn,
     ProgressFn,
+    cpu_threads,
     find_resume_state,
     freeze_unused,
     restore_flags,
     run_loop,
+    training_device,
+    wrap_ddp,
 )
 from tasks.training.optim import param_groups, warmup_linear_decay
 from tasks.training.step import STAT_KEYS, Batch, Encoder, StepRunner
@@ -110,9 +113,7 @@ def train(
     examples = [e if isinstance(e, TrainExample) else TrainExample.model_validate(e) for e in examples]
     info = dist_info or DistInfo.current()
     cfg = config
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and info.active:
-        device = torch.device("cuda", info.local_rank)
+    device = training_device(cfg.device, info)
     model.to(device)
 
     t_tok = time.perf_counter()
@@ -143,13 +144,7 @@ def train(
     )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
-    encoder: torch.nn.Module = Encoder(model, tuple(cfg.functions))
-    if info.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        encoder = DistributedDataParallel(
-            encoder, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    encoder = wrap_ddp(Encoder(model, tuple(cfg.functions)), info, device)
     runner = StepRunner(encoder, cfg, info, device)
     pad_id = model.tokenizer.pad_token_id
     objective = ContrastiveObjective(data, cfg, info, device, runner, pad_id)
@@ -164,12 +159,6 @@ def train(
 
     was_ckpt = model.gradient_checkpointing
     model.set_gradient_checkpointing(cfg.grad_checkpointing)
-    # AdamW's second moments of tiny gradients become subnormal floats, which made CPU steps ~10x
-    # slower in our runs; flushing them to zero costs nothing in accuracy (process-wide setting).
-    torch.set_flush_denormal(True)
-    prev_threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     logger.info(
@@ -195,31 +184,31 @@ def train(
                 _warn_collapsed(running, cfg.sparse_alive_min, record["step"], total, "running share")
                 warned_collapse = True
 
-    try:
-        result = run_loop(
-            objective,
-            model,
-            optimizer,
-            scheduler,
-            total=total,
-            seed=cfg.seed,
-            max_grad_norm=cfg.max_grad_norm,
-            clip_params=model.parameters(),
-            log_every=cfg.log_every,
-            checkpoint_every=cfg.checkpoint_every,
-            fingerprint=fp,
-            info=info,
-            device=device,
-            state=state,
-            checkpoint_dir=checkpoint_dir,
-            on_checkpoint=on_checkpoint,
-            on_progress=on_progress,
-            on_record=watch_sparse,
-        )
-    finally:
-        model.set_gradient_checkpointing(was_ckpt)
-        torch.set_num_threads(prev_threads)
-        restore_flags(model, requires_grad)
+    with cpu_threads(cfg.num_threads):
+        try:
+            result = run_loop(
+                objective,
+                model,
+                optimizer,
+                scheduler,
+                total=total,
+                seed=cfg.seed,
+                max_grad_norm=cfg.max_grad_norm,
+                clip_params=model.parameters(),
+                log_every=cfg.log_every,
+                checkpoint_every=cfg.checkpoint_every,
+                fingerprint=fp,
+                info=info,
+                device=device,
+                state=state,
+                checkpoint_dir=checkpoint_dir,
+                on_checkpoint=on_checkpoint,
+                on_progress=on_progress,
+                on_record=watch_sparse,
+            )
+        finally:
+            model.set_gradient_checkpointing(was_ckpt)
+            restore_flags(model, requires_grad)
     step, history, seconds, session_tokens = (
         result.step,
         result.history,

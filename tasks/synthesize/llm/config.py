@@ -11,8 +11,9 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from m3.strict import StrictModel
 from tasks.synthesize.llm.longdoc import (
     DEFAULT_CHARS_PER_TOKEN,
     DEFAULT_CHARS_PER_TOKEN_BY_LANG,
@@ -23,11 +24,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SelectionConfig(_Strict):
+class SelectionConfig(StrictModel):
     """Which documents get questions, and which passages of them go to the LLM.
 
     MultiLongDoc (M3 paper, section 3) samples *long* articles and asks the LLM about paragraphs of
@@ -86,7 +83,7 @@ class SelectionConfig(_Strict):
         return chars_per_token(lang, self.chars_per_token, self.chars_per_token_by_lang)
 
 
-class FilterConfig(_Strict):
+class FilterConfig(StrictModel):
     """Question filters; every drop is counted under its reason."""
 
     min_question_chars: int = Field(8, ge=1)
@@ -112,7 +109,7 @@ class FilterConfig(_Strict):
         return self
 
 
-class BudgetConfig(_Strict):
+class BudgetConfig(StrictModel):
     """Hard caps for one run: the stage stops cleanly at the first one reached and keeps its work.
 
     Cache hits are free and never count. Token and cost caps are checked against the worst case of
@@ -126,7 +123,7 @@ class BudgetConfig(_Strict):
     price_output_per_mtok: float = Field(0.0, ge=0.0, description="USD per million completion tokens")
 
 
-class OpenAIConfig(_Strict):
+class OpenAIConfig(StrictModel):
     """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server)."""
 
     base_url: str = "https://api.openai.com/v1"

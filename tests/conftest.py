@@ -1,5 +1,8 @@
 """Shared fixtures: a real S3-compatible server (moto's server mode) and store URLs; one Prefect
-API server for the session; one run of the tiny pipeline that several end-to-end tests start from."""
+API server for the session; one run of the tiny pipeline that several end-to-end tests start from;
+the tokenizers the model and training tests build their tiny models on.
+
+Helpers that are not fixtures (texts, tiny models, fake servers) live in ``tests/support/``."""
 
 from __future__ import annotations
 
@@ -195,3 +198,31 @@ def tiny_pipeline(tmp_path_factory, prefect_server):
         ).stdout
     )
     return {"data_store": data_store, "full_store": store, "resumed": resumed}
+
+
+# -- tokenizers (trained once per session; deterministic, so every test sees the same pieces) -------
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory) -> Path:
+    """600 pieces on the multilingual sentence corpus (:func:`tests.support.text.corpus`)."""
+    from model.tokenizer import train_tokenizer
+    from tests.support.text import corpus
+
+    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok"), vocab_size=600, seed=0)
+
+
+@pytest.fixture(scope="session")
+def retromae_tok_dir(tmp_path_factory) -> Path:
+    """400 pieces on the same corpus: the RetroMAE tests' masking and length numbers assume it."""
+    from model.tokenizer import train_tokenizer
+    from tests.support.text import corpus
+
+    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok-retromae"), vocab_size=400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pairs_tok_dir(tmp_path_factory) -> Path:
+    """2000 pieces on the passages of the training pairs (:data:`tests.support.text.PAIRS`)."""
+    from model.tokenizer import train_tokenizer
+    from tests.support.text import PAIRS
+
+    return train_tokenizer([p for _, p in PAIRS], tmp_path_factory.mktemp("tok-pairs"), vocab_size=2000)

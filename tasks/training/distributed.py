@@ -3,8 +3,8 @@
 The gather keeps gradients (``torch.distributed.nn.functional.all_gather``: its backward sums each
 rank's gradient for a tensor back to the rank that produced it). Implementations that gather with
 ``torch.no_grad`` and re-insert only the local slice drop the gradient other ranks' losses send to
-this rank's passages — the bug class this module avoids; tests/test_train_distributed.py checks the
-gradients against one process holding the whole batch.
+this rank's passages — the bug class this module avoids; tests/training/test_train_distributed.py
+checks the gradients against one process holding the whole batch.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from tasks.training.step import STAT_KEYS, Batch, Encoder, StepRunner
 
 logger = logging.getLogger(__name__)
 
-_freeze_unused = freeze_unused  # the name tests/test_train_distributed.py imports
+_freeze_unused = freeze_unused  # the name tests/training/test_train_distributed.py imports
 _LOSS_NAMES = {
     "dense": "loss_dense",
     "sparse": "loss_sparse",

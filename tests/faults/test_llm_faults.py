@@ -4,7 +4,7 @@ Each malformed reply fails its passage with a reason (counted in the stage's met
 error), the other passages complete, nothing malformed reaches the ``llm-cache``, and a rerun
 against a healthy server asks for exactly the failed passages. A server echoing the key (or another
 configured secret) cannot get it into the store. The server is the real HTTP one of
-``tests/test_llm_synthesis.py``; the documents are real Wikipedia articles.
+``tests/support/llm.py``; the documents are real Wikipedia articles.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from tasks.synthesize.llm.config import SelectionConfig
 from tasks.synthesize.llm.parse import parse_questions
 from tasks.synthesize.llm.synthesize import llm_queries, select_documents
 from tests.conftest import run_m3
-from tests.test_llm_synthesis import (
+from tests.support.llm import (
     KEY,
     LANGS,
     WIKICLEAN,
     ChatServer,
-    _corpus,
     completion,
     config,
     doc_of,
     good_questions,
+    wiki_corpus,
 )
 
 PROXY_TOKEN = "proxy-tok-7c1e99d04b2a"  # a second configured secret
@@ -41,7 +41,7 @@ HUGE = 2_000_000  # bytes: far over the bound of a 512-token reply
 
 @pytest.fixture(scope="module")
 def corpus() -> pd.DataFrame:
-    return _corpus()
+    return wiki_corpus()
 
 
 def _good(body, doc) -> dict:

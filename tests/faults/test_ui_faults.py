@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ui import build_pipeline_store, launch_browser
+from tests.support.browser import build_pipeline_store, launch_browser
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,60 +10,21 @@ import json
 import math
 import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import regex
 
 from tasks.mining.bm25 import build_bm25, mine_bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.stats import merge_shard_stats, score_summary
 from tasks.text import bm25_tokens
-
-TATOEBA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tatoeba"
-
-
-def _unique_lines(name: str) -> list[str]:
-    lines = (TATOEBA / name).read_text(encoding="utf-8").splitlines()
-    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
-
-
-def _to_query(text: str) -> str:
-    return regex.sub(r"[^\w\s']+", "", text).lower().strip()
-
-
-def _build(n_per_lang: int | None = None, n_dups: int = 30) -> tuple[pd.DataFrame, pd.DataFrame]:
-    passages, queries = [], []
-    for lang, name in (("en", "tatoeba.deu-eng.eng"), ("de", "tatoeba.deu-eng.deu")):
-        lines = _unique_lines(name)[:n_per_lang]
-        for i, text in enumerate(lines):
-            pid, doc = f"{lang}:{i}", f"{lang}:d{i // 4}"
-            passages.append({"passage_id": pid, "passage": text, "doc_id": doc, "lang": lang})
-            queries.append(
-                {
-                    "query_id": f"q:{pid}",
-                    "query": _to_query(text),
-                    "doc_id": doc,
-                    "lang": lang,
-                    "passage_id": pid,
-                    "passage": text,
-                }
-            )
-        for j in range(n_dups):  # copies of positives, in other documents
-            text = lines[j * 3]
-            if j % 2:
-                text = "  " + text.replace(" ", "   ") + " "
-            passages.append(
-                {"passage_id": f"{lang}:dup{j}", "passage": text, "doc_id": f"{lang}:x{j}", "lang": lang}
-            )
-    return pd.DataFrame(queries), pd.DataFrame(passages)
+from tests.support.mining import tatoeba_pools
 
 
 @pytest.fixture(scope="module")
 def data():
-    return _build()
+    return tatoeba_pools()
 
 
 def _norm(t: str) -> str:
@@ -204,7 +165,7 @@ def _brute_bm25(query_tokens, doc_tokens, k1, b):
 
 @pytest.mark.parametrize("strategy", ["top", "random"])
 def test_rank_window_matches_brute_force(strategy):
-    queries, passages = _build(n_per_lang=160, n_dups=10)
+    queries, passages = tatoeba_pools(n_per_lang=160, n_dups=10)
     queries, passages = queries[queries["lang"] == "en"], passages[passages["lang"] == "en"]
     cfg = MineConfig(strategy=strategy, range_start=3, range_end=15, num_negatives=5, pad=False)
     rows, stats = mine_bm25(queries, passages, cfg)
@@ -249,7 +210,7 @@ def test_rank_window_matches_brute_force(strategy):
 
 
 def test_padding_when_too_few_candidates():
-    queries, passages = _build(n_per_lang=40, n_dups=0)
+    queries, passages = tatoeba_pools(n_per_lang=40, n_dups=0)
     queries, passages = queries[queries["lang"] == "en"], passages[passages["lang"] == "en"]
     queries = pd.concat(
         [queries, queries.iloc[:3].assign(query="zzqx qqvv", query_id=lambda d: d["query_id"] + "#nohit")]
@@ -282,7 +243,7 @@ def test_config_validation():
     with pytest.raises(ValueError):
         MineConfig(range_start=10, range_end=10)
     random.seed(0)  # mining never uses the global RNG: changing it changes nothing
-    q, p = _build(n_per_lang=30, n_dups=0)
+    q, p = tatoeba_pools(n_per_lang=30, n_dups=0)
     a = mine_bm25(q, p, MineConfig())[0]
     random.seed(123)
     np.random.seed(123)

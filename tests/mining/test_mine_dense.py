@@ -29,7 +29,7 @@ from tasks.mining.embed import PASSAGES, commit_embeddings, partitions, read_ind
 from tasks.mining.rules import norm_text
 from tasks.mining.search import search_shard
 from tasks.mining.teachers import TeacherRef, load_counts
-from tests.mining.test_mine import _build
+from tests.support.mining import tatoeba_pools
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -53,7 +53,7 @@ def _commit_queries(store: Store, table: pd.DataFrame, tmp: Path, name: str = "t
 
 @pytest.fixture(scope="module")
 def tatoeba():
-    return _build(n_per_lang=160, n_dups=20)
+    return tatoeba_pools(n_per_lang=160, n_dups=20)
 
 
 def tiny_spec(positions: int, seed: int = 0) -> ModelSpec:

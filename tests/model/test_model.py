@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -22,60 +21,7 @@ from model.scoring import (
     score_all,
 )
 from model.tokenizer import train_tokenizer
-
-BASE = {
-    "en": [
-        "The river flows quietly through the old town.",
-        "Scientists measured the temperature of the ocean.",
-        "A small library opened next to the train station.",
-        "Children played football in the park after school.",
-        "The museum shows paintings from the last century.",
-    ],
-    "ko": [
-        "강물이 오래된 마을을 조용히 흐른다.",
-        "과학자들이 바다의 온도를 측정했다.",
-        "기차역 옆에 작은 도서관이 문을 열었다.",
-        "아이들이 방과 후에 공원에서 축구를 했다.",
-        "박물관은 지난 세기의 그림을 보여준다.",
-    ],
-    "ja": [
-        "川は古い町を静かに流れている。",
-        "科学者たちは海の温度を測定した。",
-        "駅の隣に小さな図書館が開館した。",
-        "子供たちは放課後に公園でサッカーをした。",
-        "博物館は前世紀の絵画を展示している。",
-    ],
-    "ar": [
-        "يتدفق النهر بهدوء عبر المدينة القديمة.",
-        "قاس العلماء درجة حرارة المحيط.",
-        "افتتحت مكتبة صغيرة بجوار محطة القطار.",
-        "لعب الأطفال كرة القدم في الحديقة بعد المدرسة.",
-        "يعرض المتحف لوحات من القرن الماضي.",
-    ],
-    "de": [
-        "Der Fluss fließt ruhig durch die Altstadt.",
-        "Wissenschaftler haben die Temperatur des Ozeans gemessen.",
-        "Neben dem Bahnhof wurde eine kleine Bibliothek eröffnet.",
-        "Die Kinder spielten nach der Schule Fußball im Park.",
-        "Das Museum zeigt Gemälde aus dem letzten Jahrhundert.",
-    ],
-}
-
-
-def corpus() -> list[str]:
-    """A few hundred lines: the base sentences plus shuffled recombinations within each language."""
-    rng = random.Random(0)
-    lines = [s for sents in BASE.values() for s in sents]
-    for sents in BASE.values():
-        words = [w for s in sents for w in s.split()]
-        for _ in range(60):
-            lines.append(" ".join(rng.choices(words, k=6)))
-    return lines
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok"), vocab_size=600, seed=0)
+from tests.support.text import BASE, TEXTS, corpus
 
 
 @pytest.fixture(scope="module")
@@ -221,16 +167,6 @@ def test_hybrid_weighted_sum():
 
 
 # ---------------------------------------------------------------------------------------- model
-TEXTS = [
-    "The river flows quietly through the old town. The river flows.",
-    "강물이",
-    "科学者たちは海の温度を測定した。駅の隣に小さな図書館が開館した。子供たちは放課後に公園でサッカーをした。",
-    "قاس العلماء درجة حرارة المحيط.",
-    "Der Fluss",
-    "",
-]
-
-
 def test_max_pool_repeats_matches_loop():
     ids = torch.tensor([[5, 7, 5, 9, 7, 5, 1], [4, 4, 4, 6, 8, 6, 1]])
     w = torch.tensor([[0.2, 0.9, 0.7, 0.1, 0.3, 0.4, 0.0], [0.1, 0.5, 0.3, 0.0, 0.2, 0.6, 0.0]])

@@ -1,13 +1,13 @@
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tasks.synthesize.ict import QUERY_COLUMNS, IctConfig, ict_queries, split_of
 from tasks.text import split_sentences
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 TATOEBA = DATA / "tatoeba"
 
 # (file, ISO 639-1, joiner): Tatoeba sentences grouped into pseudo-documents of real text.

@@ -19,8 +19,9 @@ from m3.profile import ProfileError, load_profile
 from tasks.ingest import ingest_file
 from tasks.ingest.download import Checksum, ChecksumError, download, parse_checksum_file
 from tasks.ingest.sources import CCNewsSpec, Mc4Spec, WikipediaSpec, fetch_source, load_spec, plan_files
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
 GENSIM = "gensim-wiki/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 TABLES = "gensim-wiki/enwiki-table-markup.xml.bz2"

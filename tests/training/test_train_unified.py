@@ -12,18 +12,13 @@ import torch
 
 from model.losses import info_nce_from_scores, unified_loss
 from model.m3 import M3Model
-from model.tokenizer import train_tokenizer
 from tasks.training import TrainConfig, TrainExample, examples_from_rows, latest_checkpoint, train
 from tasks.training.batching import plan_epoch
 from tasks.training.data import TokenizedSet
-from tests.test_train import PAIRS, SPEC, THREADS
+from tests.support.models import SPEC, THREADS
+from tests.support.text import PAIRS
 
 ALL = ["dense", "sparse", "colbert"]
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer([p for _, p in PAIRS], tmp_path_factory.mktemp("tok"), vocab_size=2000)
 
 
 def _ce(row: list[float], label: int) -> float:
@@ -104,8 +99,8 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_unified_training_learns_all_three_and_sparse_does_not_collapse(tok_dir):
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+def test_unified_training_learns_all_three_and_sparse_does_not_collapse(pairs_tok_dir):
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     exs = hard_examples(64)
     records: list[dict] = []
     summary = train(model, exs, cfg(epochs=4, self_distill_start_step=4), on_progress=records.append)
@@ -118,11 +113,11 @@ def test_unified_training_learns_all_three_and_sparse_does_not_collapse(tok_dir)
     assert all(len(w) > 3 for w in out["lexical_weights"])
 
 
-def test_gradient_caching_gives_the_same_weights(tok_dir):
+def test_gradient_caching_gives_the_same_weights(pairs_tok_dir):
     exs = hard_examples(32)
     runs = []
     for sub in (None, 5):
-        model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+        model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
         train(model, exs, cfg(max_steps=3, sub_batch_size=sub))
         runs.append(weights(model))
     # Adam moves a weight by lr·g/(|g| + eps): a gradient entry that cancels to ~eps (1e-8) turns the
@@ -134,14 +129,14 @@ def test_gradient_caching_gives_the_same_weights(tok_dir):
     assert_same(a, b, atol=1e-4)
 
 
-def test_bf16_autocast_trains_like_float32_with_and_without_gradient_caching(tok_dir):
+def test_bf16_autocast_trains_like_float32_with_and_without_gradient_caching(pairs_tok_dir):
     """The GPU path's mixed precision (bf16 autocast), run on CPU: the encoder really computes in
     bf16, the loss terms stay float32 and track the float32 run, the weights stay float32, and
     gradient caching under autocast gives the weights of the uncached step."""
     exs = hard_examples(32)
     runs, losses = {}, {}
     for precision, sub in (("fp32", None), ("bf16", None), ("bf16", 5)):
-        model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+        model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
         seen = set()
         hook = model.backbone.encoder.layer[0].attention.self.query.register_forward_hook(
             lambda _m, _i, out, seen=seen: seen.add(out.dtype)
@@ -161,7 +156,7 @@ def test_bf16_autocast_trains_like_float32_with_and_without_gradient_caching(tok
     np.testing.assert_allclose(losses["bf16", 5], losses["bf16", None], rtol=0.01)
     # The update each run made, compared as a whole: bf16 rounding may flip single Adam moves, but
     # the step direction must be the float32 one (and caching must not change it at all).
-    start = weights(M3Model.from_spec(SPEC, tok_dir, device="cpu"))
+    start = weights(M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu"))
 
     def update(run) -> torch.Tensor:
         return torch.cat([(run[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
@@ -174,8 +169,8 @@ def test_bf16_autocast_trains_like_float32_with_and_without_gradient_caching(tok
     assert cosine(runs["bf16", 5], runs["bf16", None]) > 0.99
 
 
-def test_single_function_training_leaves_other_heads_alone(tok_dir):
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+def test_single_function_training_leaves_other_heads_alone(pairs_tok_dir):
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     before = weights(model)
     train(model, hard_examples(32), cfg(functions=["sparse"], max_steps=2))
     after = weights(model)
@@ -184,8 +179,8 @@ def test_single_function_training_leaves_other_heads_alone(tok_dir):
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 
-def test_token_budget_and_length_groups(tok_dir):
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+def test_token_budget_and_length_groups(pairs_tok_dir):
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     short = [TrainExample(query="a b", pos="x " * 10) for _ in range(40)]
     long = [TrainExample(query="a b", pos="y z " * 60) for _ in range(40)]
     c = cfg(functions=["dense"], group_size=1, batch_size=16, token_budget=1200, length_buckets=[32, 64, 128])
@@ -200,13 +195,13 @@ def test_token_budget_and_length_groups(tok_dir):
     assert plan == plan_epoch(data, c, 0) and plan != plan_epoch(data, c, 1)
 
 
-def test_length_grouping_pads_less_than_random_batches(tok_dir):
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+def test_length_grouping_pads_less_than_random_batches(pairs_tok_dir):
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     rng = random.Random(0)
     exs = [TrainExample(query=q, pos=" ".join([p] * rng.randint(1, 4))) for q, p in PAIRS[:96]]
     pads = {}
     for grouped in (True, False):
-        m = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+        m = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
         pads[grouped] = train(
             m, exs, cfg(functions=["dense"], group_size=1, max_steps=4, group_by_length=grouped)
         )["padding_ratio"]
@@ -218,13 +213,13 @@ class Stop(Exception):
     pass
 
 
-def test_stopped_run_resumes_to_the_same_weights(tok_dir, tmp_path):
+def test_stopped_run_resumes_to_the_same_weights(pairs_tok_dir, tmp_path):
     exs = hard_examples(48)
     c = cfg(max_steps=7, checkpoint_every=2, sub_batch_size=8)
-    ref = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    ref = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     ref_summary = train(ref, exs, c)
 
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     saved = []
 
     def crash(record):
@@ -241,7 +236,7 @@ def test_stopped_run_resumes_to_the_same_weights(tok_dir, tmp_path):
             on_checkpoint=lambda p, s: saved.append(s),
         )
     assert saved == [2, 4] and latest_checkpoint(tmp_path).name == "step-00000004"
-    fresh = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    fresh = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     summary = train(fresh, exs, c, checkpoint_dir=tmp_path, resume_from=tmp_path)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 7
     assert [r["loss"] for r in summary["history"]] == pytest.approx(
@@ -250,21 +245,21 @@ def test_stopped_run_resumes_to_the_same_weights(tok_dir, tmp_path):
     assert_same(weights(fresh), weights(ref), atol=1e-6)
     with pytest.raises(ValueError, match="another run"):
         train(
-            M3Model.from_spec(SPEC, tok_dir, device="cpu"),
+            M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu"),
             exs,
             cfg(max_steps=7, lr=5e-3),
             resume_from=tmp_path,
         )
 
 
-def test_teacher_scores_add_a_distillation_term(tok_dir):
+def test_teacher_scores_add_a_distillation_term(pairs_tok_dir):
     rows = [
         {"query": q, "pos": [p], "neg": [PAIRS[(i + 1) % 32][1]], "pos_scores": [0.9], "neg_scores": [0.2]}
         for i, (q, p) in enumerate(PAIRS[:32])
     ]
     exs = examples_from_rows(rows)
     assert exs[0].has_teacher
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     records: list[dict] = []
     train(model, exs, cfg(max_steps=2, group_size=2, teacher_distill_weight=0.5), on_progress=records.append)
     assert all(r["loss_teacher"] > 0 for r in records)

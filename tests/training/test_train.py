@@ -3,53 +3,16 @@
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from model.config import ModelSpec
 from model.losses import info_nce, self_distill
 from model.m3 import M3Model
-from model.tokenizer import train_tokenizer
 from tasks.training import TrainConfig, TrainExample, examples_from_rows, train
-
-# Pseudo-words drawn from four scripts: a query is one sentence of its paragraph (ICT-style), so the
-# task is learnable from shared tokens in each language.
-ALPHABETS = {
-    "en": "abcdefghijklmnopqrstuvwxyz",
-    "ko": "가나다라마바사아자차카타파하거너더러머버서어저처",
-    "ja": "あいうえおかきくけこさしすせそたちつてとなにぬねの",
-    "ar": "ابتثجحخدذرزسشصضطظعغفقكلمنهوي",
-}
-
-
-def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    lexicon = {
-        lang: ["".join(rng.choice(a) for _ in range(rng.randint(2, 5))) for _ in range(300)]
-        for lang, a in ALPHABETS.items()
-    }
-    pairs = []
-    for k in range(n):
-        words = lexicon[list(ALPHABETS)[k % len(ALPHABETS)]]
-        sents = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 8))) + "." for _ in range(3)]
-        pairs.append((rng.choice(sents), " ".join(sents)))
-    return pairs
-
-
-PAIRS = make_pairs(256)
-SPEC = ModelSpec(
-    hidden_size=64, intermediate_size=128, num_attention_heads=4, max_position_embeddings=130, pooling="mean"
-)
-# One thread: the test machine's cores are shared, and oversubscribed OpenMP threads made steps ~20x slower.
-THREADS = 1
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer([p for _, p in PAIRS], tmp_path_factory.mktemp("tok"), vocab_size=2000)
+from tests.support.models import SPEC, THREADS
+from tests.support.text import PAIRS
 
 
 def examples() -> list[TrainExample]:
@@ -84,8 +47,8 @@ def test_self_distill_matches_hand_computation():
     assert self_distill(s, t).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_training_lowers_loss_and_improves_retrieval(tok_dir):
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+def test_training_lowers_loss_and_improves_retrieval(pairs_tok_dir):
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     exs = examples()
     before = top1(model, exs)
     records = []
@@ -113,11 +76,11 @@ def test_training_lowers_loss_and_improves_retrieval(tok_dir):
     assert not model.training
 
 
-def test_same_seed_same_loss_trace(tok_dir):
+def test_same_seed_same_loss_trace(pairs_tok_dir):
     exs = examples()[:96]
 
     def trace(seed: int) -> list[float]:
-        model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+        model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
         out: list[float] = []
         cfg = TrainConfig(max_steps=4, batch_size=16, max_length=128, seed=seed, num_threads=THREADS)
         train(model, exs, cfg, on_progress=lambda r: out.append(r["loss"]))
@@ -131,13 +94,13 @@ def test_same_seed_same_loss_trace(tok_dir):
     assert trace(1) != first
 
 
-def test_hard_negatives_group_layout(tok_dir):
+def test_hard_negatives_group_layout(pairs_tok_dir):
     # two hard negatives, one (repeated), or none (filled with other examples' positives)
     exs = [
         TrainExample(query=q, pos=p, negs=[PAIRS[(k + 1) % 64][1], PAIRS[(k + 2) % 64][1]][: k % 3])
         for k, (q, p) in enumerate(PAIRS[:64])
     ]
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     cfg = TrainConfig(
         max_steps=3, batch_size=8, group_size=3, max_length=128, grad_checkpointing=True, num_threads=THREADS
     )

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.tokenizer import train_tokenizer
 from tasks.training import latest_checkpoint
 from tasks.training.retromae import RetroMAEConfig, train_retromae
-from tests.test_model import corpus
-from tests.test_retromae import _model, _texts
+from tests.support.models import retromae_model, retromae_texts
 
 STEPS = 14
 
@@ -33,10 +31,10 @@ def _config(**kw) -> RetroMAEConfig:
     return RetroMAEConfig(**{**base, **kw})
 
 
-def test_interrupted_retromae_resumes_to_the_uninterrupted_weights(tmp_path):
-    tok = train_tokenizer(corpus(), tmp_path / "tok", vocab_size=400, seed=0)
-    texts = _texts()
-    reference = _model(tok)
+def test_interrupted_retromae_resumes_to_the_uninterrupted_weights(tmp_path, retromae_tok_dir):
+    tok = retromae_tok_dir
+    texts = retromae_texts()
+    reference = retromae_model(tok)
     ref_steps: list[dict] = []
     ref = train_retromae(reference, texts, _config(), on_progress=ref_steps.append)
     assert ref["steps"] == STEPS and ref["epochs"] > 1 and ref["resumed_from_step"] is None
@@ -50,7 +48,7 @@ def test_interrupted_retromae_resumes_to_the_uninterrupted_weights(tmp_path):
 
     with pytest.raises(Interrupted):
         train_retromae(
-            _model(tok),
+            retromae_model(tok),
             texts,
             _config(checkpoint_every=5),
             on_progress=stop_after_second_checkpoint,
@@ -59,7 +57,7 @@ def test_interrupted_retromae_resumes_to_the_uninterrupted_weights(tmp_path):
         )
     assert stored == [5, 10] and latest_checkpoint(ckpt).name == "step-00000010"
 
-    resumed_model = _model(tok)  # a fresh process would start from the same initial model
+    resumed_model = retromae_model(tok)  # a fresh process would start from the same initial model
     steps: list[dict] = []
     summary = train_retromae(
         resumed_model, texts, _config(checkpoint_every=5), on_progress=steps.append, resume_from=ckpt
@@ -75,4 +73,4 @@ def test_interrupted_retromae_resumes_to_the_uninterrupted_weights(tmp_path):
         torch.testing.assert_close(value, want[name], rtol=0, atol=1e-6, msg=name)
 
     with pytest.raises(ValueError, match="another run"):  # other trajectory settings: refused
-        train_retromae(_model(tok), texts, _config(lr=2e-2), resume_from=ckpt)
+        train_retromae(retromae_model(tok), texts, _config(lr=2e-2), resume_from=ckpt)

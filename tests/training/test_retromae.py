@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 
-from model.config import ModelSpec
 from model.m3 import M3Model, pad_batch
 from model.retromae import (
     IGNORE,
@@ -20,11 +19,8 @@ from model.retromae import (
     extend_positions,
     mask_encoder_input,
 )
-from model.tokenizer import train_tokenizer
 from tasks.training.retromae import RetroMAEConfig, train_retromae
-from tests.test_model import corpus
-
-SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1}
+from tests.support.models import retromae_model, retromae_texts
 
 
 @pytest.fixture(autouse=True)
@@ -35,28 +31,14 @@ def _one_thread():
     torch.set_num_threads(prev)
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok"), vocab_size=400, seed=0)
-
-
-def _model(tok_dir, **kw) -> M3Model:
-    return M3Model.from_spec(ModelSpec(**{**SMALL, **kw}), tok_dir, device="cpu")
-
-
-def _texts() -> list[str]:
-    lines = corpus()  # multilingual: en, ko, ja, ar, de, es sentences and recombinations
-    return [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)]
-
-
 def _batch(model: M3Model, n: int = 6):
-    ids = model.tokenize(_texts()[:n], 64)
+    ids = model.tokenize(retromae_texts()[:n], 64)
     return pad_batch(ids, model.tokenizer.pad_token_id)
 
 
 # ------------------------------------------------------------------------------------------ masking
-def test_encoder_masking_ratio_specials_padding_and_determinism(tok_dir):
-    model = _model(tok_dir)
+def test_encoder_masking_ratio_specials_padding_and_determinism(retromae_tok_dir):
+    model = retromae_model(retromae_tok_dir)
     tok = model.tokenizer
     input_ids, mask = _batch(model)
     special = model.special_ids
@@ -102,8 +84,8 @@ def test_encoder_masking_ratio_specials_padding_and_determinism(tok_dir):
     assert torch.equal(dl != IGNORE, content)  # the decoder predicts every content token
 
 
-def test_decoder_attention_mask_never_self_always_sentence_embedding(tok_dir):
-    model = _model(tok_dir)
+def test_decoder_attention_mask_never_self_always_sentence_embedding(retromae_tok_dir):
+    model = retromae_model(retromae_tok_dir)
     input_ids, mask = _batch(model)
     allowed = decoder_attention_mask(mask, 0.5, torch.Generator().manual_seed(0))
     b, length = mask.shape
@@ -137,10 +119,10 @@ def test_chunking_covers_long_texts():
 
 
 # ------------------------------------------------------------------------------------------ forward
-def test_forward_losses_and_sentence_embedding(tok_dir):
-    model = _model(tok_dir)
+def test_forward_losses_and_sentence_embedding(retromae_tok_dir):
+    model = retromae_model(retromae_tok_dir)
     retro = RetroMAE(model)
-    ids = model.tokenize(_texts()[:4], 48)
+    ids = model.tokenize(retromae_texts()[:4], 48)
     batch = retro.make_batch(ids, 0.3, 0.5, torch.Generator().manual_seed(0))
     out = retro(**batch)
     assert out["loss"].item() == pytest.approx(
@@ -161,10 +143,10 @@ def test_forward_losses_and_sentence_embedding(tok_dir):
 
 
 # ----------------------------------------------------------------------------------------- training
-def test_training_lowers_loss_and_keeps_heads_and_saves(tok_dir, tmp_path):
-    model = _model(tok_dir)
+def test_training_lowers_loss_and_keeps_heads_and_saves(retromae_tok_dir, tmp_path):
+    model = retromae_model(retromae_tok_dir)
     before = copy.deepcopy(model.state_dict())
-    texts = _texts()
+    texts = retromae_texts()
     cfg = RetroMAEConfig(
         max_steps=40, batch_size=8, lr=1e-2, max_length=48, seed=0, log_every=20, device="cpu"
     )
@@ -203,21 +185,25 @@ def test_training_lowers_loss_and_keeps_heads_and_saves(tok_dir, tmp_path):
     vec = loaded.encode(["강물이 흐른다", "The river flows."], max_length=32)["dense_vecs"]
     assert vec.shape == (2, model.dense_dim)
 
-    again = _model(tok_dir)  # same seed, same data: same weights
+    again = retromae_model(retromae_tok_dir)  # same seed, same data: same weights
     train_retromae(again, texts, cfg)
     w = "backbone.encoder.layer.0.output.dense.weight"
     assert torch.equal(again.state_dict()[w], after[w])
 
 
-def test_no_usable_text_is_an_error(tok_dir):
+def test_no_usable_text_is_an_error(retromae_tok_dir):
     with pytest.raises(ValueError, match="no text piece"):
-        train_retromae(_model(tok_dir), ["", "a"], RetroMAEConfig(max_steps=1, min_length=5, device="cpu"))
+        train_retromae(
+            retromae_model(retromae_tok_dir),
+            ["", "a"],
+            RetroMAEConfig(max_steps=1, min_length=5, device="cpu"),
+        )
 
 
 # ---------------------------------------------------------------------------------------- positions
-def test_extend_positions_keeps_short_outputs_and_accepts_longer(tok_dir, tmp_path):
-    model = _model(tok_dir, max_position_embeddings=66)  # 64 tokens
-    text = " ".join(_texts())
+def test_extend_positions_keeps_short_outputs_and_accepts_longer(retromae_tok_dir, tmp_path):
+    model = retromae_model(retromae_tok_dir, max_position_embeddings=66)  # 64 tokens
+    text = " ".join(retromae_texts())
     short = model.encode(
         [text[:80], "The river flows."], max_length=64, return_sparse=True, return_colbert=True
     )
@@ -247,5 +233,7 @@ def test_extend_positions_keeps_short_outputs_and_accepts_longer(tok_dir, tmp_pa
     )
 
     cfg = RetroMAEConfig(max_steps=2, batch_size=2, max_length=200, max_positions=514, device="cpu")
-    metrics = train_retromae(_model(tok_dir, max_position_embeddings=66), [text, text[::-1]], cfg)
+    metrics = train_retromae(
+        retromae_model(retromae_tok_dir, max_position_embeddings=66), [text, text[::-1]], cfg
+    )
     assert metrics["max_positions"] == 514 and metrics["steps"] == 2

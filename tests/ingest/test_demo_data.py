@@ -13,8 +13,9 @@ import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from tasks.ingest import FileIngestResult, ingest_file
+from tests.conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DEMO = ROOT / "demo" / "data"
 LANGS = {"ko", "en", "ja", "de", "ar", "es"}
 WIKI_FILES = sorted((DEMO / "wikipedia").glob("*wiki-demo-pages-articles.xml"))

@@ -9,8 +9,8 @@ import pytest
 
 from m3.codekey import code_digest, import_closure
 from m3.stage import StageSpec
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("m3", "model", "tasks", "flows", "data_specs")
 
 

@@ -17,15 +17,9 @@ from m3.store.store import Store
 from model.config import ModelSpec
 from model.init import folder_identity, load_start_model, resolve_init
 from model.m3 import M3Model
-from model.tokenizer import train_tokenizer
-from tests.test_model import TEXTS, corpus
+from tests.support.text import TEXTS
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok"), vocab_size=600, seed=0)
 
 
 @pytest.fixture(scope="module")

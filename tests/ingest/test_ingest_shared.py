@@ -21,8 +21,9 @@ from tasks.ingest import IngestConfig
 from tasks.ingest.language import detect_language
 from tasks.ingest.quality import QualityConfig, quality_issue
 from tasks.ingest.shards import FileJob, check_identity, run_ingest
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
 
 # Every corpus-format file in shared/data, by folder (the others hold queries, qrels, bitext).

@@ -24,16 +24,10 @@ from model.m3 import (
     resolve_model_path,
 )
 from model.scoring import lexical_scores, lexical_scores_tensor, score_all
-from model.tokenizer import train_tokenizer
-from tests.test_model import TEXTS, corpus
+from tests.support.text import TEXTS, corpus
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
 LONG_TEXT = " ".join(corpus()) * 4  # > 8192 tokens with the 600-piece tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer(corpus(), tmp_path_factory.mktemp("tok"), vocab_size=600, seed=0)
 
 
 @pytest.fixture(scope="module")

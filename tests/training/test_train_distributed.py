@@ -12,7 +12,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model.m3 import M3Model
-from model.tokenizer import train_tokenizer
 from tasks.artifact_io import write_jsonl
 from tasks.training import TrainConfig, TrainExample
 from tasks.training.data import TokenizedSet
@@ -20,14 +19,10 @@ from tasks.training.ddp import DDPJob, launch
 from tasks.training.distributed import DistInfo
 from tasks.training.step import Encoder, StepRunner
 from tasks.training.trainer import _freeze_unused, _make_batch
-from tests.test_train import PAIRS, SPEC
+from tests.support.models import SPEC
+from tests.support.text import PAIRS
 
 BATCH = [3, 17, 5, 30, 8, 22, 11, 27]  # 8 queries: 4 per rank
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer([p for _, p in PAIRS], tmp_path_factory.mktemp("tok"), vocab_size=2000)
 
 
 def examples() -> list[TrainExample]:
@@ -82,16 +77,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tok_dir, tmp_path_factory):
+def two_ranks(pairs_tok_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_rank, args=(free_port(), str(tok_dir), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), str(pairs_tok_dir), str(out)), nprocs=2, join=True)
     return out
 
 
 @pytest.mark.parametrize("variant", list(SUB_BATCHES))
-def test_cross_device_negatives_equal_one_process(tok_dir, two_ranks, variant):
+def test_cross_device_negatives_equal_one_process(pairs_tok_dir, two_ranks, variant):
     torch.set_num_threads(1)
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     ref_losses, ref_grads = one_step(model, config(SUB_BATCHES[variant]), DistInfo(), lambda m: m)
     ranks = [torch.load(two_ranks / f"{variant}-rank{r}.pt") for r in range(2)]
     for key in ("loss", "dense", "sparse", "colbert", "inter", "L_prime"):
@@ -109,7 +104,9 @@ def test_cross_device_negatives_equal_one_process(tok_dir, two_ranks, variant):
     assert abs(active - ref_losses["sparse_active_tokens"]) <= 1
     if variant == "plain":  # the masked columns change the loss
         unmasked = config(None).model_copy(update={"mask_false_negatives": False})
-        off, _ = one_step(M3Model.from_spec(SPEC, tok_dir, device="cpu"), unmasked, DistInfo(), lambda m: m)
+        off, _ = one_step(
+            M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu"), unmasked, DistInfo(), lambda m: m
+        )
         assert off["masked_negatives"] == 0
         assert off["loss"] != pytest.approx(ref_losses["loss"], rel=1e-4)
     for r in ranks:  # DDP averaged the gradients: every rank holds the full-batch gradient
@@ -119,9 +116,9 @@ def test_cross_device_negatives_equal_one_process(tok_dir, two_ranks, variant):
 
 
 @pytest.mark.slow
-def test_torchrun_launch_trains_on_two_cpu_processes(tok_dir, tmp_path):
+def test_torchrun_launch_trains_on_two_cpu_processes(pairs_tok_dir, tmp_path):
     start = tmp_path / "start"
-    M3Model.from_spec(SPEC, tok_dir, device="cpu").save_pretrained(start)
+    M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu").save_pretrained(start)
     rows = [{"query": e.query, "pos": [e.pos], "neg": e.negs} for e in examples()]
     write_jsonl(rows, tmp_path / "train.jsonl")
     cfg = config(None).model_copy(

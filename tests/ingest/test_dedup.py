@@ -21,8 +21,9 @@ import pytest
 from tasks.ingest import IngestConfig, QualityConfig, iter_documents
 from tasks.ingest.dedup import DedupConfig, Forest, Signer, components, merge_forests, optimal_bands
 from tasks.ingest.shards import FileJob, check_identity, ingest_to_shard, local_submit, run_ingest
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
 UKWIKI = DATA / "xztextfilter-wiki-truncated" / "ukwiki-truncated-100k.xml.xz"
 JAWIKI = DATA / "xztextfilter-wiki-truncated" / "jawiki-truncated-100k.xml.xz"

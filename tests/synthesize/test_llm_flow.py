@@ -13,12 +13,18 @@ import pytest
 
 from m3.store import Store
 from tests.conftest import m3_subprocess_env, run_m3
-from tests.test_llm_synthesis import KEY, ChatServer, _corpus, assert_key_nowhere, doc_of, good_questions
+from tests.support.llm import (
+    KEY,
+    WIKICLEAN,
+    ChatServer,
+    assert_key_nowhere,
+    doc_of,
+    good_questions,
+    wiki_corpus,
+)
 
 pytestmark = pytest.mark.slow
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-WIKICLEAN = REPO.parent / "shared" / "data" / "wikiclean-pages"
 
 PROFILE = """
 name: llmtest
@@ -45,7 +51,7 @@ synthesize:
 def test_flow_with_secret_block_budget_and_no_key_anywhere(tmp_path, prefect_server):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    corpus = _corpus()
+    corpus = wiki_corpus()
     api_url = prefect_server["url"]  # the session's API server: the Secret block lives there
     env = m3_subprocess_env(tmp_path, api_url)
     store_dir = tmp_path / "store"

@@ -4,7 +4,6 @@ hygiene in configs and profiles, the cache layout and the budget arithmetic."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -19,8 +18,8 @@ from tasks.synthesize.llm.parse import ParseError, parse_questions
 from tasks.synthesize.llm.prompts import build_messages
 from tasks.synthesize.llm.reply import Reply, ReplyError, read_reply, reply_byte_limit
 from tasks.synthesize.llm.secret import Redactor
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-m3test-NEVER-WRITE-ME-5e0c2f7a91b4d38e"
 
 

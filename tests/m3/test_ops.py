@@ -30,8 +30,8 @@ import yaml
 
 from m3.stage import StageFailed, StageOutput, StageSpec, classify_failure, run_stage
 from m3.store import RefConflict, Store
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -519,7 +519,7 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
 
     # OpenLineage saw the same story: mine FAILED on queries/tiny, then COMPLETED; pretrain ran once
     events = [json.loads(x) for x in (stack["base"] / "openlineage.jsonl").read_text().splitlines()]
-    from tests.test_openlineage import validate_event
+    from tests.support.openlineage import validate_event
 
     for event in events:
         validate_event(event)
@@ -554,7 +554,7 @@ def _lineage_page_on_real_run(store: Store, stack) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from m3.ui.server import make_server
-    from tests.test_ui import ARTIFACTS, launch_browser
+    from tests.support.browser import ARTIFACTS, launch_browser
 
     server = make_server(store, port=0, prefect=(stack["api"], stack["env"]["PREFECT_UI_URL"]))
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -20,11 +20,11 @@ from model.losses import (
     unified_loss,
 )
 from model.m3 import M3Model
-from model.tokenizer import train_tokenizer
 from tasks.training import TrainConfig, TrainExample, train
 from tasks.training.data import TokenizedSet, passage_key
 from tasks.training.step import sparse_activity
-from tests.test_train import PAIRS, SPEC, THREADS
+from tests.support.models import SPEC, THREADS
+from tests.support.text import PAIRS
 
 ALL = ["dense", "sparse", "colbert"]
 W = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
@@ -184,11 +184,6 @@ def test_sparse_activity_counts_distinct_real_tokens():
 
 
 # ---------------------------------------------------------------------------------------- train()
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return train_tokenizer([p for _, p in PAIRS], tmp_path_factory.mktemp("tok"), vocab_size=2000)
-
-
 def duplicate_examples(k: int = 16) -> list[TrainExample]:
     """Two questions per passage (the same positive twice in the set) and a hard negative that is
     the next passage's positive: batches hold duplicate positives and positive-equal negatives."""
@@ -217,7 +212,7 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_train_masks_duplicate_positives_and_records_sparse_activity(tok_dir, caplog):
+def test_train_masks_duplicate_positives_and_records_sparse_activity(pairs_tok_dir, caplog):
     exs = duplicate_examples(16)
     runs = {}
     for name, kw in {
@@ -226,7 +221,7 @@ def test_train_masks_duplicate_positives_and_records_sparse_activity(tok_dir, ca
         "off": {"mask_false_negatives": False},
     }.items():
         records: list[dict] = []
-        model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+        model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
         with caplog.at_level(logging.WARNING, logger="tasks.training.trainer"):
             caplog.clear()
             summary = train(model, exs, cfg(max_steps=2, **kw), on_progress=records.append)
@@ -251,10 +246,10 @@ def test_train_masks_duplicate_positives_and_records_sparse_activity(tok_dir, ca
     assert runs["off"][0]["loss"] != pytest.approx(first["loss"], rel=1e-3)
 
 
-def test_dead_sparse_head_is_reported_as_collapsed(tok_dir, caplog):
+def test_dead_sparse_head_is_reported_as_collapsed(pairs_tok_dir, caplog):
     exs = duplicate_examples(16)
     for sub in (None, 5):
-        model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+        model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
         with torch.no_grad():
             model.sparse_linear.bias.fill_(-1e4)  # ReLU(w·h + b) = 0 everywhere: no gradient either
         records: list[dict] = []
@@ -274,8 +269,8 @@ def test_dead_sparse_head_is_reported_as_collapsed(tok_dir, caplog):
         assert math.isfinite(summary["final_loss"])
 
 
-def test_dense_only_training_has_no_sparse_record(tok_dir):
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+def test_dense_only_training_has_no_sparse_record(pairs_tok_dir):
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     records: list[dict] = []
     summary = train(
         model, duplicate_examples(16), cfg(functions=["dense"], max_steps=1), on_progress=records.append
@@ -284,9 +279,9 @@ def test_dense_only_training_has_no_sparse_record(tok_dir):
     assert summary["sparse_collapsed"] is None and summary["sparse_active_last"] is None
 
 
-def test_a_sparse_head_that_starts_dead_is_revived_before_the_first_step(tok_dir, caplog):
+def test_a_sparse_head_that_starts_dead_is_revived_before_the_first_step(pairs_tok_dir, caplog):
     """The default: a dead-at-start head gets a data-dependent bias, so the function can learn."""
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     with torch.no_grad():
         model.sparse_linear.bias.fill_(-5.0)
     records: list[dict] = []
@@ -296,14 +291,14 @@ def test_a_sparse_head_that_starts_dead_is_revived_before_the_first_step(tok_dir
     assert summary["sparse_revived"]["bias_shift"] > 4.0
     assert all(r["sparse_active"] > 0.2 for r in records) and summary["sparse_collapsed"] is False
     assert "starts dead" in caplog.text
-    alive = M3Model.from_spec(SPEC, tok_dir, device="cpu")  # an alive head is left as it is
+    alive = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")  # an alive head is left as it is
     assert train(alive, duplicate_examples(16), cfg(max_steps=1))["sparse_revived"] is None
 
 
-def test_new_heads_can_learn_faster_than_the_backbone(tok_dir):
+def test_new_heads_can_learn_faster_than_the_backbone(pairs_tok_dir):
     from tasks.training.optim import param_groups
 
-    model = M3Model.from_spec(SPEC, tok_dir, device="cpu")
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     groups = param_groups(model.named_parameters(), 0.01, 2e-5, ("sparse_linear.", "colbert_linear."), 20.0)
     fast = [g for g in groups if "lr" in g]
     head_params = {id(p) for m in (model.sparse_linear, model.colbert_linear) for p in m.parameters()}

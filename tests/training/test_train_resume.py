@@ -1,6 +1,6 @@
 """kill -9 in the middle of fine-tuning, run again: training resumes at the last checkpoint and ends
 with the weights of an uninterrupted run. Also runnable as the training process itself:
-``python -m tests.test_train_resume TOKENIZER OUT CHECKPOINTS DELAY``."""
+``python -m tests.training.test_train_resume TOKENIZER OUT CHECKPOINTS DELAY``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from model.m3 import M3Model
-from model.tokenizer import train_tokenizer
 from tasks.training import TrainConfig, TrainExample, latest_checkpoint, train
-from tests.test_train import PAIRS, SPEC
+from tests.conftest import REPO
+from tests.support.models import SPEC
+from tests.support.text import PAIRS
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 24
 
 
@@ -65,13 +65,21 @@ def worker(tok: str, out: str, ckpt: str, delay: float) -> None:
 
 
 def start(tok: Path, out: Path, ckpt: Path, delay: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tests.test_train_resume", str(tok), str(out), str(ckpt), str(delay)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.training.test_train_resume",
+        str(tok),
+        str(out),
+        str(ckpt),
+        str(delay),
+    ]
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_resumes_to_the_uninterrupted_weights(tmp_path):
-    tok = train_tokenizer([p for _, p in PAIRS], tmp_path / "tok", vocab_size=2000)
+def test_kill_9_then_rerun_resumes_to_the_uninterrupted_weights(tmp_path, pairs_tok_dir):
+    tok = pairs_tok_dir
     reference = M3Model.from_spec(SPEC, tok, device="cpu")
     train(reference, examples(), config())
 

@@ -41,6 +41,10 @@ def _model(store: Store) -> tuple[dict, dict]:
     return store.manifest(mid).metrics, weights
 
 
+@pytest.mark.fault(
+    case="kill -9 mid fine-tuning with a train-state stored; rerun, --refresh finetune, changed config",
+    outcome="resumes",
+)
 @pytest.mark.timeout(1200)
 def test_killed_finetune_resumes_from_its_stored_train_state(tmp_path, m3_api_env, tiny_pipeline):
     store_url = copy_store(tiny_pipeline["full_store"], tmp_path / "store")

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -143,6 +144,42 @@ def test_sigterm_during_finetune(tmp_path, tiny_pipeline):
     proc = _start(["--profile", str(profile), "--store", store, "--only", "finetune"], env, log)
     _wait_for(proc, log, "finetune step 10:")
     _signal_and_check(proc, signal.SIGTERM, tmp, log)
+
+
+@pytest.mark.fault(
+    case="SIGTERM during fine-tuning: its flow runs end Crashed on the Prefect API", outcome="stopped"
+)
+@pytest.mark.timeout(1200)
+def test_sigterm_leaves_no_flow_run_running_on_the_api(tmp_path, tiny_pipeline, prefect_server):
+    """Against a long-lived Prefect server (one m3 does not own), the stopped run's flow runs are
+    final: Crashed (or Cancelled), none Running or Pending."""
+    env, tmp = _env(tmp_path)
+    api = prefect_server["url"]
+    env["PREFECT_API_URL"] = api
+    store = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
+    data = yaml.safe_load(Path(TINY).read_text())
+    data["base_dir"] = str(REPO)
+    data["finetune"].update({"max_steps": 2000, "checkpoint_every": 1000, "log_every": 10})
+    profile = tmp_path / "tiny-long.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    log = tmp_path / "m3.log"
+    since = time.time()
+    proc = _start(["--profile", str(profile), "--store", store, "--only", "finetune"], env, log)
+    _wait_for(proc, log, "finetune step 10:")
+    _signal_and_check(proc, signal.SIGTERM, tmp, log)
+    from datetime import UTC, datetime
+
+    after = datetime.fromtimestamp(since, UTC).isoformat()
+    body = {"flow_runs": {"start_time": {"after_": after}}, "limit": 50}
+    deadline = time.monotonic() + 30
+    while True:
+        runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).raise_for_status().json()
+        states = {r["name"]: r["state"]["type"] for r in runs if r.get("state")}
+        if states and all(s in ("CRASHED", "CANCELLED") for s in states.values()):
+            break
+        assert time.monotonic() < deadline, f"flow runs not final after the stop: {states}"
+        time.sleep(0.5)
+    assert "CRASHED" in states.values() or "CANCELLED" in states.values()
 
 
 @pytest.mark.fault(case="SIGKILL during ingest: children die, next run reaps its folder", outcome="stopped")

@@ -95,15 +95,17 @@ def main() -> None:
     rounds = report.metrics.get("rounds") or []
     reports = [r["report"] for r in rounds] + [report.id]
     scores = [per_query(store, rid) for rid in reports]
-    results: dict = {"rounds": len(reports) - 1, "systems": {}}
+    results: dict = {"rounds": len(reports) - 1, "labels": None, "systems": {}}
     for system in SYSTEMS:
         results["systems"][system] = {
             "by_round": [float(np.mean(list(s[system].values()))) for s in scores],
             "change": compare(scores[0][system], scores[-1][system]),
         }
+    labels = [r.get("label", f"round {r['round']}") for r in rounds] + ["final"]
     models = [store.manifest(r["model"]) for r in rounds[1:]] + [store.manifest(report.metrics["model"])]
     training = [
-        {
+        {"step": label, "ref": f"{m.kind}/{m.name}"}
+        | {
             k: m.metrics.get(k)
             for k in (
                 "steps",
@@ -114,9 +116,10 @@ def main() -> None:
                 "masked_negatives",
             )
         }
-        for m in models
+        for label, m in zip(labels[1:], models, strict=True)
     ]
     results.update(
+        labels=labels,
         training=training,
         wall_s=wall,
         peak_rss_mb=peak_rss_mb,
@@ -146,8 +149,9 @@ def main() -> None:
             f"{s} " + " → ".join(f"{100 * v:.1f}" for v in results["systems"][s]["by_round"]) for s in SYSTEMS
         )
     )
-    for k, t in enumerate(training, start=1):
-        print(f"round {k} fine-tuning: {t}")
+    print("steps of the chain: " + " → ".join(labels))
+    for t in training:
+        print(f"training ({t['step']}): {t}")
     print(f"\nwall {wall:.0f} s for the whole `m3 run`; peak RSS of the m3 process {peak_rss_mb:.0f} MiB")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -1,5 +1,5 @@
-"""pretrain: corpus → starting model → RetroMAE → title–body ``pairs`` → ``checkpoint``
-(the build: ``tasks/training/stage.py``)."""
+"""pretrain: corpus (+ bitext) → starting model → RetroMAE → title–body and translation ``pairs``
+→ ``checkpoint`` (the build: ``tasks/training/stage.py``)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def pretrain(
     inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The starting model (``model.init``, or a tokenizer trained on the corpus and a fresh XLM-R-shaped
-    model), RetroMAE when the profile has ``retromae``, then dense InfoNCE on title–body pairs unless
-    ``pretrain`` is null (then the starting model is the checkpoint)."""
+    model), RetroMAE when the profile has ``retromae``, then dense InfoNCE on title–body and translation
+    pairs unless ``pretrain`` is null (then the starting model is the checkpoint)."""
     env = open_env(profile, store)
     corpus = env.input_id(inputs, "corpus", "corpus")
     return flow_result(build_checkpoint(env, corpus, refresh))

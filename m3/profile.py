@@ -159,7 +159,8 @@ class Profile(StrictModel):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     pretrain: TrainConfig | None = Field(
         default_factory=TrainConfig,
-        description="contrastive pretraining on title-body pairs; null: the starting model is the checkpoint",
+        description="contrastive pretraining on title-body and translation pairs; "
+        "null: the starting model is the checkpoint",
     )
     mine: MineConfig = Field(default_factory=MineConfig)
     finetune: TrainConfig = Field(default_factory=TrainConfig)

@@ -106,6 +106,34 @@ class StageEnv:
         publish(self, result)
         return result
 
+    def register_files(
+        self,
+        spec: StageSpec,
+        files: dict[str, Path],
+        metrics: dict[str, Any] | None = None,
+        *,
+        refresh: bool = False,
+    ) -> str:
+        """Raw input files (named as the artifact names them) committed as they are, the root of a
+        lineage chain; the spec's config names the bytes (path, size, mtime) so unchanged files are
+        not re-hashed. Returns the manifest id."""
+
+        def build(_: Path) -> StageOutput:
+            return StageOutput(
+                files=files,
+                metrics={
+                    "files": len(files),
+                    "bytes": sum(p.stat().st_size for p in files.values()),
+                    **(metrics or {}),
+                },
+                schema={
+                    "origin": {n: str(p) for n, p in files.items()},
+                    **{k: v for k, v in spec.config.items() if k != "files"},  # the stamps key the cache
+                },
+            )
+
+        return self.run(spec, build, refresh=refresh).manifest_id
+
     def table(self, manifest_id: str, kind: str):
         """An artifact's Parquet files as one DataFrame (materialized in the local cache)."""
         from tasks.artifact_io import read_table

@@ -101,10 +101,13 @@ def report_decision(
 
 
 def training_chain(store: Store, model_id: str) -> list[str]:
-    """The models a fine-tuned model descends from, oldest first, ending with it: its ``checkpoint``
-    (round 0) and each earlier ANCE round's ``model`` (a model's one parent of kind model/checkpoint)."""
+    """The models a fine-tuned model descends from, oldest first, ending with it: back through each
+    earlier ANCE round's ``model`` to the ``checkpoint`` fine-tuning started from, and on through the
+    checkpoints that one was trained from (contrastive pretraining ← RetroMAE ← the ``model.init``
+    start), so round 0 is where the whole run began. A step back is taken only where exactly one
+    parent is a model or checkpoint."""
     chain = [model_id]
-    while store.manifest(chain[-1]).kind == "model":
+    while True:
         parents = [
             p for p in store.manifest(chain[-1]).parents if store.manifest(p).kind in ("model", "checkpoint")
         ]
@@ -112,3 +115,16 @@ def training_chain(store: Store, model_id: str) -> list[str]:
             break
         chain.append(parents[0])
     return chain[::-1]
+
+
+def chain_label(store: Store, manifest_id: str) -> str:
+    """What a model of :func:`training_chain` is, for the report: ``start`` (``model.init``),
+    ``retromae``, ``pretrained`` (contrastive), ``fine-tuned`` or ``round K`` (an ANCE round)."""
+    m = store.manifest(manifest_id)
+    if m.kind == "checkpoint":
+        for suffix, label in (("-init", "start"), ("-retromae", "retromae")):
+            if m.name.endswith(suffix):
+                return label
+        return "pretrained"
+    stem, _, k = m.name.rpartition("-r")
+    return f"round {k}" if stem and k.isdigit() else "fine-tuned"

@@ -69,12 +69,14 @@ class EvalConfig(StrictModel):
         default_factory=list,
         description="pipeline stage: evaluation sets evaluated beside the held-out queries (specs as for "
         "`m3 eval --dataset`, e.g. xquad-r:FILE, tatoeba:DIR:LANGS; relative paths from the profile's "
-        "base_dir). Evaluation only: never a training source",
+        "base_dir). Evaluation only: never a training source (the pairs stage drops their texts and "
+        "their Tatoeba languages)",
     )
     compare_rounds: bool = Field(
         False,
-        description="pipeline stage: also evaluate the checkpoint fine-tuning started from (round 0) and "
-        "every earlier ANCE round's model; the report then has a table per round",
+        description="pipeline stage: also evaluate every model the final one was trained from, back to "
+        "where the run began (round 0: model.init or RetroMAE; then contrastive pretraining and each "
+        "earlier ANCE round); the report then has a column per step",
     )
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ import regex
 
 from m3.store import Store
 from tasks.evaluate.config import EvalConfig
-from tasks.evaluate.data import EvalDataset, _bump, load_datasets
+from tasks.evaluate.data import EvalDataset, _bump, load_datasets, resolve_spec_paths
 from tasks.evaluate.data.formats import write_mldr
 from tasks.evaluate.runs import qrels_from_queries
 
@@ -145,15 +145,6 @@ def long_document_sets(scratch: Path, queries_test, documents, cfg: EvalConfig) 
     if not built:
         raise RuntimeError("evaluate.long_documents: no held-out query has its document in the corpus")
     return write_long_document_sets(built, scratch / LONG_DOCS)
-
-
-def resolve_spec_paths(spec: str, base_dir: str) -> str:
-    """A dataset spec (``FORMAT:PATH[:...]``) with a relative PATH made absolute from ``base_dir``."""
-    fmt, sep, rest = spec.partition(":")
-    path, sep2, tail = rest.partition(":")
-    if not sep or not path or Path(path).is_absolute() or not (Path(base_dir) / path).exists():
-        return spec
-    return f"{fmt}:{(Path(base_dir) / path).resolve()}{sep2}{tail}"
 
 
 def evaluation_sets(specs: Sequence[str], base_dir: str) -> list[tuple[str, list[EvalDataset]]]:

@@ -196,13 +196,14 @@ def build_report(
 
 
 def rounds_markdown(rounds: list[dict[str, Any]], final_avg: dict[str, Any], metric: str) -> str:
-    """The macro average of each system per round (round 0: the starting checkpoint), ×100."""
-    cols = [*rounds, {"round": len(rounds), "avg": final_avg}]
+    """The macro average of each system at each step of the training chain (round 0: where the run
+    began), ×100."""
+    cols = [*rounds, {"round": len(rounds), "label": "final", "avg": final_avg}]
     systems = list(final_avg.get(metric, {}))
-    head = "| system | " + " | ".join(f"round {c['round']}" for c in cols) + " |\n"
+    head = "| system | " + " | ".join(f"{c['round']}: {c.get('label', 'round')}" for c in cols) + " |\n"
     head += "|---|" + "---:|" * len(cols) + "\n"
     body = ""
     for sys in systems:
         vals = [(c["avg"].get(metric) or {}).get(sys) for c in cols]
         body += f"| {sys} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |\n"
-    return f"\n### {metric} by round (round 0: the checkpoint fine-tuning started from)\n\n{head}{body}"
+    return f"\n### {metric} by round (0: where the run began; each later step of training)\n\n{head}{body}"

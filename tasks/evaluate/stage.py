@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from m3.publish import artifact_key
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
-from tasks.evaluate.champion import champion_head, report_decision, training_chain
+from tasks.evaluate.champion import chain_label, champion_head, report_decision, training_chain
 from tasks.evaluate.config import EvalConfig, with_overrides
 from tasks.evaluate.data import load_datasets
 from tasks.evaluate.datasets import (
@@ -109,13 +109,14 @@ def build_evaluation(
 
     champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
     rounds = None
-    if cfg.compare_rounds:  # round 0 = the checkpoint fine-tuning started from, then each ANCE round
+    if cfg.compare_rounds:  # round 0 = where the run began (model.init or RetroMAE), every step since
         chain = training_chain(env.store, model_id)
         rounds = []
         for k, mid in enumerate(chain[:-1]):
             done = run_for(mid, f"{env.profile.name}-round{k}")
             avg = _metrics(env, done)["avg"]
-            rounds.append({"round": k, "model": mid, "report": done.manifest_id, "avg": avg})
+            label = chain_label(env.store, mid)
+            rounds.append({"round": k, "label": label, "model": mid, "report": done.manifest_id, "avg": avg})
     result = run_for(model_id, env.profile.name, rounds)
     decision, _ = _decide(
         env, cfg, result, run_for, model_id, champion_id, promote_champion, env.profile.name, env.profile.name
@@ -180,12 +181,7 @@ def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
     name = "eval." + hashlib.sha1(spec.encode()).hexdigest()[:12]
     config = {"spec": spec, "files": file_stamps(named.values())}
     stage = StageSpec("register-eval-data", "eval-data", name, {}, config, (__file__,))
-
-    def build(scratch: Path) -> StageOutput:
-        origin = {k: str(v) for k, v in named.items()}
-        return StageOutput(named, {"spec": spec, "files": len(named)}, {"origin": origin})
-
-    return env.run(stage, build).manifest_id
+    return env.register_files(stage, named, {"spec": spec})
 
 
 def build_model_evaluation(

@@ -3,8 +3,8 @@ train-set → ``model``).
 
 ``pretrain`` is the recipe's first two steps: the starting model (``model.init``, or a tokenizer
 trained on the corpus and a fresh ``ModelSpec`` model), RetroMAE when the profile has ``retromae``,
-then dense InfoNCE on title–body ``pairs`` unless ``pretrain`` is null. ``finetune`` is the unified
-fine-tuning with self-knowledge distillation on the mined train-set (arXiv 2402.03216 §3.3).
+then dense InfoNCE on title–body and translation ``pairs`` unless ``pretrain`` is null. ``finetune``
+is the unified fine-tuning with self-knowledge distillation on the mined train-set (arXiv 2402.03216 §3.3).
 
 Training runs in the flow's process (or a GPU work pool), never inside a Dask worker: DataLoader
 workers cannot start from Dask's daemonic processes (docs/architecture.md, "Run lifetime").
@@ -19,7 +19,7 @@ from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, progress_logger, run_logger
 from tasks.artifact_io import read_jsonl, schema_dict, write_table
 from tasks.mining.stage import round_name
-from tasks.pairs import title_body_pairs
+from tasks.pairs import bitext_files, evaluation_guard, pretraining_pairs
 from tasks.training.config import TrainConfig
 from tasks.training.run import folder_files, run_training
 
@@ -55,17 +55,38 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
 
 
 def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
-    """Title–body pairs of the corpus: the contrastive pretraining data."""
+    """The contrastive pretraining data: title–body pairs of the corpus and translation pairs of the
+    profile's bitext (``pairs.translation``), nothing the profile evaluates on (``evaluation_guard``)."""
+    cfg, base_dir = env.profile.pairs, env.profile.base_dir
+    inputs = {"corpus": corpus}
+    if cfg.translation:
+        inputs["bitext"] = register_bitext(env, bitext_files(cfg, base_dir), refresh)
     spec = _spec(
-        "pairs", "pairs", env.profile.name, {"corpus": corpus}, env.profile.pairs.model_dump(mode="json")
+        "pairs",
+        "pairs",
+        env.profile.name,
+        inputs,
+        {**cfg.model_dump(mode="json"), "evaluation_only": env.profile.evaluate.datasets},
     )
 
     def build(scratch: Path) -> StageOutput:
-        pairs, stats = title_body_pairs(env.table(corpus, "corpus"), env.profile.pairs)
+        guard = evaluation_guard(env.profile.evaluate.datasets, base_dir)
+        pairs, stats = pretraining_pairs(env.table(corpus, "corpus"), cfg, base_dir, guard)
+        run_logger(__name__).info("pretraining pairs: %s", stats)
         rows = write_table(pairs, "pairs", scratch)
         return StageOutput({r: scratch / r for r in rows}, stats, schema_dict("pairs"), rows)
 
     return env.run(spec, build, refresh=refresh)
+
+
+def register_bitext(env: StageEnv, files: list[Path], refresh: bool) -> str:
+    """The raw bitext files as a ``source`` artifact, the lineage root of the translation pairs."""
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    name = f"{env.profile.name}.bitext-pairs"
+    spec = StageSpec(
+        "register-source", "source", name, {}, {"files": stamp, "format": "tatoeba"}, (__file__,)
+    )
+    return env.register_files(spec, {p.name: p for p in files}, refresh=refresh)
 
 
 def build_start(env: StageEnv, refresh: bool) -> StageResult:
@@ -190,10 +211,14 @@ def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
             TrainExample(query=q, pos=p) for q, p in zip(table["query"], table["positive"], strict=True)
         ]
         model = start_model(env, tokenizer, start)
-        run_logger(__name__).info("contrastive pretraining on %d title–body pairs", len(examples))
+        kinds = table["kind"].value_counts().to_dict()
+        run_logger(__name__).info("contrastive pretraining on %d pairs %s", len(examples), kinds)
         model.save_pretrained(scratch / "start")
         trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch, refresh)
-        return StageOutput(folder_files(trained), {"objective": "dense InfoNCE (title-body)", **summary})
+        return StageOutput(
+            folder_files(trained),
+            {"objective": "dense InfoNCE (" + ", ".join(sorted(kinds)) + ")", **summary},
+        )
 
     return env.run(spec, build, refresh=refresh)
 

@@ -1,6 +1,6 @@
 """Iterative ANCE through ``m3 run`` (``mine.rounds: 2``): round 2 mines with round 1's model and
 fine-tunes on from it, each round's train-set and model are artifacts with that lineage, the report
-shows every round's scores (round 0: the starting checkpoint), and a rerun takes every round from
+shows every step's scores (round 0: where the run began), and a rerun takes every round from
 the store."""
 
 from __future__ import annotations
@@ -53,9 +53,15 @@ def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m
     assert store.resolve("model/tiny") == r2 and store.resolve("train-set/tiny") == ts2.id
 
     report = store.manifest(store.resolve("report/tiny")).metrics
-    assert [r["round"] for r in report["rounds"]] == [0, 1]
-    assert report["rounds"][0]["model"] == store.resolve("checkpoint/tiny")
-    assert report["rounds"][1]["model"] == r1 and report["model"] == r2
+    # round 0 is where the run began (RetroMAE from scratch), then contrastive pretraining, round 1
+    assert [(r["round"], r["label"]) for r in report["rounds"]] == [
+        (0, "retromae"),
+        (1, "pretrained"),
+        (2, "round 1"),
+    ]
+    assert report["rounds"][0]["model"] == store.resolve("checkpoint/tiny-retromae")
+    assert report["rounds"][1]["model"] == store.resolve("checkpoint/tiny")
+    assert report["rounds"][2]["model"] == r1 and report["model"] == r2
     assert "by round" in report["table_markdown"]
     columns = set(report["tables"]["ndcg_cut_10"]["M3 dense"])
     assert {"tatoeba:afr", "en", "avg"} <= columns  # the extra set is its own column

@@ -234,6 +234,15 @@ def _split_spec(spec: str) -> tuple[str, list[str]]:
     return fmt, rest.split(":")
 
 
+def resolve_spec_paths(spec: str, base_dir: str) -> str:
+    """A dataset spec (``FORMAT:PATH[:...]``) with a relative PATH made absolute from ``base_dir``."""
+    fmt, sep, rest = spec.partition(":")
+    path, sep2, tail = rest.partition(":")
+    if not sep or not path or Path(path).is_absolute() or not (Path(base_dir) / path).exists():
+        return spec
+    return f"{fmt}:{(Path(base_dir) / path).resolve()}{sep2}{tail}"
+
+
 def load_datasets(spec: str, strict: bool = False, max_queries: int | None = None) -> list[EvalDataset]:
     """Load the evaluation set(s) a spec names (one per language for multi-language specs).
 

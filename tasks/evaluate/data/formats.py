@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import regex
 
+from tasks.bitext import BitextError, read_tatoeba, tatoeba_files
 from tasks.evaluate.data import (
     DataError,
     EvalDataset,
@@ -215,17 +216,11 @@ def load_tatoeba(spec: str, directory: str, lang: str) -> EvalDataset:
     English lines that repeat are merged into one passage (relevant to each of their queries):
     otherwise a model ranking the "other" copy first would be wrongly penalised.
     """
-    d = Path(directory)
-    src, eng = d / f"tatoeba.{lang}-eng.{lang}", d / f"tatoeba.{lang}-eng.eng"
-    if not src.is_file():
-        have = sorted({f.name.split(".")[1].split("-")[0] for f in d.glob("tatoeba.*-eng.eng")})
-        raise FileNotFoundError(f"{src} does not exist; languages in {d}: {' '.join(have) or 'none'}")
-    with open_text(src) as fh:
-        q_lines = fh.read().splitlines()
-    with open_text(eng) as fh:
-        e_lines = fh.read().splitlines()
-    if len(q_lines) != len(e_lines):
-        raise DataError(f"{src} has {len(q_lines)} lines but {eng} has {len(e_lines)}: not line-aligned")
+    try:
+        q_lines, e_lines = read_tatoeba(directory, lang)
+    except BitextError as exc:
+        raise DataError(str(exc)) from exc
+    src, eng = tatoeba_files(directory, lang)
     pid_of: dict[str, str] = {}
     passages = []
     queries = []

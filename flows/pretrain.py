@@ -12,7 +12,11 @@ from m3.stage_env import flow_result, open_env
 from tasks.training.stage import build_checkpoint
 
 
-@declare("checkpoint", needs=("corpus",), sections=("model", "tokenizer", "retromae", "pairs", "pretrain"))
+@declare(
+    "checkpoint",
+    needs=("corpus",),
+    sections=("model", "tokenizer", "retromae", "pairs", "pretrain", "synthesize", "evaluate"),
+)
 @flow(name="pretrain")
 def pretrain(
     profile: str = "demo",

@@ -2,8 +2,10 @@
 corpus, and translation pairs from bitext (the paper's pretraining data includes NLLB and CCMatrix
 translation pairs; they are what aligns languages in one dense space).
 
-Nothing evaluated is trained on: a pair with a side equal to any text of the profile's evaluation-only
-sets is dropped, and so is every bitext language one of those sets evaluates (``evaluation_guard``).
+Nothing evaluated is trained on (``EvaluationGuard``): documents of the held-out split (the split
+the synthesize stage makes, by document) give no title–body pair, a pair with a side equal to any
+text of the profile's evaluation-only sets is dropped, and so is every bitext language one of those
+sets evaluates.
 """
 
 from __future__ import annotations
@@ -88,21 +90,35 @@ def normalise(text: str) -> str:
 
 @dataclass
 class EvaluationGuard:
-    """What training must not see: every text of the evaluation-only sets, normalised, and the
-    languages their Tatoeba sets evaluate."""
+    """What training must not see: every text of the evaluation-only sets, normalised, the languages
+    their Tatoeba sets evaluate, and the held-out documents (``heldout_fraction``/``split_seed``:
+    the synthesize stage's split, :func:`tasks.synthesize.ict.split_of`)."""
 
     texts: set[str] = field(default_factory=set)
     languages: set[str] = field(default_factory=set)
+    heldout_fraction: float | None = None
+    split_seed: int = 0
+
+    def held_out(self, doc_id: str) -> bool:
+        from tasks.synthesize.ict import split_of
+
+        return (
+            self.heldout_fraction is not None
+            and split_of(doc_id, self.heldout_fraction, self.split_seed) == "test"
+        )
 
     def overlaps(self, *texts: str) -> bool:
         return any(normalise(t) in self.texts for t in texts)
 
 
-def evaluation_guard(specs: Iterable[str], base_dir: str | Path) -> EvaluationGuard:
-    """The guard of a profile's ``evaluate.datasets`` (read with the evaluation loaders)."""
+def evaluation_guard(
+    specs: Iterable[str], base_dir: str | Path, heldout_fraction: float | None = None, split_seed: int = 0
+) -> EvaluationGuard:
+    """The guard of a profile's ``evaluate.datasets`` (read with the evaluation loaders) and its
+    held-out split."""
     from tasks.evaluate.data import load_datasets, resolve_spec_paths
 
-    guard = EvaluationGuard()
+    guard = EvaluationGuard(heldout_fraction=heldout_fraction, split_seed=split_seed)
     for spec in specs:
         for ds in load_datasets(resolve_spec_paths(spec, str(base_dir))):
             guard.texts.update(normalise(t) for t in ds.queries["query"])
@@ -191,8 +207,12 @@ def translation_pairs(
 def pretraining_pairs(
     corpus: pd.DataFrame, config: PairsConfig, base_dir: str | Path, guard: EvaluationGuard
 ) -> tuple[pd.DataFrame, dict]:
-    """Title–body and translation pairs; any pair with a side the guard holds is dropped."""
-    titles, stats = title_body_pairs(corpus, config)
+    """Title–body pairs of the training documents and translation pairs; any pair with a side the
+    guard holds is dropped."""
+    held = corpus["id"].map(guard.held_out).astype(bool) if len(corpus) else pd.Series([], dtype=bool)
+    titles, stats = title_body_pairs(corpus[~held.to_numpy()], config)
+    stats["docs"] = len(corpus)
+    stats["skipped:held_out_document"] = int(held.sum())
     keep = [not guard.overlaps(q, p) for q, p in zip(titles["query"], titles["positive"], strict=True)]
     stats["skipped:evaluation_text"] = len(keep) - sum(keep)
     titles = titles[keep]

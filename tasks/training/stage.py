@@ -55,9 +55,10 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
 
 
 def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
-    """The contrastive pretraining data: title–body pairs of the corpus and translation pairs of the
-    profile's bitext (``pairs.translation``), nothing the profile evaluates on (``evaluation_guard``)."""
-    cfg, base_dir = env.profile.pairs, env.profile.base_dir
+    """The contrastive pretraining data: title–body pairs of the corpus' training documents and
+    translation pairs of the profile's bitext (``pairs.translation``); nothing the profile evaluates
+    on (``evaluation_guard``: its held-out documents, evaluation sets and their languages)."""
+    cfg, base_dir, split = env.profile.pairs, env.profile.base_dir, env.profile.synthesize
     inputs = {"corpus": corpus}
     if cfg.translation:
         inputs["bitext"] = register_bitext(env, bitext_files(cfg, base_dir), refresh)
@@ -66,11 +67,15 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
         "pairs",
         env.profile.name,
         inputs,
-        {**cfg.model_dump(mode="json"), "evaluation_only": env.profile.evaluate.datasets},
+        {
+            **cfg.model_dump(mode="json"),
+            "evaluation_only": env.profile.evaluate.datasets,
+            "held_out": {"fraction": split.heldout_fraction, "seed": split.seed},
+        },
     )
 
     def build(scratch: Path) -> StageOutput:
-        guard = evaluation_guard(env.profile.evaluate.datasets, base_dir)
+        guard = evaluation_guard(env.profile.evaluate.datasets, base_dir, split.heldout_fraction, split.seed)
         pairs, stats = pretraining_pairs(env.table(corpus, "corpus"), cfg, base_dir, guard)
         run_logger(__name__).info("pretraining pairs: %s", stats)
         rows = write_table(pairs, "pairs", scratch)

@@ -111,3 +111,19 @@ def test_a_missing_bitext_language_names_those_there(tmp_path):
     d = write_bitext(tmp_path / "bitext")
     with pytest.raises(FileNotFoundError, match="languages in .*: fra ita nld"):
         translation_pairs(PairsConfig(translation=[f"tatoeba:{d}:deu"]), tmp_path)
+
+
+def test_held_out_documents_give_no_pair(tmp_path):
+    """The held-out split is by document (the synthesize stage's ``split_of``): a held-out document's
+    title and opening would otherwise be trained on as a pair, and its passages are what the held-out
+    queries search."""
+    from tasks.synthesize.ict import split_of
+
+    body = "A long body of text about rivers and the towns along them. " * 4
+    ids = [f"doc{i}" for i in range(40)]
+    corpus = pd.DataFrame({"id": ids, "title": ids, "text": [body] * 40, "lang": ["en"] * 40})
+    guard = evaluation_guard([], tmp_path, heldout_fraction=0.3, split_seed=7)
+    pairs, stats = pretraining_pairs(corpus, PairsConfig(), tmp_path, guard)
+    train = [d for d in ids if split_of(d, 0.3, 7) == "train"]
+    assert list(pairs["doc_id"]) == train and 0 < len(train) < 40
+    assert stats["skipped:held_out_document"] == 40 - len(train) and stats["docs"] == 40

@@ -16,7 +16,7 @@ import html
 import re
 from collections.abc import Iterable
 
-from .clean import join_sections
+from .clean import Substitutions, join_sections, substitute
 from .wikitext import _DROP_TAGS, _INTERLANGUAGE, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, DEFAULT_DROP_NAMESPACES
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
@@ -46,6 +46,33 @@ _TABLE_OPEN = re.compile(r"^([\s:]*(?:<[a-zA-Z][^<>]*>\s*)*)\{\|")
 _TABLE_CLOSE = re.compile(r"^[\s:]*\|\}")
 _PIPE_TRICK = re.compile(r"\s*\([^)]*\)\s*$")
 _TEMPLATE_ARG = re.compile(r"\{\{\{[^{}]*\}\}\}")
+
+
+def _escape_nowiki(m: re.Match[str]) -> str:
+    """A ``<nowiki>`` element's text with its brackets escaped, so no later step reads them as markup."""
+    return (m.group(1) or "").replace("[", "&#91;").replace("{", "&#123;")
+
+
+# Before templates, tables and links are scanned: comments, nowiki and dropped elements go.
+_BEFORE_SCAN: Substitutions = (
+    (_COMMENT, ""),
+    (_NOWIKI, _escape_nowiki),
+    (_DROP_SELF_CLOSING, ""),
+    (_DROP_ELEMENT, ""),
+    (_TEMPLATE_ARG, ""),
+)
+# After: external links keep their label, block tags become line breaks, other markup goes.
+_AFTER_SCAN: Substitutions = (
+    (_EXT_LINK, lambda m: m.group(1) or m.group(2) or ""),
+    (_BREAK, "\n"),
+    (_BLOCK_TAG, "\n"),
+    (_HTML_TAG, ""),
+    (_RE_CUT_REF, ""),
+    (_BOLD_ITALIC, ""),
+    (_MAGIC, ""),
+    (_RULE, ""),
+    (_LIST_MARK, ""),
+)
 
 
 def _split_top(inner: str) -> list[str]:
@@ -82,23 +109,9 @@ class FastWikitextCleaner:
     def __call__(self, wikitext: str) -> str:
         if not wikitext:
             return ""
-        text = _COMMENT.sub("", wikitext)
-        text = _NOWIKI.sub(lambda m: (m.group(1) or "").replace("[", "&#91;").replace("{", "&#123;"), text)
-        text = _DROP_SELF_CLOSING.sub("", text)
-        text = _DROP_ELEMENT.sub("", text)
-        text = _TEMPLATE_ARG.sub("", text)
-        text = self._templates(text)
-        text = self._tables(text)
-        text = self._links(text)
-        text = _EXT_LINK.sub(lambda m: m.group(1) or m.group(2) or "", text)
-        text = _BREAK.sub("\n", text)
-        text = _BLOCK_TAG.sub("\n", text)
-        text = _HTML_TAG.sub("", text)
-        text = _RE_CUT_REF.sub("", text)
-        text = _BOLD_ITALIC.sub("", text)
-        text = _MAGIC.sub("", text)
-        text = _RULE.sub("", text)
-        text = _LIST_MARK.sub("", text)
+        text = substitute(wikitext, _BEFORE_SCAN)
+        text = self._links(self._tables(self._templates(text)))
+        text = substitute(text, _AFTER_SCAN)
         text = _STRAY.sub("", html.unescape(_STRAY.sub("", text)))
         return self._sections(text)
 

@@ -30,7 +30,7 @@ from mwparserfromhell.nodes import (
 )
 from mwparserfromhell.wikicode import Wikicode
 
-from .clean import join_sections
+from .clean import Substitutions, join_sections, substitute
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ _RE_HTML_TAG = re.compile(r"</?[a-zA-Z][\w:-]*(?:[\s/][^<>]*)?>")
 _RE_CUT_REF = re.compile(r"</?ref\b[^<>\n]*>?", re.IGNORECASE)  # a ref tag broken by a typo
 _RE_STRAY = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|'{2,}")
 _RE_TABLE_LINE = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+)")
+# The fallback's last steps, after links: external links keep their label, other markup goes.
+_FALLBACK_MARKUP: Substitutions = (
+    (_RE_EXT_LINK, r"\1"),
+    (_RE_HTML_TAG, ""),
+    (_RE_CUT_REF, ""),
+    (_RE_STRAY, ""),
+)
 
 
 def _local_ns_prefix(title: str) -> str | None:
@@ -236,11 +243,7 @@ class WikitextCleaner:
             if stripped.startswith("|}") and depth:
                 depth -= 1
         text = "\n".join(lines)
-        text = _RE_LINK.sub(self._fallback_link, text)
-        text = _RE_EXT_LINK.sub(r"\1", text)
-        text = _RE_HTML_TAG.sub("", text)
-        text = _RE_CUT_REF.sub("", text)
-        return _RE_STRAY.sub("", text)
+        return substitute(text, ((_RE_LINK, self._fallback_link), *_FALLBACK_MARKUP))
 
     def _fallback_link(self, m: re.Match) -> str:
         target, _, label = m.group(1).partition("|")

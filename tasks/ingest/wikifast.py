@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 
 from .clean import Substitutions, join_sections, substitute
-from .wikitext import _DROP_TAGS, _INTERLANGUAGE, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, DEFAULT_DROP_NAMESPACES
+from .wikitext import _DROP_TAGS, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, BaseWikitextCleaner
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _DROP_TAG_NAMES = "|".join(sorted(_DROP_TAGS))
@@ -100,15 +100,10 @@ def _split_top(inner: str) -> list[str]:
     return parts
 
 
-class FastWikitextCleaner:
+class FastWikitextCleaner(BaseWikitextCleaner):
     """Render wikitext to plain text without building a parse tree."""
 
-    def __init__(self, drop_namespaces: Iterable[str] = ()):
-        self.drop_namespaces = DEFAULT_DROP_NAMESPACES | {n.casefold() for n in drop_namespaces}
-
-    def __call__(self, wikitext: str) -> str:
-        if not wikitext:
-            return ""
+    def _clean(self, wikitext: str) -> str:
         text = substitute(wikitext, _BEFORE_SCAN)
         text = self._links(self._tables(self._templates(text)))
         text = substitute(text, _AFTER_SCAN)
@@ -214,7 +209,7 @@ class FastWikitextCleaner:
         if target.startswith(":") or ":" not in target:
             return False
         prefix = target.split(":", 1)[0].strip().replace("_", " ").casefold()
-        return prefix in self.drop_namespaces or bool(_INTERLANGUAGE.match(prefix))
+        return self._drops_prefix(prefix)
 
     # -- sections: headings on their own line; headings of empty sections dropped -------------
     def _sections(self, text: str) -> str:

@@ -26,6 +26,7 @@ from tasks.training.distributed import DistInfo, mean_across, sum_across
 from tasks.training.loop import (
     CheckpointFn,
     ProgressFn,
+    RunContext,
     cpu_threads,
     find_resume_state,
     freeze_unused,
@@ -150,6 +151,7 @@ def train(
     objective = ContrastiveObjective(data, cfg, info, device, runner, pad_id)
 
     state = find_resume_state(resume_from, fp)
+    run = RunContext(info, device, fp, state, checkpoint_dir, on_checkpoint, on_progress)
     resumed_from = None if state is None else int(state["step"])
 
     revived = None
@@ -191,19 +193,10 @@ def train(
                 model,
                 optimizer,
                 scheduler,
+                run,
+                cfg,
                 total=total,
-                seed=cfg.seed,
-                max_grad_norm=cfg.max_grad_norm,
                 clip_params=model.parameters(),
-                log_every=cfg.log_every,
-                checkpoint_every=cfg.checkpoint_every,
-                fingerprint=fp,
-                info=info,
-                device=device,
-                state=state,
-                checkpoint_dir=checkpoint_dir,
-                on_checkpoint=on_checkpoint,
-                on_progress=on_progress,
                 on_record=watch_sparse,
             )
         finally:

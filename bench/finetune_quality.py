@@ -43,11 +43,11 @@ MODES = ("dense", "sparse", "dense+sparse", "all")
 
 
 def corpus(lang: str) -> pd.DataFrame:
-    from tasks.ingest import iter_documents
+    from tasks.ingest import InputFile, iter_documents
 
     rows = []
     for fmt, path in SOURCES[lang]:
-        for rec in iter_documents(path, fmt, "bench", lang=lang):
+        for rec in iter_documents(InputFile(path, fmt, "bench", lang)):
             if isinstance(rec, dict) and len(rec.get("text") or "") >= 400:
                 rows.append(
                     {"id": rec["id"], "lang": lang, "text": rec["text"], "title": rec.get("title", "")}

@@ -128,7 +128,7 @@ def freeze_unused(model: M3Model, functions: Sequence[str]) -> dict[str, bool]:
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     unused: list[nn.Module] = [
         m
-        for f, m in (("sparse", model.sparse_linear), ("colbert", model.colbert_linear))
+        for f, m in (("sparse", model.sparse_linear), ("multivec", model.colbert_linear))
         if f not in functions
     ]
     pooler = getattr(model.backbone, "pooler", None)

@@ -5,7 +5,7 @@ RetroMAE, Xiao et al. 2022, arXiv 2205.12035; the model side (masking, enhanced 
 extension) is :mod:`model.retromae`. Texts are tokenized, cut into ``max_length`` pieces, batched from
 length groups, masked afresh at every step (deterministic in ``seed``) and trained with AdamW, linear
 warmup then linear decay. Only the backbone is updated and kept: the LM head and decoder are dropped,
-the M3 sparse/colbert heads are left as they were. Plain function: no Prefect (docs/CONTRACTS.md).
+the M3 sparse/multivec heads are left as they were. Plain function: no Prefect (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations

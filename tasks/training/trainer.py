@@ -44,7 +44,7 @@ _freeze_unused = freeze_unused  # the name tests/training/test_train_distributed
 _LOSS_NAMES = {
     "dense": "loss_dense",
     "sparse": "loss_sparse",
-    "colbert": "loss_colbert",
+    "multivec": "loss_multivec",
     "inter": "loss_inter",
     "L_prime": "loss_distill",
     "teacher": "loss_teacher",
@@ -140,7 +140,7 @@ def train(
         model.named_parameters(),
         cfg.weight_decay,
         cfg.lr,
-        fast=("sparse_linear.", "colbert_linear."),
+        fast=("sparse_linear.", "colbert_linear."),  # the heads' FlagEmbedding module names
         fast_scale=cfg.head_lr_scale,
     )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)

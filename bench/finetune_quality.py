@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0, help="training seed (batch order, dropout)")
     ap.add_argument("--out", type=Path, help="also write the results with per-query nDCG@10 here (JSON)")
-    ap.add_argument("--functions", default="dense,sparse,colbert", help="comma-separated subset to train")
+    ap.add_argument("--functions", default="dense,sparse,multivec", help="comma-separated subset to train")
     ap.add_argument(
         "--exclude-same-doc",
         action=argparse.BooleanOptionalAction,

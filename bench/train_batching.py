@@ -171,7 +171,7 @@ def main() -> None:
 
     def settings(g: int) -> dict[str, TrainConfig]:
         common = dict(
-            functions=["dense", "sparse", "colbert"],
+            functions=["dense", "sparse", "multivec"],
             self_distill=True,
             epochs=1,
             group_size=g,

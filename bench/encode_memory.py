@@ -130,7 +130,7 @@ def main() -> None:
     r0 = results[0]
     print(
         f"model: XLM-R-shaped 256h x 4L, vocab 250002, 8194 positions ({r0['params_mib']:.0f} MiB fp32);"
-        f" one document of {r0['text_tokens']} tokens truncated to {LENGTH}; dense+sparse+colbert"
+        f" one document of {r0['text_tokens']} tokens truncated to {LENGTH}; dense+sparse+multivec"
     )
     print(f"bound: encode adds <= {BOUND_MIB} MiB RSS (one attention matrix would be 1024 MiB per layer)")
     ok = True

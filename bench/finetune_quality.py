@@ -43,11 +43,11 @@ MODES = ("dense", "sparse", "dense+sparse", "all")
 
 
 def corpus(lang: str) -> pd.DataFrame:
-    from tasks.ingest import iter_documents
+    from tasks.ingest import InputFile, iter_documents
 
     rows = []
     for fmt, path in SOURCES[lang]:
-        for rec in iter_documents(path, fmt, "bench", lang=lang):
+        for rec in iter_documents(InputFile(path, fmt, "bench", lang)):
             if isinstance(rec, dict) and len(rec.get("text") or "") >= 400:
                 rows.append(
                     {"id": rec["id"], "lang": lang, "text": rec["text"], "title": rec.get("title", "")}
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0, help="training seed (batch order, dropout)")
     ap.add_argument("--out", type=Path, help="also write the results with per-query nDCG@10 here (JSON)")
-    ap.add_argument("--functions", default="dense,sparse,colbert", help="comma-separated subset to train")
+    ap.add_argument("--functions", default="dense,sparse,multivec", help="comma-separated subset to train")
     ap.add_argument(
         "--exclude-same-doc",
         action=argparse.BooleanOptionalAction,

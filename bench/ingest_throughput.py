@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
-from tasks.ingest import Books, IngestConfig, iter_ingest  # noqa: E402
+from tasks.ingest import Books, IngestConfig, InputFile, iter_ingest  # noqa: E402
 from tasks.ingest.files import open_bytes  # noqa: E402
 
 WIKI_QUICK = [
@@ -90,10 +90,8 @@ def wiki_anchor(path: Path) -> tuple[int, list[str]]:
 def wiki_ours(path: Path) -> tuple[int, list[str]]:
     """Our reader + filters; counts article pages that reached the document stage."""
     books, quarantine = Books(), []
-    texts = [
-        r["text"]
-        for r in iter_ingest(path, "mediawiki", "wikipedia", None, IngestConfig(), books, quarantine)
-    ]
+    file = InputFile(path, "mediawiki", "wikipedia", None)
+    texts = [r["text"] for r in iter_ingest(file, IngestConfig(), books, quarantine)]
     totals = books.totals()
     pages = totals["read"] - totals["quarantined"] - totals.get("filtered:namespace", 0)
     pages -= totals.get("filtered:redirect", 0) + totals.get("filtered:content_model", 0)
@@ -116,7 +114,8 @@ def warc_anchor(path: Path) -> tuple[int, list[str]]:
 
 def warc_ours(path: Path) -> tuple[int, list[str]]:
     books, quarantine = Books(), []
-    texts = [r["text"] for r in iter_ingest(path, "warc", "ccnews", None, IngestConfig(), books, quarantine)]
+    file = InputFile(path, "warc", "ccnews", None)
+    texts = [r["text"] for r in iter_ingest(file, IngestConfig(), books, quarantine)]
     totals = books.totals()
     docs = totals["read"] - totals.get("filtered:record_type", 0) - totals.get("filtered:content_type", 0)
     docs -= totals.get("filtered:http_status", 0)

@@ -58,12 +58,12 @@ def load_articles() -> list[dict]:
     cache = CACHE / "wiki_articles.jsonl"
     if cache.is_file():
         return [json.loads(x) for x in cache.read_text(encoding="utf-8").splitlines()]
-    from tasks.ingest import Books, IngestConfig, iter_ingest
+    from tasks.ingest import Books, IngestConfig, InputFile, iter_ingest
 
     out = []
     for path in WIKI_FILES:
         assert "xquad" not in str(path)
-        for r in iter_ingest(path, "mediawiki", "wikipedia", None, IngestConfig(), Books(), []):
+        for r in iter_ingest(InputFile(path, "mediawiki", "wikipedia", None), IngestConfig(), Books(), []):
             out.append({"title": r["title"], "lang": r["lang"], "text": r["text"]})
     tmp = cache.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
@@ -171,7 +171,7 @@ def main() -> None:
 
     def settings(g: int) -> dict[str, TrainConfig]:
         common = dict(
-            functions=["dense", "sparse", "colbert"],
+            functions=["dense", "sparse", "multivec"],
             self_distill=True,
             epochs=1,
             group_size=g,

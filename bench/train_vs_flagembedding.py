@@ -355,7 +355,7 @@ def speed(a, work: Path, model_dir: Path, tok: Path, rows: list[dict], load_aver
         f"{n_tokens:,} non-padding tokens"
     )
     base_cfg = dict(
-        functions=["dense", "sparse", "colbert"],
+        functions=["dense", "sparse", "multivec"],
         self_distill=True,
         epochs=1,
         batch_size=a.batch_size,
@@ -457,7 +457,7 @@ def memory(a, work: Path, tok: Path, articles: list[dict], load_average) -> None
             "tokenizer_dir": str(tok),
             "max_length": length,
             "config": dict(
-                functions=["dense", "sparse", "colbert"],
+                functions=["dense", "sparse", "multivec"],
                 self_distill=True,
                 max_steps=1,
                 batch_size=2,

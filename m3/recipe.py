@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from typing import Literal, get_args
 
 # The three retrieval functions, in the order of the paper's (dense, lexical, multi-vector).
-Function = Literal["dense", "sparse", "colbert"]
+Function = Literal["dense", "sparse", "multivec"]
 FUNCTIONS: tuple[Function, ...] = get_args(Function)
 
 # §3.3: the ensemble teacher s_inter = w1·s_dense + w2·s_lex + w3·s_mul with w = (1, 0.3, 1).
-ENSEMBLE_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+ENSEMBLE_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.3, "multivec": 1.0}
 # §3.3: the final loss weights λ of each function's InfoNCE / distillation term (λ_lex = 0.1).
-LOSS_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
+LOSS_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.1, "multivec": 1.0}
 
 # The evaluation's modes: each function alone, then the paper's fused systems (§4, MIRACL / MLDR
 # tables): Dense+Sparse = 1·dense + 0.3·sparse, All = 1·dense + 0.3·sparse + 1·multi-vector.
@@ -31,11 +31,11 @@ EVAL_FUSION: dict[str, dict[str, float]] = {
     "all": {
         "dense": ENSEMBLE_WEIGHTS["dense"],
         "sparse": ENSEMBLE_WEIGHTS["sparse"],
-        "multivec": ENSEMBLE_WEIGHTS["colbert"],
+        "multivec": ENSEMBLE_WEIGHTS["multivec"],
     },
 }
 
 
 def weights_tuple(weights: Mapping[Function, float] = ENSEMBLE_WEIGHTS) -> tuple[float, float, float]:
     """(dense, lexical, multi-vector) weights as the scoring functions take them."""
-    return (weights["dense"], weights["sparse"], weights["colbert"])
+    return (weights["dense"], weights["sparse"], weights["multivec"])

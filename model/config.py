@@ -50,6 +50,7 @@ class ModelSpec(StrictModel):
     num_attention_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(512, ge=8)
     max_position_embeddings: int = Field(514, ge=POSITION_OFFSET + 8, le=MAX_POSITIONS)
+    # the multivec head's size, under BGE-M3's name (m3_config.json, BGEM3FlagModel's colbert_dim)
     colbert_dim: int = Field(-1, description="-1: same as hidden_size (as in BGE-M3)")
     pooling: Literal["cls", "mean"] | None = Field(
         None, description="null: the checkpoint's own (init), else CLS as in BGE-M3"

@@ -153,7 +153,7 @@ def unified_loss(
 ) -> dict[str, torch.Tensor]:
     """The M3 unified objective over ``[n, n·group_size]`` score matrices, one per trained function.
 
-    With functions F (any non-empty subset of dense/sparse/colbert) and k = |F|:
+    With functions F (any non-empty subset of dense/sparse/multivec) and k = |F|:
     ``s_inter = Σ w_f s_f``; ``L = (Σ λ_f L_f + L_inter) / (k + 1)``;
     ``L' = Σ λ_f L'_f / k`` with ``L'_f = −softmax(s_inter/τ)·log softmax(s_f/τ)``;
     ``L_final = (L + L') / 2`` once self-distillation is on, else ``L``. For all three functions this

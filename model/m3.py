@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 M3_CONFIG = "m3_config.json"
 SPARSE_HEAD = "sparse_linear.pt"
-COLBERT_HEAD = "colbert_linear.pt"
+COLBERT_HEAD = "colbert_linear.pt"  # the multivec head, under the file name BGEM3FlagModel loads
 STORE_MANIFEST_FILE = ".m3-manifest"  # written by m3.store.Store.materialize into every artifact folder
 FORMAT_VERSION = 1
 MCLS_INTERVAL = 256  # paper §3.4: one CLS per 256 tokens for long documents
@@ -226,6 +226,7 @@ class M3Model(nn.Module):
         self.pooling = pooling
         hidden = backbone.config.hidden_size
         self.sparse_linear = nn.Linear(hidden, 1)
+        # the multivec head; colbert_linear / colbert_dim: BGEM3Model's names, kept for FlagEmbedding
         self.colbert_linear = nn.Linear(hidden, hidden if colbert_dim == -1 else colbert_dim)
         self.init_heads()
         positions = getattr(backbone.config, "max_position_embeddings", 514)
@@ -442,14 +443,14 @@ class M3Model(nn.Module):
         keep = mask.bool() & ~torch.isin(ids, self.special_ids)
         return max_pool_repeats(ids, weights * keep)
 
-    def _colbert(
+    def _multivec(
         self, hidden: torch.Tensor, mask: torch.Tensor, cls_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         vecs = F.normalize(self.colbert_linear(hidden[:, 1:]).float(), dim=-1)
-        colbert_mask = mask[:, 1:].bool()
+        multivec_mask = mask[:, 1:].bool()
         if cls_mask is not None:  # MCLS: the inserted CLS tokens are not content vectors
-            colbert_mask = colbert_mask & ~cls_mask[:, 1:]
-        return vecs * colbert_mask.unsqueeze(-1), colbert_mask
+            multivec_mask = multivec_mask & ~cls_mask[:, 1:]
+        return vecs * multivec_mask.unsqueeze(-1), multivec_mask
 
     def forward(
         self,
@@ -457,13 +458,13 @@ class M3Model(nn.Module):
         attention_mask: torch.Tensor,
         return_dense: bool = True,
         return_sparse: bool = True,
-        return_colbert: bool = True,
+        return_multivec: bool = True,
         cls_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One backbone pass; returns float32 ``dense`` [B, H] (L2-normalised), ``sparse`` [B, L] (per
         position weights aligned to ``input_ids``: specials/padding 0, a repeated token's max at its
-        first position and 0 at the others), ``colbert`` [B, L-1, D] (normalised, padding zeroed),
-        ``colbert_mask`` [B, L-1] bool.
+        first position and 0 at the others), ``multivec`` [B, L-1, D] (normalised, padding zeroed),
+        ``multivec_mask`` [B, L-1] bool: keyed by the recipe's function names (``m3.recipe.Function``).
 
         ``cls_mask`` (bool [B, L], MCLS inputs): the dense vector is the mean of the states at those
         positions, and they are left out of the multi-vector output.
@@ -474,8 +475,8 @@ class M3Model(nn.Module):
             out["dense"] = self._dense(hidden, attention_mask, cls_mask)
         if return_sparse:
             out["sparse"] = self._sparse(hidden, input_ids, attention_mask)
-        if return_colbert:
-            out["colbert"], out["colbert_mask"] = self._colbert(hidden, attention_mask, cls_mask)
+        if return_multivec:
+            out["multivec"], out["multivec_mask"] = self._multivec(hidden, attention_mask, cls_mask)
         return out
 
     # ------------------------------------------------------------------------------------ encode
@@ -519,7 +520,7 @@ class M3Model(nn.Module):
         max_length: int = 512,
         return_dense: bool = True,
         return_sparse: bool = False,
-        return_colbert: bool = False,
+        return_colbert: bool = False,  # FlagEmbedding's encode names (return_colbert, colbert_vecs), kept
         show_progress: bool = False,
         mcls: bool = False,
         mcls_interval: int = MCLS_INTERVAL,
@@ -552,7 +553,7 @@ class M3Model(nn.Module):
         lex_rows: list[np.ndarray] = []
         lex_cols: list[np.ndarray] = []
         lex_vals: list[np.ndarray] = []
-        colbert: list[np.ndarray] | None = (
+        multivec: list[np.ndarray] | None = (
             [np.zeros((0, self.colbert_dim), np.float32)] * n if return_colbert else None
         )
         pad_id = self.tokenizer.pad_token_id
@@ -580,11 +581,11 @@ class M3Model(nn.Module):
                         lex_rows.append(idx[r])
                         lex_cols.append(input_ids.cpu().numpy()[r, k])
                         lex_vals.append(w[r, k])
-                    if colbert is not None:
-                        vecs = out["colbert"].float().cpu().numpy()
-                        cmask = out["colbert_mask"].cpu().numpy()
+                    if multivec is not None:
+                        vecs = out["multivec"].float().cpu().numpy()
+                        cmask = out["multivec_mask"].cpu().numpy()
                         for r_, i in enumerate(idx):
-                            colbert[i] = vecs[r_][cmask[r_]]
+                            multivec[i] = vecs[r_][cmask[r_]]
                     if progress is not None:
                         progress.update(len(idx))
         finally:
@@ -598,8 +599,8 @@ class M3Model(nn.Module):
             result["lexical_weights"], result["lexical_matrix"] = self._lexical_outputs(
                 n, lex_rows, lex_cols, lex_vals
             )
-        if colbert is not None:
-            result["colbert_vecs"] = colbert
+        if multivec is not None:
+            result["colbert_vecs"] = multivec  # BGEM3FlagModel.encode's key (bench/flagembedding_interop.py)
         return result
 
     def _lexical_outputs(self, n: int, rows, cols, vals) -> tuple[list[dict[str, float]], Any]:

@@ -19,7 +19,7 @@ and the authors' code), not by writing ``<mask>`` into the key/value tokens as w
 hide ``1 - (1 - r)^2`` (75% at ``r = 0.5``) of the text from each row instead of ``r``.
 
 Only the backbone is kept afterwards; the LM head and the decoder are training scaffolding, and the
-M3 heads (sparse, colbert) are neither used nor changed. This module has no Prefect imports
+M3 heads (sparse, multivec) are neither used nor changed. This module has no Prefect imports
 (docs/CONTRACTS.md); the training loop is :func:`tasks.training.retromae.train_retromae`.
 """
 
@@ -274,7 +274,7 @@ class RetroMAE(nn.Module):
         return self.m3.backbone
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Backbone + LM head + decoder; the M3 sparse/colbert heads are not part of RetroMAE.
+        """Backbone + LM head + decoder; the M3 sparse/multivec heads are not part of RetroMAE.
 
         The tied word-embedding matrix appears once (under the backbone)."""
         seen: set[int] = set()

@@ -3,6 +3,7 @@
 Each function works on a single pair (returns a float) and on batches (returns an [n, m] matrix).
 ``*_tensor`` variants are differentiable torch versions for training losses. The formulas follow the
 paper; FlagEmbedding's ``BGEM3FlagModel.compute_score`` / ``colbert_score`` compute the same things.
+The functions are named as in :data:`m3.recipe.FUNCTIONS` (``lexical`` is the paper's word for sparse).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from m3.recipe import weights_tuple
 
 DEFAULT_WEIGHTS = weights_tuple()  # the ensemble teacher's (dense, lexical, multi-vector), m3.recipe
-_MAX_SIM_ELEMENTS = 1 << 25  # bound the [n, m_chunk, Lq, Lp] similarity block in colbert scoring
+_MAX_SIM_ELEMENTS = 1 << 25  # bound the [n, m_chunk, Lq, Lp] similarity block in multivec scoring
 
 
 def _is_torch(x: Any) -> bool:
@@ -113,7 +114,7 @@ def _pad_ragged(vecs: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
-def colbert_scores_tensor(
+def multivec_scores_tensor(
     q: torch.Tensor, p: torch.Tensor, q_mask: torch.Tensor | None = None, p_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Differentiable ``[n, m]`` late-interaction scores ``(1/N_q) Σ_i max_j <q_i, p_j>``.
@@ -139,7 +140,7 @@ def colbert_scores_tensor(
     return total / q_mask.sum(-1, keepdim=True).clamp(min=1)
 
 
-def colbert_scores(qv, pv, q_mask=None, p_mask=None):
+def multivec_scores(qv, pv, q_mask=None, p_mask=None):
     """Multi-vector score ``s_mul = (1/N_q) Σ_i max_j <E_q[i], E_p[j]>``.
 
     Accepts ``[Lq, D] x [Lp, D]`` (-> float), ``[n, Lq, D] x [m, Lp, D]`` (-> ``[n, m]``), or lists of
@@ -161,7 +162,7 @@ def colbert_scores(qv, pv, q_mask=None, p_mask=None):
     if pt.ndim == 2:
         pt, pm = pt[None], (None if pm is None else pm[None])
     with torch.no_grad() if as_numpy else contextlib.nullcontext():
-        out = colbert_scores_tensor(qt, pt, qm, pm)
+        out = multivec_scores_tensor(qt, pt, qm, pm)
     if single:
         return float(out[0, 0])
     return out.detach().cpu().numpy() if as_numpy else out
@@ -174,22 +175,22 @@ def _weights(weights) -> tuple[float, float, float]:
     if isinstance(weights, Mapping):
         d = dict(weights)
         lex = d.get("lexical", d.get("sparse", 0.0))
-        return float(d.get("dense", 0.0)), float(lex), float(d.get("colbert", d.get("multi_vector", 0.0)))
+        return float(d.get("dense", 0.0)), float(lex), float(d.get("multivec", d.get("multi_vector", 0.0)))
     w = tuple(float(x) for x in weights)
     if len(w) != 3:
-        raise ValueError("weights must be (dense, lexical, colbert)")
+        raise ValueError("weights must be (dense, lexical, multivec)")
     return w
 
 
-def hybrid(dense=None, lexical=None, colbert=None, weights=DEFAULT_WEIGHTS):
+def hybrid(dense=None, lexical=None, multivec=None, weights=DEFAULT_WEIGHTS):
     """``s_rank = w1·s_dense + w2·s_lex + w3·s_mul`` on floats or same-shaped score matrices.
 
     Missing components (None) are left out of the sum (no re-normalisation, exactly as in the recipe).
-    ``weights`` is ``(w_dense, w_lexical, w_colbert)`` or a dict with those keys.
+    ``weights`` is ``(w_dense, w_lexical, w_multivec)`` or a dict with those keys.
     """
     w = _weights(weights)
     total = None
-    for wi, s in zip(w, (dense, lexical, colbert), strict=True):
+    for wi, s in zip(w, (dense, lexical, multivec), strict=True):
         if s is None:
             continue
         term = wi * s
@@ -209,7 +210,7 @@ def score_all(q_out: Mapping, p_out: Mapping, weights=DEFAULT_WEIGHTS) -> dict[s
     elif q_out.get("lexical_weights") is not None and p_out.get("lexical_weights") is not None:
         out["lexical"] = lexical_scores(q_out["lexical_weights"], p_out["lexical_weights"])
     if q_out.get("colbert_vecs") is not None and p_out.get("colbert_vecs") is not None:
-        out["colbert"] = colbert_scores(list(q_out["colbert_vecs"]), list(p_out["colbert_vecs"]))
+        out["multivec"] = multivec_scores(list(q_out["colbert_vecs"]), list(p_out["colbert_vecs"]))
     if out:
-        out["hybrid"] = hybrid(out.get("dense"), out.get("lexical"), out.get("colbert"), weights=weights)
+        out["hybrid"] = hybrid(out.get("dense"), out.get("lexical"), out.get("multivec"), weights=weights)
     return out

@@ -15,7 +15,7 @@ class Encoder:
     functions: frozenset[str] = frozenset({"dense"})
     mcls = False  # whether passages are encoded with MCLS (reported)
 
-    def encode(self, texts: list[str], *, query: bool, dense=True, sparse=False, colbert=False) -> dict:
+    def encode(self, texts: list[str], *, query: bool, dense=True, sparse=False, multivec=False) -> dict:
         raise NotImplementedError
 
     def with_config(self, cfg: EvalConfig) -> Encoder:
@@ -47,7 +47,7 @@ class M3Encoder(Encoder):
     def with_config(self, cfg: EvalConfig) -> M3Encoder:
         return M3Encoder(self.model, cfg, self.label)
 
-    def encode(self, texts, *, query, dense=True, sparse=False, colbert=False) -> dict:
+    def encode(self, texts, *, query, dense=True, sparse=False, multivec=False) -> dict:
         extra = {} if query or not self.cfg.mcls else {"mcls": True, "mcls_interval": self.cfg.mcls_interval}
         return self.model.encode(
             list(texts),
@@ -55,7 +55,7 @@ class M3Encoder(Encoder):
             max_length=self.cfg.query_max_length if query else self.cfg.max_length,
             return_dense=dense,
             return_sparse=sparse,
-            return_colbert=colbert,
+            return_colbert=multivec,  # M3Model.encode keeps FlagEmbedding's argument name
             **extra,
         )
 
@@ -73,7 +73,7 @@ class SentenceTransformerEncoder(Encoder):
         self.cfg = cfg
         self.label = label or f"ST {str(path).rstrip('/').rsplit('/', 1)[-1]}"
 
-    def encode(self, texts, *, query, dense=True, sparse=False, colbert=False) -> dict:
+    def encode(self, texts, *, query, dense=True, sparse=False, multivec=False) -> dict:
         vecs = self.model.encode(
             list(texts),
             batch_size=self.cfg.encode_batch_size,

@@ -63,14 +63,14 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         query=False,
         dense="dense" in needs,
         sparse="sparse" in needs,
-        colbert=exhaustive_mv,
+        multivec=exhaustive_mv,
     )
     q_out = encoder.encode(
         ds.queries["query"].tolist(),
         query=True,
         dense="dense" in needs,
         sparse="sparse" in needs,
-        colbert="multivec" in needs,
+        multivec="multivec" in needs,
     )
     runs: dict[str, Run] = {}
     info: dict[str, Any] = {"passages": len(pids), "queries": len(qids)}
@@ -114,7 +114,9 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
             rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
             texts = ds.corpus["passage"].to_numpy()[rows].tolist()
             vecs = (
-                encoder.encode(texts, query=False, dense=False, colbert=True)["colbert_vecs"] if texts else []
+                encoder.encode(texts, query=False, dense=False, multivec=True)["colbert_vecs"]
+                if texts
+                else []
             )
         dim = q_out["colbert_vecs"][0].shape[-1] if len(q_out["colbert_vecs"]) else 1
         tokens = TokenVectors(vecs, dim)

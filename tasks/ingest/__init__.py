@@ -14,14 +14,13 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import pydantic
 
 from m3.strict import StrictModel
 
-from .common import Format, Quarantined, Skipped
+from .common import Format, InputFile, Quarantined, Skipped
 from .dedup import DedupConfig
 from .language import UNDETERMINED, normalize_code
 from .mc4 import iter_mc4
@@ -37,6 +36,7 @@ __all__ = [
     "FileIngestResult",
     "Format",
     "IngestConfig",
+    "InputFile",
     "QualityConfig",
     "Quarantined",
     "Skipped",
@@ -96,20 +96,16 @@ class FileIngestResult:
 
 
 def iter_documents(
-    path: str | Path,
-    fmt: Format,
-    source: str,
-    lang: str | None = None,
-    config: IngestConfig | None = None,
+    file: InputFile, config: IngestConfig | None = None
 ) -> Iterator[dict | Skipped | Quarantined]:
-    """Stream one item per input unit (page, JSON line, WARC record) of ``path``.
+    """Stream one item per input unit (page, JSON line, WARC record) of ``file``.
 
-    Records are cleaned but not yet length-filtered (see :func:`apply_length_rules`). ``lang``,
+    Records are cleaned but not yet length-filtered (see :func:`apply_length_rules`). ``file.lang``,
     if given, is used for every document; otherwise the file tells (siteinfo, file name) or
     py3langid identifies each document.
     """
     config = config or IngestConfig()
-    path = str(path)
+    path, fmt, source, lang = str(file.path), file.fmt, file.source, file.lang
     if fmt == "mediawiki":
         return iter_mediawiki(path, source, lang, engine=config.wikitext_engine)
     if fmt == "mc4":
@@ -195,10 +191,7 @@ def document_issue(
 
 
 def iter_ingest(
-    path: str | Path,
-    fmt: Format,
-    source: str,
-    lang: str | None,
+    file: InputFile,
     config: IngestConfig,
     books: Books,
     quarantine: list[dict],
@@ -210,8 +203,8 @@ def iter_ingest(
 
     ``name`` is how quarantine entries name the file (default: its base name; never the local path).
     """
-    file_lang = normalize_code(lang)
-    for item in iter_documents(path, fmt, source, lang, config):
+    file_lang = normalize_code(file.lang)
+    for item in iter_documents(file, config):
         if isinstance(item, Quarantined):
             books.add(file_lang, "quarantined", f"quarantined:{item.reason}")
             quarantine.append(item.as_dict(name))
@@ -228,12 +221,7 @@ def iter_ingest(
 
 
 def ingest_file(
-    path: str | Path,
-    fmt: Format,
-    source: str,
-    lang: str | None = None,
-    config: IngestConfig | None = None,
-    languages: list[str] | None = None,
+    file: InputFile, config: IngestConfig | None = None, languages: list[str] | None = None
 ) -> FileIngestResult:
     """Read one file into corpus records plus bookkeeping (stats and quarantine entries).
 
@@ -245,7 +233,7 @@ def ingest_file(
     config = config or IngestConfig()
     books = Books()
     quarantine: list[dict] = []
-    records = list(iter_ingest(path, fmt, source, lang, config, books, quarantine, languages))
+    records = list(iter_ingest(file, config, books, quarantine, languages))
     out = books.totals()
-    logger.info("ingested %s (%s): %s", path, fmt, out)
+    logger.info("ingested %s (%s): %s", file.path, file.fmt, out)
     return FileIngestResult(records=records, stats=out, quarantine=quarantine, by_lang=books.per_lang())

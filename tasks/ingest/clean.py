@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
+
+# (pattern, replacement) steps applied in order by :func:`substitute`; a replacement is a string or
+# a function of the match, as for ``re.sub``.
+Substitutions = Sequence[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]
 
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85\x0b\x0c]")
 # Cc = control characters; keep \n and \t. Also drop the BOM / zero-width no-break space and
@@ -18,19 +23,23 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ufeff\ud800-\udfff
 _SPACES = re.compile(r"[ \u00a0\u2000-\u200a\u202f\u205f]+")
 _EDGE_SPACES = re.compile(r"^[ ]+|[ \t]+$", re.MULTILINE)
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_BEFORE_NFC: Substitutions = ((_NEWLINES, "\n"), (_CONTROL, ""))
+_AFTER_NFC: Substitutions = ((_SPACES, " "), (_EDGE_SPACES, ""), (_BLANK_RUNS, "\n\n"))
+
+
+def substitute(text: str, steps: Substitutions) -> str:
+    """``text`` with every ``(pattern, replacement)`` of ``steps`` substituted, in order."""
+    for pattern, replacement in steps:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def clean_text(text: str) -> str:
     """Return ``text`` NFC-normalised, without control characters, with collapsed whitespace."""
     if not text:
         return ""
-    text = _NEWLINES.sub("\n", text)
-    text = _CONTROL.sub("", text)
-    text = unicodedata.normalize("NFC", text)
-    text = _SPACES.sub(" ", text)
-    text = _EDGE_SPACES.sub("", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip()
+    text = unicodedata.normalize("NFC", substitute(text, _BEFORE_NFC))
+    return substitute(text, _AFTER_NFC).strip()
 
 
 def join_sections(sections: list[tuple[int, str, str]]) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from .clean import clean_text
@@ -21,6 +22,17 @@ from .language import UNDETERMINED, detect_language, normalize_code
 Format = Literal["mediawiki", "mc4", "warc"]  # the input formats a reader exists for
 
 EXCERPT_CHARS = 80
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file of one source: where it is, its format, the source it belongs to and its
+    language (None: the file tells, by its siteinfo or name, or each document is identified)."""
+
+    path: str | Path
+    fmt: Format
+    source: str
+    lang: str | None
 
 
 def excerpt(data: bytes | str | None, limit: int = EXCERPT_CHARS) -> str:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import Books, Format, IngestConfig, iter_ingest
+from . import Books, IngestConfig, InputFile, iter_ingest
 from .dedup import COL_ID, Forest, Signer, bucket_edges, classify, merge_forests, non_roots, reduce_plan
 from .quality import is_unspaced
 
@@ -44,13 +44,10 @@ def _corpus_schema() -> pa.Schema:
 
 
 @dataclass(frozen=True)
-class FileJob:
-    """One input file of one source (the unit of parallelism)."""
+class FileJob(InputFile):
+    """One input file of one source as the stage schedules it (the unit of parallelism)."""
 
-    path: str
-    fmt: Format
-    source: str
-    lang: str | None
+    path: str  # ``<manifest id>/<file>`` until the worker has fetched it (tasks.ingest.stage)
     rel: str  # the file's name inside its source artifact (for the books)
     out: str  # shard path prefix (``.parquet`` and ``.sig`` are appended)
     bytes: int = 0  # input size: the work estimate run_ingest orders the files by
@@ -79,9 +76,7 @@ def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | N
         batch.clear()
 
     with pq.ParquetWriter(parquet, schema, compression="zstd") as writer, sig_path.open("wb") as sig_fh:
-        for rec in iter_ingest(
-            job.path, job.fmt, job.source, job.lang, config, books, quarantine, languages, name=job.rel
-        ):
+        for rec in iter_ingest(job, config, books, quarantine, languages, name=job.rel):
             batch.append(rec)
             if len(batch) >= config.batch_rows:
                 flush(writer, sig_fh)

@@ -16,8 +16,8 @@ import html
 import re
 from collections.abc import Iterable
 
-from .clean import join_sections
-from .wikitext import _DROP_TAGS, _INTERLANGUAGE, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, DEFAULT_DROP_NAMESPACES
+from .clean import Substitutions, join_sections, substitute
+from .wikitext import _DROP_TAGS, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, BaseWikitextCleaner
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _DROP_TAG_NAMES = "|".join(sorted(_DROP_TAGS))
@@ -48,6 +48,33 @@ _PIPE_TRICK = re.compile(r"\s*\([^)]*\)\s*$")
 _TEMPLATE_ARG = re.compile(r"\{\{\{[^{}]*\}\}\}")
 
 
+def _escape_nowiki(m: re.Match[str]) -> str:
+    """A ``<nowiki>`` element's text with its brackets escaped, so no later step reads them as markup."""
+    return (m.group(1) or "").replace("[", "&#91;").replace("{", "&#123;")
+
+
+# Before templates, tables and links are scanned: comments, nowiki and dropped elements go.
+_BEFORE_SCAN: Substitutions = (
+    (_COMMENT, ""),
+    (_NOWIKI, _escape_nowiki),
+    (_DROP_SELF_CLOSING, ""),
+    (_DROP_ELEMENT, ""),
+    (_TEMPLATE_ARG, ""),
+)
+# After: external links keep their label, block tags become line breaks, other markup goes.
+_AFTER_SCAN: Substitutions = (
+    (_EXT_LINK, lambda m: m.group(1) or m.group(2) or ""),
+    (_BREAK, "\n"),
+    (_BLOCK_TAG, "\n"),
+    (_HTML_TAG, ""),
+    (_RE_CUT_REF, ""),
+    (_BOLD_ITALIC, ""),
+    (_MAGIC, ""),
+    (_RULE, ""),
+    (_LIST_MARK, ""),
+)
+
+
 def _split_top(inner: str) -> list[str]:
     """Split at ``|`` that are not inside nested ``{{ }}`` or ``[[ ]]``."""
     if "|" not in inner:
@@ -73,32 +100,13 @@ def _split_top(inner: str) -> list[str]:
     return parts
 
 
-class FastWikitextCleaner:
+class FastWikitextCleaner(BaseWikitextCleaner):
     """Render wikitext to plain text without building a parse tree."""
 
-    def __init__(self, drop_namespaces: Iterable[str] = ()):
-        self.drop_namespaces = DEFAULT_DROP_NAMESPACES | {n.casefold() for n in drop_namespaces}
-
-    def __call__(self, wikitext: str) -> str:
-        if not wikitext:
-            return ""
-        text = _COMMENT.sub("", wikitext)
-        text = _NOWIKI.sub(lambda m: (m.group(1) or "").replace("[", "&#91;").replace("{", "&#123;"), text)
-        text = _DROP_SELF_CLOSING.sub("", text)
-        text = _DROP_ELEMENT.sub("", text)
-        text = _TEMPLATE_ARG.sub("", text)
-        text = self._templates(text)
-        text = self._tables(text)
-        text = self._links(text)
-        text = _EXT_LINK.sub(lambda m: m.group(1) or m.group(2) or "", text)
-        text = _BREAK.sub("\n", text)
-        text = _BLOCK_TAG.sub("\n", text)
-        text = _HTML_TAG.sub("", text)
-        text = _RE_CUT_REF.sub("", text)
-        text = _BOLD_ITALIC.sub("", text)
-        text = _MAGIC.sub("", text)
-        text = _RULE.sub("", text)
-        text = _LIST_MARK.sub("", text)
+    def _clean(self, wikitext: str) -> str:
+        text = substitute(wikitext, _BEFORE_SCAN)
+        text = self._links(self._tables(self._templates(text)))
+        text = substitute(text, _AFTER_SCAN)
         text = _STRAY.sub("", html.unescape(_STRAY.sub("", text)))
         return self._sections(text)
 
@@ -201,7 +209,7 @@ class FastWikitextCleaner:
         if target.startswith(":") or ":" not in target:
             return False
         prefix = target.split(":", 1)[0].strip().replace("_", " ").casefold()
-        return prefix in self.drop_namespaces or bool(_INTERLANGUAGE.match(prefix))
+        return self._drops_prefix(prefix)
 
     # -- sections: headings on their own line; headings of empty sections dropped -------------
     def _sections(self, text: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 import mwparserfromhell
@@ -30,7 +31,7 @@ from mwparserfromhell.nodes import (
 )
 from mwparserfromhell.wikicode import Wikicode
 
-from .clean import join_sections
+from .clean import Substitutions, join_sections, substitute
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,13 @@ _RE_HTML_TAG = re.compile(r"</?[a-zA-Z][\w:-]*(?:[\s/][^<>]*)?>")
 _RE_CUT_REF = re.compile(r"</?ref\b[^<>\n]*>?", re.IGNORECASE)  # a ref tag broken by a typo
 _RE_STRAY = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|'{2,}")
 _RE_TABLE_LINE = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+)")
+# The fallback's last steps, after links: external links keep their label, other markup goes.
+_FALLBACK_MARKUP: Substitutions = (
+    (_RE_EXT_LINK, r"\1"),
+    (_RE_HTML_TAG, ""),
+    (_RE_CUT_REF, ""),
+    (_RE_STRAY, ""),
+)
 
 
 def _local_ns_prefix(title: str) -> str | None:
@@ -107,17 +115,32 @@ def _local_ns_prefix(title: str) -> str | None:
     return title.split(":", 1)[0].strip().replace("_", " ").casefold()
 
 
-class WikitextCleaner:
-    """Render wikitext to plain text; ``drop_namespaces`` are the link prefixes to drop."""
+class BaseWikitextCleaner(ABC):
+    """What every wikitext engine shares: ``drop_namespaces`` (added to
+    :data:`DEFAULT_DROP_NAMESPACES`) are the link prefixes to drop, interlanguage links are dropped
+    too, and empty wikitext is empty text."""
 
     def __init__(self, drop_namespaces: Iterable[str] = ()):
         self.drop_namespaces = DEFAULT_DROP_NAMESPACES | {n.casefold() for n in drop_namespaces}
 
-    # -- public -------------------------------------------------------------------------------
     def __call__(self, wikitext: str) -> str:
         """Return clean text; headings of sections left empty (e.g. "References") are dropped."""
-        if not wikitext:
-            return ""
+        return self._clean(wikitext) if wikitext else ""
+
+    @abstractmethod
+    def _clean(self, wikitext: str) -> str:
+        """Clean text of non-empty ``wikitext``."""
+
+    def _drops_prefix(self, prefix: str) -> bool:
+        """A link with this namespace prefix (casefolded) is dropped: a file, category or
+        interlanguage link."""
+        return prefix in self.drop_namespaces or bool(_INTERLANGUAGE.match(prefix))
+
+
+class WikitextCleaner(BaseWikitextCleaner):
+    """Render wikitext to plain text with mwparserfromhell, a regex pass where it fails."""
+
+    def _clean(self, wikitext: str) -> str:
         try:
             code = mwparserfromhell.parse(wikitext)
         except Exception as exc:  # noqa: BLE001 - the parser is fallible on pathological input
@@ -173,7 +196,7 @@ class WikitextCleaner:
         target = str(node.title).strip()
         if not target.startswith(":"):
             prefix = _local_ns_prefix(target)
-            if prefix is not None and (prefix in self.drop_namespaces or _INTERLANGUAGE.match(prefix)):
+            if prefix is not None and self._drops_prefix(prefix):
                 return []
         if node.text is not None:
             label = self._render(node.text)
@@ -236,20 +259,12 @@ class WikitextCleaner:
             if stripped.startswith("|}") and depth:
                 depth -= 1
         text = "\n".join(lines)
-        text = _RE_LINK.sub(self._fallback_link, text)
-        text = _RE_EXT_LINK.sub(r"\1", text)
-        text = _RE_HTML_TAG.sub("", text)
-        text = _RE_CUT_REF.sub("", text)
-        return _RE_STRAY.sub("", text)
+        return substitute(text, ((_RE_LINK, self._fallback_link), *_FALLBACK_MARKUP))
 
     def _fallback_link(self, m: re.Match) -> str:
         target, _, label = m.group(1).partition("|")
         prefix = _local_ns_prefix(target)
-        if (
-            not target.startswith(":")
-            and prefix is not None
-            and (prefix in self.drop_namespaces or _INTERLANGUAGE.match(prefix))
-        ):
+        if not target.startswith(":") and prefix is not None and self._drops_prefix(prefix):
             return ""
         return (label.rsplit("|", 1)[-1] if label else target).lstrip(":")
 

@@ -27,7 +27,6 @@ from tasks.mining.rules import (
     PoolFacts,
     clean_candidates,
     norm_text,
-    query_rng,
     sample_negatives,
     train_row,
     with_backend,
@@ -182,8 +181,7 @@ def mine_bm25(
             backend=q.backend,
         )
         clean = _clean_ranking(ids, scores, cfg.range_end, excluded, stats)
-        rng = query_rng(cfg, q.query_id)
-        chosen, pads = sample_negatives(clean, cfg, rng, excluded, ids if len(ids) else whole_pool)
+        chosen, pads = sample_negatives(clean, cfg, q.query_id, excluded, ids if len(ids) else whole_pool)
         negs = [i for i, _ in chosen] + pads
         neg_scores = [float(s) for _, s in chosen] + [_score_at(ids, scores, i) for i in pads]
         count_negatives(stats, len(negs), len(pads), cfg.num_negatives)

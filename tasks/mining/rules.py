@@ -183,12 +183,14 @@ def pad_negatives(
 def sample_negatives(
     clean: list[tuple[int, float]],
     cfg: MineConfig,
-    rng: random.Random,
+    query_id: object,
     excluded: Exclusion,
     pool_ids: np.ndarray,
 ) -> tuple[list[tuple[int, float]], list[int]]:
     """The window's (index, score) negatives and, when they are fewer than ``num_negatives`` and
-    ``pad`` is on, the random ``pool_ids`` passages that fill up (never one of the skipped top ranks)."""
+    ``pad`` is on, the random ``pool_ids`` passages that fill up (never one of the skipped top ranks).
+    Both draw from the query's own stream (:func:`query_rng`)."""
+    rng = query_rng(cfg, query_id)
     chosen = choose_window(clean, cfg, rng)
     missing = cfg.num_negatives - len(chosen)
     if missing <= 0 or not cfg.pad:

@@ -27,7 +27,6 @@ from tasks.mining.rules import (
     PoolFacts,
     clean_candidates,
     norm_text,
-    query_rng,
     sample_negatives,
     stable_u64,
     train_row,
@@ -128,8 +127,8 @@ def mine_partition(
         group = meta["by_lang"].get(q.lang) if cfg.per_language else None
         if cfg.per_language and group is None:
             qstats["lang_not_in_pool"] += 1
-        rng = query_rng(cfg, q.query_id)
-        chosen, pads = sample_negatives(clean, cfg, rng, excluded, group if group is not None else whole_pool)
+        pad_from = group if group is not None else whole_pool
+        chosen, pads = sample_negatives(clean, cfg, q.query_id, excluded, pad_from)
         negs = [i for i, _ in chosen] + pads
         # padding scores are filled in below with the teacher's scores
         neg_scores = [float(s) for _, s in chosen] + [0.0] * len(pads)

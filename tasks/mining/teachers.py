@@ -270,7 +270,7 @@ def hybrid_scores(
     """M3's hybrid relevance of each (query, passage) pair with an M3 folder: ``model.scoring``'s
     dense, lexical and multi-vector scores combined by ``weights``. Pairs are handled in chunks (each
     distinct text of a chunk encoded once), so multi-vector outputs never pile up for a whole partition."""
-    from model.scoring import colbert_scores, hybrid
+    from model.scoring import hybrid, multivec_scores
 
     model = get_model(folder, "m3")
     if not hasattr(model, "sparse_linear"):
@@ -287,7 +287,7 @@ def hybrid_scores(
         mul = np.empty(e - s, dtype=np.float32)
         for u in np.unique(qi):
             sel = np.nonzero(qi == u)[0]
-            mul[sel] = colbert_scores([qo["colbert_vecs"][u]], [po["colbert_vecs"][j] for j in pi[sel]])[0]
+            mul[sel] = multivec_scores([qo["colbert_vecs"][u]], [po["colbert_vecs"][j] for j in pi[sel]])[0]
         out[s:e] = hybrid(dense, lex, mul, weights=tuple(weights))
     return out
 

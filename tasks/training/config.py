@@ -104,8 +104,8 @@ class TrainConfig(StrictModel):
     @classmethod
     def _functions(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("train at least one function (dense, sparse, colbert)")
-        return [f for f in ("dense", "sparse", "colbert") if f in v]
+            raise ValueError(f"train at least one function ({', '.join(FUNCTIONS)})")
+        return [f for f in FUNCTIONS if f in v]
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -54,6 +54,31 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class LoopSettings(Protocol):
+    """The config fields :func:`run_loop` reads (every trainer's config has them)."""
+
+    seed: int
+    max_grad_norm: float | None
+    log_every: int
+    checkpoint_every: int | None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where one training run goes and whom it tells: this rank (``info``) and its ``device``, the
+    ``fingerprint`` its checkpoints carry and the checkpoint ``state`` it continues (None: a fresh
+    start, see :func:`find_resume_state`), where checkpoints are written (``checkpoint_dir``) and
+    the callbacks of a checkpoint and of a step (rank 0)."""
+
+    info: DistInfo
+    device: torch.device
+    fingerprint: str
+    state: dict[str, Any] | None = None
+    checkpoint_dir: Path | str | None = None
+    on_checkpoint: CheckpointFn | None = None
+    on_progress: ProgressFn | None = None
+
+
 @dataclass
 class LoopResult:
     step: int
@@ -103,7 +128,7 @@ def freeze_unused(model: M3Model, functions: Sequence[str]) -> dict[str, bool]:
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     unused: list[nn.Module] = [
         m
-        for f, m in (("sparse", model.sparse_linear), ("colbert", model.colbert_linear))
+        for f, m in (("sparse", model.sparse_linear), ("multivec", model.colbert_linear))
         if f not in functions
     ]
     pooler = getattr(model.backbone, "pooler", None)
@@ -146,30 +171,25 @@ def run_loop(
     weights: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    run: RunContext,
+    settings: LoopSettings,
     *,
     total: int,
-    seed: int,
-    max_grad_norm: float | None,
     clip_params: Iterable[nn.Parameter],
-    log_every: int,
-    checkpoint_every: int | None,
-    fingerprint: str,
-    info: DistInfo,
-    device: torch.device,
-    state: dict[str, Any] | None = None,
-    checkpoint_dir: Path | str | None = None,
-    on_checkpoint: CheckpointFn | None = None,
-    on_progress: ProgressFn | None = None,
     on_record: RecordFn | None = None,
 ) -> LoopResult:
     """Train ``weights`` (the module whose ``state_dict`` a checkpoint holds) with ``objective`` for
-    ``total`` optimizer steps, continuing ``state`` (from :func:`find_resume_state`) when given.
+    ``total`` optimizer steps, continuing ``run.state`` when given.
 
-    The global torch RNG (dropout) is seeded with ``seed + rank`` inside a fork, so the caller's is
-    left untouched. ``on_record(record, history)`` sees every rank's record; ``on_progress`` rank 0's.
-    A checkpoint is written every ``checkpoint_every`` steps under ``checkpoint_dir`` (rank 0) and
-    handed to ``on_checkpoint``. ``weights`` is left in eval mode.
+    The global torch RNG (dropout) is seeded with ``settings.seed + rank`` inside a fork, so the
+    caller's is left untouched. Gradients of ``clip_params`` are clipped to
+    ``settings.max_grad_norm``. ``on_record(record, history)`` sees every rank's record;
+    ``run.on_progress`` rank 0's. A checkpoint is written every ``settings.checkpoint_every`` steps
+    under ``run.checkpoint_dir`` (rank 0) and handed to ``run.on_checkpoint``. ``weights`` is left
+    in eval mode.
     """
+    info, device, state = run.info, run.device, run.state
+    max_grad_norm, checkpoint_every = settings.max_grad_norm, settings.checkpoint_every
     step, start_epoch, start_batch = 0, 0, 0
     history: list[dict[str, Any]] = []
     if state is not None:
@@ -184,7 +204,7 @@ def run_loop(
     t0 = time.perf_counter()
     session_tokens = 0.0
     with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed + info.rank)
+        torch.manual_seed(settings.seed + info.rank)
         if state is not None:
             set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
         weights.train()
@@ -221,9 +241,9 @@ def run_loop(
                     history.append(record)
                     if on_record is not None:
                         on_record(record, history)
-                    if info.is_main and on_progress is not None:
-                        on_progress(record)
-                    if step % log_every == 0 or step == total:
+                    if info.is_main and run.on_progress is not None:
+                        run.on_progress(record)
+                    if step % settings.log_every == 0 or step == total:
                         terms = " ".join(
                             f"{k.removeprefix('loss_')} {v:.4f}"
                             for k, v in record.items()
@@ -241,14 +261,14 @@ def run_loop(
                             record["padding_ratio"],
                         )
                     if (
-                        checkpoint_dir is not None
+                        run.checkpoint_dir is not None
                         and checkpoint_every
                         and step % checkpoint_every == 0
                         and step < total
                     ):
                         _checkpoint(
-                            Path(checkpoint_dir),
-                            on_checkpoint,
+                            Path(run.checkpoint_dir),
+                            run.on_checkpoint,
                             {
                                 "model": weights.state_dict(),
                                 "optimizer": optimizer.state_dict(),
@@ -258,7 +278,7 @@ def run_loop(
                                 "epoch": epoch,
                                 "batch": b_idx + 1,
                                 "history": history,
-                                "fingerprint": fingerprint,
+                                "fingerprint": run.fingerprint,
                             },
                             info,
                         )

@@ -10,7 +10,7 @@ LOSS_KEYS = (
     "loss",
     "loss_dense",
     "loss_sparse",
-    "loss_colbert",
+    "loss_multivec",
     "loss_inter",
     "loss_distill",
     "loss_teacher",

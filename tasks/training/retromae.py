@@ -5,7 +5,7 @@ RetroMAE, Xiao et al. 2022, arXiv 2205.12035; the model side (masking, enhanced 
 extension) is :mod:`model.retromae`. Texts are tokenized, cut into ``max_length`` pieces, batched from
 length groups, masked afresh at every step (deterministic in ``seed``) and trained with AdamW, linear
 warmup then linear decay. Only the backbone is updated and kept: the LM head and decoder are dropped,
-the M3 sparse/colbert heads are left as they were. Plain function: no Prefect (docs/CONTRACTS.md).
+the M3 sparse/multivec heads are left as they were. Plain function: no Prefect (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
@@ -227,11 +227,13 @@ def train_retromae(
     requires_grad = loop.freeze_unused(model, ())  # the M3 heads (and a BERT pooler) are not RetroMAE's
     retro = RetroMAE(model, seed=config.seed)
     params = retro.trainable_parameters()
+    trainable = [p for _, p in params]  # what gradient clipping sees
     optimizer = torch.optim.AdamW(param_groups(params, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
     module = loop.wrap_ddp(retro, info, device)
     objective = RetroMAEObjective(retro, module, pieces, config, info, device)
     state = loop.find_resume_state(resume_from, fp)
+    run = loop.RunContext(info, device, fp, state, checkpoint_dir, on_checkpoint, on_progress)
 
     logger.info(
         "train_retromae: %d pieces, %d steps (%d/epoch), batch %d, mask %.2f/%.2f, %d rank(s), device %s",
@@ -247,23 +249,7 @@ def train_retromae(
     with loop.cpu_threads(config.num_threads):
         try:
             result = loop.run_loop(
-                objective,
-                retro,
-                optimizer,
-                scheduler,
-                total=total,
-                seed=config.seed,
-                max_grad_norm=config.max_grad_norm,
-                clip_params=[p for _, p in params],
-                log_every=config.log_every,
-                checkpoint_every=config.checkpoint_every,
-                fingerprint=fp,
-                info=info,
-                device=device,
-                state=state,
-                checkpoint_dir=checkpoint_dir,
-                on_checkpoint=on_checkpoint,
-                on_progress=on_progress,
+                objective, retro, optimizer, scheduler, run, config, total=total, clip_params=trainable
             )
         finally:
             model.eval()

@@ -17,11 +17,11 @@ from torch import nn
 
 from model.losses import false_negative_mask, teacher_distill, unified_loss
 from model.m3 import M3Model, autocast_for
-from model.scoring import colbert_scores_tensor, lexical_scores_tensor
+from model.scoring import lexical_scores_tensor, multivec_scores_tensor
 from tasks.training.config import TrainConfig
 from tasks.training.distributed import DistInfo, gather_cat
 
-REP_KEYS = {"dense": "dense", "sparse": "sparse", "colbert": "colbert"}
+REP_KEYS = {"dense": "dense", "sparse": "sparse", "multivec": "multivec"}
 # What StepRunner.run returns besides loss terms: this rank's counts, to be summed over ranks.
 STAT_KEYS = ("masked_negatives", "sparse_active_tokens", "sparse_tokens")
 
@@ -39,7 +39,7 @@ class Encoder(nn.Module):
         out = []
         for ids, mask in zip(batches[::2], batches[1::2], strict=True):
             reps = self.model(
-                ids, mask, "dense" in self.functions, "sparse" in self.functions, "colbert" in self.functions
+                ids, mask, "dense" in self.functions, "sparse" in self.functions, "multivec" in self.functions
             )
             out.append({f: reps[f] for f in self.functions})
         return out
@@ -78,8 +78,8 @@ def _pad_to(reps: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor
     out = dict(reps)
     if "sparse" in out and out["sparse"].shape[1] < width:
         out["sparse"] = nn.functional.pad(out["sparse"], (0, width - out["sparse"].shape[1]))
-    if "colbert" in out and out["colbert"].shape[1] < width - 1:
-        out["colbert"] = nn.functional.pad(out["colbert"], (0, 0, 0, width - 1 - out["colbert"].shape[1]))
+    if "multivec" in out and out["multivec"].shape[1] < width - 1:
+        out["multivec"] = nn.functional.pad(out["multivec"], (0, 0, 0, width - 1 - out["multivec"].shape[1]))
     return out
 
 
@@ -117,8 +117,9 @@ def scores_for(
         s["dense"] = q["dense"].float() @ p["dense"].float().T
     if "sparse" in q:
         s["sparse"] = lexical_scores_tensor(batch.q_ids, q["sparse"], p_ids, p["sparse"])
-    if "colbert" in q:
-        s["colbert"] = colbert_scores_tensor(q["colbert"], p["colbert"], batch.q_mask[:, 1:], p_mask[:, 1:])
+    if "multivec" in q:
+        q_tokens, p_tokens = batch.q_mask[:, 1:], p_mask[:, 1:]  # the vectors leave out CLS
+        s["multivec"] = multivec_scores_tensor(q["multivec"], p["multivec"], q_tokens, p_tokens)
     return s
 
 
@@ -146,7 +147,7 @@ class StepRunner:
         cfg, n = self.cfg, batch.q_ids.shape[0]
         p_all = {k: gather_cat(v, self.info) for k, v in p.items()}
         p_ids = gather_cat(batch.p_ids, self.info) if "sparse" in p else batch.p_ids
-        p_mask = gather_cat(batch.p_mask, self.info) if "colbert" in p else batch.p_mask
+        p_mask = gather_cat(batch.p_mask, self.info) if "multivec" in p else batch.p_mask
         scores = scores_for(q, p_all, batch, p_ids, p_mask)
         mask = None
         if cfg.mask_false_negatives and batch.p_keys is not None:

@@ -26,6 +26,7 @@ from tasks.training.distributed import DistInfo, mean_across, sum_across
 from tasks.training.loop import (
     CheckpointFn,
     ProgressFn,
+    RunContext,
     cpu_threads,
     find_resume_state,
     freeze_unused,
@@ -43,7 +44,7 @@ _freeze_unused = freeze_unused  # the name tests/training/test_train_distributed
 _LOSS_NAMES = {
     "dense": "loss_dense",
     "sparse": "loss_sparse",
-    "colbert": "loss_colbert",
+    "multivec": "loss_multivec",
     "inter": "loss_inter",
     "L_prime": "loss_distill",
     "teacher": "loss_teacher",
@@ -139,7 +140,7 @@ def train(
         model.named_parameters(),
         cfg.weight_decay,
         cfg.lr,
-        fast=("sparse_linear.", "colbert_linear."),
+        fast=("sparse_linear.", "colbert_linear."),  # the heads' FlagEmbedding module names
         fast_scale=cfg.head_lr_scale,
     )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
@@ -150,6 +151,7 @@ def train(
     objective = ContrastiveObjective(data, cfg, info, device, runner, pad_id)
 
     state = find_resume_state(resume_from, fp)
+    run = RunContext(info, device, fp, state, checkpoint_dir, on_checkpoint, on_progress)
     resumed_from = None if state is None else int(state["step"])
 
     revived = None
@@ -191,19 +193,10 @@ def train(
                 model,
                 optimizer,
                 scheduler,
+                run,
+                cfg,
                 total=total,
-                seed=cfg.seed,
-                max_grad_norm=cfg.max_grad_norm,
                 clip_params=model.parameters(),
-                log_every=cfg.log_every,
-                checkpoint_every=cfg.checkpoint_every,
-                fingerprint=fp,
-                info=info,
-                device=device,
-                state=state,
-                checkpoint_dir=checkpoint_dir,
-                on_checkpoint=on_checkpoint,
-                on_progress=on_progress,
                 on_record=watch_sparse,
             )
         finally:

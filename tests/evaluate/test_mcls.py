@@ -34,7 +34,7 @@ def model():
 
 
 def _outputs(model, cfg, texts, query=False):
-    return M3Encoder(model, cfg).encode(texts, query=query, dense=True, sparse=True, colbert=True)
+    return M3Encoder(model, cfg).encode(texts, query=query, dense=True, sparse=True, multivec=True)
 
 
 def test_mcls_changes_long_passages_and_keeps_short_ones(model):

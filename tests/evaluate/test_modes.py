@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from m3.recipe import EVAL_MODES
-from model.scoring import colbert_scores, dense_scores, hybrid, lexical_scores
+from model.scoring import dense_scores, hybrid, lexical_scores, multivec_scores
 from tasks.evaluate.config import EvalConfig
 from tasks.evaluate.data import EvalDataset, load_datasets
 from tasks.evaluate.encoders import Encoder
@@ -41,7 +41,7 @@ class HashEncoder(Encoder):
         n = np.linalg.norm(v)
         return v / n if n else v
 
-    def encode(self, texts, *, query, dense=True, sparse=False, colbert=False):
+    def encode(self, texts, *, query, dense=True, sparse=False, multivec=False):
         out = {}
         words = [t.lower().split() for t in texts]
         if dense:
@@ -51,7 +51,7 @@ class HashEncoder(Encoder):
                 {str(zlib.crc32(w.encode()) % 997): 1.0 + math.log(ws.count(w)) for w in set(ws)}
                 for ws in words
             ]
-        if colbert:
+        if multivec:
             out["colbert_vecs"] = [
                 np.stack([self._vec(w) for w in ws]) if ws else np.zeros((0, self.dim), np.float32)
                 for ws in words
@@ -90,13 +90,13 @@ def test_inverted_index_equals_the_scoring_formula_and_the_dense_product():
         np.testing.assert_allclose(s, full[j, expect], rtol=1e-6)
 
 
-def test_maxsim_equals_colbert_scores_and_faiss_equals_brute_force():
+def test_maxsim_equals_multivec_scores_and_faiss_equals_brute_force():
     rng = np.random.default_rng(0)
     passages = [rng.normal(size=(n, 8)).astype(np.float32) for n in (3, 0, 5, 1, 7)]
     query = rng.normal(size=(4, 8)).astype(np.float32)
     tv = TokenVectors(passages, 8)
     got = tv.maxsim(query, np.array([4, 1, 0, 2, 3]))
-    ref = [colbert_scores(query, p) if len(p) else 0.0 for p in passages]
+    ref = [multivec_scores(query, p) if len(p) else 0.0 for p in passages]
     np.testing.assert_allclose(got, [ref[i] for i in (4, 1, 0, 2, 3)], rtol=1e-5, atol=1e-6)
     vecs = rng.normal(size=(300, 16)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -112,11 +112,11 @@ def test_exhaustive_modes_equal_the_full_hybrid_matrices():
     enc = HashEncoder()
     cfg = EvalConfig(multivec="exhaustive", k_values=(10, 20))
     runs, info = model_runs(ds, enc, EVAL_MODES, cfg)
-    p = enc.encode(ds.corpus["passage"].tolist(), query=False, sparse=True, colbert=True)
-    q = enc.encode(ds.queries["query"].tolist(), query=True, sparse=True, colbert=True)
+    p = enc.encode(ds.corpus["passage"].tolist(), query=False, sparse=True, multivec=True)
+    q = enc.encode(ds.queries["query"].tolist(), query=True, sparse=True, multivec=True)
     d = dense_scores(q["dense_vecs"], p["dense_vecs"])
     s = lexical_scores(q["lexical_weights"], p["lexical_weights"])
-    m = colbert_scores(list(q["colbert_vecs"]), list(p["colbert_vecs"]))
+    m = multivec_scores(list(q["colbert_vecs"]), list(p["colbert_vecs"]))
     expected = {
         "multivec": m,
         "dense+sparse": hybrid(d, s, None, weights=(1.0, 0.3, 0.0)),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ingest import IngestConfig, QualityConfig, ingest_file
+from tasks.ingest import IngestConfig, InputFile, QualityConfig, ingest_file
 from tasks.ingest.shards import FileJob, local_submit, run_ingest, write_books
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -71,7 +71,7 @@ def assert_quarantined(result, name: str, reason: str, offset: int | None = None
 
 @pytest.fixture(scope="module")
 def clean_warc():
-    return ingest_file(WARCFILE, "warc", "ccnews", None, READER)
+    return ingest_file(InputFile(WARCFILE, "warc", "ccnews", None), READER)
 
 
 @pytest.mark.fault(case="WARC: garbage bytes between two gzip members", outcome="quarantined")
@@ -80,7 +80,7 @@ def test_warc_garbage_between_members(tmp_path, clean_warc):
     at = sum(len(m) for m in members[:10])
     path = tmp_path / "between.warc.gz"
     path.write_bytes(b"".join(members[:10]) + GARBAGE + b"".join(members[10:]))
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == ids(clean_warc)  # every record after the garbage is read again
     assert result.stats["read"] == clean_warc.stats["read"] + 1
     q = assert_quarantined(result, path.name, "bad_record", offset=at)
@@ -95,7 +95,7 @@ def test_warc_foreign_member_between_records(tmp_path, clean_warc):
     path.write_bytes(
         b"".join(members[:7]) + gzip.compress(b"hello, not a WARC record\n") + b"".join(members[7:])
     )
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == ids(clean_warc)
     q = assert_quarantined(result, path.name, "bad_record", offset=at)
     assert q["excerpt"].startswith("hello, not a WARC record")  # what the member decodes to
@@ -106,7 +106,7 @@ def test_warc_trailing_garbage(tmp_path, clean_warc):
     data = WARCFILE.read_bytes()
     path = tmp_path / "trailing.warc.gz"
     path.write_bytes(data + GARBAGE)
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == ids(clean_warc)
     assert result.stats["read"] == clean_warc.stats["read"] + 1
     q = assert_quarantined(result, path.name, "bad_record", offset=len(data))
@@ -120,7 +120,7 @@ def test_plain_warc_garbage_between_records(tmp_path, clean_warc):
     at = starts[len(starts) // 2]
     path = tmp_path / "between.warc"
     path.write_bytes(raw[:at] + GARBAGE + raw[at:])
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == ids(clean_warc)
     assert result.stats["read"] == clean_warc.stats["read"] + 1
     q = assert_quarantined(result, path.name, "bad_record", offset=at)
@@ -135,7 +135,7 @@ def test_bz2_warc_garbage_and_corrupt_stream(tmp_path, clean_warc):
     at = [m.start() for m in re.finditer(rb"WARC/1\.0\r\n", raw)][25]
     path = tmp_path / "between.warc.bz2"
     path.write_bytes(bz2.compress(raw[:at] + GARBAGE + raw[at:]))
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == ids(clean_warc)
     assert_quarantined(result, path.name, "bad_record", offset=at)  # an offset in the decoded stream
     # A second stream appended whose data is flipped: the first one's records all stay.
@@ -143,7 +143,7 @@ def test_bz2_warc_garbage_and_corrupt_stream(tmp_path, clean_warc):
     broken[len(broken) // 2] ^= 0x55
     path = tmp_path / "two-streams.warc.bz2"
     path.write_bytes(bz2.compress(raw) + bytes(broken))
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == ids(clean_warc)
     assert_quarantined(result, path.name, "corrupt_stream")
 
@@ -162,7 +162,7 @@ def test_warc_truncated_member_mid_file(tmp_path, clean_warc):
     lost = kept_ids[re.search(rb"WARC-Record-ID: (<[^>]+>)", gzip.decompress(members[k])).group(1).decode()]
     path = tmp_path / "cut-member.warc.gz"
     path.write_bytes(b"".join(members[:k]) + members[k][: len(members[k]) // 2] + b"".join(members[k + 1 :]))
-    result = ingest_file(path, "warc", "ccnews", None, READER)
+    result = ingest_file(InputFile(path, "warc", "ccnews", None), READER)
     assert ids(result) == [i for i in ids(clean_warc) if i != lost]
     assert result.stats["read"] == clean_warc.stats["read"]  # one record lost, one bad part counted
     assert_quarantined(result, path.name, "bad_record", offset=sum(len(m) for m in members[:k]))
@@ -196,14 +196,14 @@ def test_bz2_multistream_flipped_byte(tmp_path, enwiki_xml):
     streams = [bz2.compress(g) for g in groups]
     clean_path = tmp_path / "enwiki-multistream-clean.xml.bz2"
     clean_path.write_bytes(b"".join(streams))
-    clean = ingest_file(clean_path, "mediawiki", "wikipedia", "en", READER)
+    clean = ingest_file(InputFile(clean_path, "mediawiki", "wikipedia", "en"), READER)
     assert not clean.quarantine
     bad = 2
     damaged = bytearray(streams[bad])
     damaged[len(damaged) // 2] ^= 0x55
     path = tmp_path / "enwiki-multistream.xml.bz2"
     path.write_bytes(b"".join(streams[:bad]) + bytes(damaged) + b"".join(streams[bad + 1 :]))
-    result = ingest_file(path, "mediawiki", "wikipedia", "en", READER)
+    result = ingest_file(InputFile(path, "mediawiki", "wikipedia", "en"), READER)
     lost = set(re.findall(rb"<title>([^<]*)</title>", groups[bad]))
     lost = {t.decode() for t in lost}
     assert titles(result) == [t for t in titles(clean) if t not in lost]
@@ -222,8 +222,8 @@ def test_bz2_single_stream_flipped_byte(tmp_path, enwiki_xml):
     data[-5000] ^= 0x55  # in the second (last) of the two 900 kB blocks
     path = tmp_path / "enwiki-flipped.xml.bz2"
     path.write_bytes(bytes(data))
-    clean = ingest_file(clean_path, "mediawiki", "wikipedia", None, READER)
-    result = ingest_file(path, "mediawiki", "wikipedia", None, READER)
+    clean = ingest_file(InputFile(clean_path, "mediawiki", "wikipedia", None), READER)
+    result = ingest_file(InputFile(path, "mediawiki", "wikipedia", None), READER)
     # No stream starts after the fault: the pages decoded before it are kept, the file stops there.
     got = titles(result)
     assert 5 <= len(got) < len(clean.records) and got == titles(clean)[: len(got)]
@@ -244,10 +244,10 @@ def test_jsonl_garbage_between_members(tmp_path):
     members = [gzip.compress(b"".join(lines[i : i + 2])) for i in range(0, len(lines), 2)]
     clean_path = tmp_path / "cc_en_clean.jsonl.gz"
     clean_path.write_bytes(b"".join(members))
-    clean = ingest_file(clean_path, "mc4", "ccnet", "en", READER)
+    clean = ingest_file(InputFile(clean_path, "mc4", "ccnet", "en"), READER)
     path = tmp_path / "cc_en_garbage.jsonl.gz"
     path.write_bytes(b"".join(members[:2]) + GARBAGE + b"".join(members[2:]))
-    result = ingest_file(path, "mc4", "ccnet", "en", READER)
+    result = ingest_file(InputFile(path, "mc4", "ccnet", "en"), READER)
     assert ids(result) == ids(clean) and len(ids(result)) == len(lines)
     assert_quarantined(result, path.name, "corrupt_stream", offset=len(members[0]) + len(members[1]))
 
@@ -256,10 +256,10 @@ def test_jsonl_garbage_between_members(tmp_path):
 def test_jsonl_truncated_member_mid_file(tmp_path):
     lines = ccnet_lines()
     members = [gzip.compress(b"".join(lines[i : i + 2])) for i in range(0, len(lines), 2)]
-    clean = ingest_file(CCNET, "mc4", "ccnet", "en", READER)
+    clean = ingest_file(InputFile(CCNET, "mc4", "ccnet", "en"), READER)
     path = tmp_path / "cc_en_cut.jsonl.gz"
     path.write_bytes(b"".join(members[:2]) + members[2][: len(members[2]) // 2] + b"".join(members[3:]))
-    result = ingest_file(path, "mc4", "ccnet", "en", READER)
+    result = ingest_file(InputFile(path, "mc4", "ccnet", "en"), READER)
     damaged = set(ids(clean)[4:6])  # the two lines of the cut member (each longer than its half)
     assert ids(result) == [i for i in ids(clean) if i not in damaged]
     assert_quarantined(result, path.name, "corrupt_stream", offset=len(members[0]) + len(members[1]))
@@ -271,8 +271,8 @@ def test_jsonl_bad_line(tmp_path):
     bad = b'{"text": "cut off here \xff\x00'
     path = tmp_path / "c4-en.bad-line.json"
     path.write_bytes(b"\n".join([lines[0], bad, *lines[1:]]))
-    result = ingest_file(path, "mc4", "mc4", None, READER)
-    clean = ingest_file(C4_EN, "mc4", "mc4", None, READER)
+    result = ingest_file(InputFile(path, "mc4", "mc4", None), READER)
+    clean = ingest_file(InputFile(C4_EN, "mc4", "mc4", None), READER)
     assert ids(result) == ids(clean) and result.stats["read"] == clean.stats["read"] + 1
     q = assert_quarantined(result, path.name, "bad_encoding", offset=len(lines[0]) + 1)
     assert q["line"] == 2 and q["excerpt"].startswith('{"text": "cut off here \\xff\\x00')

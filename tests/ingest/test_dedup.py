@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import IngestConfig, QualityConfig, iter_documents
+from tasks.ingest import IngestConfig, InputFile, QualityConfig, iter_documents
 from tasks.ingest.dedup import DedupConfig, Forest, Signer, components, merge_forests, optimal_bands
 from tasks.ingest.shards import FileJob, check_identity, ingest_to_shard, local_submit, run_ingest
 from tests.conftest import SHARED_DATA
@@ -33,7 +33,7 @@ JAWIKI = DATA / "xztextfilter-wiki-truncated" / "jawiki-truncated-100k.xml.xz"
 def real_pages(path: Path, n: int) -> list[dict]:
     """The first n real, long, mutually distinct pages (the reader streams: stop once we have them)."""
     out = []
-    for item in iter_documents(path, "mediawiki", "wikipedia"):
+    for item in iter_documents(InputFile(path, "mediawiki", "wikipedia", None)):
         if isinstance(item, dict) and 3000 < item["n_chars"] < 30000:
             out.append(item)
             if len(out) == n:

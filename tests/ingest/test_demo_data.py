@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from tasks.ingest import FileIngestResult, ingest_file
+from tasks.ingest import FileIngestResult, InputFile, ingest_file
 from tests.conftest import REPO
 
 ROOT = REPO
@@ -28,10 +28,10 @@ SENTENCE_END = re.compile(r"[。！？]|[.!?؟](?=\s|$|[\"”」])")
 @functools.cache
 def ingest(path: Path) -> FileIngestResult:
     if path.suffix == ".xml":
-        return ingest_file(path, "mediawiki", "wikipedia", None)
+        return ingest_file(InputFile(path, "mediawiki", "wikipedia", None))
     if path.suffix == ".json":
-        return ingest_file(path, "mc4", "mc4", None)
-    return ingest_file(path, "warc", "ccnews", None)
+        return ingest_file(InputFile(path, "mc4", "mc4", None))
+    return ingest_file(InputFile(path, "warc", "ccnews", None))
 
 
 def all_records() -> list[dict]:

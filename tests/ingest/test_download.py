@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from m3.profile import ProfileError, load_profile
-from tasks.ingest import ingest_file
+from tasks.ingest import InputFile, ingest_file
 from tasks.ingest.download import Checksum, ChecksumError, download, parse_checksum_file
 from tasks.ingest.sources import CCNewsSpec, Mc4Spec, WikipediaSpec, fetch_source, load_spec, plan_files
 from tests.conftest import SHARED_DATA
@@ -186,7 +186,7 @@ def test_wikipedia_latest_is_resolved_downloaded_verified_and_ingested(server, t
     assert all(p.checksum[0] == "sha1" for p in planned)
     fetched = fetch_source(spec, tmp_path / "cache")
     assert [r.verified for _, r in fetched] == ["sha1", "sha1"]
-    result = ingest_file(fetched[1][1].path, "mediawiki", "wikipedia")
+    result = ingest_file(InputFile(fetched[1][1].path, "mediawiki", "wikipedia", None))
     assert result.stats["read"] == 5 and {r["lang"] for r in result.records} == {"en"}
     # a corrupted mirror copy is caught by the published sha1
     server.routes["enwiki/20160501/enwiki-20160501-pages-articles2.xml-p30303p40000.bz2"] = b"BZh9 broken"
@@ -210,7 +210,7 @@ def test_ccnews_listing_and_mc4_plan(server, tmp_path):
     fetched = fetch_source(spec, tmp_path)
     assert [f.name for f, _ in fetched] == ["warcfile.warc.gz", "clipped.warc.gz"]
     assert all(r.verified == "sha256" for _, r in fetched)
-    clipped = ingest_file(fetched[1][1].path, "warc", "ccnews")
+    clipped = ingest_file(InputFile(fetched[1][1].path, "warc", "ccnews", None))
     assert [q["reason"] for q in clipped.quarantine] == ["truncated"]
 
     mc4 = Mc4Spec(languages=["af"], shards=(0, 1), num_shards={"af": 64}, base_url=server.url + "x/")

@@ -19,6 +19,7 @@ import pytest
 from tasks.ingest import (
     FileIngestResult,
     IngestConfig,
+    InputFile,
     QualityConfig,
     Quarantined,
     Skipped,
@@ -58,7 +59,7 @@ READER = IngestConfig(quality=QualityConfig(enabled=False), min_lang_confidence=
 @functools.cache
 def ingest(path: Path, fmt: str, lang: str | None = None) -> FileIngestResult:
     source = {"mediawiki": "wikipedia", "mc4": "mc4", "warc": "ccnews"}[fmt]
-    return ingest_file(path, fmt, source, lang, READER)
+    return ingest_file(InputFile(path, fmt, source, lang), READER)
 
 
 def read_gz(path: Path) -> bytes:
@@ -160,7 +161,7 @@ def test_concatenated_bare_pages(tmp_path):
     files = [p for p in WIKICLEAN if p.name.startswith("dewiki")][:3]
     out = tmp_path / "dewiki-fragments.xml"
     out.write_bytes(b"\n".join(p.read_bytes() for p in files))
-    result = ingest_file(out, "mediawiki", "wikipedia", None, READER)
+    result = ingest_file(InputFile(out, "mediawiki", "wikipedia", None), READER)
     assert result.stats["kept"] == 3 and not result.quarantine
     assert {r["lang"] for r in result.records} == {"de"}
 
@@ -226,7 +227,7 @@ def test_truncated_plain_file_and_magic_detection(tmp_path):
     disguised.write_bytes(gzip.compress(cut))
     assert detect_compression(disguised) == "gzip"
     for path in (plain, disguised):
-        result = ingest_file(path, "mediawiki", "wikipedia", None, READER)
+        result = ingest_file(InputFile(path, "mediawiki", "wikipedia", None), READER)
         assert result.stats["filtered:redirect"] == 1  # AccessibleComputing
         assert result.stats["kept"] == 1  # Computer accessibility
         assert [q["reason"] for q in result.quarantine] == ["truncated"]
@@ -237,12 +238,12 @@ def test_utf16_big_endian_and_lang_argument(tmp_path):
     page = next(p for p in WIKICLEAN if p.name == "eswiki-test.xml").read_text("utf-8")
     path = tmp_path / "pages.xml"
     path.write_bytes(b"\xfe\xff" + page.encode("utf-16-be"))
-    (rec,) = ingest_file(path, "mediawiki", "wikipedia", "es", READER).records
+    (rec,) = ingest_file(InputFile(path, "mediawiki", "wikipedia", "es"), READER).records
     assert rec["lang"] == "es" and json.loads(rec["meta"])["lang_source"] == "arg"
 
 
 def test_iter_documents_streams_one_item_per_page():
-    items = list(iter_documents(WIKI2VEC, "mediawiki", "wikipedia"))
+    items = list(iter_documents(InputFile(WIKI2VEC, "mediawiki", "wikipedia", None)))
     assert [type(i).__name__ for i in items] == ["Skipped", "dict", "dict"]
     assert items[0].reason == "redirect"
 
@@ -319,7 +320,7 @@ def test_mc4_malformed_lines_are_quarantined(tmp_path):
     good = read_gz(C4_EN).decode("utf-8").split("\n")
     path = tmp_path / "c4-en.mixed.json"
     path.write_text("\n".join([good[0], '{"text": "cut off', "[1, 2]", "", '{"url": "x"}', good[1]]))
-    result = ingest_file(path, "mc4", "mc4", None, READER)
+    result = ingest_file(InputFile(path, "mc4", "mc4", None), READER)
     reasons = {q["line"]: q["reason"] for q in result.quarantine}
     assert reasons == {2: "malformed_json", 3: "malformed_json", 5: "missing_text"}
     raw = path.read_bytes()
@@ -333,7 +334,7 @@ def test_mc4_truncated_gzip(tmp_path):
     data = gzip.compress(read_gz(C4_EN))
     path = tmp_path / "c4-en.cut.json.gz"
     path.write_bytes(data[: len(data) - 200])
-    result = ingest_file(path, "mc4", "mc4", None, READER)
+    result = ingest_file(InputFile(path, "mc4", "mc4", None), READER)
     assert result.quarantine and result.quarantine[-1]["reason"] == "truncated"
     assert_books_balance(result)
 
@@ -402,7 +403,7 @@ def test_length_rules():
     assert meta["truncated"] is True and meta["original_chars"] == rec["n_chars"]
     short = apply_length_rules(rec, IngestConfig(min_chars=rec["n_chars"] + 1))
     assert isinstance(short, Skipped) and short.reason == "too_short"
-    result = ingest_file(WIKI2VEC, "mediawiki", "wikipedia", None, IngestConfig(min_chars=100_000))
+    result = ingest_file(InputFile(WIKI2VEC, "mediawiki", "wikipedia", None), IngestConfig(min_chars=100_000))
     assert result.stats == {
         "read": 3,
         "kept": 0,
@@ -443,7 +444,7 @@ def test_quarantined_as_dict():
 
 def test_unknown_format():
     with pytest.raises(ValueError):
-        iter_documents(C4_EN, "csv", "x")  # type: ignore[arg-type]
+        iter_documents(InputFile(C4_EN, "csv", "x", None))  # type: ignore[arg-type]
 
 
 def test_cut_compressed_stream_keeps_pages_before_the_cut(tmp_path):
@@ -452,7 +453,7 @@ def test_cut_compressed_stream_keeps_pages_before_the_cut(tmp_path):
         data = compress(read_bz2(GENSIM_EN)[:1_500_000])
         path = tmp_path / f"enwiki-cut.xml.{suffix}"
         path.write_bytes(data[: int(len(data) * 0.6)])
-        result = ingest_file(path, "mediawiki", "wikipedia", None, READER)
+        result = ingest_file(InputFile(path, "mediawiki", "wikipedia", None), READER)
         assert result.stats["kept"] >= 5, suffix
         assert [q["reason"] for q in result.quarantine] == ["truncated"], suffix
         assert_books_balance(result)

@@ -57,3 +57,17 @@ def test_a_nested_typo_names_the_key_and_the_nearest_one(tmp_path, section, typo
     message = str(err.value)
     assert typo in message and hint in message, message
     assert "\n" not in message.strip(), message
+
+
+def test_the_old_name_of_the_multivec_function_is_refused_naming_multivec(tmp_path):
+    """The multi-vector function is ``multivec`` in every config; a profile still saying ``colbert``
+    (its name before) fails at load, and the one-line error names the valid value."""
+    data = yaml.safe_load(Path(TINY).read_text())
+    data["finetune"] = {"functions": ["dense", "colbert"]}
+    path = tmp_path / "old-name.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(path))
+    message = str(err.value)
+    assert "finetune.functions" in message and "'multivec'" in message, message
+    assert "\n" not in message.strip(), message

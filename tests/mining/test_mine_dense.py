@@ -222,12 +222,12 @@ def test_block_topk_ties_resolve_by_row():
 @pytest.fixture(scope="module")
 def wiki_store(tmp_path_factory):
     """ICT queries on the enwiki dump (gensim's shortened pages-articles), through the real ingest."""
-    from tasks.ingest import iter_documents
+    from tasks.ingest import InputFile, iter_documents
     from tasks.synthesize.ict import IctConfig, ict_queries
 
     path = DATA / "gensim-wiki" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     docs = []
-    for d in iter_documents(path, "mediawiki", "wikipedia", "en"):
+    for d in iter_documents(InputFile(path, "mediawiki", "wikipedia", "en")):
         if isinstance(d, dict) and len(d.get("text") or "") > 500:
             docs.append(d)
             if len(docs) == 6:

@@ -12,12 +12,12 @@ import torch
 from model.config import ModelSpec
 from model.m3 import M3Model, max_pool_repeats, pad_batch
 from model.scoring import (
-    colbert_scores,
-    colbert_scores_tensor,
     dense_scores,
     hybrid,
     lexical_scores,
     lexical_scores_tensor,
+    multivec_scores,
+    multivec_scores_tensor,
     score_all,
 )
 from model.tokenizer import train_tokenizer
@@ -130,7 +130,7 @@ def test_lexical_scores_tensor_max_pools_repeats_and_ignores_zero_weights():
     np.testing.assert_allclose(lexical_scores_tensor(q_ids, q_w, p_ids, p_w).numpy(), loop, atol=1e-5)
 
 
-def test_colbert_scores_match_loop_with_padding():
+def test_multivec_scores_match_loop_with_padding():
     rng = _rng()
     n, m, lq, lp, d = 3, 4, 5, 6, 8
     q = _unit(rng.normal(size=(n, lq, d))).astype(np.float32)
@@ -147,13 +147,13 @@ def test_colbert_scores_match_loop_with_padding():
             for a in range(q_len[i]):
                 total += max(float(q[i, a] @ p[j, b]) for b in range(p_len[j]))
             loop[i, j] = total / q_len[i]
-    np.testing.assert_allclose(colbert_scores(q, p, q_mask, p_mask), loop, atol=1e-5)
+    np.testing.assert_allclose(multivec_scores(q, p, q_mask, p_mask), loop, atol=1e-5)
     # ragged lists, as encode() returns them
     ragged_q = [q[i, : q_len[i]] for i in range(n)]
     ragged_p = [p[j, : p_len[j]] for j in range(m)]
-    np.testing.assert_allclose(colbert_scores(ragged_q, ragged_p), loop, atol=1e-5)
-    assert colbert_scores(ragged_q[1], ragged_p[2]) == pytest.approx(loop[1, 2], abs=1e-5)
-    t = colbert_scores_tensor(torch.tensor(q), torch.tensor(p), torch.tensor(q_mask), torch.tensor(p_mask))
+    np.testing.assert_allclose(multivec_scores(ragged_q, ragged_p), loop, atol=1e-5)
+    assert multivec_scores(ragged_q[1], ragged_p[2]) == pytest.approx(loop[1, 2], abs=1e-5)
+    t = multivec_scores_tensor(torch.tensor(q), torch.tensor(p), torch.tensor(q_mask), torch.tensor(p_mask))
     np.testing.assert_allclose(t.numpy(), loop, atol=1e-5)
 
 
@@ -201,12 +201,12 @@ def test_forward_heads(model):
                 best = max(raw[r, j].item() for j in range(input_ids.shape[1]) if input_ids[r, j] == t)
                 assert got == pytest.approx(best, abs=1e-6)
     assert out["sparse"][:, 0].eq(0).all()  # <s>
-    # colbert: every token but CLS, normalised, padding masked and zeroed
-    assert out["colbert"].shape == (4, input_ids.shape[1] - 1, model.colbert_dim)
-    assert torch.equal(out["colbert_mask"], mask[:, 1:].bool())
-    norms = out["colbert"].norm(dim=-1)
-    assert torch.allclose(norms[out["colbert_mask"]], torch.ones(int(out["colbert_mask"].sum())), atol=1e-5)
-    assert norms[~out["colbert_mask"]].eq(0).all()
+    # multivec: every token but CLS, normalised, padding masked and zeroed
+    assert out["multivec"].shape == (4, input_ids.shape[1] - 1, model.colbert_dim)
+    assert torch.equal(out["multivec_mask"], mask[:, 1:].bool())
+    norms = out["multivec"].norm(dim=-1)
+    assert torch.allclose(norms[out["multivec_mask"]], torch.ones(int(out["multivec_mask"].sum())), atol=1e-5)
+    assert norms[~out["multivec_mask"]].eq(0).all()
 
 
 def test_encode_keeps_input_order(model):
@@ -223,7 +223,7 @@ def test_encode_keeps_input_order(model):
         assert all(isinstance(k, str) and w > 0 for k, w in d.items())
         assert not {int(k) for k in d} & set(model.tokenizer.all_special_ids)
     scores = score_all(out, out)
-    assert set(scores) == {"dense", "lexical", "colbert", "hybrid"}
+    assert set(scores) == {"dense", "lexical", "multivec", "hybrid"}
     assert scores["hybrid"].shape == (len(TEXTS), len(TEXTS))
 
 
@@ -281,7 +281,7 @@ def test_mean_pooling_and_gradient_checkpointing(tok_dir):
     m.train()
     m.set_gradient_checkpointing(True)
     out = m(ids, mask)
-    (out["dense"].sum() + out["sparse"].sum() + out["colbert"].sum()).backward()
+    (out["dense"].sum() + out["sparse"].sum() + out["multivec"].sum()).backward()
     assert m.backbone.embeddings.word_embeddings.weight.grad is not None
     m.set_gradient_checkpointing(False)
     m.eval()

@@ -168,7 +168,7 @@ def test_sparse_aggregation_never_builds_batch_length_vocab(tok_dir):
     with spy:
         out = m.encode(texts, max_length=256, return_sparse=True)
         with torch.no_grad():
-            fwd = m(ids, mask, return_dense=False, return_colbert=False)
+            fwd = m(ids, mask, return_dense=False, return_multivec=False)
             lexical_scores_tensor(ids, fwd["sparse"], ids, fwd["sparse"])
         w = torch.rand(batch, length, requires_grad=True)  # training path, with its backward
         lexical_scores_tensor(ids, max_pool_repeats(ids, w), ids, w).sum().backward()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.ingest import ingest_file
+from tasks.ingest import InputFile, ingest_file
 from tasks.synthesize.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
 from tests.conftest import SHARED_DATA
 
@@ -77,7 +77,7 @@ LANGS = sorted(QUESTIONS)
 def wiki_corpus() -> pd.DataFrame:
     records = []
     for path in sorted(WIKICLEAN.glob("*.xml")):
-        records.extend(ingest_file(path, "mediawiki", "wikipedia").records)
+        records.extend(ingest_file(InputFile(path, "mediawiki", "wikipedia", None)).records)
     return pd.DataFrame(records)
 
 

@@ -33,7 +33,7 @@ def examples() -> list[TrainExample]:
 
 def config(sub_batch_size: int | None) -> TrainConfig:
     return TrainConfig(
-        functions=["dense", "sparse", "colbert"],
+        functions=["dense", "sparse", "multivec"],
         group_size=2,
         max_length=96,
         query_max_length=32,
@@ -89,7 +89,7 @@ def test_cross_device_negatives_equal_one_process(pairs_tok_dir, two_ranks, vari
     model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     ref_losses, ref_grads = one_step(model, config(SUB_BATCHES[variant]), DistInfo(), lambda m: m)
     ranks = [torch.load(two_ranks / f"{variant}-rank{r}.pt") for r in range(2)]
-    for key in ("loss", "dense", "sparse", "colbert", "inter", "L_prime"):
+    for key in ("loss", "dense", "sparse", "multivec", "inter", "L_prime"):
         mean = sum(r["losses"][key] for r in ranks) / 2  # each rank: the mean over its own queries
         assert mean == pytest.approx(ref_losses[key], rel=1e-5), key
     assert ranks[0]["losses"]["loss"] != pytest.approx(ranks[1]["losses"]["loss"], rel=1e-3)

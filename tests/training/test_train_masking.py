@@ -26,9 +26,9 @@ from tasks.training.step import sparse_activity
 from tests.support.models import SPEC, THREADS
 from tests.support.text import PAIRS
 
-ALL = ["dense", "sparse", "colbert"]
-W = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
-LAM = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
+ALL = ["dense", "sparse", "multivec"]
+W = {"dense": 1.0, "sparse": 0.3, "multivec": 1.0}
+LAM = {"dense": 1.0, "sparse": 0.1, "multivec": 1.0}
 
 # 3 queries x group 2, columns laid out [pos, neg] per query. Passage texts per column:
 #   q0: A, B   q1: A, D   q2: D, A

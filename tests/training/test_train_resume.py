@@ -26,7 +26,7 @@ STEPS = 24
 
 def config() -> TrainConfig:
     return TrainConfig(
-        functions=["dense", "sparse", "colbert"],
+        functions=["dense", "sparse", "multivec"],
         max_steps=STEPS,
         checkpoint_every=4,
         batch_size=8,

@@ -18,7 +18,7 @@ from tasks.training.data import TokenizedSet
 from tests.support.models import SPEC, THREADS
 from tests.support.text import PAIRS
 
-ALL = ["dense", "sparse", "colbert"]
+ALL = ["dense", "sparse", "multivec"]
 
 
 def _ce(row: list[float], label: int) -> float:
@@ -35,7 +35,7 @@ def test_unified_loss_equals_hand_computation():
     rng = random.Random(3)
     n, g, tau = 2, 2, 0.5
     s = {f: torch.tensor([[rng.uniform(-1, 1) for _ in range(n * g)] for _ in range(n)]) for f in ALL}
-    w, lam = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}, {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
+    w, lam = {"dense": 1.0, "sparse": 0.3, "multivec": 1.0}, {"dense": 1.0, "sparse": 0.1, "multivec": 1.0}
     rows = {f: s[f].tolist() for f in ALL}
     inter = [[sum(w[f] * rows[f][i][j] for f in ALL) for j in range(n * g)] for i in range(n)]
 
@@ -105,7 +105,7 @@ def test_unified_training_learns_all_three_and_sparse_does_not_collapse(pairs_to
     records: list[dict] = []
     summary = train(model, exs, cfg(epochs=4, self_distill_start_step=4), on_progress=records.append)
     assert summary["loss_last_10pct"] < summary["loss_first_10pct"] - 0.5
-    assert {"loss_dense", "loss_sparse", "loss_colbert", "loss_inter"} <= set(records[-1])
+    assert {"loss_dense", "loss_sparse", "loss_multivec", "loss_inter"} <= set(records[-1])
     assert "loss_distill" not in records[0] and "loss_distill" in records[-1]  # starts at step 4
     out = model.encode([e.pos for e in exs[:16]], max_length=128, return_sparse=True, return_colbert=True)
     mean_weight = np.mean([np.mean(list(w.values())) for w in out["lexical_weights"] if w])

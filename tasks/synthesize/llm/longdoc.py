@@ -115,19 +115,20 @@ def document_positive(
     return (f"{head} {body}" if head and body else head or body), kept, cut
 
 
-def bucket_counts(labels: Iterable[str | None]) -> dict[str, int]:
-    """Rows per length bucket, every bucket listed in order (rows without a bucket not counted)."""
-    counts = dict.fromkeys(BUCKET_LABELS, 0)
+def _counts(keys: Iterable[str], labels: Iterable[str | None]) -> dict[str, int]:
+    """Rows per key, every key listed in order (a label that is no key is not counted)."""
+    counts = dict.fromkeys(keys, 0)
     for label in labels:
         if label in counts:
             counts[label] += 1
     return counts
 
 
+def bucket_counts(labels: Iterable[str | None]) -> dict[str, int]:
+    """Rows per length bucket, every bucket listed in order (rows without a bucket not counted)."""
+    return _counts(BUCKET_LABELS, labels)
+
+
 def pairing_counts(pairings: Iterable[str | None]) -> dict[str, int]:
     """Rows per pairing, both pairings listed."""
-    counts = dict.fromkeys(PAIRINGS, 0)
-    for p in pairings:
-        if p in counts:
-            counts[p] += 1
-    return counts
+    return _counts(PAIRINGS, pairings)

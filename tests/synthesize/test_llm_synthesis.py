@@ -98,7 +98,7 @@ def test_faults_every_document_accounted_for(corpus, faulty_server, tmp_path, mo
     monkeypatch.setenv("M3_TEST_LLM_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     store = Store(str(tmp_path / "store"))
-    cfg = config(faulty_server, parse_retries=1)
+    cfg = config(faulty_server, parse_retries=1, timeout_s=1.0)  # "Albedo" sleeps 2.5 s: a timeout
     res = llm_queries(corpus, cfg, api_key=KEY, cache=ResponseCache(store.backend), heldout_fraction=0.3)
     m = res.metrics
     q = res.queries

@@ -1,7 +1,8 @@
-"""Quality through ``m3 run`` itself: MiniLM fine-tuned by the pipeline (unified, 2 iterative ANCE
-rounds; ``bench/profiles/quality-minilm.yaml``), evaluated by the pipeline's own evaluate stage
-before (round 0: the starting checkpoint) and after, on held-out documents of the training corpus and
-on XQuAD-R (en, de, zh) and Tatoeba (deu, cmn, spa), which are evaluation only.
+"""Quality through ``m3 run`` itself: MiniLM trained by the pipeline (contrastive pretraining on
+translation and title–body pairs, then unified fine-tuning with 2 iterative ANCE rounds;
+``bench/profiles/quality-minilm.yaml``), evaluated by the pipeline's own evaluate stage at every step
+of the chain (round 0: the starting MiniLM) on held-out documents of the training corpus and on
+XQuAD-R (en, de, zh) and Tatoeba (deu, cmn, spa), which are evaluation only.
 
 Prints nDCG@10 for BM25 and the five M3 modes, before → after each round, with 95% paired-bootstrap
 intervals over the queries (per set and pooled over every query of every set), and the fine-tuning's
@@ -95,13 +96,13 @@ def main() -> None:
     rounds = report.metrics.get("rounds") or []
     reports = [r["report"] for r in rounds] + [report.id]
     scores = [per_query(store, rid) for rid in reports]
-    results: dict = {"rounds": len(reports) - 1, "labels": None, "systems": {}}
+    labels = [r.get("label", f"round {r['round']}") for r in rounds] + ["final"]
+    results: dict = {"rounds": len(reports) - 1, "labels": labels, "systems": {}}
     for system in SYSTEMS:
         results["systems"][system] = {
             "by_round": [float(np.mean(list(s[system].values()))) for s in scores],
             "change": compare(scores[0][system], scores[-1][system]),
         }
-    labels = [r.get("label", f"round {r['round']}") for r in rounds] + ["final"]
     models = [store.manifest(r["model"]) for r in rounds[1:]] + [store.manifest(report.metrics["model"])]
     training = [
         {"step": label, "ref": f"{m.kind}/{m.name}"}
@@ -119,14 +120,13 @@ def main() -> None:
         for label, m in zip(labels[1:], models, strict=True)
     ]
     results.update(
-        labels=labels,
         training=training,
         wall_s=wall,
         peak_rss_mb=peak_rss_mb,
         stages=[(s["stage"], s["ref"], s["cached"]) for s in run["stages"]],
     )
 
-    print(f"\nnDCG@10 ×100, round 0 (start) → round {len(reports) - 1}; change [95% paired-bootstrap CI]\n")
+    print(f"\nnDCG@10 ×100, {labels[0]} → {labels[-1]}; change [95% paired-bootstrap CI]\n")
     sets = list(results["systems"]["M3 dense"]["change"])
     print("| system | " + " | ".join(sets) + " |")
     print("|---|" + "---|" * len(sets))

@@ -424,9 +424,15 @@ def prefect_stack(tmp_path_factory, prefect_server):
 
 
 def _api(stack, method: str, path: str, body=None):
-    resp = httpx.request(method, stack["api"] + path, json=body, timeout=30)
-    resp.raise_for_status()
-    return resp.json()
+    """One API call, retried as Prefect's own client retries: the server answers 503 for errors it
+    calls retryable (SQLite busy while the worker writes), seen once in CI on create_flow_run."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = httpx.request(method, stack["api"] + path, json=body, timeout=30)
+        if resp.status_code not in (429, 503) or time.monotonic() > deadline:
+            resp.raise_for_status()
+            return resp.json()
+        time.sleep(1)
 
 
 def _run_deployment(stack, parameters: dict, timeout: float = 900) -> dict:

@@ -454,9 +454,27 @@ def _wait_final(stack, run_id: str, timeout: float, min_runs: int = 1) -> dict:
         raise
 
 
-def _pipeline_log(stack, run_id: str) -> str:
-    logs = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    return "\n".join(entry["message"] for entry in logs)
+def _pipeline_log(stack, run_id: str, until=None, timeout: float = 60) -> str:
+    """A flow run's log, every page of it (the API returns at most 200 entries a call); with
+    ``until``, read again until it holds (logs reach the API in batches, after the run ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entries: list[dict] = []
+        while True:
+            body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
+            page = _api(stack, "POST", "/logs/filter", {**body, "limit": 200, "offset": len(entries)})
+            entries += page
+            if len(page) < 200:
+                break
+        text = "\n".join(entry["message"] for entry in entries)
+        if until is None or until(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def _logged(text: str, stage: str, outcome: str) -> bool:
+    """Whether the pipeline logged ``stage`` as ``outcome`` (``cached`` / ``built``)."""
+    return any(line.split()[:1] == [stage] and line.rstrip().endswith(outcome) for line in text.splitlines())
 
 
 @pytest.mark.slow
@@ -510,16 +528,12 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
     assert done["state"]["type"] == "COMPLETED" and done["run_count"] == 2
 
     # earlier stages came back from the store: same manifests, no new versions, logged as cached
-    log = _pipeline_log(stack, failed["id"])
+    log = _pipeline_log(stack, failed["id"], until=lambda text: _logged(text, "evaluate", "built"))
     for stage, ref in zip(("ingest", "synthesize", "pretrain"), earlier, strict=True):
         assert store.ref_history(ref) == before[ref], ref  # same manifest, no new version
-        assert any(
-            line.split()[:1] == [stage] and line.rstrip().endswith("cached") for line in log.splitlines()
-        ), log
+        assert _logged(log, stage, "cached"), log
     for stage in ("mine", "finetune", "evaluate"):
-        assert any(
-            line.split()[:1] == [stage] and line.rstrip().endswith("built") for line in log.splitlines()
-        ), log
+        assert _logged(log, stage, "built"), log
     report = store.manifest(store.resolve("report/tiny"))
     assert report.metrics["queries"] > 0
 

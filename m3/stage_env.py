@@ -108,28 +108,29 @@ class StageEnv:
 
     def register_files(
         self,
-        spec: StageSpec,
+        stage: str,
+        kind: str,
+        name: str,
         files: dict[str, Path],
-        metrics: dict[str, Any] | None = None,
+        config: dict[str, Any],
+        code: str,
         *,
         refresh: bool = False,
     ) -> str:
         """Raw input files (named as the artifact names them) committed as they are, the root of a
-        lineage chain; the spec's config names the bytes (path, size, mtime) so unchanged files are
-        not re-hashed. Returns the manifest id."""
+        lineage chain. The key holds ``config`` and each file's path, size and mtime, so unchanged
+        files are not re-hashed. Returns the manifest id."""
+        stamps = [
+            {"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for p in files.values()
+        ]
+        spec = StageSpec(stage, kind, name, {}, {**config, "files": stamps}, (code,))
 
         def build(_: Path) -> StageOutput:
             return StageOutput(
                 files=files,
-                metrics={
-                    "files": len(files),
-                    "bytes": sum(p.stat().st_size for p in files.values()),
-                    **(metrics or {}),
-                },
-                schema={
-                    "origin": {n: str(p) for n, p in files.items()},
-                    **{k: v for k, v in spec.config.items() if k != "files"},  # the stamps key the cache
-                },
+                metrics={"files": len(files), "bytes": sum(s["bytes"] for s in stamps), **config},
+                schema={"origin": {n: str(p) for n, p in files.items()}, **config},
             )
 
         return self.run(spec, build, refresh=refresh).manifest_id

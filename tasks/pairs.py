@@ -220,9 +220,12 @@ def pretraining_pairs(
     if config.translation:
         bitext, more = translation_pairs(config, base_dir, guard)
         titles = pd.concat([titles, bitext], ignore_index=True)
-        stats.update(
-            {k: v + stats.get(k, 0) if k == "skipped:evaluation_text" else v for k, v in more.items()}
-        )
+        stats = {
+            **more,
+            **stats,
+            "skipped:evaluation_text": stats["skipped:evaluation_text"]
+            + more.get("skipped:evaluation_text", 0),
+        }
         stats["pairs"] = len(titles)
     stats["pairs_per_kind"] = titles["kind"].value_counts().to_dict()
     return titles.reset_index(drop=True), stats

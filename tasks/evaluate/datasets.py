@@ -5,7 +5,7 @@ sets (``evaluate.datasets``)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -166,11 +166,6 @@ def eval_data_files(files: Sequence[Path]) -> dict[str, Path]:
     for p in sorted({Path(f).resolve() for f in files}):
         named[p.name if p.name not in named else f"{p.parent.name}/{p.name}"] = p
     return named
-
-
-def file_stamps(paths: Iterable[Path]) -> list[dict]:
-    """What names the files' bytes in a cache key without reading them: path, size, mtime."""
-    return [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths]
 
 
 def corpus_of(store: Store, queries_id: str) -> str:

@@ -28,7 +28,6 @@ from tasks.evaluate.datasets import (
     datasets_from_ict,
     eval_data_files,
     evaluation_sets,
-    file_stamps,
     held_out,
     long_document_sets,
 )
@@ -179,9 +178,7 @@ def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
     the exact bytes it was computed on (like ``source`` artifacts for ingestion)."""
     named = eval_data_files(files)
     name = "eval." + hashlib.sha1(spec.encode()).hexdigest()[:12]
-    config = {"spec": spec, "files": file_stamps(named.values())}
-    stage = StageSpec("register-eval-data", "eval-data", name, {}, config, (__file__,))
-    return env.register_files(stage, named, {"spec": spec})
+    return env.register_files("register-eval-data", "eval-data", name, named, {"spec": spec}, __file__)
 
 
 def build_model_evaluation(

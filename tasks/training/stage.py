@@ -86,12 +86,11 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
 
 def register_bitext(env: StageEnv, files: list[Path], refresh: bool) -> str:
     """The raw bitext files as a ``source`` artifact, the lineage root of the translation pairs."""
-    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    named = {p.name: p for p in files}
     name = f"{env.profile.name}.bitext-pairs"
-    spec = StageSpec(
-        "register-source", "source", name, {}, {"files": stamp, "format": "tatoeba"}, (__file__,)
+    return env.register_files(
+        "register-source", "source", name, named, {"format": "tatoeba"}, __file__, refresh=refresh
     )
-    return env.register_files(spec, {p.name: p for p in files}, refresh=refresh)
 
 
 def build_start(env: StageEnv, refresh: bool) -> StageResult:

@@ -37,8 +37,14 @@ class EvalConfig(StrictModel):
     )
     candidates: int = Field(100, ge=1, description="per-function candidates whose union is re-ranked")
     encode_batch_size: int = Field(32, ge=1, description="model forward batch size")
-    max_length: int = Field(512, ge=8, description="passage tokens (truncated beyond)")
-    query_max_length: int = Field(128, ge=4)
+    # The pipeline's evaluate stage reads these only where the profile sets them; otherwise it
+    # evaluates at the lengths the model was fine-tuned at (finetune.max_length/query_max_length).
+    max_length: int = Field(
+        512, ge=8, description="passage tokens (truncated beyond); pipeline default: finetune.max_length"
+    )
+    query_max_length: int = Field(
+        128, ge=4, description="query tokens; pipeline default: finetune.query_max_length"
+    )
     bm25: bool = Field(True, description="report the BM25 baseline")
     primary_metric: str = Field("ndcg_cut_10", description="decides champion promotion")
     primary_mode: Mode = Field("dense", description="the M3 row that competes for champion")

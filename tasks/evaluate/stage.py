@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from m3.profile import Profile
 from m3.publish import artifact_key
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
@@ -46,6 +47,14 @@ def _metrics(env: StageEnv, done) -> dict[str, Any]:
     return env.store.manifest(done.manifest_id).metrics
 
 
+def trained_lengths(profile: Profile) -> dict[str, int]:
+    """The passage and query lengths the profile does not set under ``evaluate:``: those the model
+    was fine-tuned at. A length the profile sets is kept (before, it was silently replaced)."""
+    finetune, given = profile.finetune, profile.evaluate.model_fields_set
+    lengths = {"max_length": finetune.max_length, "query_max_length": finetune.query_max_length}
+    return {k: v for k, v in lengths.items() if k not in given}
+
+
 def build_evaluation(
     env: StageEnv, refresh: bool, inputs: dict[str, str] | None, promote_champion: bool
 ) -> tuple[StageResult, dict[str, Any]]:
@@ -53,12 +62,7 @@ def build_evaluation(
     log = run_logger(__name__)
     model_id = env.input_id(inputs, "model", "model")
     queries_id = env.input_id(inputs, "queries", "queries")
-    cfg = env.profile.evaluate.model_copy(
-        update={
-            "max_length": env.profile.finetune.max_length,
-            "query_max_length": env.profile.finetune.query_max_length,
-        }
-    )
+    cfg = env.profile.evaluate.model_copy(update=trained_lengths(env.profile))
     config = {
         "eval": cfg.model_dump(mode="json", exclude={"compare_rounds"}),
         "bm25": env.profile.mine.model_dump(mode="json", exclude={"rounds"}),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 import pytest
+import yaml
 
+from m3.profile import load_profile
 from m3.recipe import EVAL_FUSION, EVAL_MODES
 from tasks.evaluate.config import EvalConfig, Mode, with_overrides
+from tasks.evaluate.stage import trained_lengths
+from tests.conftest import TINY
 
 
 def test_modes_and_weights_are_the_recipe_s():
@@ -26,3 +31,16 @@ def test_overrides_keep_the_primary_mode_reported():
     assert (kept.primary_mode, kept.mcls, kept.mcls_interval) == ("dense", True, 64)
     with pytest.raises(ValueError):
         with_overrides(cfg, mcls_interval=0)
+
+
+def test_the_pipeline_evaluates_at_the_trained_lengths_unless_the_profile_sets_its_own(tmp_path):
+    data = yaml.safe_load(Path(TINY).read_text(encoding="utf-8"))
+    data["finetune"] = {**(data.get("finetune") or {}), "max_length": 96, "query_max_length": 24}
+    data["evaluate"] = {k: v for k, v in (data.get("evaluate") or {}).items() if "max_length" not in k}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert trained_lengths(load_profile(str(path))) == {"max_length": 96, "query_max_length": 24}
+
+    data["evaluate"]["max_length"] = 300  # set in the profile: kept (it used to be silently replaced)
+    path.write_text(yaml.safe_dump(data))
+    assert trained_lengths(load_profile(str(path))) == {"query_max_length": 24}

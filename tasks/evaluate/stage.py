@@ -51,7 +51,7 @@ def trained_lengths(profile: Profile) -> dict[str, int]:
     """The passage and query lengths the profile does not set under ``evaluate:``: those the model
     was fine-tuned at. A length the profile sets is kept (before, it was silently replaced)."""
     finetune, given = profile.finetune, profile.evaluate.model_fields_set
-    lengths = {"max_length": finetune.max_length, "query_max_length": finetune.query_max_length}
+    lengths = {"max_length": finetune.max_length, "query_max_length": finetune.q_max_length}
     return {k: v for k, v in lengths.items() if k not in given}
 
 

@@ -44,3 +44,7 @@ def test_the_pipeline_evaluates_at_the_trained_lengths_unless_the_profile_sets_i
     data["evaluate"]["max_length"] = 300  # set in the profile: kept (it used to be silently replaced)
     path.write_text(yaml.safe_dump(data))
     assert trained_lengths(load_profile(str(path))) == {"query_max_length": 24}
+
+    data["finetune"]["query_max_length"] = None  # None in training: queries cut at max_length
+    path.write_text(yaml.safe_dump(data))
+    assert trained_lengths(load_profile(str(path))) == {"query_max_length": 96}

@@ -8,7 +8,7 @@ ratio to BM25, the demo's targets (sparse ≥ 0.6 × BM25, All ≥ Dense ≥ 0.9
 bootstrap interval of dense / BM25 that resamples the queries within each language (the set is 3–6
 queries a language, so the interval says how much one query moves the ratio).
 
-    .venv/bin/python bench/demo_seeds.py [--seeds 0,1,2] [--store DIR] [--out FILE.json]
+    .venv/bin/python bench/demo_seeds.py [--seeds 0,1,2] [--profile FILE] [--store DIR] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from quality_m3run import METRIC, SYSTEMS, dataset_of, per_query  # noqa: E402 (
 PROFILE = ROOT / "data_specs" / "profiles" / "minilm-cpu.yaml"
 
 
-def seeded_profile(seed: int, folder: Path) -> Path:
-    """The demo profile with ``finetune.seed`` set; its relative base_dir made absolute."""
-    data = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
-    data["base_dir"] = str((PROFILE.parent / data.get("base_dir", ".")).resolve())
+def seeded_profile(profile: Path, seed: int, folder: Path) -> tuple[Path, str]:
+    """``profile`` with ``finetune.seed`` set and its relative base_dir made absolute; and its name."""
+    data = yaml.safe_load(profile.read_text(encoding="utf-8"))
+    data["base_dir"] = str((profile.parent / data.get("base_dir", ".")).resolve())
     data["finetune"]["seed"] = seed
-    path = folder / f"minilm-cpu-seed{seed}.yaml"
+    path = folder / f"{data['name']}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    return path, data["name"]
 
 
 def macro(scores: dict[str, float]) -> float:
@@ -71,6 +71,7 @@ def ratio_interval(dense: dict[str, float], bm25: dict[str, float], seed: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--profile", default=str(PROFILE), help="a profile file (default: the demo's)")
     parser.add_argument("--store", default=None, help="store folder (default: a new temporary one)")
     parser.add_argument("--out", default=None, help="write every figure as JSON here")
     args = parser.parse_args()
@@ -82,14 +83,14 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            profile = seeded_profile(seed, Path(tmp))
+            profile, name = seeded_profile(Path(args.profile), seed, Path(tmp))
             t0 = time.perf_counter()
             cmd = [sys.executable, "-m", "m3.cli", "run", "--profile", str(profile), "--store", store_url]
             proc = subprocess.run([*cmd, "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"m3 run (seed {seed}) failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
             store = Store(store_url)
-            scores = per_query(store, store.resolve("report/minilm-cpu"))
+            scores = per_query(store, store.resolve(f"report/{name}"))
             avg = {s: macro(scores[s]) for s in SYSTEMS}
             lo, hi = ratio_interval(scores["M3 dense"], scores["BM25"])
             results.append(

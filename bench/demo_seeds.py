@@ -36,7 +36,7 @@ def seeded_profile(profile: Path, seed: int, folder: Path) -> tuple[Path, str]:
     """``profile`` with ``finetune.seed`` set and its relative base_dir made absolute; and its name."""
     data = yaml.safe_load(profile.read_text(encoding="utf-8"))
     data["base_dir"] = str((profile.parent / data.get("base_dir", ".")).resolve())
-    data["finetune"]["seed"] = seed
+    data.setdefault("finetune", {})["seed"] = seed
     path = folder / f"{data['name']}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path, data["name"]

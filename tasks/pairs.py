@@ -220,12 +220,8 @@ def pretraining_pairs(
     if config.translation:
         bitext, more = translation_pairs(config, base_dir, guard)
         titles = pd.concat([titles, bitext], ignore_index=True)
-        stats = {
-            **more,
-            **stats,
-            "skipped:evaluation_text": stats["skipped:evaluation_text"]
-            + more.get("skipped:evaluation_text", 0),
-        }
+        skipped = stats["skipped:evaluation_text"] + more.get("skipped:evaluation_text", 0)
+        stats = {**more, **stats, "skipped:evaluation_text": skipped}
         stats["pairs"] = len(titles)
     stats["pairs_per_kind"] = titles["kind"].value_counts().to_dict()
     return titles.reset_index(drop=True), stats

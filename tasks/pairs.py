@@ -23,6 +23,7 @@ from m3.strict import StrictModel
 from tasks.text import join_sentences, pack_sentences, split_sentences
 
 PAIR_COLUMNS = ["query", "positive", "lang", "kind", "doc_id"]
+TRANSLATION = "translation"  # the kind of a bitext pair: both sides are sentences, encoded alike
 
 
 class PairsConfig(StrictModel):
@@ -191,7 +192,7 @@ def translation_pairs(
                             "query": src,
                             "positive": eng,
                             "lang": lang,
-                            "kind": "translation",
+                            "kind": TRANSLATION,
                             "doc_id": f"tatoeba:{lang}:{i}",
                         }
                     )

@@ -1,21 +1,46 @@
 """What the evaluation needs from a model, and the models that give it: M3 (all three retrieval
-functions, optionally MCLS for long passages) and any sentence-transformers model (dense only)."""
+functions, optionally MCLS for long passages) and any sentence-transformers model (dense only).
+
+Each puts the model's own instruction prefix before a text (multilingual-e5: "query: " /
+"passage: "): the query side's for queries, the passage side's for the corpus, unless the call says
+otherwise (a bitext corpus is encoded as queries)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tasks.evaluate.config import EvalConfig
 
+if TYPE_CHECKING:
+    from model.m3 import Prompt
+
+
+def side(query: bool, prompt: Prompt | None) -> Prompt:
+    """The prefix side of a call: ``prompt`` when given, else that of queries or passages."""
+    return prompt or ("query" if query else "passage")
+
 
 class Encoder:
-    """What the evaluation needs from a model: texts -> dense / lexical / multi-vector outputs."""
+    """What the evaluation needs from a model: texts -> dense / lexical / multi-vector outputs.
+
+    ``query`` picks the lengths (and MCLS for passages); ``prompt`` the prefix side (:func:`side`)."""
 
     label = "model"
     functions: frozenset[str] = frozenset({"dense"})
     mcls = False  # whether passages are encoded with MCLS (reported)
 
-    def encode(self, texts: list[str], *, query: bool, dense=True, sparse=False, multivec=False) -> dict:
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        query: bool,
+        prompt: Prompt | None = None,
+        dense=True,
+        sparse=False,
+        multivec=False,
+    ) -> dict:
         raise NotImplementedError
 
     def with_config(self, cfg: EvalConfig) -> Encoder:
@@ -47,7 +72,7 @@ class M3Encoder(Encoder):
     def with_config(self, cfg: EvalConfig) -> M3Encoder:
         return M3Encoder(self.model, cfg, self.label)
 
-    def encode(self, texts, *, query, dense=True, sparse=False, multivec=False) -> dict:
+    def encode(self, texts, *, query, prompt=None, dense=True, sparse=False, multivec=False) -> dict:
         extra = {} if query or not self.cfg.mcls else {"mcls": True, "mcls_interval": self.cfg.mcls_interval}
         return self.model.encode(
             list(texts),
@@ -56,6 +81,7 @@ class M3Encoder(Encoder):
             return_dense=dense,
             return_sparse=sparse,
             return_colbert=multivec,  # M3Model.encode keeps FlagEmbedding's argument name
+            prompt=side(query, prompt),
             **extra,
         )
 
@@ -73,8 +99,10 @@ class SentenceTransformerEncoder(Encoder):
         self.cfg = cfg
         self.label = label or f"ST {str(path).rstrip('/').rsplit('/', 1)[-1]}"
 
-    def encode(self, texts, *, query, dense=True, sparse=False, multivec=False) -> dict:
-        vecs = self.model.encode(
+    def encode(self, texts, *, query, prompt=None, dense=True, sparse=False, multivec=False) -> dict:
+        # encode_query / encode_document apply the folder's "query" / "document" prompts, if it has any
+        run = self.model.encode_query if side(query, prompt) == "query" else self.model.encode_document
+        vecs = run(
             list(texts),
             batch_size=self.cfg.encode_batch_size,
             normalize_embeddings=True,

@@ -61,6 +61,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
     p_out = encoder.encode(
         ds.corpus["passage"].tolist(),
         query=False,
+        prompt=ds.corpus_side,
         dense="dense" in needs,
         sparse="sparse" in needs,
         multivec=exhaustive_mv,
@@ -113,11 +114,10 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         else:  # encode only the passages some query re-ranks
             rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
             texts = ds.corpus["passage"].to_numpy()[rows].tolist()
-            vecs = (
-                encoder.encode(texts, query=False, dense=False, multivec=True)["colbert_vecs"]
-                if texts
-                else []
-            )
+            vecs = []
+            if texts:
+                out = encoder.encode(texts, query=False, prompt=ds.corpus_side, dense=False, multivec=True)
+                vecs = out["colbert_vecs"]
         dim = q_out["colbert_vecs"][0].shape[-1] if len(q_out["colbert_vecs"]) else 1
         tokens = TokenVectors(vecs, dim)
         pos = np.full(n_p, -1, dtype=np.int64)

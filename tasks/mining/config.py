@@ -20,8 +20,12 @@ class EncodeConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(256, ge=8, description="passage tokens")
     query_max_length: int = Field(64, ge=8)
-    query_prefix: str = ""
-    passage_prefix: str = ""
+    query_prefix: str | None = Field(
+        None, description="put before every query; null: the teacher folder's own prefix (else none)"
+    )
+    passage_prefix: str | None = Field(
+        None, description="put before every passage; null: the teacher folder's own prefix (else none)"
+    )
     partition_rows: int = Field(2048, ge=1, description="texts per encode task = rows per embedding shard")
     torch_threads: int = Field(
         1,

@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from m3.store import Store
 from m3.store.manifest import canonical_json
 from tasks.mining.pool import load_frames
 
+if TYPE_CHECKING:
+    from model.m3 import Prompt
+
 logger = logging.getLogger(__name__)
 
 PASSAGES, QUERIES = "passages", "queries"
@@ -31,18 +34,23 @@ CACHE_STAGE = "embed"
 SHARD_FILE = "vectors.npy"
 
 
-def texts_for(store_url: str, queries_id: str, role: str, start: int, end: int, encode: dict) -> list[str]:
+def texts_for(store_url: str, queries_id: str, role: str, start: int, end: int) -> list[str]:
     passages, train = load_frames(store_url, queries_id)
     if role == PASSAGES:
-        return [encode.get("passage_prefix", "") + t for t in passages["passage"].iloc[start:end]]
-    return [encode.get("query_prefix", "") + t for t in train["query"].iloc[start:end]]
+        return passages["passage"].iloc[start:end].tolist()
+    return train["query"].iloc[start:end].tolist()
+
+
+def prompt_of(role: str) -> Prompt:
+    """The side a role's texts are on, which picks their instruction prefix."""
+    return "passage" if role == PASSAGES else "query"
 
 
 def embedding_key(teacher_identity: str, queries_id: str, role: str, encode: dict) -> str:
     """Cache key of one embedding set: what changes the vectors, and nothing else."""
     keep = ("encoder", "batch_size", "partition_rows", "torch_threads")
     length = encode["max_length"] if role == PASSAGES else encode["query_max_length"]
-    prefix = encode.get("passage_prefix" if role == PASSAGES else "query_prefix", "")
+    prefix = encode.get(f"{prompt_of(role)}_prefix")  # None: the teacher's own, part of its identity
     body = {
         "teacher": teacher_identity,
         "queries": queries_id,
@@ -73,8 +81,9 @@ def encode_partition(
     from tasks.mining.teachers import TeacherRef, encode_texts
 
     ref = TeacherRef(**teacher)
-    texts = texts_for(store_url, queries_id, role, start, end, encode)
+    texts = texts_for(store_url, queries_id, role, start, end)
     length = encode["max_length"] if role == PASSAGES else encode["query_max_length"]
+    prompt = prompt_of(role)
     vecs = encode_texts(
         ref.folder(),
         ref.encoder,
@@ -82,6 +91,8 @@ def encode_partition(
         batch_size=encode["batch_size"],
         max_length=length,
         threads=encode.get("torch_threads", 1),
+        prompt=prompt,
+        prefix=encode.get(f"{prompt}_prefix"),
     )
     store = Store(store_url)
     with tempfile.TemporaryDirectory(prefix="m3-embed-", dir=lifecycle.run_dir()) as tmp:

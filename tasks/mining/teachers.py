@@ -14,11 +14,14 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from m3.recipe import weights_tuple
+
+if TYPE_CHECKING:
+    from model.m3 import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +110,16 @@ def _load(folder: Path, kind: str) -> Any:
     # so the same encode loop (token-length-sorted batches, inference mode) serves both.
     from transformers import AutoModel, AutoTokenizer
 
+    from model.m3 import folder_prefixes
+
     cfg_file = folder / "sentence_bert_config.json"
     max_len = json.loads(cfg_file.read_text()).get("max_seq_length") if cfg_file.is_file() else None
     backbone = AutoModel.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = M3Model(backbone, tokenizer, pooling=pooling, max_length=max_len)
+    query, passage = folder_prefixes(folder)  # the folder's sentence-transformers prompts
+    model = M3Model(
+        backbone, tokenizer, pooling, max_length=max_len, query_prefix=query, passage_prefix=passage
+    )
     model.eval()
     return model
 
@@ -198,6 +206,18 @@ def dense_encode(model: Any, texts: list[str], batch_size: int, max_length: int)
     return out
 
 
+def teacher_prefix(model: Any, prompt: Prompt | None, override: str | None = None) -> str:
+    """What goes before ``prompt``-side texts: ``override`` when given, else the teacher's own prefix
+    (an M3 folder's, or a sentence-transformers model's prompt for that side); nothing for None."""
+    if override is not None or prompt is None:
+        return override or ""
+    if hasattr(model, "dense_dim"):  # M3Model
+        return model.prefix(prompt)
+    from model.m3 import st_prompt
+
+    return st_prompt(model.prompts, prompt)
+
+
 def encode_texts(
     folder: str | Path,
     encoder: str,
@@ -206,20 +226,25 @@ def encode_texts(
     batch_size: int,
     max_length: int,
     threads: int = 1,
+    prompt: Prompt | None = None,
+    prefix: str | None = None,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings [n, d] of ``texts`` with the teacher in ``folder``."""
+    """L2-normalised float32 embeddings [n, d] of ``texts`` with the teacher in ``folder``, each text
+    after :func:`teacher_prefix` (``prompt``: the side they are on; ``prefix``: an override)."""
     kind = encoder_kind(folder, encoder)
     model = get_model(folder, kind)
     set_threads(threads)
     if not texts:
         dim = getattr(model, "dense_dim", None) or model.get_embedding_dimension()
         return np.zeros((0, dim), dtype=np.float32)
+    lead = teacher_prefix(model, prompt, prefix)
     if hasattr(model, "dense_dim"):  # M3Model
-        vecs = dense_encode(model, list(texts), batch_size, max_length)
-    else:
+        vecs = dense_encode(model, [lead + t for t in texts], batch_size, max_length)
+    else:  # sentence-transformers puts the prompt first itself (and may leave it out of pooling)
         model.max_seq_length = min(max_length, model.max_seq_length or max_length)
         vecs = model.encode(
             texts,
+            prompt=lead or None,
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -281,7 +306,10 @@ def hybrid_scores(
         e = min(len(queries), s + chunk_pairs)
         uq, qi = np.unique(np.asarray(queries[s:e], dtype=object), return_inverse=True)
         up, pi = np.unique(np.asarray(passages[s:e], dtype=object), return_inverse=True)
-        qo, po = model.encode(uq.tolist(), **kw), model.encode(up.tolist(), **kw)
+        qo, po = (
+            model.encode(uq.tolist(), prompt="query", **kw),
+            model.encode(up.tolist(), prompt="passage", **kw),
+        )
         dense = np.einsum("ij,ij->i", qo["dense_vecs"][qi], po["dense_vecs"][pi])
         lex = np.asarray(qo["lexical_matrix"][qi].multiply(po["lexical_matrix"][pi]).sum(axis=1)).ravel()
         mul = np.empty(e - s, dtype=np.float32)
@@ -307,6 +335,7 @@ def rescore_pairs(rescore: dict, queries: list[str], passages: list[str], thread
         return hybrid_scores(folder, queries, passages, weights=rescore.get("weights", weights_tuple()), **kw)
     uq, qi = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
     up, pi = np.unique(np.asarray(passages, dtype=object), return_inverse=True)
-    qv = encode_texts(folder, rescore.get("encoder", "auto"), uq.tolist(), threads=threads, **kw)
-    pv = encode_texts(folder, rescore.get("encoder", "auto"), up.tolist(), threads=threads, **kw)
+    encoder = rescore.get("encoder", "auto")
+    qv = encode_texts(folder, encoder, uq.tolist(), threads=threads, prompt="query", **kw)
+    pv = encode_texts(folder, encoder, up.tolist(), threads=threads, prompt="passage", **kw)
     return np.einsum("ij,ij->i", qv[qi], pv[pi]).astype(np.float32)

@@ -12,13 +12,18 @@ from pydantic import BaseModel, Field, model_validator
 
 
 class TrainExample(BaseModel):
-    """One query with its positive, hard negatives and (optionally) teacher scores for them."""
+    """One query with its positive, hard negatives and (optionally) teacher scores for them.
+
+    ``symmetric``: the positive and negatives are encoded as queries too (translation pairs: both
+    sides are the same kind of text, as E5 prefixes both sides of its symmetric tasks with "query: ").
+    """
 
     query: str
     pos: str
     negs: list[str] = Field(default_factory=list)
     pos_score: float | None = None
     neg_scores: list[float] | None = None
+    symmetric: bool = False
 
     @model_validator(mode="after")
     def _scores(self) -> TrainExample:
@@ -76,7 +81,9 @@ def passage_key(ids: Sequence[int]) -> int:
 class TokenizedSet:
     """Token ids of every query and distinct passage; examples refer to passages by index.
 
-    ``passage_keys[j]``: :func:`passage_key` of passage ``j`` (empty: the index is the key)."""
+    ``passage_keys[j]``: :func:`passage_key` of passage ``j`` (empty: the index is the key).
+    :meth:`build` puts the model's instruction prefixes before the texts (queries and the positives
+    and negatives of a ``symmetric`` example: ``query_prefix``; other passages: ``passage_prefix``)."""
 
     queries: list[list[int]]
     passages: list[list[int]]
@@ -86,17 +93,26 @@ class TokenizedSet:
     passage_keys: list[int] = field(default_factory=list)
 
     @classmethod
-    def build(cls, examples: list[TrainExample], tokenize, q_len: int, p_len: int) -> TokenizedSet:
-        index: dict[str, int] = {}
-        for e in examples:
+    def build(
+        cls,
+        examples: list[TrainExample],
+        tokenize,
+        q_len: int,
+        p_len: int,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+    ) -> TokenizedSet:
+        index: dict[str, int] = {}  # prefixed passage text -> row
+        lead = [query_prefix if e.symmetric else passage_prefix for e in examples]
+        for e, p in zip(examples, lead, strict=True):
             for t in (e.pos, *e.negs):
-                index.setdefault(t, len(index))
+                index.setdefault(p + t, len(index))
         passages = tokenize(list(index), p_len)
         return cls(
-            queries=tokenize([e.query for e in examples], q_len),
+            queries=tokenize([query_prefix + e.query for e in examples], q_len),
             passages=passages,
-            pos=[index[e.pos] for e in examples],
-            negs=[[index[t] for t in e.negs] for e in examples],
+            pos=[index[p + e.pos] for e, p in zip(examples, lead, strict=True)],
+            negs=[[index[p + t] for t in e.negs] for e, p in zip(examples, lead, strict=True)],
             teacher=[e.teacher_scores for e in examples],
             passage_keys=[passage_key(ids) for ids in passages],
         )

@@ -122,9 +122,12 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def freeze_unused(model: M3Model, functions: Sequence[str]) -> dict[str, bool]:
+def freeze_unused(
+    model: M3Model, functions: Sequence[str], freeze_word_embeddings: bool = False
+) -> dict[str, bool]:
     """Heads of functions not trained (and a BERT pooler) get no gradient; DDP requires every
-    parameter with ``requires_grad`` to receive one. Returns the previous flags to restore."""
+    parameter with ``requires_grad`` to receive one. ``freeze_word_embeddings`` fixes the input
+    embedding matrix too. Returns the previous flags to restore."""
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     unused: list[nn.Module] = [
         m
@@ -134,6 +137,8 @@ def freeze_unused(model: M3Model, functions: Sequence[str]) -> dict[str, bool]:
     pooler = getattr(model.backbone, "pooler", None)
     if isinstance(pooler, nn.Module):
         unused.append(pooler)
+    if freeze_word_embeddings:
+        unused.append(model.backbone.get_input_embeddings())
     for module in unused:
         for p in module.parameters():
             p.requires_grad_(False)

@@ -93,7 +93,8 @@ def _mean(xs: Sequence[float]) -> float:
 
 def tokenize_pieces(model: M3Model, texts: Sequence[str], config: RetroMAEConfig) -> list[list[int]]:
     """``<s> … </s>`` pieces of at most ``config.max_length`` ids covering the texts (capped at the
-    model's positions)."""
+    model's positions). Raw corpus text: no instruction prefix, as E5 and BGE pretrain on plain text
+    (a prefix would also land once per text, not per piece)."""
     tok = model.tokenizer
     max_length = min(config.max_length, model.max_length)
     pieces: list[list[int]] = []

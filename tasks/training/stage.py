@@ -13,15 +13,24 @@ workers cannot start from Dask's daemonic processes (docs/architecture.md, "Run 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from m3.publish import publish
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, progress_logger, run_logger
 from tasks.artifact_io import read_jsonl, schema_dict, write_table
 from tasks.mining.stage import round_name
-from tasks.pairs import bitext_files, evaluation_guard, pretraining_pairs
+from tasks.pairs import TRANSLATION, bitext_files, evaluation_guard, pretraining_pairs
 from tasks.training.config import TrainConfig
 from tasks.training.run import folder_files, run_training
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from model.config import ModelSpec
+    from model.init import InitSource
+    from model.m3 import M3Model
+    from tasks.training.data import TrainExample
 
 
 def _spec(stage: str, kind: str, name: str, inputs: dict[str, str], config: dict) -> StageSpec:
@@ -95,8 +104,9 @@ def register_bitext(env: StageEnv, files: list[Path], refresh: bool) -> str:
 
 def build_start(env: StageEnv, refresh: bool) -> StageResult:
     """The profile's ``model.init`` (a pretrained encoder) as ``checkpoint/<profile>-init``, the lineage
-    root of every model trained from it: heads added (or kept), positions extended, pooling recorded."""
-    from model.init import load_start_model, resolve_init
+    root of every model trained from it: heads added (or kept), positions extended, pooling recorded,
+    the profile's instruction prefixes set (else the folder's own are kept)."""
+    from model.init import resolve_init
 
     mspec = env.profile.model
     assert mspec.init is not None  # only called when the profile names a starting model
@@ -110,21 +120,33 @@ def build_start(env: StageEnv, refresh: bool) -> StageResult:
     )
 
     def build(scratch: Path) -> StageOutput:
-        model, info = load_start_model(
-            source, pooling=mspec.pooling, max_positions=mspec.max_positions, seed=mspec.seed
-        )
+        model, info = load_init(mspec, source)
         run_logger(__name__).info(
-            "starting model %s (%s, %s pooling, %d tokens): heads %s",
+            "starting model %s (%s, %s pooling, %d tokens): heads %s, prefixes %s",
             mspec.init,
             info["model_type"],
             info["pooling"],
             info["max_length"],
             info["heads"],
+            info["prefixes"],
         )
         model.save_pretrained(scratch / "model")
         return StageOutput(folder_files(scratch / "model"), info)
 
     return env.run(spec, build, refresh=refresh)
+
+
+def load_init(mspec: ModelSpec, source: InitSource) -> tuple[M3Model, dict[str, Any]]:
+    """The profile's starting model from its resolved ``model.init``: pooling, positions and seed as the
+    profile says, and its instruction prefixes where it sets them (else the folder's own)."""
+    from model.init import load_start_model
+
+    model, info = load_start_model(
+        source, pooling=mspec.pooling, max_positions=mspec.max_positions, seed=mspec.seed
+    )
+    model.set_prefixes(mspec.query_prefix, mspec.passage_prefix)
+    info["prefixes"] = {"query": model.query_prefix, "passage": model.passage_prefix}
+    return model, info
 
 
 def build_retromae(
@@ -177,8 +199,6 @@ def start_model(env: StageEnv, tokenizer: str | None, start: str | None):
 
 def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
     """The ``pretrain`` stage: starting model, RetroMAE, contrastive pretraining (as configured)."""
-    from tasks.training import TrainExample
-
     tokenizer = start = None
     if env.profile.model.init:
         start = build_start(env, refresh).manifest_id
@@ -211,9 +231,7 @@ def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
 
     def build(scratch: Path) -> StageOutput:
         table = env.table(pairs, "pairs")
-        examples = [
-            TrainExample(query=q, pos=p) for q, p in zip(table["query"], table["positive"], strict=True)
-        ]
+        examples = pair_examples(table)
         model = start_model(env, tokenizer, start)
         kinds = table["kind"].value_counts().to_dict()
         run_logger(__name__).info("contrastive pretraining on %d pairs %s", len(examples), kinds)
@@ -225,6 +243,18 @@ def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
         )
 
     return env.run(spec, build, refresh=refresh)
+
+
+def pair_examples(table: pd.DataFrame) -> list[TrainExample]:
+    """Contrastive pretraining examples from the ``pairs`` table. A title -> body pair is asymmetric
+    (query and passage prefixes); a sentence and its translation are the same kind of text, so both
+    take the query prefix (E5's symmetric tasks)."""
+    from tasks.training import TrainExample
+
+    return [
+        TrainExample(query=q, pos=p, symmetric=k == TRANSLATION)
+        for q, p, k in zip(table["query"], table["positive"], table["kind"], strict=True)
+    ]
 
 
 def finetune_config(env: StageEnv, nproc_per_node: int | None) -> TrainConfig:

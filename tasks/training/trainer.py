@@ -58,6 +58,19 @@ def _data_digest(examples: list[TrainExample]) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenize_examples(model: M3Model, examples: list[TrainExample], cfg: TrainConfig) -> TokenizedSet:
+    """The token ids training sees: each text after the model's instruction prefix for its side, cut at
+    the query or passage length (the prefix counts toward it)."""
+    return TokenizedSet.build(
+        examples,
+        model.tokenize,
+        cfg.q_max_length,
+        cfg.max_length,
+        query_prefix=model.query_prefix,
+        passage_prefix=model.passage_prefix,
+    )
+
+
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
@@ -118,7 +131,7 @@ def train(
     model.to(device)
 
     t_tok = time.perf_counter()
-    data = TokenizedSet.build(examples, model.tokenize, cfg.q_max_length, cfg.max_length)
+    data = tokenize_examples(model, examples, cfg)
     logger.info(
         "tokenized %d queries + %d passages in %.1fs",
         len(data),
@@ -134,7 +147,7 @@ def train(
     warmup = int(round(cfg.warmup_ratio * total))
     fp = fingerprint(cfg.model_dump(mode="json"), _data_digest(examples), info.world_size)
 
-    requires_grad = freeze_unused(model, cfg.functions)
+    requires_grad = freeze_unused(model, cfg.functions, cfg.freeze_word_embeddings)
     # foreach: one multi-tensor kernel per group instead of a Python loop over parameters
     groups = param_groups(
         model.named_parameters(),

@@ -41,7 +41,7 @@ class HashEncoder(Encoder):
         n = np.linalg.norm(v)
         return v / n if n else v
 
-    def encode(self, texts, *, query, dense=True, sparse=False, multivec=False):
+    def encode(self, texts, *, query, prompt=None, dense=True, sparse=False, multivec=False):
         out = {}
         words = [t.lower().split() for t in texts]
         if dense:

@@ -9,10 +9,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+from m3.profile import load_profile
 from tasks.ingest import FileIngestResult, InputFile, ingest_file
+from tasks.ingest.language import detect_language
+from tasks.ingest.quality import quality_issue
+from tasks.synthesize.ict import ict_queries
 from tests.conftest import REPO
 
 ROOT = REPO
@@ -21,6 +26,12 @@ LANGS = {"ko", "en", "ja", "de", "ar", "es"}
 WIKI_FILES = sorted((DEMO / "wikipedia").glob("*wiki-demo-pages-articles.xml"))
 MC4_FILES = sorted((DEMO / "mc4").glob("c4-*.demo.json"))
 WARC = DEMO / "ccnews" / "ccnews-demo.warc"
+# The extra text the me5-cpu profile reads on top of the files above (their globs do not match these).
+MORE_WIKI_FILES = sorted((DEMO / "wikipedia").glob("*wiki-demo-more-pages-articles.xml"))
+MORE_MC4_FILES = sorted((DEMO / "mc4").glob("c4-*.demo-more.json"))
+# wikitext or XML escapes that must not survive rendering, and the localised category links
+MARKUP_LEFTOVERS = ("{{", "[[", "<ref", "&lt;", "&quot;", "|}", "thumb")
+MARKUP_LEFTOVERS += ("Category:", "Categoría:", "Kategorie:", "분류:", "تصنيف:")
 PAGES = sorted((DEMO / "ccnews" / "pages").glob("*.html"))
 SENTENCE_END = re.compile(r"[。！？]|[.!?؟](?=\s|$|[\"”」])")
 
@@ -138,3 +149,59 @@ def test_corpus_size_and_variety():
     assert len(long_docs) >= 3
     assert all(r["text"].count("\n\n") >= 8 for r in long_docs)  # several sections
     assert all(r["n_chars"] >= 200 for r in records)
+
+
+def test_more_files_present():
+    assert {p.name.split("wiki-")[0] for p in MORE_WIKI_FILES} == LANGS
+    assert {p.name.split(".")[0].removeprefix("c4-") for p in MORE_MC4_FILES} <= LANGS
+    assert not set(MORE_WIKI_FILES) & set(WIKI_FILES) and not set(MORE_MC4_FILES) & set(MC4_FILES)
+
+
+@pytest.mark.parametrize("path", MORE_WIKI_FILES, ids=lambda p: p.name)
+def test_more_wiki_exports(path):
+    head = path.read_text("utf-8")[:2000]
+    assert head.startswith('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"')
+    result = ingest(path)
+    lang = path.name.split("wiki-")[0]
+    assert result.stats["quarantined"] == 0 and result.stats["filtered:redirect"] == 1
+    assert result.stats["kept"] == result.stats["read"] - 1 >= 9
+    old = ingest(DEMO / "wikipedia" / f"{lang}wiki-demo-pages-articles.xml")
+    old_titles = {r["title"] for r in old.records}
+    for rec in result.records:
+        assert rec["lang"] == lang and rec["title"] not in old_titles
+        assert json.loads(rec["meta"])["lang_source"] == "siteinfo"
+        assert detect_language(rec["text"])[0] == lang, rec["title"]  # langid agrees with the dump
+        for leftover in MARKUP_LEFTOVERS:
+            assert leftover not in rec["text"], (rec["title"], leftover)
+        assert len(SENTENCE_END.findall(rec["text"])) >= 10, rec["title"]
+
+
+@pytest.mark.parametrize("path", MORE_MC4_FILES, ids=lambda p: p.name)
+def test_more_mc4_files(path):
+    assert not path.read_bytes().endswith(b"\n")
+    result = ingest(path)
+    lang = path.name.split(".")[0].removeprefix("c4-")
+    assert result.stats == {"read": 2, "kept": 2, "quarantined": 0}
+    for rec in result.records:
+        assert rec["lang"] == lang and detect_language(rec["text"])[0] == lang
+        assert rec["url"].startswith("https://") and ".example/" in rec["url"] and rec["timestamp"]
+
+
+def test_me5_cpu_profile_has_enough_held_out_queries_per_language():
+    """me5-cpu reads the old and the new files; every new document passes the quality filters, and
+    the ICT split leaves at least 30 held-out queries (and some training ones) in every language."""
+    profile = load_profile("me5-cpu")
+    files = [f for src in profile.sources for f in profile.source_files(src)]
+    demo_files = [*WIKI_FILES, *MORE_WIKI_FILES, *MC4_FILES, *MORE_MC4_FILES, WARC]
+    assert set(files) == {p.resolve() for p in demo_files}
+    records = [r for f in files for r in ingest(f).records]
+    assert len({r["id"] for r in records}) == len(records)
+    more = [r for p in [*MORE_WIKI_FILES, *MORE_MC4_FILES] for r in ingest(p).records]
+    for rec in more:
+        assert rec["n_chars"] >= profile.ingest.min_chars
+        assert quality_issue(rec["text"], rec["lang"], profile.ingest.quality) is None, rec["title"]
+    queries, _ = ict_queries(pd.DataFrame(records), profile.synthesize)
+    counts = queries.groupby(["lang", "split"]).size()
+    for lang in LANGS:
+        assert counts[(lang, "test")] >= 30, (lang, counts[(lang, "test")])
+        assert counts[(lang, "train")] >= 10, (lang, counts[(lang, "train")])

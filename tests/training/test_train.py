@@ -120,3 +120,17 @@ def test_rows_to_examples_and_errors():
         examples_from_rows([{"query": "q", "pos": []}])
     with pytest.raises(ValueError):
         train(None, [], TrainConfig())  # type: ignore[arg-type]
+
+
+def test_frozen_word_embeddings_stay_put_while_the_encoder_learns(pairs_tok_dir):
+    """``freeze_word_embeddings`` (a 250k-vocabulary model's biggest matrix) trains everything else."""
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
+    words = model.backbone.get_input_embeddings().weight.detach().clone()
+    layer = model.backbone.encoder.layer[0].attention.self.query.weight.detach().clone()
+    cfg = TrainConfig(
+        max_steps=3, batch_size=8, lr=1e-3, max_length=64, freeze_word_embeddings=True, num_threads=THREADS
+    )
+    train(model, examples()[:24], cfg)
+    assert torch.equal(model.backbone.get_input_embeddings().weight, words)
+    assert not torch.equal(model.backbone.encoder.layer[0].attention.self.query.weight, layer)
+    assert model.backbone.get_input_embeddings().weight.requires_grad  # flags restored after training

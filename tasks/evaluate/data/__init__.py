@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -54,6 +55,14 @@ class EvalDataset:
     files: list[Path] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)  # problems found (dropped or repaired)
     notes: dict[str, int] = field(default_factory=dict)  # facts worth stating, not problems
+    # The corpus is the same kind of text as the queries (bitext): both sides take the query prefix.
+    symmetric: bool = False
+
+    @property
+    def corpus_side(self) -> Literal["query", "passage"]:
+        """Whose instruction prefix the corpus takes: a bitext corpus is encoded as queries.
+        (``model.m3.Prompt``, spelled out: the datasets import nothing of the model.)"""
+        return "query" if self.symmetric else "passage"
 
     def summary(self) -> dict:
         return {

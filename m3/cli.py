@@ -344,6 +344,33 @@ def gc(
     typer.echo(", ".join(f"{verb} {len(v)} {k}" for k, v in removed.items()))
 
 
+@app.command()
+def verify(
+    refs: Annotated[
+        list[str] | None, typer.Argument(metavar="[REF]...", help="only these (default: all)")
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="drop damaged versions from their refs so a rerun rebuilds them")
+    ] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the store: ref files, manifest ids, blob sizes and hashes, parents; exit 1 on damage."""
+    import dataclasses
+
+    from m3.store.verify import verify as check
+
+    report = check(_store(store), refs or None, repair=repair)
+    if as_json:
+        _print_json({**dataclasses.asdict(report), "ok": report.ok})
+    else:
+        from m3.store.verify import describe
+
+        typer.echo(describe(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions printed as a one-line error (exit status 2)."""
     from pydantic import ValidationError

@@ -19,6 +19,7 @@ from typing import Any
 from m3 import lifecycle, openlineage
 from m3.codekey import code_digest
 from m3.provenance import git_state, package_versions
+from m3.store.errors import NotFound
 from m3.store.manifest import Producer, canonical_json, hash_config
 from m3.store.store import Store
 
@@ -320,6 +321,8 @@ def _stage_failed(store: Store, spec: StageSpec, exc: Exception) -> StageFailed:
         try:
             m = store.manifest(mid)
             input_refs[key] = f"{m.kind}/{m.name}"
+        except NotFound:  # gone since the stage started: the likely cause, named
+            input_refs[key] = "? (no longer in the store: removed by gc?)"
         except Exception:  # the input itself may be what is broken
             input_refs[key] = "?"
     inputs = ", ".join(f"{k}={input_refs[k]} ({mid[:12]})" for k, mid in sorted(spec.inputs.items()))

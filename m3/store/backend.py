@@ -25,7 +25,12 @@ def _s3_options() -> dict:
     endpoint = os.environ.get("M3_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
     # Region goes through AWS_DEFAULT_REGION, not client_kwargs: with region_name there, s3fs's
     # mkdir against an S3-compatible server (moto) fails with "location-constraint is not valid".
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    # No listings cache: s3fs answers ``exists`` from a cached listing of the folder, which another
+    # process (a run beside a gc) may have changed since; every store read must see the bucket.
+    options: dict = {"use_listings_cache": False}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
 
 
 def _writable(folder: Path) -> bool:
@@ -111,6 +116,9 @@ class Backend:
             self.check_root()
 
     def full(self, rel: str) -> str:
+        """The path of ``rel`` under the root; a path that could leave the root is a ValueError."""
+        if rel.startswith("/") or "\x00" in rel or ".." in rel.split("/"):
+            raise ValueError(f"store path {rel[:200]!r} would leave the store root")
         return f"{self.root}/{rel}" if rel else self.root
 
     # -- reads -------------------------------------------------------------------------------
@@ -129,7 +137,8 @@ class Backend:
             entries = self.fs.ls(self.full(rel), detail=False, refresh=True)
         except FileNotFoundError:
             return []
-        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return sorted(n for n in names if n not in {"", ".", ".."})  # S3 keys may hold anything
 
     def walk_files(self, rel: str) -> list[str]:
         """All file paths under ``rel``, relative to the root."""
@@ -140,7 +149,24 @@ class Backend:
         except FileNotFoundError:
             return []
         prefix = self.root + "/"
-        return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
+        rels = (p[len(prefix) :] for p in found if p.startswith(prefix))
+        return sorted(r for r in rels if not {"", ".", ".."} & set(r.split("/")))  # never a way out
+
+    def size(self, rel: str) -> int | None:
+        """Bytes of the file at ``rel``; None when absent."""
+        self._ensure_root()
+        try:
+            info = self.fs.info(self.full(rel))
+        except FileNotFoundError:
+            return None
+        return int(info.get("size") or 0) if info.get("type", "file") == "file" else None
+
+    def open_read(self, rel: str):
+        """A binary file object reading ``rel`` from the start (streamed on S3)."""
+        self._ensure_root()
+        if self.is_local:
+            return open(self.full(rel), "rb")
+        return self.fs.open(self.full(rel), "rb", cache_type="readahead", block_size=8 << 20)
 
     def modified_ts(self, rel: str) -> float | None:
         self._ensure_root()
@@ -165,11 +191,15 @@ class Backend:
         if self.is_local:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                _discard(tmp)  # a full disk must not keep the partial file
+                raise
         else:
             self.fs.pipe_file(target, data)
 
@@ -178,8 +208,12 @@ class Backend:
         if self.is_local:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            self.fs.cp_file(str(local), tmp)
-            os.replace(tmp, target)
+            try:
+                self.fs.cp_file(str(local), tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                _discard(tmp)
+                raise
         else:
             self.fs.put_file(str(local), target)
 
@@ -189,17 +223,17 @@ class Backend:
         if self.is_local:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
                 os.link(tmp, target)  # atomic, fails if target exists
                 return True
             except FileExistsError:
                 return False
             finally:
-                os.unlink(tmp)
+                _discard(tmp)
         try:
             self.fs.pipe_file(target, data, IfNoneMatch="*")
             return True
@@ -213,3 +247,19 @@ class Backend:
     def remove(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
+
+    def remove_many(self, rels: list[str]) -> None:
+        """Delete files (absent ones are fine): one batched request per 1,000 keys on S3."""
+        if not rels:
+            return
+        if self.is_local:
+            for rel in rels:
+                self.remove(rel)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm([self.full(rel) for rel in rels])
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

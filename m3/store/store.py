@@ -4,55 +4,61 @@ Layout under the root (any fsspec URL):
 
     blobs/sha256/<2 hex>/<64 hex>          file contents, content-addressed, immutable
     manifests/<id>.json                    one per artifact version, id = sha256(canonical body)
-    refs/<kind>/<name>/<seq:010d>.json     ref history; the highest seq is the head
+    refs/<kind>/<name>/<seq:010d>.json     ref history; the highest seq is the head (m3/store/refs.py)
     stage-cache/<stage>/<key>.json         stage cache key -> manifest id
+    leases/<id>.json, leases/<id>/…        what commits and long stages will reference (leases.py)
+    gc/sweep.json                          held by a gc while it deletes
+    dropped/<id>.json                      artifacts `m3 verify --repair` gave up on (verify.py)
 
-A commit writes blobs, then the manifest, checks both are there, then advances the ref. Until
-the ref moves the artifact is not visible under any name, so a crash at any point leaves nothing
-partial to see; what it leaves behind is unreferenced and ``gc`` removes it. Each read and write
-of that path is retried on transient errors (m3/store/retry.py); when they outlast the retries
-the commit fails with a StoreError that says nothing was published.
+A commit takes a lease on what it will reference, writes blobs, then the manifest, checks both are
+there, then advances the ref. Until the ref moves the artifact is not visible under any name, so a
+crash at any point leaves nothing partial to see; what it leaves behind is unreferenced and ``gc``
+removes it. Each read and write of that path is retried on transient errors (m3/store/retry.py);
+when they outlast the retries the commit fails with a StoreError that says nothing was published.
+
+Everything read back is untrusted: manifests are validated and must hash to their id, ref and
+cache files must parse and name valid ids, and every blob is hashed as it is read (a mismatch is
+a CorruptBlob naming the artifact, the file and both digests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
-import shutil
 import stat
-import time
-import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from m3.store import integrity, leases
+from m3.store import refs as refs_mod
 from m3.store.backend import Backend
-from m3.store.manifest import FileEntry, Manifest, Producer
+from m3.store.cache import ArtifactCache
+from m3.store.errors import (
+    CorruptBlob,
+    DamagedFile,
+    MissingBlob,
+    NotFound,
+    ParentMissing,
+    RefConflict,
+    StoreError,
+)
+from m3.store.manifest import FileEntry, Manifest, Producer, check_id
 from m3.store.names import InvalidName, is_manifest_id, validate_ref, validate_relpath, validate_segment
+from m3.store.refs import RefEntry, RefState
 from m3.store.retry import RetriesExhausted, RetryPolicy, describe, is_transient, unsent
 from m3.store.retry import call as retry_call
 
 log = logging.getLogger(__name__)
 
-_SEQ_WIDTH = 10
 _ANY = object()
 
-
-class StoreError(RuntimeError):
-    """Base class of store errors with a message fit for a user."""
-
-
-class NotFound(StoreError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class RefConflict(StoreError):
-    """Another writer moved the ref first (compare-and-swap lost)."""
+__all__ = ["CorruptBlob", "DamagedFile", "NotFound", "RefConflict", "RefEntry", "Store", "StoreError"]
 
 
 class _RefUncertain(StoreError):
@@ -63,27 +69,8 @@ class _RefUncertain(StoreError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class RefEntry:
-    ref: str
-    seq: int
-    manifest: str
-    previous: str | None
-    at: str
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _crash_point(name: str) -> None:
@@ -91,6 +78,15 @@ def _crash_point(name: str) -> None:
     if os.environ.get("M3_TEST_CRASH_AT") == name:
         log.error("M3_TEST_CRASH_AT=%s: killing the process mid-commit", name)
         os._exit(137)
+
+
+def _problem(exc: BaseException) -> str:
+    """One line on why a file did not parse (pydantic's first error, not its dump)."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        return f"{where + ': ' if where else ''}{err.get('msg', 'invalid')}"[:200]
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def default_cache_dir() -> Path:
@@ -103,25 +99,58 @@ class Store:
         self.backend = Backend(url)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.retry = retry or RetryPolicy.from_env()
+        self._cache = ArtifactCache(self.cache_dir)
 
     def _io(self, what: str, fn, *args, on_error=None):
         """``fn(*args)`` on the backend, retried on transient errors (see m3/store/retry.py)."""
         return retry_call(fn, *args, what=what, policy=self.retry, on_error=on_error)
 
+    def where(self, rel: str) -> str:
+        """A store path as users can find it: the store URL and the path under it."""
+        return f"{self.url.rstrip('/')}/{rel}"
+
     # -- blobs and manifests ------------------------------------------------------------------
     @staticmethod
     def _blob_path(sha: str) -> str:
+        check_id(sha, "blob digest")
         return f"blobs/sha256/{sha[:2]}/{sha}"
 
-    def _put_blob(self, local: Path) -> tuple[str, int]:
-        sha, size = _sha256_file(local)
+    def _put_blob(self, local: Path, sha: str, size: int) -> None:
+        """Store a blob unless a whole one is there. A reused blob is safe from gc under the
+        commit's lease; one of the wrong size (a torn write by hand) is written again."""
         rel = self._blob_path(sha)
-        if not self._io(f"check blob {sha[:12]}", self.backend.exists, rel):
-            # content-addressed, so a repeated PUT after a lost answer writes the same bytes
-            self._io(f"write blob {sha[:12]}", self.backend.put_file_atomic, local, rel)
-            if self.backend.is_local:
-                os.chmod(self.backend.full(rel), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        return sha, size
+        have = self._io(f"check blob {sha[:12]}", self.backend.size, rel)
+        if have == size:
+            return
+        if have is not None:
+            log.warning("store: blob %s has %s bytes, not %s; writing it again", rel, have, size)
+        # content-addressed, so a repeated PUT after a lost answer writes the same bytes
+        self._io(f"write blob {sha[:12]}", self.backend.put_file_atomic, local, rel)
+        if self.backend.is_local:
+            os.chmod(self.backend.full(rel), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+    def lease(self, what: str, manifests: Iterable[str] = (), blobs: Iterable[str] = ()) -> leases.Lease:
+        """A lease (``with store.lease(...) as lease:``) that keeps gc off ``manifests`` and ``blobs``
+        and off whatever other processes commit with ``lease=lease.id``, while the block runs."""
+        return leases.Lease(self.backend, what, manifests, blobs)
+
+    @contextlib.contextmanager
+    def _guard(self, what: str, manifests: list[str], blobs: list[str], lease: str | None) -> Iterator[None]:
+        """Hold a lease on what an operation will reference (its own, or a share of ``lease``),
+        then wait out a gc that is deleting: after this, gc cannot take any of it away."""
+        if lease is not None:
+            name = manifests[0]
+            self._io("write lease", leases.join, self.backend, lease, name, manifests, blobs)
+            self._io("check gc", leases.await_sweep, self.backend)
+            yield
+            return
+        held = leases.Lease(self.backend, what, manifests, blobs, shared=False)
+        self._io("write lease", held.__enter__)
+        try:
+            self._io("check gc", leases.await_sweep, self.backend)
+            yield
+        finally:
+            held.__exit__(None, None, None)
 
     def commit(
         self,
@@ -136,21 +165,32 @@ class Store:
         rows: Mapping[str, int] | None = None,
         ref: str | None = None,
         expected: Any = _ANY,
+        lease: str | None = None,
     ) -> Manifest:
         """Store ``files`` (artifact path -> local file) as a new artifact version.
 
-        Order: blobs, manifest, a check that both are stored, then (if ``ref``) the ref, so
-        readers never see a partial artifact. ``expected`` is the compare-and-swap value for the
-        ref (None = must not exist); by default the ref advances on top of whatever head it has.
-        Store I/O that fails (after retries, for transient errors) raises StoreError naming the
-        store and the artifact.
+        Order: a lease on the blobs, the parents and the manifest to be; blobs, manifest, a check
+        that both are stored, then (if ``ref``) the ref, so readers never see a partial artifact
+        and gc never collects what the commit relies on. ``expected`` is the compare-and-swap value
+        for the ref (None = must not exist); by default the ref advances on top of whatever head it
+        has. ``lease``: add to that lease (held by the caller's stage) instead of taking one, for
+        an artifact that something committed later will reference. Store I/O that fails (after
+        retries, for transient errors) raises StoreError naming the store and the artifact.
         """
         validate_segment(kind, "artifact kind")
         validate_segment(name, "artifact name")
         if ref is not None:
             validate_ref(ref)
+        for rel in files:
+            validate_relpath(rel)
+        parents = list(dict.fromkeys(parents))
+        for parent in parents:
+            if not isinstance(parent, str) or not is_manifest_id(parent) or len(parent) != 64:
+                raise InvalidName(f"invalid parent {parent!r}: expected a full manifest id")
         try:
-            return self._commit(kind, name, files, parents, producer, metrics, schema, rows, ref, expected)
+            return self._commit(
+                kind, name, files, parents, producer, metrics, schema, rows, ref, expected, lease
+            )
         except (OSError, _RefUncertain) as exc:
             cause: BaseException = exc
             outcome = "nothing was published"
@@ -161,41 +201,58 @@ class Store:
                 f"store {self.url}: could not commit {kind}/{name} ({reason}); {outcome}"
             ) from exc
 
-    def _commit(self, kind, name, files, parents, producer, metrics, schema, rows, ref, expected) -> Manifest:
-        parents = list(dict.fromkeys(parents))
-        for parent in parents:
-            if not self._io("check parent", self.backend.exists, f"manifests/{parent}.json"):
-                raise NotFound(f"parent manifest {parent} is not in the store {self.url}")
-        entries = []
+    def _commit(
+        self, kind, name, files, parents, producer, metrics, schema, rows, ref, expected, lease
+    ) -> Manifest:
         rows = rows or {}
-        for rel, local in sorted(files.items()):
-            validate_relpath(rel)
-            sha, size = self._put_blob(Path(local))
-            entries.append(FileEntry(path=rel, sha256=sha, bytes=size, rows=rows.get(rel)))
-        _crash_point("after_files")
-        manifest = Manifest(
-            kind=kind,
-            name=name,
-            files=entries,
-            schema=dict(schema or {}),
-            parents=parents,
-            producer=producer or Producer(),
-            metrics=dict(metrics or {}),
-            created_at=_now(),
-        )
+        hashed = []
+        for _, local in sorted(files.items()):
+            sha, size = integrity.sha256_file(Path(local))
+            hashed.append((Path(local), sha, size))
+        try:
+            manifest = Manifest(
+                kind=kind,
+                name=name,
+                files=[
+                    FileEntry(path=rel, sha256=sha, bytes=size, rows=rows.get(rel))
+                    for rel, (_, sha, size) in zip(sorted(files), hashed, strict=True)
+                ],
+                schema=dict(schema or {}),
+                parents=parents,
+                producer=producer or Producer(),
+                metrics=dict(metrics or {}),
+                created_at=_now(),
+            )
+        except ValidationError as exc:
+            raise InvalidName(f"cannot commit {kind}/{name}: {_problem(exc)}") from None
         manifest.id = manifest.compute_id()
-        # Exclusive and content-addressed: if a retried write finds it there, it is this manifest.
-        self._io(
-            "write manifest",
-            self.backend.create_exclusive,
-            f"manifests/{manifest.id}.json",
-            manifest.to_json(),
-        )
-        _crash_point("after_manifest")
-        if ref is not None:
-            self._check_complete(manifest)
-            self.set_ref(ref, manifest.id, expected=expected)
-            _crash_point("after_ref")
+        blobs = sorted({sha for _, sha, _ in hashed})
+        with self._guard(f"commit {kind}/{name}", [manifest.id, *parents], blobs, lease):
+            for parent in parents:
+                if not self._io("check parent", self.backend.exists, f"manifests/{parent}.json"):
+                    raise ParentMissing(
+                        f"parent {parent} of {kind}/{name} is not in the store {self.url} — removed "
+                        "by gc? (gc collects what no ref or lease holds once it is older than the "
+                        "grace); rerun the stage that makes it"
+                    )
+            done: set[str] = set()
+            for local, sha, size in hashed:
+                if sha not in done:
+                    self._put_blob(local, sha, size)
+                    done.add(sha)
+            _crash_point("after_files")
+            # Exclusive and content-addressed: if a retried write finds it there, it is this manifest.
+            self._io(
+                "write manifest",
+                self.backend.create_exclusive,
+                f"manifests/{manifest.id}.json",
+                manifest.to_json(),
+            )
+            _crash_point("after_manifest")
+            if ref is not None:
+                self._check_complete(manifest)
+                self._advance_ref(ref, manifest.id, expected)
+                _crash_point("after_ref")
         return manifest
 
     def _check_complete(self, manifest: Manifest) -> None:
@@ -214,33 +271,54 @@ class Store:
             )
 
     def manifest(self, manifest_id: str) -> Manifest:
+        """The manifest with this id, checked: it parses, its paths are safe, it hashes to its id.
+        A damaged one is a :class:`DamagedFile` naming the file."""
+        try:
+            check_id(manifest_id)
+        except ValueError as exc:
+            raise InvalidName(str(exc)) from None
         rel = f"manifests/{manifest_id}.json"
         try:
             data = self._io("read manifest", self.backend.read_bytes, rel)
         except FileNotFoundError:
             raise NotFound(f"no artifact with id {manifest_id} in the store {self.url}") from None
-        manifest = Manifest.model_validate_json(data)
+        try:
+            manifest = Manifest.model_validate_json(data)
+        except ValidationError as exc:
+            raise DamagedFile(self.where(rel), f"not a valid manifest: {_problem(exc)}") from None
         if manifest.compute_id() != manifest_id:
-            raise StoreError(f"manifest {manifest_id} does not match its content hash (corrupt store?)")
+            raise DamagedFile(self.where(rel), "its content does not hash to its id")
+        manifest.id = manifest_id
         return manifest
 
     def manifest_ids(self) -> list[str]:
-        return [n.removesuffix(".json") for n in self.backend.list_dir("manifests") if n.endswith(".json")]
+        names = self.backend.list_dir("manifests")
+        return [n[:-5] for n in names if n.endswith(".json") and is_manifest_id(n[:-5]) and len(n) == 69]
 
     def resolve(self, ref_or_id: str) -> str:
         """A ref (``corpus/demo``), a ref version (``corpus/demo@3``) or a (prefix of a) manifest id."""
         if "/" in ref_or_id:
             ref, _, version = ref_or_id.partition("@")
             validate_ref(ref)
-            history = self.ref_history(ref)
-            if not history:
-                raise NotFound(f"no ref {ref!r} in the store {self.url}")
+            st = self._strict(self.ref_state(ref))
+            history = st.history
             if not version:
-                return history[-1].manifest
+                if st.head is not None:
+                    return st.head.manifest
+                last = st.last
+                if last is not None:
+                    raise NotFound(
+                        f"ref {ref!r} was dropped by `m3 verify --repair` at {last.at} ({last.reason}); "
+                        "rerun the stage that makes it"
+                    )
+                raise NotFound(f"no ref {ref!r} in the store {self.url}")
             for entry in history:
                 if str(entry.seq) == version:
                     return entry.manifest
-            raise NotFound(f"ref {ref!r} has no version {version} (it has 1..{history[-1].seq})")
+            if version.isdigit() and int(version) in st.dropped:
+                raise NotFound(f"version {version} of ref {ref!r} was dropped by `m3 verify --repair`")
+            top = history[-1].seq if history else 0
+            raise NotFound(f"ref {ref!r} has no version {version} (it has 1..{top})")
         if not is_manifest_id(ref_or_id):
             raise InvalidName(f"{ref_or_id!r} is neither a ref (KIND/NAME) nor a manifest id")
         prefix = ref_or_id.removeprefix("sha256:")
@@ -253,27 +331,47 @@ class Store:
         return matches[0]
 
     # -- refs -------------------------------------------------------------------------------
-    def ref_history(self, ref: str) -> list[RefEntry]:
+    def ref_state(self, ref: str) -> RefState:
+        """Everything the ref's version files say, damaged files included (see m3/store/refs.py)."""
         validate_ref(ref)
-        out = []
+        files: dict[int, bytes | Exception] = {}
         for fname in self._io(f"list ref {ref}", self.backend.list_dir, f"refs/{ref}"):
-            if not fname.endswith(".json") or not fname[:-5].isdigit():
+            seq = refs_mod.seq_of(fname)
+            if seq is None:
                 continue
-            data = json.loads(self._io(f"read ref {ref}", self.backend.read_bytes, f"refs/{ref}/{fname}"))
-            out.append(RefEntry(ref, int(fname[:-5]), data["manifest"], data.get("previous"), data["at"]))
-        return sorted(out, key=lambda e: e.seq)
+            try:
+                files[seq] = self._io(f"read ref {ref}", self.backend.read_bytes, f"refs/{ref}/{fname}")
+            except FileNotFoundError as exc:
+                files[seq] = exc
+        return refs_mod.state(ref, files)
+
+    def _strict(self, st: RefState) -> RefState:
+        """``st`` if every version file of the ref is readable (or dropped); DamagedFile otherwise."""
+        if st.damaged:
+            seq, problem = sorted(st.damaged.items())[-1]
+            raise DamagedFile(
+                self.where(f"refs/{st.ref}/{refs_mod.file_name(seq)}"), f"ref {st.ref}: {problem}"
+            )
+        return st
+
+    def ref_history(self, ref: str) -> list[RefEntry]:
+        """The ref's live versions, oldest first. A damaged version file nobody dropped refuses."""
+        return self._strict(self.ref_state(ref)).history
 
     def head(self, ref: str) -> RefEntry | None:
-        history = self.ref_history(ref)
-        return history[-1] if history else None
+        return self._strict(self.ref_state(ref)).head
 
     def refs(self) -> list[RefEntry]:
+        """The head of every ref. A ref with a damaged version file is left out, with a warning."""
         out = []
         for kind in self.backend.list_dir("refs"):
             for name in self.backend.list_dir(f"refs/{kind}"):
                 try:
                     entry = self.head(f"{kind}/{name}")
                 except InvalidName:
+                    continue
+                except DamagedFile as exc:
+                    log.warning("store: skipping ref %s/%s: %s", kind, name, exc)
                     continue
                 if entry:
                     out.append(entry)
@@ -289,9 +387,14 @@ class Store:
         (default) or raises RefConflict (``expected`` given).
         """
         validate_ref(ref)
+        with self._guard(f"set {ref}", [check_id(manifest_id)], [], None):
+            return self._advance_ref(ref, manifest_id, expected)
+
+    def _advance_ref(self, ref: str, manifest_id: str, expected: Any) -> RefEntry:
         self.manifest(manifest_id)  # refs only ever point at complete, stored manifests
         while True:
-            head = self.head(ref)
+            st = self._strict(self.ref_state(ref))
+            head = st.head
             current = head.manifest if head else None
             if expected is not _ANY and current != expected:
                 raise RefConflict(
@@ -300,13 +403,30 @@ class Store:
                 )
             if head is not None and current == manifest_id:
                 return head
-            seq = (head.seq if head else 0) + 1
+            seq = st.next_seq
             at = _now()
-            body = {"manifest": manifest_id, "previous": current, "at": at}
-            if self._create_ref_version(ref, seq, json.dumps(body).encode()):
+            body = refs_mod.version_body(manifest_id, current, at)
+            if self._create_ref_version(ref, seq, body):
                 return RefEntry(ref, seq, manifest_id, current, at)
             if expected is not _ANY:
                 raise RefConflict(f"ref {ref} was moved concurrently by another writer (version {seq} taken)")
+
+    def drop_versions(self, ref: str, seqs: Iterable[int], reason: str) -> int:
+        """Append a repair version that drops ``seqs`` from ``ref`` (m3/store/refs.py). The head
+        stays unless it is dropped; then the ref has none until a run writes one. Returns its seq."""
+        drops = set(seqs)
+        while True:
+            st = self.ref_state(ref)
+            unreadable = set(st.damaged) - drops
+            if unreadable:
+                raise DamagedFile(self.where(f"refs/{ref}"), f"versions {sorted(unreadable)} unreadable")
+            last = st.last
+            keep = last.manifest if last is not None and last.seq not in drops else None
+            previous = last.manifest if last is not None else None
+            seq = st.next_seq
+            body = refs_mod.version_body(keep, previous, _now(), drops, reason)
+            if self._create_ref_version(ref, seq, body):
+                return seq
 
     def _create_ref_version(self, ref: str, seq: int, data: bytes) -> bool:
         """Create ``refs/REF/SEQ.json`` exclusively, with retries; True if this call created it.
@@ -315,7 +435,7 @@ class Store:
         body's timestamp makes them unique), the earlier attempt landed and only its answer was
         lost. If every attempt failed, :class:`_RefUncertain` says whether one may have landed.
         """
-        rel = f"refs/{ref}/{seq:0{_SEQ_WIDTH}d}.json"
+        rel = f"refs/{ref}/{refs_mod.file_name(seq)}"
         failures: list[BaseException] = []
         try:
             created = self._io(
@@ -338,8 +458,11 @@ class Store:
         validate_segment(key, "cache key")
         rel = f"stage-cache/{stage}/{key}.json"
         try:
-            manifest_id = json.loads(self.backend.read_bytes(rel))["manifest"]
+            manifest_id = check_id(json.loads(self.backend.read_bytes(rel))["manifest"])
         except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:  # a cache: a damaged entry is a miss
+            log.warning("store: ignoring damaged stage-cache entry %s (%s)", self.where(rel), _problem(exc))
             return None
         if not self.backend.exists(f"manifests/{manifest_id}.json"):
             return None  # collected; recompute
@@ -348,7 +471,7 @@ class Store:
     def cache_record(self, stage: str, key: str, manifest_id: str) -> None:
         validate_segment(stage, "stage")
         validate_segment(key, "cache key")
-        body = json.dumps({"manifest": manifest_id, "at": _now()}).encode()
+        body = json.dumps({"manifest": check_id(manifest_id), "at": _now()}).encode()
         rel = f"stage-cache/{stage}/{key}.json"
         if self.backend.create_exclusive(rel, body):
             return
@@ -357,95 +480,65 @@ class Store:
             self.backend.put_atomic(rel, body)
 
     # -- reading artifact files -------------------------------------------------------------
-    def materialize(self, manifest_id: str) -> Path:
-        """A local read-only folder with the artifact's files under their artifact paths."""
-        manifest = self.manifest(manifest_id)
-        target = self.cache_dir / "artifacts" / manifest_id
-        if (target / ".m3-manifest").exists():
-            return target
-        tmp = target.with_name(f"{manifest_id}.tmp-{uuid.uuid4().hex}")
-        tmp.mkdir(parents=True)
+    def _label(self, manifest: Manifest) -> str:
+        return f"{manifest.kind}/{manifest.name} ({manifest.id[:12]})"
+
+    def _fetch(self, manifest: Manifest, entry: FileEntry, dest: Path) -> None:
+        """Copy one blob to the new file ``dest``, hashing on the way; refuse it unless it matches."""
+        rel = self._blob_path(entry.sha256)
+
+        def attempt() -> tuple[str, int]:
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()  # a partial copy of a failed attempt
+            with self.backend.open_read(rel) as src, integrity.open_new(dest) as out:
+                return integrity.sha256_stream(src, out)
+
         try:
-            for entry in manifest.files:
-                dest = tmp / entry.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                blob = self._blob_path(entry.sha256)
-                if self.backend.is_local:
-                    try:
-                        os.link(self.backend.full(blob), dest)
-                        continue
-                    except OSError:
-                        pass
-                self.backend.get_file(blob, dest)
-            (tmp / ".m3-manifest").write_text(manifest_id)
-            try:
-                os.rename(tmp, target)
-            except OSError:  # someone else materialized it meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+            found = self._io(f"read blob {entry.sha256[:12]}", attempt)
+        except FileNotFoundError:
+            raise MissingBlob(
+                f"artifact {self._label(manifest)}, file {entry.path}: its blob {self.where(rel)} is not "
+                "in the store (removed by gc, or by hand?); rerun the stage that makes it"
+            ) from None
+        integrity.check(
+            self._label(manifest), entry.path, self.where(rel), (entry.sha256, entry.bytes), found
+        )
+
+    def materialize(self, manifest_id: str) -> Path:
+        """A local read-only folder with the artifact's files under their artifact paths.
+
+        The files are verified copies (m3/store/cache.py): a blob that does not hash to its digest
+        is refused with a :class:`CorruptBlob`, and a cached copy is re-checked cheaply on each use.
+        """
+        try:
+            check_id(manifest_id)
+        except ValueError as exc:
+            raise InvalidName(str(exc)) from None
+        found = self._cache.lookup(manifest_id)
+        if found is not None:
+            return found
+        manifest = self.manifest(manifest_id)
+        return self._cache.fill(manifest, lambda entry, dest: self._fetch(manifest, entry, dest))
 
     def read_file_bytes(self, manifest_id: str, path: str) -> bytes:
-        entry = self.manifest(manifest_id).file(path)
-        return self.backend.read_bytes(self._blob_path(entry.sha256))
+        """One file of an artifact, verified against its digest."""
+        manifest = self.manifest(manifest_id)
+        entry = manifest.file(path)
+        rel = self._blob_path(entry.sha256)
+        try:
+            data = self._io(f"read blob {entry.sha256[:12]}", self.backend.read_bytes, rel)
+        except FileNotFoundError:
+            raise MissingBlob(
+                f"artifact {self._label(manifest)}, file {path}: its blob {self.where(rel)} "
+                "is not in the store (removed by gc, or by hand?)"
+            ) from None
+        return integrity.check_bytes(
+            self._label(manifest), path, self.where(rel), (entry.sha256, entry.bytes), data
+        )
 
-    # -- garbage collection -----------------------------------------------------------------
+    # -- maintenance ------------------------------------------------------------------------
     def gc(self, *, dry_run: bool = False, grace_seconds: float = 3600.0) -> dict[str, list[str]]:
-        """Delete what no ref reaches: manifests, blobs, dangling stage-cache entries.
+        """Delete what no ref or lease reaches (m3/store/gc.py)."""
+        from m3.store.gc import collect
 
-        Everything younger than ``grace_seconds`` is kept, so a commit in flight (blobs written,
-        ref not yet moved) is never collected under it.
-        """
-        now = time.time()
-
-        def young(rel: str) -> bool:
-            ts = self.backend.modified_ts(rel)
-            return ts is not None and now - ts < grace_seconds
-
-        live: set[str] = set()
-        stack: list[str] = []
-        for kind in self.backend.list_dir("refs"):
-            for name in self.backend.list_dir(f"refs/{kind}"):
-                try:
-                    stack.extend(e.manifest for e in self.ref_history(f"{kind}/{name}"))
-                except InvalidName:
-                    continue
-        while stack:
-            mid = stack.pop()
-            if mid in live:
-                continue
-            live.add(mid)
-            try:
-                stack.extend(self.manifest(mid).parents)
-            except NotFound:
-                log.warning("ref or parent names missing manifest %s", mid)
-        removed: dict[str, list[str]] = {"manifests": [], "blobs": [], "stage-cache": []}
-        live_blobs: set[str] = set()
-        for mid in self.manifest_ids():
-            if mid in live or young(f"manifests/{mid}.json"):
-                live.add(mid)
-                live_blobs.update(f.sha256 for f in self.manifest(mid).files)
-            else:
-                removed["manifests"].append(mid)
-        for rel in self.backend.walk_files("blobs"):
-            sha = rel.rsplit("/", 1)[-1]
-            if ".tmp-" in sha:
-                if not young(rel):
-                    removed["blobs"].append(rel)
-            elif sha not in live_blobs and not young(rel):
-                removed["blobs"].append(rel)
-        for rel in self.backend.walk_files("stage-cache"):
-            try:
-                target = json.loads(self.backend.read_bytes(rel))["manifest"]
-            except (ValueError, KeyError, FileNotFoundError):
-                target = None
-            if target not in live:
-                removed["stage-cache"].append(rel)
-        if not dry_run:
-            for mid in removed["manifests"]:
-                self.backend.remove(f"manifests/{mid}.json")
-            for rel in removed["blobs"] + removed["stage-cache"]:
-                self.backend.remove(rel)
-        return removed
+        return collect(self, dry_run=dry_run, grace_seconds=grace_seconds)

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from m3.store import InvalidName, Manifest, NotFound, Store
+from m3.store import DamagedFile, InvalidName, Manifest, NotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ class Lineage:
             seen.add(mid)
             try:
                 m = self.manifest(mid)
-            except NotFound:
+            except (NotFound, DamagedFile) as exc:  # the rest of the graph is still drawn
+                if isinstance(exc, DamagedFile):
+                    log.warning("m3 ui: %s", exc)
                 missing.append(mid)
                 continue
             order.append(mid)
@@ -190,8 +192,9 @@ class Lineage:
             try:
                 pm = self.manifest(p)
                 parents.append({"id": p, "label": f"{pm.kind}/{pm.name}"})
-            except NotFound:
-                parents.append({"id": p, "label": "(missing)"})
+            except (NotFound, DamagedFile) as exc:
+                label = "(damaged)" if isinstance(exc, DamagedFile) else "(missing)"
+                parents.append({"id": p, "label": label})
         inline = {}
         for f in m.files:
             if f.path.rsplit("/", 1)[-1] in INLINE_JSON and f.bytes <= 1 << 20:

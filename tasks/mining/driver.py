@@ -134,13 +134,17 @@ def ensure_embeddings(
         ]
     if not jobs:
         return out
-    shards = mapper("encode", encode_partition, jobs)
     parents = [queries_id] + ([teacher.manifest_id] if teacher.manifest_id else [])
-    meta = {"teacher": teacher.identity, "encoder": teacher.encoder}
-    for role in sizes:
-        if role not in out:
-            mine = [sh for sh, job in zip(shards, jobs, strict=True) if job["role"] == role]
-            out[role] = (commit_embeddings(store, name, role, keys[role], mine, parents, meta), False)
+    # The shards have no ref until their index commits: the lease keeps gc off them meanwhile.
+    with store.lease(f"mine {name}: embeddings being encoded", manifests=parents) as lease:
+        for job in jobs:
+            job["lease"] = lease.id
+        shards = mapper("encode", encode_partition, jobs)
+        meta = {"teacher": teacher.identity, "encoder": teacher.encoder}
+        for role in sizes:
+            if role not in out:
+                mine = [sh for sh, job in zip(shards, jobs, strict=True) if job["role"] == role]
+                out[role] = (commit_embeddings(store, name, role, keys[role], mine, parents, meta), False)
     return out
 
 

@@ -76,8 +76,10 @@ def encode_partition(
     teacher: dict,
     encode: dict,
     name: str,
+    lease: str | None = None,
 ) -> dict[str, Any]:
-    """Embed rows [start, end) of the pool or the queries and commit them as an embedding shard."""
+    """Embed rows [start, end) of the pool or the queries and commit them as an embedding shard,
+    under the driver's ``lease`` (the shard has no ref until the index names it)."""
     from tasks.mining.teachers import TeacherRef, encode_texts
 
     ref = TeacherRef(**teacher)
@@ -105,6 +107,7 @@ def encode_partition(
             {SHARD_FILE: path},
             parents=parents,
             metrics={"role": role, "start": start, "end": end, "dim": int(vecs.shape[1])},
+            lease=lease,
         )
     return {"id": m.id, "start": start, "end": end, "dim": int(vecs.shape[1])}
 

@@ -1,13 +1,15 @@
 """The fault suite: each test is one hostile case (issue 17). ``@pytest.mark.fault(case, outcome)``
 names it for the reliability table (``bench/faults_table.py``); ``outcome`` is what surviving means:
 ``resumes`` (the run picks up where it stopped), ``quarantined`` (the bad part is set aside and the
-rest completes) or ``refused`` (one clear line, exit 2, nothing written)."""
+rest completes), ``refused`` (one clear line, exit 2, nothing written), ``stopped`` (a signal stops
+the run with nothing left behind) or ``completes`` (the fault cannot reach the run: it ends as if
+the fault had not happened, e.g. a gc beside it)."""
 
 from __future__ import annotations
 
 import pytest
 
-OUTCOMES = ("resumes", "quarantined", "refused", "stopped")
+OUTCOMES = ("resumes", "quarantined", "refused", "stopped", "completes")
 
 
 def pytest_collection_modifyitems(items):

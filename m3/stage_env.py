@@ -19,10 +19,10 @@ from prefect.runtime import flow_run, task_run
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
+from m3.cachedir import default_cache_dir
 from m3.profile import Profile, load_profile
 from m3.stage import StageOutput, StageResult, StageSpec, classify_failure, run_stage
 from m3.store import Store
-from m3.store.store import default_cache_dir
 
 DEFAULT_STORE = ".m3/store"
 _log = logging.getLogger(__name__)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import struct
 import tempfile
@@ -41,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from m3.cachedir import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -390,14 +391,6 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
         refuse_sparse_encoder=True,  # no lexical head yet: SparseEncoder would attach a random one
     )
     return out
-
-
-def default_cache_dir() -> Path:
-    """``$M3_CACHE_DIR``, else ``$XDG_CACHE_HOME/m3``, else ``~/.cache/m3``."""
-    if os.environ.get("M3_CACHE_DIR"):
-        return Path(os.environ["M3_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "m3"
 
 
 def import_e5_file(path: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, str]:

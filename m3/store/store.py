@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from m3.cachedir import default_cache_dir
 from m3.store import integrity, leases
 from m3.store import refs as refs_mod
 from m3.store.backend import Backend
@@ -87,10 +88,6 @@ def _problem(exc: BaseException) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()))
         return f"{where + ': ' if where else ''}{err.get('msg', 'invalid')}"[:200]
     return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("M3_CACHE_DIR", Path.home() / ".cache" / "m3")).expanduser()
 
 
 class Store:

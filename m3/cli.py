@@ -88,9 +88,11 @@ def _run(
         prof.source_files(source)
     select_stages(from_stage, only, refresh)
     store_url = resolve_store_url(prof, store)
-    from m3.preflight import check_writable_store
+    from m3.preflight import check_planned_names, check_prefect_home, check_writable_store
 
+    check_planned_names(prof)  # a name the store would refuse hours in, at round 2's artifacts
     check_writable_store(store_url)  # before Prefect starts: a store it cannot write to is refused
+    check_prefect_home()  # and a full or read-only PREFECT_HOME, where its server keeps its database
 
     from m3.prefect_api import prefect_api
 
@@ -293,8 +295,10 @@ def retry(
 ) -> None:
     """Retry a failed flow run; stages that finished before the failure come back from the store."""
     from m3.prefect_api import prefect_api
+    from m3.preflight import check_prefect_home
     from m3.retry import retry as do_retry
 
+    check_prefect_home()
     with prefect_api():
         out = do_retry(flow_run_id, local=local, wait=wait)
     if as_json:
@@ -414,9 +418,15 @@ def _main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt) as exc:
         from m3 import lifecycle
 
+        cause = exc.__cause__ if isinstance(exc, typer.Abort) else None
+        if isinstance(cause, EOFError) and lifecycle.stop_signal() is None:
+            # click turns every EOFError into Abort (Ctrl-D at a prompt; m3 has none): here it is
+            # input that ends early, e.g. a cut file. Only a real interrupt is "aborted".
+            typer.echo(f"m3: error: input ends early: {cause or type(cause).__name__}", err=True)
+            sys.exit(2)
         if lifecycle.stop_signal() is None:
             typer.echo("m3: aborted", err=True)
         sys.exit(130)

@@ -52,6 +52,7 @@ def retry(
 ) -> dict[str, Any]:
     """Retry the flow run (its pipeline run, for a stage subflow); return what happened."""
     from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
     from prefect.states import Scheduled
 
     try:
@@ -61,9 +62,15 @@ def retry(
     with get_client(sync_client=True) as client:
         try:
             run = client.read_flow_run(run_uuid)
+        except ObjectNotFound:  # its message is "None": say what is wrong instead
+            raise ValueError(
+                f"no flow run {flow_run_id} on the Prefect API {client.api_url}; "
+                "retry it against the server that ran it (PREFECT_API_URL)"
+            ) from None
         except Exception as exc:
             raise ValueError(
-                f"no flow run {flow_run_id} on the Prefect API {client.api_url}: {exc}"
+                f"cannot read flow run {flow_run_id} from the Prefect API {client.api_url}: "
+                f"{type(exc).__name__}: {exc}"
             ) from None
         run = _root_run(client, run)
         state = run.state.type.value if run.state else "UNKNOWN"

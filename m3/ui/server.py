@@ -9,7 +9,8 @@ version in every ref's history too) · ``/api/artifact/ID`` one manifest with it
 stats and Prefect run · ``/api/file/ID/PATH`` one file of an artifact (plots) · ``/api/search?q=``.
 
 Hardening: a request answers only to the page's own ``Host`` names (``M3_UI_ALLOWED_HOSTS`` adds
-more, comma-separated), paths are bounded, and no error body carries a traceback or a local path.
+more, comma-separated), paths are bounded, no error body carries a traceback or a local path, and
+a connection that stops sending is closed after ``READ_TIMEOUT_S`` (each one holds a thread).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 MAX_REQUEST_PATH = 1024  # characters of path + query; longer requests get a 414
+READ_TIMEOUT_S = 10.0  # a connection silent this long is closed (200 half-sent requests held 200 threads)
 WILDCARDS = ("", "0.0.0.0", "::")
 MAX_FILE_BYTES = 20 << 20  # files served inline (plots, stats); bigger ones are listed only
 INLINE_JSON = ("stats.json", "metrics.json", "report.json")
@@ -297,11 +299,12 @@ def _host_ok(header: str | None, allowed: frozenset[str], port: int, wildcard: b
     return True
 
 
-def _handler(lineage: Lineage, hosts: frozenset[str], port: int, wildcard: bool):
+def _handler(lineage: Lineage, hosts: frozenset[str], port: int, wildcard: bool, read_timeout: float):
     static = static_files()
     public = _Scrubber(lineage.store.url)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = read_timeout  # per read on the connection (socketserver sets it on the socket)
         server_version = "m3-ui"
         sys_version = ""
         # http.server's own errors (bad request line, unsupported method): plain text, nothing echoed
@@ -393,6 +396,14 @@ def _handler(lineage: Lineage, hosts: frozenset[str], port: int, wildcard: bool)
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, daemon threads, and a listen backlog that takes a burst of clients
+    (the default 5 dropped the rest, whose retried connects then waited seconds)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
 class _Scrubber:
     """Error messages reach the page without local paths: the store's own URL (a folder, for a
     local store) and this install's folder become placeholders."""
@@ -414,17 +425,20 @@ def make_server(
     port: int = 0,
     prefect: tuple[str | None, str | None] | None = None,
     extra_hosts: Iterable[str] = (),
+    read_timeout: float = READ_TIMEOUT_S,
 ) -> ThreadingHTTPServer:
     """The HTTP server (not started): ``server.serve_forever()``, or in a thread for tests.
 
-    ``extra_hosts``: more ``Host`` names to answer (a reverse proxy's), besides the bound ones.
+    ``extra_hosts``: more ``Host`` names to answer (a reverse proxy's), besides the bound ones;
+    ``read_timeout``: seconds a connection may go without sending before it is closed.
     """
     api, ui_url = prefect if prefect is not None else prefect_urls()
     lineage = Lineage(store, api, ui_url)
-    server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)
+    server = _Server((host, port), BaseHTTPRequestHandler)
     bound_port = server.server_address[1]  # port 0 means any free one: the Host check needs the real one
     hosts = allowed_hosts(host, bound_port, extra_hosts)
-    server.RequestHandlerClass = _handler(lineage, hosts, bound_port, host in WILDCARDS or not host)
+    wildcard = host in WILDCARDS or not host
+    server.RequestHandlerClass = _handler(lineage, hosts, bound_port, wildcard, read_timeout)
     server.daemon_threads = True
     return server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tasks.evaluate.config import EvalConfig
@@ -10,6 +11,23 @@ from tasks.evaluate.data import load_datasets
 from tasks.evaluate.encoders import M3Encoder, SentenceTransformerEncoder
 from tasks.evaluate.metrics import evaluate_datasets
 from tasks.evaluate.report import summarize
+
+
+class ModelFileError(ValueError):
+    """A model folder's weights file that cannot be read; the message names the file."""
+
+
+def check_weight_files(folder: str | Path) -> None:
+    """Every ``*.safetensors`` file of ``folder`` opens (its header parses and covers the file):
+    a cut or damaged one is one line naming it, not the loader's traceback. Reads headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as fh:
+                fh.keys()
+        except SafetensorError as exc:
+            raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def evaluate_model_path(
@@ -25,6 +43,8 @@ def evaluate_model_path(
 
     cfg = cfg or EvalConfig()
     datasets = [ds for spec in specs for ds in load_datasets(spec, max_queries=max_queries)]
+    if Path(model_path).is_dir():
+        check_weight_files(model_path)
     model = M3Model.from_pretrained(model_path)
     encoders = [SentenceTransformerEncoder(p, cfg) for p in baselines]
     info = evaluate_datasets(datasets, M3Encoder(model, cfg), cfg, encoders, modes)

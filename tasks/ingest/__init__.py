@@ -26,6 +26,7 @@ from .language import UNDETERMINED, normalize_code
 from .mc4 import iter_mc4
 from .mediawiki import iter_mediawiki
 from .quality import QualityConfig, quality_issue
+from .render_limits import DEFAULT_PAGE_SECONDS
 from .warc import DEFAULT_MAX_PAYLOAD_BYTES, iter_warc
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,13 @@ class IngestConfig(StrictModel):
     )
     wikitext_engine: Literal["fast", "mwparserfromhell"] = pydantic.Field(
         "fast", description="wikitext renderer: the bracket scanner or a full mwparserfromhell parse"
+    )
+    page_render_seconds: float = pydantic.Field(
+        DEFAULT_PAGE_SECONDS,
+        gt=0,
+        le=3600,
+        description="seconds one wiki page may take to render; a page over it is quarantined "
+        "(render_timeout) and its file reads on",
     )
     min_lang_confidence: float = pydantic.Field(
         0.5,
@@ -107,7 +115,9 @@ def iter_documents(
     config = config or IngestConfig()
     path, fmt, source, lang = str(file.path), file.fmt, file.source, file.lang
     if fmt == "mediawiki":
-        return iter_mediawiki(path, source, lang, engine=config.wikitext_engine)
+        return iter_mediawiki(
+            path, source, lang, engine=config.wikitext_engine, page_seconds=config.page_render_seconds
+        )
     if fmt == "mc4":
         return iter_mc4(path, source, lang)
     if fmt == "warc":

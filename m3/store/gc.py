@@ -100,13 +100,7 @@ def _ref_files(store: Store) -> dict[str, dict[int, str]]:
 def _ref_roots(store: Store, files: dict[str, dict[int, str]], marker: Marker) -> None:
     """Mark from every live version of the refs in ``files``; damaged versions make gc careful."""
     for ref, versions in files.items():
-        data: dict[int, bytes | Exception] = {}
-        for seq, rel in versions.items():
-            try:
-                data[seq] = store.backend.read_bytes(rel)
-            except FileNotFoundError as exc:
-                data[seq] = exc
-        st = refs_mod.state(ref, data)
+        st = refs_mod.read_state(store.backend, ref, versions)
         for seq, problem in st.damaged.items():
             marker.damaged.append(f"{store.where(versions[seq])} is damaged (ref {ref}: {problem})")
         marker.add(e.manifest for e in st.history)

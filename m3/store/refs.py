@@ -110,6 +110,18 @@ def parse_version(seq: int, data: bytes) -> RefVersion:
     return RefVersion(seq, manifest, previous, at, tuple(drops), str(body.get("reason", "")))
 
 
+def read_state(backend, ref: str, versions: dict[int, str]) -> RefState:
+    """The state of ``ref`` read from its version files (seq -> path under ``backend``); a file that
+    vanished between listing and reading counts as damage of that version, not as an error."""
+    data: dict[int, bytes | Exception] = {}
+    for seq, rel in versions.items():
+        try:
+            data[seq] = backend.read_bytes(rel)
+        except FileNotFoundError as exc:
+            data[seq] = exc
+    return state(ref, data)
+
+
 def state(ref: str, files: dict[int, bytes | Exception]) -> RefState:
     """The state of ``ref`` from its version files (seq -> bytes, or the error reading one)."""
     versions: list[RefVersion] = []

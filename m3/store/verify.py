@@ -83,13 +83,7 @@ def _read_refs(store: Store, targets: list[str] | None, scan: _Scan) -> list[str
         files = {r: v for r, v in files.items() if r in wanted}
     roots: list[str] = []
     for ref, versions in sorted(files.items()):
-        data: dict[int, bytes | Exception] = {}
-        for seq, rel in versions.items():
-            try:
-                data[seq] = store.backend.read_bytes(rel)
-            except FileNotFoundError as exc:
-                data[seq] = exc
-        st = refs_mod.state(ref, data)
+        st = refs_mod.read_state(store.backend, ref, versions)
         for seq, problem in sorted(st.damaged.items()):
             scan.damage.append(
                 Damage("ref", store.where(versions[seq]), f"ref {ref} version {seq}: {problem}")

@@ -41,5 +41,6 @@ def planned_refs(profile: Profile) -> list[str]:
     refs += [f"report/{name}", f"report/{name}-champion", "model/champion"]
     if profile.evaluate.compare_rounds:  # tasks.evaluate.stage: one report per step of the chain
         steps = bool(profile.model.init) + bool(profile.retromae) + (profile.pretrain is not None) + rounds
-        refs += [f"report/{name}-round{k}" for k in range(steps - 1)]
+        kept = 1 if profile.evaluate.compare_rounds == "start" else steps - 1
+        refs += [f"report/{name}-round{k}" for k in range(min(kept, steps - 1))]
     return list(dict.fromkeys(refs))

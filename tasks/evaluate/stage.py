@@ -113,9 +113,9 @@ def build_evaluation(
     champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
     rounds = None
     if cfg.compare_rounds:  # round 0 = where the run began (model.init or RetroMAE), every step since
-        chain = training_chain(env.store, model_id)
+        chain = training_chain(env.store, model_id)[:-1]
         rounds = []
-        for k, mid in enumerate(chain[:-1]):
+        for k, mid in enumerate(chain[:1] if cfg.compare_rounds == "start" else chain):
             done = run_for(mid, f"{env.profile.name}-round{k}")
             avg = _metrics(env, done)["avg"]
             label = chain_label(env.store, mid)

@@ -3,10 +3,11 @@
 Reads the final report of a profile and its round-0 report (`evaluate.compare_rounds`), both with
 per-query nDCG@10, and prints each target with its figure and, where it compares two systems, the 95 %
 paired-bootstrap interval of the difference over the queries (10,000 resamples). With
-`--long-lengths`, the held-out documents' MLDR-format set (in the report, `evaluate.long_documents`)
-is also scored by `m3 eval` at each length given, for round 0 and the final model.
+`--long-short N`, the held-out documents' MLDR-format set (in the report, `evaluate.long_documents`,
+scored there at `long_max_length`) is scored again with the documents cut at N tokens, for round 0 and
+the final model, and the two cuts are compared query by query.
 
-    .venv/bin/python bench/quality_targets.py --store DIR --profile quality-me5 [--long-lengths 512,8192]
+    .venv/bin/python bench/quality_targets.py --store DIR --profile quality-me5 [--long-short 512]
     .venv/bin/python bench/quality_targets.py --store DIR --profile me5-cpu --demo
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -121,44 +121,57 @@ def tatoeba_targets(final, start, sets: list[str]) -> None:
             )
 
 
-def long_documents(store, report_id: str, models: dict[str, str], lengths: list[int]) -> None:
+def long_per_query(store, report_id: str) -> tuple[int, dict[str, dict[str, float]]]:
+    """The report's own long-document run: its length cut and ``{system: {"set<TAB>qid": nDCG@10}}``."""
+    metrics = store.manifest(report_id).metrics.get("long") or {}
+    info = json.loads((store.materialize(report_id) / "metrics.json").read_text()).get("long") or {}
+    scores = {
+        system: {f"{ds}\t{q}": v[METRIC] for ds, rows in sets.items() for q, v in rows.items()}
+        for system, sets in (info.get("per_query") or {}).items()
+    }
+    return int(metrics.get("max_length") or 0), scores
+
+
+def long_at(store, report_id: str, model_ref: str, length: int) -> dict[str, dict[str, float]]:
+    """The report's long-document sets scored again with documents cut at ``length`` tokens, with the
+    report's own evaluation settings otherwise; ``{system: {"set<TAB>qid": nDCG@10}}``."""
+    from model.m3 import M3Model
+    from tasks.evaluate.config import EvalConfig
+    from tasks.evaluate.data import load_datasets
+    from tasks.evaluate.encoders import M3Encoder
+    from tasks.evaluate.metrics import evaluate_datasets
+
     folder = store.materialize(report_id)
-    sets = (
-        sorted(p for p in (folder / "long-docs").glob("*") if p.is_dir())
-        if (folder / "long-docs").is_dir()
-        else []
-    )
-    if not sets:
-        print("\nno long-document set in the report (evaluate.long_documents)")
-        return
-    print(f"\nlong documents ({len(sets)} languages), dense / All nDCG@10 by document length cut\n")
-    print("| model | " + " | ".join(f"{n} tokens" for n in lengths) + " |")
-    print("|---|" + "---|" * len(lengths))
-    for label, model in models.items():
-        cells = []
-        for n in lengths:
-            cmd = [
-                sys.executable,
-                "-m",
-                "m3.cli",
-                "eval",
-                "--model",
-                model,
-                "--max-length",
-                str(n),
-                "--json",
-                "--store",
-                str(store.url),
-            ]
-            for s in sets:
-                cmd += ["--dataset", f"mldr:{s}:test:{s.name}"]
-            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if out.returncode:
-                cells.append(f"failed: {out.stderr.strip().splitlines()[-1][:80]}")
-                continue
-            avg = json.loads(out.stdout)["avg"][METRIC]
-            cells.append(f"{100 * avg['M3 dense']:.1f} / {100 * avg['M3 all']:.1f}")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    sets = sorted(p for p in (folder / "long-docs").glob("*") if p.is_dir())
+    datasets = [d for s in sets for d in load_datasets(f"mldr:{s}:test:{s.name}")]
+    cfg = EvalConfig(**store.manifest(report_id).config["eval"]).long_config()
+    cfg = cfg.model_copy(update={"max_length": length})
+    model = M3Model.from_pretrained(store.materialize(store.resolve(model_ref)), device="cpu")
+    info = evaluate_datasets(datasets, M3Encoder(model, cfg), cfg)
+    return {  # the sets are named by language, as in the report
+        system: {f"{ds}\t{q}": v[METRIC] for ds, rows in by_set.items() for q, v in rows.items()}
+        for system, by_set in info["per_query"].items()
+    }
+
+
+def long_documents(store, reports: dict[str, tuple[str, str]], short: int) -> None:
+    """Long-document targets: each model at the report's own cut (e.g. 8192 tokens) against ``short``
+    (e.g. 512), paired over the same queries. ``reports``: label -> (report id, model ref)."""
+    print(f"\nlong documents: dense / All nDCG@10, documents cut at {short} tokens vs the report's cut\n")
+    print("| model | system | at the cut | long | change [95 % CI] | |")
+    print("|---|---|---:|---:|---|---|")
+    for label, (report_id, model) in reports.items():
+        length, full = long_per_query(store, report_id)
+        if not full:
+            print(f"| {label} | no long-document run in its report (evaluate.long_documents) | | | | |")
+            continue
+        cut = long_at(store, report_id, model, short)
+        for system in ("M3 dense", "M3 all"):
+            text, c = diff(full[system], cut[system])
+            print(
+                f"| {label} | {system} | {short}: {mean(cut[system]):.1f} | {length}: "
+                f"{mean(full[system]):.1f} | {text} | {'met' if c['change'] >= 0 else 'NOT met'} |"
+            )
 
 
 def main() -> None:
@@ -166,7 +179,9 @@ def main() -> None:
     ap.add_argument("--store", required=True)
     ap.add_argument("--profile", required=True, help="the profile's name (its report is report/NAME)")
     ap.add_argument("--demo", action="store_true", help="make demo's targets (averages over languages)")
-    ap.add_argument("--long-lengths", default="", help="e.g. 512,8192: score the long-document set")
+    ap.add_argument(
+        "--long-short", type=int, default=0, help="e.g. 512: the long-document set also at this cut"
+    )
     args = ap.parse_args()
 
     from m3.store import Store
@@ -183,9 +198,12 @@ def main() -> None:
     print(f"# targets of report/{args.profile} ({report.id[:12]}): round 0 = {rounds[0].get('label')}")
     retrieval_targets(final, start, retrieval, args.demo)
     tatoeba_targets(final, start, tatoeba)
-    if args.long_lengths:
-        models = {"round 0": rounds[0]["model"], "final": report.metrics["model"]}
-        long_documents(store, report.id, models, [int(x) for x in args.long_lengths.split(",")])
+    if args.long_short:
+        reports = {
+            "round 0": (rounds[0]["report"], rounds[0]["model"]),
+            "final": (report.id, report.metrics["model"]),
+        }
+        long_documents(store, reports, args.long_short)
 
 
 if __name__ == "__main__":

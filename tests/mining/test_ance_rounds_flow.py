@@ -75,6 +75,16 @@ def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m
     again = json.loads(run_m3(args, m3_api_env).stdout)
     assert all(s["cached"] for s in again["stages"]), again["stages"]
 
+    # compare_rounds: start scores round 0 and the final model only (round 0's report is reused)
+    data["evaluate"]["compare_rounds"] = "start"
+    profile.write_text(yaml.safe_dump(data))
+    start_only = ["run", "--profile", str(profile), "--store", store_url, "--only", "evaluate", "--json"]
+    json.loads(run_m3(start_only, m3_api_env).stdout)
+    short = store.manifest(store.resolve("report/tiny")).metrics
+    assert [(r["round"], r["report"]) for r in short["rounds"]] == [(0, report["rounds"][0]["report"])]
+    assert short["model"] == r2
+    assert not set(planned_refs(load_profile(str(profile)))) & {"report/tiny-round1", "report/tiny-round2"}
+
     # the preflight knew every name these runs made from the profile's name (m3.planned_names)
     planned = set(planned_refs(load_profile(TINY))) | set(planned_refs(load_profile(str(profile))))
     made = {e.ref for e in store.refs() if "tiny" in e.ref}  # not eval-data/eval.<sha>: fixed length

@@ -206,6 +206,19 @@ def _begin_stop(signum: int) -> None:
     log.warning("m3: %s received: stopping (at most %.0f s)", signal.Signals(signum).name, DEADLINE_S)
 
 
+def raise_if_stopped() -> None:
+    """Raise :class:`Stopped` if a stop signal arrived but no exception for it reached the running
+    code. A handler that runs while Python is inside a finalizer has its exception dropped ("Exception
+    ignored in ..."); Prefect's SIGTERM handler met that mid-training. Long loops call this each step,
+    so such a stop still ends the run in order rather than at the watchdog's deadline."""
+    with _state.lock:
+        signum = _state.stop_signal
+        if signum is None or _state.raised:
+            return
+        _state.raised = True
+    raise Stopped(signum)
+
+
 def _hard_exit(why: str) -> None:
     """Kill the children, remove the run folder and leave now: the orderly way took too long."""
     signum = _state.stop_signal or signal.SIGTERM

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from m3 import lifecycle
 from model.m3 import M3Model, resolve_device
 from tasks.training.checkpoint import (
     latest_checkpoint,
@@ -221,6 +222,7 @@ def run_loop(
                 for b_idx in range(first, len(plan)):
                     if step >= total:
                         break
+                    lifecycle.raise_if_stopped()  # a stop whose exception was dropped in a finalizer
                     t_step = time.perf_counter()
                     fields = objective.step(plan[b_idx], step, epoch, b_idx)
                     if max_grad_norm:

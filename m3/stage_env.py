@@ -20,6 +20,7 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from m3.cachedir import default_cache_dir
+from m3.filestamps import content_stamps
 from m3.profile import Profile, load_profile
 from m3.stage import StageOutput, StageResult, StageSpec, classify_failure, run_stage
 from m3.store import Store
@@ -118,18 +119,20 @@ class StageEnv:
         refresh: bool = False,
     ) -> str:
         """Raw input files (named as the artifact names them) committed as they are, the root of a
-        lineage chain. The key holds ``config`` and each file's path, size and mtime, so unchanged
-        files are not re-hashed. Returns the manifest id."""
-        stamps = [
-            {"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-            for p in files.values()
-        ]
+        lineage chain. The key holds ``config`` and each file's name, size and sha256
+        (``m3.filestamps``: remembered per file, so unchanged files are not hashed again, and a file
+        touched with the same bytes keeps its artifact). Returns the manifest id."""
+        stamps = content_stamps(files)
         spec = StageSpec(stage, kind, name, {}, {**config, "files": stamps}, (code,))
 
         def build(_: Path) -> StageOutput:
             return StageOutput(
                 files=files,
-                metrics={"files": len(files), "bytes": sum(s["bytes"] for s in stamps), **config},
+                metrics={
+                    "files": len(files),
+                    "bytes": sum(p.stat().st_size for p in files.values()),
+                    **config,
+                },
                 schema={"origin": {n: str(p) for n, p in files.items()}, **config},
             )
 

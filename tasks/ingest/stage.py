@@ -33,8 +33,8 @@ RunFiles = Callable[[list[FileJob], str], dict[str, Any]]
 
 
 def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
-    """The raw files of a source as a ``source`` artifact. The cache key is each file's path, size
-    and mtime, so an unchanged dump is not re-hashed."""
+    """The raw files of a source as a ``source`` artifact, keyed by their bytes
+    (``StageEnv.register_files``)."""
     if source.online is not None:
         # Online: resumable, checksum-verified downloads into the store's cache; the files then
         # become content-addressed blobs of the source artifact like local ones.
@@ -42,28 +42,18 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
         paths = sorted(res.path for _, res in fetch_source(source.online, folder))
     else:
         paths = env.profile.source_files(source)
-    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         names = [f"{i:04d}-{p.name}" for i, p in enumerate(paths)]
-    spec = StageSpec(
+    return env.register_files(
         "register-source",
         "source",
         f"{env.profile.name}.{source.name}",
-        inputs={},
-        config={"files": stamp, "format": source.format, "lang": source.lang},
-        code=(__file__,),
+        dict(zip(names, paths, strict=True)),
+        {"format": source.format, "lang": source.lang},
+        __file__,
+        refresh=refresh,
     )
-
-    def build(_: Path) -> StageOutput:
-        files = dict(zip(names, paths, strict=True))
-        return StageOutput(
-            files=files,
-            metrics={"files": len(paths), "bytes": sum(p.stat().st_size for p in paths)},
-            schema={"format": source.format, "origin": {n: str(p) for n, p in files.items()}},
-        )
-
-    return env.run(spec, build, refresh=refresh).manifest_id
 
 
 def stored_file_to_shard(

@@ -9,6 +9,14 @@ intervals over the queries (per set and pooled over every query of every set), a
 tokens/s and the run's peak memory (max RSS of the ``m3`` process, where training runs).
 
     .venv/bin/python bench/quality_m3run.py [--store DIR] [--profile FILE] [--out FILE.json]
+        [--set finetune.lr=1e-5 ... --from mine]   # a variant of the profile
+
+A variant (``--set``, YAML values) keeps the profile's name, so on a store that ran the profile every
+stage the change leaves alone is a cache hit (a source artifact is named after its profile, so a new
+name would ingest and train everything again). Run it on a copy of that store (``cp -al`` of
+``blobs/`` and ``manifests/``, which are never rewritten, plus a plain copy of the rest), so that its
+refs do not move the original's. ``--from STAGE`` (as ``m3 run --from``) takes the stages before it
+from the store's refs: a variant of fine-tuning need not even register its sources again.
 """
 
 from __future__ import annotations
@@ -65,22 +73,51 @@ def compare(before: dict[str, float], after: dict[str, float]) -> dict[str, dict
     return out
 
 
+def variant_profile(base: Path, changes: list[str]) -> Path:
+    """The base profile with ``SECTION.KEY=VALUE`` changes, written to a temp file (its relative
+    paths resolved against the base profile's folder)."""
+    import yaml
+
+    data = yaml.safe_load(base.read_text())
+    data["base_dir"] = str((base.resolve().parent / str(data.get("base_dir", "."))).resolve())
+    for change in changes:
+        path, sep, value = change.partition("=")
+        if not sep or "." not in path:
+            sys.exit(f"--set {change!r}: expected SECTION.KEY=VALUE")
+        *sections, key = path.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = yaml.safe_load(value)
+    out = Path(tempfile.mkdtemp(prefix="m3-variant-")) / base.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    print(f"variant: {base.name} with {', '.join(changes)} ({out})", file=sys.stderr)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=str(ROOT / "bench" / "profiles" / "quality-minilm.yaml"))
     parser.add_argument("--store", default=None, help="store folder (default: a new temporary one)")
     parser.add_argument("--out", default=None, help="write every figure as JSON here")
+    parser.add_argument("--from", dest="from_stage", default=None, help="as m3 run --from")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="change the profile"
+    )
     args = parser.parse_args()
 
     from m3.profile import load_profile
     from m3.store import Store
 
+    if args.set:
+        args.profile = str(variant_profile(Path(args.profile), args.set))
     profile = load_profile(args.profile)
     store_url = args.store or tempfile.mkdtemp(prefix="m3-quality-")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", "run", "--profile", args.profile, "--store", store_url, "--json"],
+        [sys.executable, "-m", "m3.cli", "run", "--profile", args.profile, "--store", store_url, "--json"]
+        + (["--from", args.from_stage] if args.from_stage else []),
         cwd=ROOT,
         env=env,
         capture_output=True,

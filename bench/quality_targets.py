@@ -29,11 +29,9 @@ METRIC = "ndcg_cut_10"
 
 def per_query(store, report_id: str) -> dict[str, dict[str, dict[str, float]]]:
     """``{system: {dataset spec: {qid: nDCG@10}}}``."""
-    folder = store.materialize(report_id)
-    info = json.loads((folder / "metrics.json").read_text())
-    specs = {d["name"]: d["spec"] for d in info["datasets"]}
+    info = json.loads((store.materialize(report_id) / "metrics.json").read_text())
     return {
-        system: {specs.get(ds, ds): {q: v[METRIC] for q, v in rows.items()} for ds, rows in sets.items()}
+        system: {ds: {q: v[METRIC] for q, v in rows.items()} for ds, rows in sets.items()}
         for system, sets in info["per_query"].items()
     }
 
@@ -144,7 +142,7 @@ def long_at(store, report_id: str, model_ref: str, length: int) -> dict[str, dic
     folder = store.materialize(report_id)
     sets = sorted(p for p in (folder / "long-docs").glob("*") if p.is_dir())
     datasets = [d for s in sets for d in load_datasets(f"mldr:{s}:test:{s.name}")]
-    cfg = EvalConfig(**store.manifest(report_id).config["eval"]).long_config()
+    cfg = EvalConfig(**store.manifest(report_id).producer.config["eval"]).long_config()
     cfg = cfg.model_copy(update={"max_length": length})
     model = M3Model.from_pretrained(store.materialize(store.resolve(model_ref)), device="cpu")
     info = evaluate_datasets(datasets, M3Encoder(model, cfg), cfg)

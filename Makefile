@@ -9,8 +9,9 @@ STAMP := $(VENV)/.m3-installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0          # the CPU wheel first; a loose pin pulls CUDA
-	$(BIN)/pip install --quiet -e ".[test]" -c constraints.txt   # known-good versions: no resolver backtracking
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0          # the CPU wheel first; a loose pin pulls CUDA
+	$(BIN)/pip install --quiet --no-compile -e ".[test]" -c constraints.txt   # known-good versions: no backtracking
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true  # as pip would, on every core (a few files are for newer Pythons)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -32,7 +32,8 @@ from tests.conftest import REPO, TINY, m3_subprocess_env, start_m3
 from tests.conftest import run_m3 as m3
 from tests.support.dask_cli import CliCluster, start_cluster
 
-pytestmark = pytest.mark.slow
+# Whichever test comes first builds the cluster run (the timeout covers fixture setup): all may need it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "M3_S3_ENDPOINT_URL")
 DATA_KINDS = ("corpus", "queries", "train-set")
@@ -116,7 +117,6 @@ def _data_manifest(store: Store, kind: str) -> dict:
     return {k: v for k, v in body.items() if k not in {"id", "parents", "producer", "created_at"}}
 
 
-@pytest.mark.timeout(3600)
 def test_data_files_are_those_of_the_one_process_run(topology_run, tiny_pipeline):
     one, many = Store(str(tiny_pipeline["full_store"])), Store(topology_run["store"])
     for kind in DATA_KINDS:
@@ -174,7 +174,7 @@ def test_a_store_only_the_driver_sees_is_refused_before_any_work(where, base, cl
     store = "local-store" if where == "relative" else str(driver / "local-store")
     profile = topology_profile(base / f"refused-{where}.yaml", cluster.address)
     args = ["run", "--profile", profile, "--store", store]
-    proc = m3(args, driver_env, timeout=300, check=False, cwd=driver)
+    proc = m3(args, driver_env, check=False, cwd=driver)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr

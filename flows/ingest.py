@@ -17,6 +17,7 @@ from flows.common import dask_runner
 from m3.stage import declare
 from m3.stage_env import TRANSIENT_RETRIES, flow_result, open_env
 from tasks.ingest import IngestConfig
+from tasks.ingest.handoff import StoreHandoff
 from tasks.ingest.shards import FileJob, run_ingest
 from tasks.ingest.stage import build_corpus, stored_file_to_shard
 
@@ -34,11 +35,16 @@ def _prefect_submit(fn: Callable[..., Any], *args: Any) -> Any:
 
 @flow(name="ingest-files")
 def ingest_files(
-    store_url: str, jobs: list[FileJob], config: IngestConfig, out_dir: str, languages: list[str] | None
+    handoff: StoreHandoff,
+    jobs: list[FileJob],
+    config: IngestConfig,
+    out_dir: str,
+    languages: list[str] | None,
 ) -> dict[str, Any]:
-    """Read, deduplicate and write on Dask: one task per file, per LSH band, per merge, per shard."""
-    file_step = functools.partial(stored_file_to_shard, store_url)
-    return run_ingest(jobs, config, out_dir, _prefect_submit, languages, file_step=file_step)
+    """Read, deduplicate and write on Dask: one task per file, per LSH band, per merge, per shard;
+    the files between them pass through the store (``handoff``), not a shared disk."""
+    file_step = functools.partial(stored_file_to_shard, handoff)
+    return run_ingest(jobs, config, out_dir, _prefect_submit, languages, file_step=file_step, handoff=handoff)
 
 
 @declare("corpus", sections=("sources", "ingest"))
@@ -58,8 +64,8 @@ def ingest(
     if cfg.dask_scheduler:
         dask = dask.model_copy(update={"address": cfg.dask_scheduler})
 
-    def run_files(jobs: list[FileJob], out_dir: str) -> dict[str, Any]:
+    def run_files(jobs: list[FileJob], out_dir: str, handoff: StoreHandoff) -> dict[str, Any]:
         files = ingest_files.with_options(task_runner=dask_runner(dask))
-        return files(env.store.url, jobs, cfg, out_dir, env.profile.languages)
+        return files(handoff, jobs, cfg, out_dir, env.profile.languages)
 
     return flow_result(build_corpus(env, refresh, run_files))

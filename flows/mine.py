@@ -45,7 +45,7 @@ def _prefect_mapper(phase: str, fn: Any, jobs: list[dict]) -> list[Any]:
 
 @flow(name="mine-dense")
 def mine_dense_run(store_url: str, queries_id: str, config: dict, teacher: dict, name: str) -> dict:
-    """The dense phases on this flow's Dask runner; rows go to a file, stats come back."""
+    """The dense phases on this flow's Dask runner; rows and stats come back to this process."""
     result = dense.mine_dense(
         Store(store_url), queries_id, MineConfig(**config), TeacherRef(**teacher), _prefect_mapper, name=name
     )

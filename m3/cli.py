@@ -86,13 +86,16 @@ def _run(
     prof = load_profile(profile)  # validate everything before anything is written
     for source in prof.sources:
         prof.source_files(source)
-    select_stages(from_stage, only, refresh)
+    selected = select_stages(from_stage, only, refresh)
     store_url = resolve_store_url(prof, store)
     from m3.preflight import check_planned_names, check_prefect_home, check_writable_store
+    from m3.reach import check_workers_reach_store, scheduler_addresses
 
     check_planned_names(prof)  # a name the store would refuse hours in, at round 2's artifacts
     check_writable_store(store_url)  # before Prefect starts: a store it cannot write to is refused
     check_prefect_home()  # and a full or read-only PREFECT_HOME, where its server keeps its database
+    for address in scheduler_addresses(prof, selected):
+        check_workers_reach_store(store_url, address)  # each worker writes and reads back a marker
 
     from m3.prefect_api import prefect_api
 

@@ -126,13 +126,13 @@ def m3_api_env(tmp_path, prefect_server):
 
 
 def run_m3(
-    args: list[str], env: dict, timeout: float = 900, check: bool = True
+    args: list[str], env: dict, timeout: float = 900, check: bool = True, cwd: Path = REPO
 ) -> subprocess.CompletedProcess:
     """``m3 ARGS`` in a process of its own, as users run it; ``check``: fail with its stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "m3.cli", *args],
         env=env,
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -142,19 +142,24 @@ def run_m3(
     return proc
 
 
+def start_m3(args: list[str], env: dict, logs: Path, key: str) -> subprocess.Popen:
+    """``m3 ARGS`` started in a process of its own, its output in ``logs/KEY.out`` and ``.err``
+    (files: the process never blocks on a full pipe)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{key}.out").open("w") as out, (logs / f"{key}.err").open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "m3.cli", *args], env=env, cwd=REPO, stdout=out, stderr=err, text=True
+        )
+
+
 def run_m3_at_once(commands: dict[str, tuple[list[str], dict]], logs: Path, timeout: float = 900):
     """Several independent ``m3`` commands (``{key: (args, env)}``) as processes running at the same
     time (CI has two cores and most of an ``m3`` process is one busy thread). Output goes to files
     under ``logs``, so no process ever blocks on a full pipe. Returns ``{key: CompletedProcess}``."""
-    logs.mkdir(parents=True, exist_ok=True)
     started = {}
     for key, (args, env) in commands.items():
-        out, err = logs / f"{key}.out", logs / f"{key}.err"
-        with out.open("w") as o, err.open("w") as e:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "m3.cli", *args], env=env, cwd=REPO, stdout=o, stderr=e, text=True
-            )
-        started[key] = (args, proc, out, err)
+        proc = start_m3(args, env, logs, key)
+        started[key] = (args, proc, logs / f"{key}.out", logs / f"{key}.err")
     done = {}
     try:
         for key, (args, proc, out, err) in started.items():

@@ -6,7 +6,8 @@ memory is bounded by one batch, never by the file. The dedup reduce (:mod:`.dedu
 signatures; :func:`finalize_shard` then rewrites each shard without its duplicates, partitioned by
 language. :func:`run_ingest` wires the steps through any ``submit(fn, *args) -> future`` (a Dask
 client's ``submit`` or a Prefect task's), so the same code runs on 1 worker, 2 or a cluster, and
-gives the same result on each.
+gives the same result on each; the files between steps go through a :mod:`.handoff` (shared folder,
+or the store for workers on other machines).
 
 Accounting, per source and language: ``read = kept + filtered:* + duplicates:* + quarantined``
 (``quarantined:<reason>`` breaks the quarantined total down). Quarantine entries name a file by
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from . import Books, IngestConfig, InputFile, iter_ingest
 from .dedup import COL_ID, Forest, Signer, bucket_edges, classify, merge_forests, non_roots, reduce_plan
 from .failures import file_failure
+from .handoff import Handoff, SharedFolder
 from .quality import is_unspaced
 
 logger = logging.getLogger(__name__)
@@ -173,6 +175,36 @@ def _tree_reduce(submit: Submit, futures: list[Any], fan_in: int = 8) -> Any:
     return futures[0]
 
 
+def edges_of(handoff: Handoff, sigs: list[str], *args: Any) -> Forest:
+    """:func:`~.dedup.bucket_edges` over the signature files ``sigs`` names (handles)."""
+    return bucket_edges([str(handoff.local(h)) for h in sigs], *args)
+
+
+def classify_of(
+    handoff: Handoff, forest: Forest, sigs: list[str], width: int, same_id: np.ndarray
+) -> dict[int, list[tuple[int, str]]]:
+    """:func:`~.dedup.classify` over the signature files ``sigs`` names (handles)."""
+    return classify(forest, [str(handoff.local(h)) for h in sigs], width, same_id)
+
+
+def finalize_to(
+    handoff: Handoff,
+    shards: list[tuple[int, str, list[tuple[int, str]]]],
+    out_dir: str,
+    batch_rows: int = 2000,
+) -> list[dict[str, Any]]:
+    """:func:`finalize_shards` from shards ``handoff`` names, its corpus files published through it:
+    each result gets ``files`` (``{artifact path: handle}``)."""
+    folder = handoff.work_dir(out_dir)
+    finals = finalize_shards(
+        [(no, str(handoff.local(parquet)), drops) for no, parquet, drops in shards], str(folder), batch_rows
+    )
+    for fin in finals:
+        fin["files"] = handoff.publish("corpus-part", folder, sorted(fin["rows"]))
+    handoff.done(folder)
+    return finals
+
+
 def run_ingest(
     jobs: Sequence[FileJob],
     config: IngestConfig,
@@ -180,13 +212,17 @@ def run_ingest(
     submit: Submit,
     languages: list[str] | None = None,
     file_step: Callable[..., dict[str, Any]] | None = None,
+    handoff: Handoff | None = None,
 ) -> dict[str, Any]:
     """Ingest ``jobs`` (one task per file), deduplicate across all of them, write the corpus.
 
     ``file_step(job, config, languages)`` replaces :func:`ingest_to_shard` (e.g. to fetch the file
-    from the store first). Returns {"rows": {path: n}, "stats": :func:`compose_stats`, "quarantine"}.
+    from the store first); the ``parquet`` and ``sig`` it returns are handles of ``handoff``
+    (default :class:`~.handoff.SharedFolder`: paths every step can open). Returns {"rows": {path: n},
+    "files": {path: local file}, "stats": :func:`compose_stats`, "quarantine"}.
     """
     step = file_step or ingest_to_shard
+    handoff = handoff or SharedFolder()
     # Largest files first (longest-processing-time-first scheduling, Graham 1969): with files of
     # unequal size a big one started last would leave the other workers idle at the end. The
     # results are still read in the jobs' order, so the output does not depend on it.
@@ -201,20 +237,21 @@ def run_ingest(
     parts = config.dedup.lsh_partitions
     forest, same_id = Forest.empty(), np.zeros(0, dtype=np.int64)
     if books and any(b["rows"] for b in books):
-        id_futures = [submit(bucket_edges, sig_paths, width, [COL_ID], p, parts) for p in range(parts)]
+        id_futures = [submit(edges_of, handoff, sig_paths, width, [COL_ID], p, parts) for p in range(parts)]
         same_id = non_roots(_tree_reduce(submit, id_futures).result())
         edge_futures = [
-            submit(bucket_edges, sig_paths, width, columns, part, parts, same_id)
+            submit(edges_of, handoff, sig_paths, width, columns, part, parts, same_id)
             for columns in reduce_plan(signer.bands, config.dedup)
             for part in range(parts)
         ]
         if edge_futures:
             forest = _tree_reduce(submit, edge_futures).result()
-    drops = classify(forest, sig_paths, width, same_id)
+    drops = submit(classify_of, handoff, forest, sig_paths, width, same_id).result() if books else {}
     groups = _finalize_groups([b["rows"] for b in books], config.finalize_rows)
     final_futures = [
         submit(
-            finalize_shards,
+            finalize_to,
+            handoff,
             [(i, books[i]["parquet"], drops.get(i, [])) for i in group],
             str(out_dir),
             config.batch_rows,
@@ -223,8 +260,10 @@ def run_ingest(
     ]
     finals = [fin for f in final_futures for fin in f.result()]
     rows: dict[str, int] = {}
+    files: dict[str, str] = {}
     for fin in finals:
         rows.update(fin["rows"])
+        files.update({rel: str(handoff.local(h)) for rel, h in fin.pop("files").items()})
     dup = forest.nodes != forest.roots
     cluster_sizes = np.unique(forest.roots, return_counts=True)[1] if len(forest.roots) else np.zeros(0)
     dedup_info = {
@@ -237,7 +276,12 @@ def run_ingest(
     }
     stats = compose_stats(books, finals, dedup_info)
     quarantine = [q for b in books for q in b["quarantine"]]
-    return {"rows": dict(sorted(rows.items())), "stats": stats, "quarantine": quarantine}
+    return {
+        "rows": dict(sorted(rows.items())),
+        "files": dict(sorted(files.items())),
+        "stats": stats,
+        "quarantine": quarantine,
+    }
 
 
 def compose_stats(books: list[dict], finals: list[dict], dedup_info: dict[str, Any]) -> dict[str, Any]:

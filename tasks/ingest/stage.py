@@ -10,7 +10,6 @@ never describe another version of the data than the one they sit next to.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,11 +24,12 @@ from m3.stage_env import StageEnv, run_logger
 from m3.store import Store
 from tasks.artifact_io import schema_dict
 from tasks.ingest import Format, IngestConfig
+from tasks.ingest.handoff import StoreHandoff
 from tasks.ingest.shards import FileJob, ingest_to_shard, write_books
 from tasks.ingest.sources import fetch_source
 
-# (jobs, out_dir) -> run_ingest's result: the flow runs the files on its Dask runner.
-RunFiles = Callable[[list[FileJob], str], dict[str, Any]]
+# (jobs, out_dir, handoff) -> run_ingest's result: the flow runs the files on its Dask runner.
+RunFiles = Callable[[list[FileJob], str, StoreHandoff], dict[str, Any]]
 
 
 def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
@@ -57,12 +57,24 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
 
 
 def stored_file_to_shard(
-    store_url: str, job: FileJob, config: IngestConfig, languages: list[str] | None
+    handoff: StoreHandoff, job: FileJob, config: IngestConfig, languages: list[str] | None
 ) -> dict[str, Any]:
-    """Worker side of one file: fetch the source artifact (``job.path`` is ``<manifest id>/<file>``)."""
+    """Worker side of one file: fetch the source artifact (``job.path`` is ``<manifest id>/<file>``),
+    write its shard in this worker's own scratch and hand the shard and its signatures on through the
+    store (``parquet`` and ``sig`` become handles): nothing is left on the worker for a later step."""
     source_id, rel = job.path.split("/", 1)
-    folder = Store(store_url).materialize(source_id)
-    return ingest_to_shard(replace(job, path=str(folder / rel)), config, languages)
+    folder = Store(handoff.store_url).materialize(source_id)
+    work = handoff.work_dir(job.out)
+    try:
+        books = ingest_to_shard(
+            replace(job, path=str(folder / rel), out=str(work / "shard")), config, languages
+        )
+        parents = [source_id]
+        books["parquet"] = handoff.publish("ingest-shard", work, ["shard.parquet"], parents)["shard.parquet"]
+        books["sig"] = handoff.publish("ingest-signatures", work, ["shard.sig"], parents)["shard.sig"]
+    finally:
+        handoff.done(work)
+    return books
 
 
 def corpus_output(result: dict[str, Any], scratch: Path) -> StageOutput:
@@ -74,13 +86,12 @@ def corpus_output(result: dict[str, Any], scratch: Path) -> StageOutput:
     totals = stats["totals"]
     if not totals["kept"]:
         raise RuntimeError("ingest: no document survived reading and filtering; check the sources")
-    out = scratch / "out"
-    files: dict[str, Path] = {rel: out / rel for rel in result["rows"]}
+    files: dict[str, Path] = {rel: Path(local) for rel, local in result["files"].items()}
     files.update(write_books(result, scratch))
     per_lang = {lang: books["kept"] for lang, books in stats["by_lang"].items() if books["kept"]}
     chars = 0
     for rel in result["rows"]:
-        chars += int(pc.sum(pq.read_table(out / rel, columns=["n_chars"]).column("n_chars")).as_py() or 0)
+        chars += int(pc.sum(pq.read_table(files[rel], columns=["n_chars"]).column("n_chars")).as_py() or 0)
     metrics = {
         "docs": totals["kept"],
         "docs_per_lang": per_lang,
@@ -125,8 +136,14 @@ def build_corpus(env: StageEnv, refresh: bool, run_files: RunFiles) -> StageResu
                     )
                 )
         log.info("ingesting %d files from %d sources on Dask", len(jobs), len(sources))
-        result = run_files(jobs, str(scratch / "out"))
-        shutil.rmtree(scratch / "shards", ignore_errors=True)
+        # The steps hand their files on through the store (workers may share nothing else with this
+        # process); the lease keeps gc off those intermediate artifacts until the corpus commits.
+        with env.store.lease(
+            f"ingest {spec.ref}: shards being written", manifests=spec.inputs.values()
+        ) as lease:
+            result = run_files(
+                jobs, str(scratch / "out"), StoreHandoff(env.store.url, lease.id, env.profile.name)
+            )
         return corpus_output(result, scratch)
 
     result = env.run(spec, build, refresh=refresh)

@@ -7,11 +7,9 @@ reuses :func:`build_bm25` for its BM25 baseline.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -19,7 +17,7 @@ import pandas as pd
 
 from m3.store import Store
 from m3.topk import topk
-from tasks.artifact_io import read_table, write_jsonl
+from tasks.artifact_io import read_table
 from tasks.mining.config import MineConfig
 from tasks.mining.pool import split_pool
 from tasks.mining.rules import (
@@ -214,18 +212,19 @@ def _clean_ranking(
         k = min(n_retrieved, 4 * k)
 
 
-def mine_shard(store_url: str, queries_id: str, shard: int, n_shards: int, config: dict, out: str) -> dict:
+def mine_shard(store_url: str, queries_id: str, shard: int, n_shards: int, config: dict) -> dict:
     """Mine every ``n_shards``-th training query (from ``shard``) of a queries artifact against its
-    whole pool; the rows go to the file ``out``, the stats come back."""
+    whole pool: ``{"rows", "stats"}``, returned to the caller (a worker shares no disk with it)."""
     passages, train = split_pool(read_table(Store(store_url).materialize(queries_id), "queries"))
     rows, stats = mine_bm25(train.iloc[shard::n_shards], passages, MineConfig(**config))
-    write_jsonl(rows, Path(out))
-    return stats
+    return {"rows": rows, "stats": stats}
 
 
-def collect_shards(paths: Iterable[str | Path], shard_stats: Iterable[dict]) -> tuple[list[dict], dict]:
-    """The rows of every shard file in query-id order (independent of the sharding), and the run's
+def collect_shards(shards: Iterable[dict]) -> tuple[list[dict], dict]:
+    """The rows of every shard in query-id order (independent of the sharding), and the run's
     metrics: the shards' stats merged, and the teacher-score distributions."""
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()]
+    shards = list(shards)
+    rows = [row for s in shards for row in s["rows"]]
     rows.sort(key=lambda r: r["query_id"])
+    shard_stats = [s["stats"] for s in shards]
     return rows, {"teacher": "bm25", **merge_shard_stats(shard_stats), "scores": score_summary(rows)}

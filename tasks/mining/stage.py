@@ -20,7 +20,7 @@ from tasks.mining import bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.teachers import TeacherRef
 
-RunBM25 = Callable[[list[dict[str, Any]]], list[dict]]  # shard jobs -> shard stats
+RunBM25 = Callable[[list[dict[str, Any]]], list[dict]]  # shard jobs -> each shard's {"rows", "stats"}
 RunDense = Callable[[str, dict, dict, str], dict]  # queries id, config, teacher, name -> result
 
 
@@ -83,12 +83,11 @@ def build_train_set(
                     "shard": i,
                     "n_shards": n,
                     "config": cfg.model_dump(mode="json"),
-                    "out": str(scratch / f"shard-{i:04d}.jsonl"),
                 }
                 for i in range(n)
             ]
             log.info("mining hard negatives with BM25 in %d shards on Dask", n)
-            rows, metrics = bm25.collect_shards([job["out"] for job in jobs], run_bm25(jobs))
+            rows, metrics = bm25.collect_shards(run_bm25(jobs))
             return train_set_output(scratch, rows, metrics)
 
         return env.run(spec, build, refresh=refresh)

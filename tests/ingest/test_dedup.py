@@ -153,6 +153,38 @@ def reference(tmp: str) -> dict:
     return run_ingest(jobs, CONFIG, Path(tmp) / "ref", local_submit)
 
 
+def test_files_handed_on_through_the_store_give_the_same_corpus_bytes(work, tmp_path):
+    """The flow's path (workers that share only the store with the driver): the input files come
+    from a source artifact, each step commits its files as an intermediate artifact under the
+    stage's lease and the next step reads them back. The corpus files are byte for byte those of a
+    run on a shared folder, the driver's output folder is never written, and nothing gets a ref."""
+    import hashlib
+    from dataclasses import replace
+
+    from m3.store import Store
+    from tasks.ingest.handoff import StoreHandoff
+    from tasks.ingest.stage import stored_file_to_shard
+
+    ref = reference(str(work))
+    jobs, _ = constructed(str(work))
+    store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    source = store.commit("source", "t", {Path(j.path).name: Path(j.path) for j in jobs})
+    jobs = [replace(j, path=f"{source.id}/{Path(j.path).name}") for j in jobs]
+    with store.lease("ingest test: shards being written", manifests=[source.id]) as lease:
+        handoff = StoreHandoff(store.url, lease.id, "t")
+        step = functools.partial(stored_file_to_shard, handoff)
+        result = run_ingest(jobs, CONFIG, tmp_path / "out", local_submit, file_step=step, handoff=handoff)
+    assert result["stats"] == ref["stats"] and result["rows"] == ref["rows"]
+    digest = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+    assert {rel: digest(p) for rel, p in result["files"].items()} == {
+        rel: digest(work / "ref" / rel) for rel in ref["rows"]
+    }
+    assert not (tmp_path / "out").exists()
+    kinds = {store.manifest(m).kind for m in store.manifest_ids()}
+    assert kinds == {"source", "ingest-shard", "ingest-signatures", "corpus-part"}
+    assert store.refs() == []  # intermediate artifacts: gc takes them once the lease is gone
+
+
 @pytest.mark.slow  # two LocalClusters of worker processes: ~40 s on 2 shared cores
 def test_same_result_on_one_or_two_dask_workers(work):
     from distributed import Client, LocalCluster

@@ -106,7 +106,7 @@ def test_sharding_gives_identical_rows(data, strategy):
 
 
 def test_store_shards_merge_into_the_whole_run(data, tmp_path):
-    """The flow's path: shards of a queries artifact mined apart (every n-th query), their files and
+    """The flow's path: shards of a queries artifact mined apart (every n-th query), their rows and
     stats collected, give the rows and stats of one run over all the training queries."""
     from m3.store import Store
     from tasks.artifact_io import write_table
@@ -129,9 +129,8 @@ def test_store_shards_merge_into_the_whole_run(data, tmp_path):
     files = write_table(table, "queries", tmp_path / "q")
     qid = store.commit("queries", "t", {k: tmp_path / "q" / k for k in files}).id
     cfg = MineConfig(seed=5)
-    outs = [str(tmp_path / f"shard-{i}.jsonl") for i in range(3)]
-    shard_stats = [mine_shard(store.url, qid, i, 3, cfg.model_dump(mode="json"), outs[i]) for i in range(3)]
-    rows, metrics = collect_shards(outs, shard_stats)
+    shards = [mine_shard(store.url, qid, i, 3, cfg.model_dump(mode="json")) for i in range(3)]
+    rows, metrics = collect_shards(shards)
 
     pool, train = split_pool(table)
     whole, whole_stats = mine_bm25(train, pool, cfg)

@@ -251,13 +251,13 @@ def test_two_hundred_artifacts_open_fitted_layered_left_to_right_and_filtered(sc
         expect(page.locator("#artifact-title")).to_have_text("report/p05")
         page.select_option("#compare-with", ids["report/p05@1"])
         page.click("#compare-go")
-        expect(page.locator("#config-diff tr[data-key='eval.candidates'] td").nth(1)).to_have_text("5")
-        expect(page.locator("#config-diff tr[data-key='eval.candidates'] td").nth(2)).to_have_text("100")
-        # old = the head (0.37 base), new = @1 (0.40 base): every score went up by 3.0
+        # old = the picked first version (0.40 base), new = the head (0.37): every score 3.0 lower
+        expect(page.locator("#config-diff tr[data-key='eval.candidates'] td").nth(1)).to_have_text("100")
+        expect(page.locator("#config-diff tr[data-key='eval.candidates'] td").nth(2)).to_have_text("5")
         cells = page.locator("#compare table.metric td.delta")
         expect(cells).to_have_count(9)  # 3 systems × (de, en, avg)
-        assert set(cells.evaluate_all("els => els.map(e => e.className)")) == {"num delta up"}
-        assert set(page.locator("#compare table.metric td.delta small").all_inner_texts()) == {" +3.0"}
+        assert set(cells.evaluate_all("els => els.map(e => e.className)")) == {"num delta down"}
+        assert set(page.locator("#compare table.metric td.delta small").all_inner_texts()) == {" −3.0"}
         page.locator("#compare button", has_text="swap").click()
-        expect(page.locator("#compare table.metric td.delta.down")).to_have_count(9)
+        expect(page.locator("#compare table.metric td.delta.up")).to_have_count(9)
         browser.close()

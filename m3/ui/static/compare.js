@@ -24,13 +24,13 @@ function changeTable(rows, id) {
 }
 
 /** A delta cell: the new value, and the change coloured (up good/bad by the metric's direction). */
-function deltaCell(cell, scale, better = "higher") {
+function deltaCell(cell, scale, better = "higher", col = null) {
   const shown = (v) => (v === null || v === undefined ? "–" : (v * scale).toFixed(scale === 1 ? 4 : 1));
   if (cell.delta === null || cell.delta === undefined) return el("td", { class: "num", text: shown(cell.new) });
   const d = cell.delta * scale;
   const good = better === "higher" ? d > 0 : d < 0;
   const tone = Math.abs(d) < 1e-9 ? "flat" : good ? "up" : "down";
-  return el("td", { class: `num delta ${tone}`, title: `${shown(cell.old)} → ${shown(cell.new)}`, "data-delta": cell.delta },
+  return el("td", { class: `num delta ${tone}`, title: `${shown(cell.old)} → ${shown(cell.new)}`, "data-delta": cell.delta, "data-col": col },
     shown(cell.new), el("small", { text: ` ${d > 0 ? "+" : d < 0 ? "−" : "±"}${Math.abs(d).toFixed(scale === 1 ? 4 : 1)}` }));
 }
 
@@ -40,7 +40,7 @@ function metricTables(tables) {
     el("table", { class: "diff metric", "data-metric": metric },
       el("thead", {}, el("tr", {}, el("th", { text: "system" }), t.columns.map((c) => el("th", { class: "num", text: c })))),
       el("tbody", {}, t.rows.map((r) => el("tr", { "data-system": r.system }, el("th", { text: r.system }),
-        t.columns.map((c) => deltaCell(r.cells[c], SCALE))))))));
+        t.columns.map((c) => deltaCell(r.cells[c], SCALE, "higher", c))))))));
 }
 
 export function renderCompare(box, r, { select, close, swap }) {

@@ -26,7 +26,7 @@ from m3.run_plan import is_plan_key
 
 CACHE_S = 1.0  # one Prefect round trip per second, however many pages poll
 RUN_CACHE_S = 10.0  # one artifact's producer run: its state is read again after this long
-TIMEOUT_S = 2.0  # per API call: an unreachable API must not hold the page up
+TIMEOUT_S = 5.0  # per API call: a slow API must not hold the page up (a refused one fails at once)
 WINDOW_H = 24.0  # runs whose expected start lies this far back are shown
 MAX_FLOW_RUNS = 200  # per query: the newest flow runs, of any store
 MAX_RUNS = 6  # top-level runs returned, newest first

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from flows.evaluate import evaluate
@@ -14,9 +15,11 @@ from flows.ingest import ingest
 from flows.mine import mine
 from flows.pretrain import pretrain
 from flows.synthesize import synthesize
+from m3.run_plan import plan_key, plan_rows
 from m3.selection import select_stages as choose_stages
 from m3.stage import pipeline_order
 from m3.stage_env import open_env
+from tasks.mining.stage import round_name
 
 # Each stage is declared once, on its flow (``@declare``: kind, inputs, config sections); the
 # order, the stage names and what each stage is handed all come from those declarations.
@@ -41,6 +44,11 @@ def pipeline(
     log = get_run_logger()
     selected = select_stages(from_stage, only, refresh)
     refresh = refresh or []
+    create_table_artifact(  # the lineage page draws the stages not started yet from it
+        plan_rows(STAGES, selected, env.profile.name, env.profile.mine.rounds, round_name),
+        key=plan_key(env.profile.name),
+        description="the stages this run will run, in order: the ref each makes and the refs it reads",
+    )
     outputs: dict[str, str] = {}
     done = []
     for st in STAGES:

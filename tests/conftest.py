@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 TINY = str(REPO / "tests" / "profiles" / "tiny.yaml")
+PREFECT_START_S = 600  # the session's Prefect server: minutes to start on a loaded 2-core machine
 
 
 def _free_port() -> int:
@@ -95,7 +96,7 @@ def prefect_server(tmp_path_factory):
     os.environ["PREFECT_HOME"] = str(home)  # the server's SQLite database lives here
     try:
         server = SubprocessASGIServer(port=_free_port())
-        server.start(timeout=240)
+        server.start(timeout=PREFECT_START_S)
     finally:
         if old is None:
             os.environ.pop("PREFECT_HOME", None)

@@ -1,12 +1,15 @@
 """``m3 ui``: a small web app over the store (local or S3) and the Prefect API.
 
 Prefect's open-source UI shows runs, logs and artifacts but no asset or lineage graph; this page
-draws the graph of ``parents`` in the store. Standard library only (``http.server``), and the page
-is plain HTML + JS with its own SVG layout: it works offline, nothing is fetched from a CDN.
+draws the graph of ``parents`` in the store, with the runs working on it. Standard library only
+(``http.server``), and the page is plain HTML + JS modules with its own SVG layout: it works
+offline, nothing is fetched from a CDN.
 
 Routes: ``/`` the page · ``/api/graph`` every artifact reachable from a ref (``?all=1``: every
 version in every ref's history too) · ``/api/artifact/ID`` one manifest with its refs, children,
-stats and Prefect run · ``/api/file/ID/PATH`` one file of an artifact (plots) · ``/api/search?q=``.
+stats and Prefect run · ``/api/file/ID/PATH`` one file of an artifact (plots) ·
+``/api/curves/ID/PATH`` a training history as series · ``/api/compare?a=&b=`` two artifacts of one
+kind diffed · ``/api/runs`` the Prefect runs on this store, with their stages · ``/api/search?q=``.
 
 Hardening: a request answers only to the page's own ``Host`` names (``M3_UI_ALLOWED_HOSTS`` adds
 more, comma-separated), paths are bounded, no error body carries a traceback or a local path, and
@@ -15,15 +18,12 @@ a connection that stops sending is closed after ``READ_TIMEOUT_S`` (each one hol
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
 import mimetypes
 import os
 import socket
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,7 +33,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from m3.store import DamagedFile, InvalidName, Manifest, NotFound, Store
+from m3.store import InvalidName, NotFound, Store
+from m3.ui.lineage import Lineage
+from m3.ui.runs import PrefectRuns
+
+__all__ = ["Lineage", "make_server", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 MAX_REQUEST_PATH = 1024  # characters of path + query; longer requests get a 414
 READ_TIMEOUT_S = 10.0  # a connection silent this long is closed (200 half-sent requests held 200 threads)
 WILDCARDS = ("", "0.0.0.0", "::")
-MAX_FILE_BYTES = 20 << 20  # files served inline (plots, stats); bigger ones are listed only
-INLINE_JSON = ("stats.json", "metrics.json", "report.json")
 
 
 def prefect_urls() -> tuple[str | None, str | None]:
@@ -62,190 +64,30 @@ def prefect_urls() -> tuple[str | None, str | None]:
     return (api.rstrip("/") if api else None, ui.rstrip("/") if ui else None)
 
 
-class Lineage:
-    """Reads the store for the page. Manifests are immutable, so each is read once and kept."""
+class Page:
+    """What the routes answer from: the store's lineage and the Prefect runs on it."""
 
     def __init__(self, store: Store, prefect_api: str | None = None, prefect_ui: str | None = None):
-        self.store = store
-        self.prefect_api, self.prefect_ui = prefect_api, prefect_ui
-        self._manifests: dict[str, Manifest] = {}
-        self._runs: dict[str, tuple[float, dict[str, Any] | None]] = {}
-        self._lock = threading.Lock()
+        self.lineage = Lineage(store)
+        self.runs = PrefectRuns(prefect_api, prefect_ui, store.url)
 
-    def manifest(self, mid: str) -> Manifest:
-        with self._lock:
-            cached = self._manifests.get(mid)
-        if cached is None:
-            cached = self.store.manifest(mid)
-            with self._lock:
-                self._manifests[mid] = cached
-        return cached
-
-    def _ref_index(
-        self, include_history: bool
-    ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
-        """manifest id → refs whose head it is; → ``ref@version`` names; and the starting ids."""
-        heads: dict[str, list[str]] = {}
-        versions: dict[str, list[str]] = {}
-        start: list[str] = []
-        for entry in self.store.refs():
-            heads.setdefault(entry.manifest, []).append(entry.ref)
-            start.append(entry.manifest)
-            history = self.store.ref_history(entry.ref)
-            for h in history:
-                versions.setdefault(h.manifest, []).append(f"{h.ref}@{h.seq}")
-                if include_history:
-                    start.append(h.manifest)
-        return heads, versions, start
-
-    def graph(self, include_history: bool = False) -> dict[str, Any]:
-        heads, versions, start = self._ref_index(include_history)
-        order: list[str] = []
-        seen: set[str] = set()
-        stack = list(dict.fromkeys(start))
-        missing: list[str] = []
-        while stack:
-            mid = stack.pop()
-            if mid in seen:
-                continue
-            seen.add(mid)
-            try:
-                m = self.manifest(mid)
-            except (NotFound, DamagedFile) as exc:  # the rest of the graph is still drawn
-                if isinstance(exc, DamagedFile):
-                    log.warning("m3 ui: %s", exc)
-                missing.append(mid)
-                continue
-            order.append(mid)
-            stack.extend(m.parents)
-        children: dict[str, list[str]] = {}
-        for mid in order:
-            for p in self.manifest(mid).parents:
-                children.setdefault(p, []).append(mid)
-        nodes = []
-        for mid in sorted(order, key=lambda i: (self.manifest(i).created_at, i)):
-            m = self.manifest(mid)
-            nodes.append(
-                {
-                    "id": mid,
-                    "kind": m.kind,
-                    "name": m.name,
-                    "label": f"{m.kind}/{m.name}",
-                    "heads": sorted(heads.get(mid, [])),
-                    "versions": sorted(versions.get(mid, [])),
-                    "stage": m.producer.stage,
-                    "flow_run_id": m.producer.flow_run_id,
-                    "created_at": m.created_at,
-                    "parents": [p for p in m.parents if p in seen and p not in missing],
-                    "children": sorted(children.get(mid, [])),
-                    "files": len(m.files),
-                    "bytes": sum(f.bytes for f in m.files),
-                }
-            )
-        return {
-            "store": self.store.url,
-            "prefect_ui": self.prefect_ui,
-            "nodes": nodes,
-            "missing": missing,
-        }
-
-    def flow_run(self, run_id: str | None) -> dict[str, Any] | None:
-        """Name and state of a Prefect flow run, with its page; cached for 10 s, None without an API."""
-        if not run_id:
-            return None
-        link = f"{self.prefect_ui}/runs/flow-run/{run_id}" if self.prefect_ui else None
-        info: dict[str, Any] = {"id": run_id, "url": link}
-        if not self.prefect_api:
-            return info
-        now = time.monotonic()
-        with self._lock:
-            hit = self._runs.get(run_id)
-        if hit and now - hit[0] < 10:
-            return {**info, **(hit[1] or {})}
-        fetched: dict[str, Any] | None
-        try:
-            with urllib.request.urlopen(f"{self.prefect_api}/flow_runs/{run_id}", timeout=2) as resp:
-                data = json.loads(resp.read())
-            state = data.get("state") or {}
-            fetched = {
-                "name": data.get("name"),
-                "state": state.get("name"),
-                "state_type": state.get("type"),
-                "run_count": data.get("run_count"),
-                "deployment_id": data.get("deployment_id"),
-            }
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            fetched = {"error": f"Prefect API {self.prefect_api} unreachable or run unknown: {exc}"}
-        with self._lock:
-            self._runs[run_id] = (now, fetched)
-        return {**info, **fetched}
+    def graph(self, include_history: bool) -> dict[str, Any]:
+        return {**self.lineage.graph(include_history), "prefect_ui": self.runs.ui}
 
     def artifact(self, ref_or_id: str) -> dict[str, Any]:
-        mid = self.store.resolve(ref_or_id)
-        m = self.manifest(mid)
-        heads, versions, _ = self._ref_index(False)
-        data = m.model_dump(by_alias=True, mode="json")
-        children = []
-        for other in self.graph()["nodes"]:
-            if mid in other["parents"]:
-                children.append({"id": other["id"], "label": other["label"]})
-        parents = []
-        for p in m.parents:
-            try:
-                pm = self.manifest(p)
-                parents.append({"id": p, "label": f"{pm.kind}/{pm.name}"})
-            except (NotFound, DamagedFile) as exc:
-                label = "(damaged)" if isinstance(exc, DamagedFile) else "(missing)"
-                parents.append({"id": p, "label": label})
-        inline = {}
-        for f in m.files:
-            if f.path.rsplit("/", 1)[-1] in INLINE_JSON and f.bytes <= 1 << 20:
-                with contextlib.suppress(ValueError, OSError):  # not JSON after all: list it only
-                    inline[f.path] = json.loads(self.store.read_file_bytes(mid, f.path))
-        return {
-            "manifest": data,
-            "label": f"{m.kind}/{m.name}",
-            "heads": sorted(heads.get(mid, [])),
-            "versions": sorted(versions.get(mid, [])),
-            "parents": parents,
-            "children": children,
-            "images": [f.path for f in m.files if f.path.lower().endswith((".png", ".svg", ".jpg"))],
-            "stats": inline,
-            "flow_run": self.flow_run(m.producer.flow_run_id),
-            "task_run_url": (
-                f"{self.prefect_ui}/runs/task-run/{m.producer.task_run_id}"
-                if self.prefect_ui and m.producer.task_run_id
-                else None
-            ),
-        }
+        out = self.lineage.artifact(ref_or_id)
+        producer = out["manifest"]["producer"]
+        out["flow_run"] = self.runs.flow_run(producer.get("flow_run_id"))
+        out["task_run_url"] = self.runs.link(producer.get("task_run_id"), "task-run")
+        return out
 
-    def file(self, mid: str, path: str) -> tuple[bytes, str]:
-        m = self.manifest(self.store.resolve(mid))
-        entry = m.file(path)
-        if entry.bytes > MAX_FILE_BYTES:
-            raise ValueError(
-                f"{path} is {entry.bytes:,} bytes; the page serves files up to {MAX_FILE_BYTES:,}"
-            )
-        ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return self.store.read_file_bytes(m.id, path), ctype
 
-    def search(self, query: str) -> list[dict[str, str]]:
-        """A ref, ``ref@N`` or id prefix resolves exactly; otherwise a substring of ``kind/name``."""
-        query = query.strip()
-        if not query:
-            return []
-        try:
-            mid = self.store.resolve(query)
-            m = self.manifest(mid)
-            return [{"id": mid, "label": f"{m.kind}/{m.name}"}]
-        except (NotFound, InvalidName, KeyError, ValueError):
-            pass
-        q = query.lower()
-        return [
-            {"id": n["id"], "label": n["label"]}
-            for n in self.graph(include_history=True)["nodes"]
-            if q in n["label"].lower() or n["id"].startswith(q)
-        ]
+def _arg(query: dict[str, list[str]], name: str) -> str:
+    return query.get(name, [""])[0]
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return _arg(query, name) in {"1", "true"}
 
 
 def static_files(root: Path = STATIC) -> dict[str, Path]:
@@ -299,9 +141,9 @@ def _host_ok(header: str | None, allowed: frozenset[str], port: int, wildcard: b
     return True
 
 
-def _handler(lineage: Lineage, hosts: frozenset[str], port: int, wildcard: bool, read_timeout: float):
+def _handler(page: Page, hosts: frozenset[str], port: int, wildcard: bool, read_timeout: float):
     static = static_files()
-    public = _Scrubber(lineage.store.url)
+    public = _Scrubber(page.lineage.store.url)
 
     class Handler(BaseHTTPRequestHandler):
         timeout = read_timeout  # per read on the connection (socketserver sets it on the socket)
@@ -369,15 +211,25 @@ def _handler(lineage: Lineage, hosts: frozenset[str], port: int, wildcard: bool,
             elif path.startswith("/static/"):
                 self._static(path.removeprefix("/static/"))
             elif path == "/api/graph":
-                self._json(lineage.graph(include_history=query.get("all", ["0"])[0] in {"1", "true"}))
+                self._json(page.graph(include_history=_flag(query, "all")))
             elif path.startswith("/api/artifact/"):
-                self._json(lineage.artifact(path.removeprefix("/api/artifact/")))
+                self._json(page.artifact(path.removeprefix("/api/artifact/")))
             elif path.startswith("/api/file/"):
                 mid, _, rel = path.removeprefix("/api/file/").partition("/")
-                body, ctype = lineage.file(mid, rel)
+                body, ctype = page.lineage.file(mid, rel)
                 self._send(200, body, ctype, cache=True)  # content-addressed: never changes
+            elif path.startswith("/api/curves/"):
+                mid, _, rel = path.removeprefix("/api/curves/").partition("/")
+                self._json(page.lineage.curves(mid, rel))
+            elif path == "/api/compare":
+                a, b = _arg(query, "a"), _arg(query, "b")
+                if not a or not b:
+                    raise ValueError("compare needs two artifacts: ?a=REF_OR_ID&b=REF_OR_ID")
+                self._json(page.lineage.compare(a, b))
+            elif path == "/api/runs":
+                self._json(page.runs.snapshot())
             elif path == "/api/search":
-                self._json(lineage.search(query.get("q", [""])[0]))
+                self._json(page.lineage.search(_arg(query, "q")))
             elif path.startswith("/api/"):
                 self._json({"error": "no such API route"}, HTTPStatus.NOT_FOUND)
             else:
@@ -433,12 +285,12 @@ def make_server(
     ``read_timeout``: seconds a connection may go without sending before it is closed.
     """
     api, ui_url = prefect if prefect is not None else prefect_urls()
-    lineage = Lineage(store, api, ui_url)
+    page = Page(store, api, ui_url)
     server = _Server((host, port), BaseHTTPRequestHandler)
     bound_port = server.server_address[1]  # port 0 means any free one: the Host check needs the real one
     hosts = allowed_hosts(host, bound_port, extra_hosts)
     wildcard = host in WILDCARDS or not host
-    server.RequestHandlerClass = _handler(lineage, hosts, bound_port, wildcard, read_timeout)
+    server.RequestHandlerClass = _handler(page, hosts, bound_port, wildcard, read_timeout)
     server.daemon_threads = True
     return server
 

@@ -15,6 +15,10 @@ from m3.store.manifest import Producer
 from tests.conftest import REPO
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (git-ignored)
+DOCS = REPO / "docs"  # the README's screenshots: written there with M3_UI_SCREENSHOTS=docs
+VIEWPORT = {"width": 1400, "height": 900}  # the page as a laptop shows it (issue 29)
+DOCS_WIDTH = 1000  # docs/ screenshots are scaled down to this width
+EXPECT_TIMEOUT_MS = 30_000
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -78,7 +82,19 @@ def build_pipeline_store(root: Path) -> tuple[Store, dict[str, str]]:
         {"c4-de.json": _file(tmp, "c4.json", '{"text": "x"}\n')},
         stage="register-source",
     )
-    stats = _file(tmp, "stats.json", json.dumps({"totals": {"corpus_docs": 42, "duplicates:exact_id": 1}}))
+    books = {"read": 50, "kept": 42, "quarantined": 1, "duplicates:exact_id": 1, "filtered:short": 6}
+    stats = _file(
+        tmp,
+        "stats.json",
+        json.dumps(
+            {
+                "totals": books,
+                "by_source": {"wikipedia": books},
+                "by_lang": {"en": books},
+                "by_source_lang": {"wikipedia": {"en": books}},
+            }
+        ),
+    )
     commit(
         "corpus",
         "tiny",
@@ -96,8 +112,19 @@ def build_pipeline_store(root: Path) -> tuple[Store, dict[str, str]]:
         "checkpoint", "tiny", {"m.bin": _file(tmp, "m", "m")}, ["tokenizer/tiny", "pairs/tiny"], "pretrain"
     )
     commit("train-set", "tiny", {"train.jsonl": _file(tmp, "tr", "{}\n")}, ["queries/tiny"], "mine")
+    history = "".join(
+        json.dumps(
+            {"step": s, "loss": 2.0 / s, "loss_dense": 1.5 / s, "sparse_active": 0.5 + s / 40, "lr": 1e-4}
+        )
+        + "\n"
+        for s in range(1, 21)
+    )
     commit(
-        "model", "tiny", {"m.bin": _file(tmp, "m2", "m2")}, ["checkpoint/tiny", "train-set/tiny"], "finetune"
+        "model",
+        "tiny",
+        {"m.bin": _file(tmp, "m2", "m2"), "training/history.jsonl": _file(tmp, "h.jsonl", history)},
+        ["checkpoint/tiny", "train-set/tiny"],
+        "finetune",
     )
     commit(
         "report",
@@ -111,8 +138,45 @@ def build_pipeline_store(root: Path) -> tuple[Store, dict[str, str]]:
 
 
 def launch_browser(playwright, extra_args: list[str] = ()):
+    """Debian's Chromium, headless. Assertions wait up to ``EXPECT_TIMEOUT_MS`` (Playwright's 5 s
+    default is short on a loaded 2-core CI machine); a test that promises a time passes its own."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
     return playwright.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
     )
+
+
+def outside_viewport(page) -> list[str]:
+    """Labels of the artifact nodes not wholly inside both the window and the graph's own box."""
+    return page.evaluate(
+        """() => {
+          const box = document.getElementById("graph").getBoundingClientRect();
+          const w = window.innerWidth, h = window.innerHeight;
+          return [...document.querySelectorAll("#graph g.node")].filter((g) => {
+            const r = g.getBoundingClientRect();
+            return !(r.width > 0 && r.left >= Math.max(0, box.left) && r.top >= Math.max(0, box.top)
+              && r.right <= Math.min(w, box.right) && r.bottom <= Math.min(h, box.bottom));
+          }).map((g) => g.dataset.label);
+        }"""
+    )
+
+
+def save_screenshot(page, name: str) -> Path:
+    """``tests/artifacts/NAME``; with ``M3_UI_SCREENSHOTS=docs`` also ``docs/NAME``, scaled to
+    ``DOCS_WIDTH`` and reduced to a 256-colour palette (the README's pictures stay small)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    if os.environ.get("M3_UI_SCREENSHOTS") == "docs":
+        from PIL import Image
+
+        with Image.open(path) as img:
+            small = img.convert("RGB").resize(
+                (DOCS_WIDTH, round(img.height * DOCS_WIDTH / img.width)), Image.Resampling.LANCZOS
+            )
+            small.quantize(256, dither=Image.Dither.NONE).save(DOCS / name, optimize=True)
+    return path

@@ -1,243 +1,274 @@
-// m3 lineage page: the artifact graph of the store as a layered SVG drawing, and one artifact's
-// manifest, parents, children, metrics, stats and plots. No libraries; works offline.
+// m3 lineage page: the store's artifact graph, fitted to the window, with zoom and pan, filters,
+// the chain of a selected artifact, its details, version comparison and the live runs on the store.
+// Plain ES modules, no libraries: works offline.
 "use strict";
 
-const NODE_W = 175, NODE_H = 46, COL_GAP = 220, ROW_GAP = 64, PAD_X = 20, PAD_Y = 50;
+import { el, getJSON, short, svg } from "./dom.js";
+import { layout, NODE_W, NODE_H } from "./layout.js";
+import { Viewport } from "./viewport.js";
+import { renderArtifact, renderStage } from "./panel.js";
+import { renderCompare } from "./compare.js";
+import { fetchRuns, overlay, renderRunBar, POLL_MS, POLL_IDLE_MS } from "./runs.js";
+
 const KIND_COLORS = {
   source: "#d9d9d9", corpus: "#ffd59e", queries: "#c9e4ff", pairs: "#e0d4ff", tokenizer: "#f3d1e6",
-  checkpoint: "#c8f0d0", "train-set": "#b5e3e3", model: "#9fe0a8", report: "#ffb3a7",
+  checkpoint: "#c8f0d0", "train-set": "#b5e3e3", model: "#9fe0a8", report: "#ffb3a7", embeddings: "#e8e3c0",
+  "train-state": "#e6e6f0",
 };
-const SVG_NS = "http://www.w3.org/2000/svg";
-const state = { graph: null, byId: new Map(), selected: null, all: false };
+const LABEL_CHARS = 26;
+const state = {
+  graph: { nodes: [], profiles: [] }, all: false, profile: "", hiddenKinds: new Set(), selected: null,
+  runs: { prefect: { reachable: false }, runs: [] }, ghosts: [], badges: new Map(), runsSig: "", madeSig: "",
+  byId: new Map(), drawn: null,
+};
+const $ = (id) => document.getElementById(id);
+const root = $("graph"), viewport = new Viewport(root, $("viewport"));
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "onclick") node.addEventListener("click", v);
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  return node;
-}
 function colorOf(kind) {
   if (KIND_COLORS[kind]) return KIND_COLORS[kind];
   let h = 0;
   for (const ch of kind) h = (h * 31 + ch.charCodeAt(0)) % 360;
   return `hsl(${h} 60% 85%)`;
 }
-function short(id) { return id.slice(0, 12); }
-async function getJSON(url) {
-  const resp = await fetch(url);
-  const body = await resp.json();
-  if (!resp.ok) throw new Error(body.error || resp.statusText);
-  return body;
+
+// -- what is drawn: the store's nodes and the live stages, through the filters ------------------
+function visible() {
+  const keep = (n) => (!state.profile || (n.profile || "") === state.profile) && !state.hiddenKinds.has(n.kind);
+  const nodes = [...state.graph.nodes, ...state.ghosts].filter(keep);
+  const ids = new Set(nodes.map((n) => n.id));
+  return nodes.map((n) => ({ ...n, parents: n.parents.filter((p) => ids.has(p)) }));
 }
 
-// -- layout: longest-path layers from the raw sources, then barycenter ordering (Sugiyama-style) --
-function layout(nodes) {
-  const byId = new Map(nodes.map((n) => [n.id, n]));
-  const layer = new Map();
-  const depth = (id, seen = new Set()) => {
-    if (layer.has(id)) return layer.get(id);
-    if (seen.has(id)) return 0;  // cannot happen for content-addressed manifests; be safe anyway
-    seen.add(id);
-    const n = byId.get(id);
-    const d = n.parents.length ? 1 + Math.max(...n.parents.map((p) => depth(p, seen))) : 0;
-    layer.set(id, d);
-    return d;
-  };
-  nodes.forEach((n) => depth(n.id));
-  const columns = [];
-  for (const n of nodes) (columns[layer.get(n.id)] ||= []).push(n);
-  for (const col of columns) col.sort((a, b) => a.kind.localeCompare(b.kind) || a.name.localeCompare(b.name)
-    || a.created_at.localeCompare(b.created_at));
-  const index = new Map();
-  const reindex = () => columns.forEach((col) => col.forEach((n, i) => index.set(n.id, i)));
-  reindex();
-  const bary = (ids, fallback) => ids.length ? ids.reduce((s, id) => s + index.get(id), 0) / ids.length : fallback;
-  for (let sweep = 0; sweep < 3; sweep++) {
-    for (let c = 1; c < columns.length; c++) {
-      columns[c].sort((a, b) => bary(a.parents, index.get(a.id)) - bary(b.parents, index.get(b.id)));
-      reindex();
+function drawFilters() {
+  const pick = $("profile-filter");
+  const profiles = [...new Set(state.graph.nodes.map((n) => n.profile || ""))].sort();
+  pick.replaceChildren(el("option", { value: "", text: `all profiles (${profiles.length})` }),
+    ...profiles.map((p) => el("option", { value: p, text: p || "(no profile)", selected: p === state.profile })));
+  const kinds = [...new Set([...state.graph.nodes, ...state.ghosts].map((n) => n.kind))].sort();
+  $("legend").replaceChildren(...kinds.map((k) => el("button", {
+    class: `kind-toggle${state.hiddenKinds.has(k) ? " off" : ""}`, "data-kind": k, "aria-pressed": String(!state.hiddenKinds.has(k)),
+    title: state.hiddenKinds.has(k) ? `show ${k}` : `hide ${k}`,
+    onclick: () => { state.hiddenKinds.has(k) ? state.hiddenKinds.delete(k) : state.hiddenKinds.add(k); draw({ fit: true }); },
+  }, el("i", { style: `background:${colorOf(k)}` }), k)));
+}
+
+function nodeGroup(n, p) {
+  const cls = n.ghost ? ["run-node", `state-${n.run.state_type}`] : ["node", `kind-${n.kind}`];
+  if (!n.ghost && !n.heads.length) cls.push("superseded");
+  const g = svg("g", { class: cls.join(" "), transform: `translate(${p.x},${p.y})`, "data-id": n.id, "data-label": n.label,
+    "data-kind": n.kind, "data-profile": n.profile || "", tabindex: "0", role: "button", "data-stage": n.ghost ? n.stage : null });
+  const tip = n.ghost
+    ? `${n.label}\n${n.stage}: ${n.run.state_name}${n.run.error ? "\n" + n.run.error : ""}`
+    : `${n.label}\n${n.id}\n${n.heads.length ? "head of " + n.heads.join(", ") : "older version " + n.versions.join(", ")}`;
+  g.append(svg("title", {}, tip));
+  g.append(svg("rect", { width: NODE_W, height: NODE_H, fill: n.ghost ? null : colorOf(n.kind) }));
+  const text = n.label.length > LABEL_CHARS ? n.label.slice(0, LABEL_CHARS - 1) + "…" : n.label;
+  g.append(svg("text", { x: 8, y: 17 }, text));
+  let sub;
+  if (n.ghost) {
+    const pct = n.run.progress;
+    sub = `${n.stage}${n.run.round > 1 ? " r" + n.run.round : ""} · ${n.run.state_name}${pct !== null && pct !== undefined ? ` ${Math.round(pct)}%` : ""}`;
+    if (pct !== null && pct !== undefined) {
+      g.append(svg("rect", { class: "progress", x: 0, y: NODE_H - 4, width: (NODE_W * Math.min(100, pct)) / 100, height: 4 }));
     }
-    for (let c = columns.length - 2; c >= 0; c--) {
-      const kids = (n) => n.children.filter((k) => byId.has(k));
-      columns[c].sort((a, b) => bary(kids(a), index.get(a.id)) - bary(kids(b), index.get(b.id)));
-      reindex();
+  } else {
+    sub = `${short(n.id)} ${n.heads.length ? "" : (n.versions[0] || "").replace(/^.*@/, "@")} ${n.stage || ""}`;
+  }
+  g.append(svg("text", { x: 8, y: 33, class: "sub" }, sub));
+  const badge = state.badges.get(n.id);
+  if (badge) {
+    g.classList.add(`run-${badge.state_name.toLowerCase()}`);
+    g.append(svg("text", { x: NODE_W - 6, y: 13, class: "badge", "text-anchor": "end" }, badge.state_name.toLowerCase()));
+  }
+  g.addEventListener("click", () => select(n.id));
+  g.addEventListener("keydown", (e) => { if (e.key === "Enter") select(n.id); });
+  return g;
+}
+
+function draw({ fit = false } = {}) {
+  const nodes = visible();
+  state.byId = new Map(nodes.map((n) => [n.id, n]));
+  const { pos, width, height, bands } = layout(nodes);
+  state.drawn = { pos, width, height };
+  const bandLayer = svg("g", { class: "bands" });
+  if (bands.length > 1 || (bands[0] && bands[0].profile)) {
+    for (const b of bands) {
+      bandLayer.append(svg("rect", { class: "band", x: -14, y: b.y - 4, width: width + 28, height: b.height + 8, rx: 8 }));
+      bandLayer.append(svg("text", { class: "band-title", x: -6, y: b.y + 11 }, b.profile ? `profile ${b.profile}` : "no profile"));
     }
   }
-  const pos = new Map();
-  const tallest = Math.max(1, ...columns.map((c) => c.length));
-  columns.forEach((col, c) => {
-    const offset = ((tallest - col.length) * ROW_GAP) / 2;  // centre short columns
-    col.forEach((n, i) => pos.set(n.id, { x: PAD_X + c * COL_GAP, y: PAD_Y + offset + i * ROW_GAP }));
-  });
-  return { pos, width: PAD_X * 2 + (columns.length - 1) * COL_GAP + NODE_W, height: PAD_Y + tallest * ROW_GAP };
-}
-
-function drawGraph() {
-  const g = state.graph;
-  const root = document.getElementById("graph");
-  root.replaceChildren();
-  document.getElementById("empty").hidden = g.nodes.length > 0;
-  const { pos, width, height } = layout(g.nodes);
-  root.setAttribute("width", Math.max(width, 300));
-  root.setAttribute("height", Math.max(height, 200));
-  const defs = svg("defs");
-  const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5",
-    markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" });
-  marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#99a" }));
-  defs.append(marker);
-  root.append(defs);
   const edges = svg("g", { class: "edges" });
-  for (const n of g.nodes) {
+  for (const n of nodes) {
     for (const p of n.parents) {
       const a = pos.get(p), b = pos.get(n.id);
       if (!a || !b) continue;
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2, mx = (x1 + x2) / 2;
-      edges.append(svg("path", { class: "edge", d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`,
+      const cls = ["edge"];
+      if (state.byId.get(p).ghost || n.ghost) cls.push("run-edge");
+      if (!state.byId.get(p).heads.length && !state.byId.get(p).ghost) cls.push("superseded");
+      edges.append(svg("path", { class: cls.join(" "), d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`,
         "marker-end": "url(#arrow)", "data-from": p, "data-to": n.id }));
     }
   }
-  root.append(edges);
   const layer = svg("g", { class: "nodes" });
-  for (const n of g.nodes) {
-    const { x, y } = pos.get(n.id);
-    const cls = ["node", `kind-${n.kind}`];
-    if (!n.heads.length) cls.push("superseded");
-    const group = svg("g", { class: cls.join(" "), transform: `translate(${x},${y})`, "data-id": n.id,
-      "data-label": n.label, tabindex: "0", role: "button" });
-    const title = svg("title");
-    title.textContent = `${n.label}\n${n.id}\n${n.heads.length ? "head of " + n.heads.join(", ") : "older version"}`;
-    group.append(title);
-    group.append(svg("rect", { width: NODE_W, height: NODE_H, fill: colorOf(n.kind) }));
-    const label = svg("text", { x: 8, y: 18 });
-    label.textContent = n.label.length > 28 ? n.label.slice(0, 27) + "…" : n.label;
-    const sub = svg("text", { x: 8, y: 35, class: "sub" });
-    sub.textContent = `${short(n.id)}  ${n.stage || ""}`;
-    group.append(label, sub);
-    group.addEventListener("click", () => select(n.id));
-    group.addEventListener("keydown", (e) => { if (e.key === "Enter") select(n.id); });
-    layer.append(group);
+  // older versions first, so their head (drawn after) sits on top of the stack's edges
+  for (const n of [...nodes].sort((x, y) => (x.heads.length > 0 || x.ghost) - (y.heads.length > 0 || y.ghost))) {
+    layer.append(nodeGroup(n, pos.get(n.id)));
   }
-  root.append(layer);
-  const kinds = [...new Set(g.nodes.map((n) => n.kind))];
-  document.getElementById("legend").replaceChildren(...kinds.map((k) =>
-    el("span", {}, el("i", { style: `background:${colorOf(k)}` }), k)));
+  $("viewport").replaceChildren(bandLayer, edges, layer);
+  $("empty").hidden = nodes.length > 0;
+  if (fit || !viewport.moved) fitView();
+  if (state.selected) highlight(state.selected);
+}
+
+function fitView() {
+  if (!state.drawn) return;
+  viewport.fit({ x: -14, y: -4, width: state.drawn.width + 28, height: state.drawn.height + 8 });
+}
+
+// -- selection: the whole upstream and downstream chain ----------------------------------------
+function chain(id) {
+  const up = new Set(), down = new Set();
+  const kids = new Map();
+  for (const n of state.byId.values()) for (const p of n.parents) (kids.get(p) || kids.set(p, []).get(p)).push(n.id);
+  const walk = (start, next, seen) => {
+    const stack = [start];
+    while (stack.length) for (const x of next(stack.pop()) || []) if (!seen.has(x)) { seen.add(x); stack.push(x); }
+  };
+  walk(id, (x) => (state.byId.get(x) || {}).parents, up);
+  walk(id, (x) => kids.get(x), down);
+  return { up, down };
 }
 
 function highlight(id) {
-  const n = state.byId.get(id);
-  const parents = new Set(n ? n.parents : []), children = new Set(n ? n.children : []);
-  document.querySelectorAll("#graph .node").forEach((g) => {
+  const { up, down } = chain(id);
+  $("graph").classList.toggle("has-selection", Boolean(state.byId.get(id)));
+  document.querySelectorAll("#graph g.node, #graph g.run-node").forEach((g) => {
     const nid = g.dataset.id;
     g.classList.toggle("selected", nid === id);
-    g.classList.toggle("related", parents.has(nid) || children.has(nid));
+    g.classList.toggle("upstream", up.has(nid));
+    g.classList.toggle("downstream", down.has(nid));
+    g.classList.toggle("chain", nid === id || up.has(nid) || down.has(nid));
   });
-  document.querySelectorAll("#graph .edge").forEach((e) => {
-    e.classList.toggle("hl-parent", e.dataset.to === id);
-    e.classList.toggle("hl-child", e.dataset.from === id);
+  document.querySelectorAll("#graph path.edge").forEach((e) => {
+    const { from, to } = e.dataset;
+    e.classList.toggle("hl-parent", to === id);
+    e.classList.toggle("hl-child", from === id);
+    e.classList.toggle("chain-up", (to === id || up.has(to)) && up.has(from));
+    e.classList.toggle("chain-down", (from === id || down.has(from)) && down.has(to));
   });
-  const node = document.querySelector(`#graph .node[data-id="${id}"]`);
-  if (node && node.scrollIntoView) node.scrollIntoView({ block: "nearest", inline: "nearest" });
 }
 
-function flatten(obj, prefix = "", out = []) {
-  for (const [k, v] of Object.entries(obj || {})) {
-    const key = prefix + k;
-    if (k === "table_markdown") continue;
-    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key + ".", out);
-    else out.push([key, Array.isArray(v) ? JSON.stringify(v).slice(0, 300) : String(v)]);
-  }
-  return out;
+function openPanel(open) {
+  document.querySelector("main").classList.toggle("with-panel", open);
 }
 
-function artifactLink(item) {
-  return el("li", {}, el("button", { class: "link", "data-id": item.id, onclick: () => select(item.id),
-    text: item.label }), " ", el("code", { text: short(item.id) }));
-}
-
-function renderDetails(a) {
-  const m = a.manifest, p = m.producer || {};
-  const pane = document.getElementById("details");
-  const run = a.flow_run;
-  const runLine = run ? el("p", {},
-    "Prefect flow run: ",
-    run.url ? el("a", { href: run.url, target: "_blank", rel: "noopener", id: "flow-run-link",
-      text: run.name || run.id }) : el("code", { text: run.id }),
-    run.state ? el("span", { class: `state-${run.state_type}`, text: ` (${run.state})` }) : null,
-    run.error ? el("span", { class: "muted", text: ` — ${run.error}` }) : null,
-    a.task_run_url ? el("span", {}, " · ", el("a", { href: a.task_run_url, target: "_blank", rel: "noopener",
-      text: "task run" })) : null) : el("p", { class: "muted", text: "no Prefect run recorded" });
-  const files = el("table", {}, el("tr", {}, el("th", { text: "path" }), el("th", { text: "bytes" }),
-    el("th", { text: "rows" })), ...m.files.slice(0, 200).map((f) => el("tr", {},
-    el("td", {}, el("code", { text: f.path })), el("td", { text: f.bytes.toLocaleString("en") }),
-    el("td", { text: f.rows ?? "" }))));
-  const metrics = flatten(m.metrics);
-  const md = m.metrics && m.metrics.table_markdown;
-  pane.replaceChildren(
-    el("h2", { id: "artifact-title", text: a.label }),
-    el("p", {}, "manifest ", el("code", { id: "manifest-id", text: m.id })),
-    el("p", {}, a.heads.length ? `head of ${a.heads.join(", ")}` : "an older version",
-      a.versions.length ? ` · versions: ${a.versions.join(", ")}` : ""),
-    el("p", { class: "muted" }, `created ${m.created_at} · stage ${p.stage || "-"} · flow ${p.flow || "-"}`,
-      ` · git ${(p.git_commit || "-").slice(0, 10)}${p.git_dirty ? " (dirty)" : ""}`,
-      ` · config ${(p.config_hash || "-").slice(0, 12)}`),
-    runLine,
-    el("h3", { text: `Parents (${a.parents.length})` }),
-    a.parents.length ? el("ul", { id: "parents" }, a.parents.map(artifactLink))
-      : el("p", { id: "parents", class: "muted", text: "none: raw input files" }),
-    el("h3", { text: `Children (${a.children.length})` }),
-    a.children.length ? el("ul", { id: "children" }, a.children.map(artifactLink))
-      : el("p", { id: "children", class: "muted", text: "none yet" }),
-    a.images.length ? el("h3", { text: "Plots" }) : null,
-    ...a.images.map((path) => el("figure", {}, el("img", { src: `/api/file/${m.id}/${encodeURI(path)}`, alt: path }),
-      el("figcaption", { class: "muted", text: path }))),
-    md ? el("h3", { text: "Report" }) : null,
-    md ? el("pre", { text: md }) : null,
-    el("h3", { text: "Metrics" }),
-    metrics.length ? el("table", { id: "metrics" }, metrics.map(([k, v]) => el("tr", {}, el("td", {}, el("code", { text: k })),
-      el("td", { text: v })))) : el("p", { class: "muted", text: "none" }),
-    ...Object.entries(a.stats).map(([path, value]) => el("details", {}, el("summary", { text: `stats: ${path}` }),
-      el("pre", { text: JSON.stringify(value, null, 2).slice(0, 20000) }))),
-    el("h3", { text: `Files (${m.files.length})` }),
-    files,
-    el("details", { id: "manifest-json" }, el("summary", { text: "manifest JSON" }),
-      el("pre", { text: JSON.stringify(m, null, 2) })),
-  );
+function closePanel() {
+  state.selected = null;
+  openPanel(false);
+  $("graph").classList.remove("has-selection");
+  document.querySelectorAll("#graph .chain, #graph .selected").forEach((g) => g.classList.remove("chain", "selected", "upstream", "downstream"));
+  document.querySelectorAll("#graph path.edge").forEach((e) => e.classList.remove("hl-parent", "hl-child", "chain-up", "chain-down"));
+  history.replaceState(null, "", location.pathname);
 }
 
 async function select(id) {
   state.selected = id;
+  openPanel(true);
   highlight(id);
+  const pane = $("details");
+  const where = state.drawn && state.drawn.pos.get(id);
+  if (where) requestAnimationFrame(() => viewport.reveal({ x: where.x, y: where.y, width: NODE_W, height: NODE_H }));
+  const ghost = state.ghosts.find((g) => g.id === id);
+  if (ghost) {
+    renderStage(pane, ghost, { select, close: closePanel });
+    return;
+  }
   if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
   try {
-    renderDetails(await getJSON(`/api/artifact/${encodeURIComponent(id)}`));
-    highlight(id);
+    await renderArtifact(pane, await getJSON(`/api/artifact/${encodeURIComponent(id)}`), { select, openCompare, close: closePanel });
+    pane.dataset.id = id;
   } catch (err) {
-    document.getElementById("details").replaceChildren(el("p", { class: "error", text: String(err.message || err) }));
+    pane.replaceChildren(el("p", { class: "error", text: String(err.message || err) }));
   }
 }
 
-async function loadGraph() {
-  state.graph = await getJSON(`/api/graph${state.all ? "?all=1" : ""}`);
-  state.byId = new Map(state.graph.nodes.map((n) => [n.id, n]));
-  document.getElementById("store").textContent = `store: ${state.graph.store} · ${state.graph.nodes.length} artifacts`;
-  const link = document.getElementById("prefect-link");
-  if (state.graph.prefect_ui) { link.href = state.graph.prefect_ui; link.hidden = false; }
-  drawGraph();
-  document.body.dataset.ready = "1";
+// -- compare two versions --------------------------------------------------------------------
+async function openCompare(a, b) {
+  const box = $("compare");
+  box.hidden = false;
+  box.replaceChildren(el("p", { class: "muted", text: "comparing…" }));
+  history.replaceState(null, "", `#compare=${encodeURIComponent(a)},${encodeURIComponent(b)}`);
+  try {
+    const result = await getJSON(`/api/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
+    renderCompare(box, result, { select, close: closeCompare, swap: () => openCompare(b, a) });
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "error", text: String(err.message || err) }),
+      el("button", { onclick: closeCompare, text: "close" }));
+  }
 }
 
+function closeCompare() {
+  $("compare").hidden = true;
+  history.replaceState(null, "", state.selected ? `#${state.selected}` : location.pathname);
+}
+
+// -- loading and live runs ---------------------------------------------------------------------
+async function loadGraph({ fit = false } = {}) {
+  state.graph = await getJSON(`/api/graph${state.all ? "?all=1" : ""}`);
+  performance.mark("m3-graph-read");
+  $("store").textContent = `store: ${state.graph.store} · ${state.graph.nodes.length} artifacts`;
+  const link = $("prefect-link");
+  if (state.graph.prefect_ui) { link.href = state.graph.prefect_ui; link.hidden = false; }
+  applyRuns();
+  drawFilters();
+  draw({ fit });
+}
+
+function applyRuns() {
+  const { ghosts, badges } = overlay(state.runs.runs, state.graph.nodes);
+  state.ghosts = ghosts;
+  state.badges = badges;
+}
+
+function selectStage(run, i) {
+  const ghost = state.ghosts.find((g) => g.pipeline.id === run.id && g.id === `run:${run.id}:${i}`);
+  if (ghost) return select(ghost.id);
+  const s = run.stages[i];
+  const made = state.graph.nodes.find((n) => s.ref && n.heads.includes(s.ref));
+  if (made) select(made.id);
+}
+
+async function pollRuns() {
+  let wait = POLL_MS;
+  try {
+    const snap = await fetchRuns();
+    state.runs = snap;
+    renderRunBar($("runbar"), snap, selectStage);
+    if (!snap.prefect.reachable) wait = POLL_IDLE_MS;
+    const sig = JSON.stringify(snap.runs);
+    if (sig !== state.runsSig) {
+      state.runsSig = sig;
+      // a stage that finished has put an artifact in the store: read the graph again
+      const made = JSON.stringify(snap.runs.flatMap((r) => r.stages.filter((s) => s.state_type === "COMPLETED").map((s) => s.id)));
+      if (made !== state.madeSig) { state.madeSig = made; await loadGraph(); }
+      else { applyRuns(); drawFilters(); draw(); }
+      if (state.selected && state.selected.startsWith("run:")) {
+        const still = state.ghosts.find((g) => g.id === state.selected);
+        if (still) renderStage($("details"), still, { select, close: closePanel });
+      }
+    }
+    document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
+  } catch (err) {
+    wait = POLL_IDLE_MS;
+    $("runbar").replaceChildren(el("span", { id: "prefect-status", class: "offline", text: `runs: ${err.message || err}` }));
+  }
+  setTimeout(pollRuns, wait);
+}
+
+// -- wiring -----------------------------------------------------------------------------------
 async function search(query) {
-  const box = document.getElementById("search-results");
+  const box = $("search-results");
   box.hidden = true;
   const hits = await getJSON(`/api/search?q=${encodeURIComponent(query)}`);
   if (hits.length === 1) return select(hits[0].id);
@@ -247,13 +278,40 @@ async function search(query) {
   box.hidden = false;
 }
 
-document.getElementById("search").addEventListener("submit", (e) => {
+$("search").addEventListener("submit", (e) => {
   e.preventDefault();
-  search(document.getElementById("q").value).catch((err) => alert(err.message));
+  search($("q").value).catch((err) => alert(err.message));
 });
-document.getElementById("all-versions").addEventListener("change", (e) => {
+$("all-versions").addEventListener("change", (e) => {
   state.all = e.target.checked;
-  loadGraph().then(() => state.selected && highlight(state.selected));
+  loadGraph({ fit: true });
 });
-loadGraph().then(() => { if (location.hash.length > 1) select(decodeURIComponent(location.hash.slice(1))); })
-  .catch((err) => document.getElementById("details").replaceChildren(el("p", { class: "error", text: String(err) })));
+$("profile-filter").addEventListener("change", (e) => { state.profile = e.target.value; draw({ fit: true }); });
+$("fit").addEventListener("click", fitView);
+$("zoom-in").addEventListener("click", () => viewport.zoomBy(1.25));
+$("zoom-out").addEventListener("click", () => viewport.zoomBy(0.8));
+new ResizeObserver(() => { if (!viewport.moved) fitView(); }).observe(root);  // window, panel
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") { if (!$("compare").hidden) closeCompare(); else closePanel(); }
+});
+
+// #ID selects an artifact, #compare=A,B compares two: links, bookmarks and back/forward
+function followHash() {
+  const hash = decodeURIComponent(location.hash.slice(1));
+  if (hash.startsWith("compare=")) {
+    const [a, b] = hash.slice(8).split(",");
+    if (a && b) openCompare(a, b);
+  } else if (hash && hash !== state.selected) {
+    select(hash);
+  }
+}
+window.addEventListener("hashchange", followHash);
+
+loadGraph({ fit: true })
+  .then(() => {
+    document.body.dataset.ready = "1";
+    performance.mark("m3-first-draw");
+    followHash();
+    pollRuns();
+  })
+  .catch((err) => $("details").replaceChildren(el("p", { class: "error", text: String(err) })));

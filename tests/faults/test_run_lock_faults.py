@@ -20,7 +20,7 @@ import pytest
 
 from m3.store import Store
 from m3.store.runlock import RunLock, RunLocked, hold
-from tests.conftest import REPO, run_m3_at_once
+from tests.conftest import REPO, m3_subprocess_env, run_m3, run_m3_at_once
 from tests.support.fault_cases import end_to_end, on_both
 from tests.support.profiles import tiny_profile_data, write_profile
 
@@ -187,6 +187,22 @@ def test_the_lock_is_reentrant_in_one_process_and_renewed(tmp_path, monkeypatch)
         with pytest.raises(RunLocked):  # another process (here: another RunLock) still cannot take it
             RunLock(backend, "p", "other", wait=0).acquire()
     assert backend.walk_files("locks") == []
+
+
+@pytest.mark.fault(case="m3 run --lock-wait 0 while another run holds the profile", outcome="refused")
+def test_m3_run_refuses_in_one_line_while_the_profile_is_locked(tmp_path):
+    """Before Prefect starts: exit 2, one line naming the holder, the lock left to its holder."""
+    profile = write_profile(tmp_path, tiny_profile_data("held"))
+    store = str(tmp_path / "store")
+    with hold(Store(store).backend, "held", "run-A", wait=0) as lock:
+        env = m3_subprocess_env(tmp_path, None)
+        proc = run_m3(
+            ["run", "--profile", str(profile), "--store", store, "--lock-wait", "0"], env, check=False
+        )
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "m3: error: profile held on store " in proc.stderr and "locked by run run-A" in proc.stderr
+        assert Store(store).backend.walk_files("locks") == [f"locks/run/held/{lock.seq:010d}.json"]
+    assert not list((tmp_path / "prefect").rglob("*.db"))  # no Prefect server was started
 
 
 RUN_TWICE = "m3 run of one profile twice at once on one store: one builds, the other waits and reuses"

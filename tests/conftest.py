@@ -95,7 +95,7 @@ def prefect_server(tmp_path_factory):
     os.environ["PREFECT_HOME"] = str(home)  # the server's SQLite database lives here
     try:
         server = SubprocessASGIServer(port=_free_port())
-        server.start(timeout=240)
+        server.start(timeout=600)  # minutes of start-up on a loaded 2-core machine
     finally:
         if old is None:
             os.environ.pop("PREFECT_HOME", None)

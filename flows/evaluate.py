@@ -38,7 +38,9 @@ def evaluate(
     promote_champion: bool = True,
 ) -> State | dict[str, Any]:
     """The profile's model on its held-out ICT queries; champion comparison and promotion."""
-    result, decision = build_evaluation(open_env(profile, store), refresh, inputs, promote_champion)
+    env = open_env(profile, store)
+    with env.run_lock():
+        result, decision = build_evaluation(env, refresh, inputs, promote_champion)
     return _with(flow_result(result), champion=decision)
 
 

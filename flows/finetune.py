@@ -26,6 +26,7 @@ def finetune(
     GPU); None keeps the profile's ``finetune.nproc_per_node``. ``round`` (iterative ANCE): the
     round's model is ``model/<profile>-r<round>``, trained on from ``inputs["checkpoint"]``."""
     env = open_env(profile, store)
-    checkpoint = env.input_id(inputs, "checkpoint", "checkpoint")
-    train_set = env.input_id(inputs, "train-set", "train-set")
-    return flow_result(build_model(env, checkpoint, train_set, refresh, nproc_per_node, round))
+    with env.run_lock():
+        checkpoint = env.input_id(inputs, "checkpoint", "checkpoint")
+        train_set = env.input_id(inputs, "train-set", "train-set")
+        return flow_result(build_model(env, checkpoint, train_set, refresh, nproc_per_node, round))

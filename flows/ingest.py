@@ -68,4 +68,5 @@ def ingest(
         files = ingest_files.with_options(task_runner=dask_runner(dask))
         return files(handoff, jobs, cfg, out_dir, env.profile.languages)
 
-    return flow_result(build_corpus(env, refresh, run_files))
+    with env.run_lock():
+        return flow_result(build_corpus(env, refresh, run_files))

@@ -81,4 +81,5 @@ def mine(
                 env.store.url, queries, config, teacher, name
             )
 
-    return flow_result(build_train_set(env, refresh, inputs, round, run_bm25, run_dense))
+    with env.run_lock():
+        return flow_result(build_train_set(env, refresh, inputs, round, run_bm25, run_dense))

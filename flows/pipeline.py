@@ -18,7 +18,7 @@ from flows.synthesize import synthesize
 from m3.run_plan import plan_key, plan_rows
 from m3.selection import select_stages as choose_stages
 from m3.stage import pipeline_order
-from m3.stage_env import open_env
+from m3.stage_env import StageEnv, open_env
 from tasks.mining.stage import round_name
 
 # Each stage is declared once, on its flow (``@declare``: kind, inputs, config sections); the
@@ -35,12 +35,22 @@ def pipeline(
     from_stage: str | None = None,
     only: list[str] | None = None,
     refresh: list[str] | None = None,
+    lock_wait: float | None = None,
 ) -> dict[str, Any]:
     """ingest → synthesize → pretrain → mine → finetune → evaluate on one profile.
 
     Stages not selected (``from_stage``/``only``) are taken from the profile's refs in the store.
+    One run of a profile at a time on a store: a second one waits up to ``lock_wait`` seconds for
+    the first (None: ``M3_RUN_LOCK_WAIT`` or an hour; ``m3.store.runlock``), then reuses its work.
     """
     env = open_env(profile, store)
+    with env.run_lock(lock_wait):
+        return _pipeline(env, profile, from_stage, only, refresh)
+
+
+def _pipeline(
+    env: StageEnv, profile: str, from_stage: str | None, only: list[str] | None, refresh: list[str] | None
+) -> dict[str, Any]:
     log = get_run_logger()
     selected = select_stages(from_stage, only, refresh)
     refresh = refresh or []

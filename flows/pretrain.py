@@ -28,5 +28,6 @@ def pretrain(
     model), RetroMAE when the profile has ``retromae``, then dense InfoNCE on title–body and translation
     pairs unless ``pretrain`` is null (then the starting model is the checkpoint)."""
     env = open_env(profile, store)
-    corpus = env.input_id(inputs, "corpus", "corpus")
-    return flow_result(build_checkpoint(env, corpus, refresh))
+    with env.run_lock():
+        corpus = env.input_id(inputs, "corpus", "corpus")
+        return flow_result(build_checkpoint(env, corpus, refresh))

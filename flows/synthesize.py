@@ -20,4 +20,6 @@ def synthesize(
     inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Queries for corpus passages: ICT pseudo-queries (offline) or LLM questions (``openai``)."""
-    return flow_result(build_queries(open_env(profile, store), refresh, inputs))
+    env = open_env(profile, store)
+    with env.run_lock():
+        return flow_result(build_queries(env, refresh, inputs))

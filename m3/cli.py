@@ -60,6 +60,15 @@ def run(
     from_stage: Annotated[str | None, typer.Option("--from", help="start at this stage")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="run only these stages")] = None,
     refresh: Annotated[list[str] | None, typer.Option("--refresh", help="recompute these stages")] = None,
+    lock_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--lock-wait",
+            min=0,
+            help="seconds to wait while another run of the profile holds the store's run lock "
+            "(default: $M3_RUN_LOCK_WAIT or 3600; 0: refuse at once)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the pipeline (or part of it) on a profile; ends with the evaluation table."""
@@ -68,7 +77,7 @@ def run(
     # First: SIGTERM/SIGINT stop every phase in order (imports and config too), and whatever the
     # run leaves in the temp dir goes with it.
     with lifecycle.run_scope():
-        _run(profile, store, from_stage, only, refresh, as_json)
+        _run(profile, store, from_stage, only, refresh, lock_wait, as_json)
 
 
 def _run(
@@ -77,6 +86,7 @@ def _run(
     from_stage: str | None,
     only: list[str] | None,
     refresh: list[str] | None,
+    lock_wait: float | None,
     as_json: bool,
 ) -> None:
     from flows.pipeline import select_stages
@@ -98,8 +108,15 @@ def _run(
         check_workers_reach_store(store_url, address)  # each worker writes and reads back a marker
 
     from m3.prefect_api import prefect_api
+    from m3.store.backend import Backend
+    from m3.store.runlock import hold
 
-    with prefect_api():
+    def say(line: str) -> None:
+        typer.echo(f"m3: {line}", err=True)
+
+    # The profile's run lock before Prefect starts (a second run waits or is refused in seconds);
+    # the pipeline flow takes it again, re-entrantly, and names its flow run in it.
+    with hold(Backend(store_url), prof.name, "m3 run (starting)", lock_wait, say), prefect_api():
         from flows.pipeline import pipeline
 
         state = pipeline(
@@ -108,6 +125,7 @@ def _run(
             from_stage=from_stage,
             only=only,
             refresh=refresh,
+            lock_wait=lock_wait,
             return_state=True,
         )
         if not state.is_completed():

@@ -19,8 +19,8 @@ from typing import Any
 from m3 import lifecycle, openlineage
 from m3.codekey import code_digest
 from m3.provenance import git_state, package_versions
-from m3.store.errors import NotFound
-from m3.store.manifest import Producer, canonical_json, hash_config
+from m3.store.errors import ManifestMissing, NotFound
+from m3.store.manifest import Manifest, Producer, canonical_json, hash_config
 from m3.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ _TRANSIENT_S3_CODES = {
     "500",
 }
 _TRANSIENT_ERRNOS = {4, 11, 16, 104, 110, 111, 113, 101, 32}  # EINTR EAGAIN EBUSY ECONNRESET ETIMEDOUT …
+# A parent manifest or blob gone from the store (removed by gc, or by hand) while the stage ran: the
+# stage is run once more from its start (``run_stage``), which makes its own intermediates again.
+_LOST_NAMES = {"ParentMissing", "MissingBlob", "ManifestMissing"}
 # Bad data: decoding, parsing, schema. The same input fails the same way on every attempt.
 # bad bytes fail the same way again: a corrupt blob or a damaged store file is data, never retried
 _DATA_NAMES = {
@@ -135,17 +138,24 @@ def _s3_code(exc: BaseException) -> str:
 
 
 def classify_failure(exc: BaseException) -> str:
-    """``"transient"``, ``"oom"``, ``"data"`` or ``"error"`` for an exception (its cause chain too).
+    """``"transient"``, ``"oom"``, ``"lost"``, ``"data"`` or ``"error"`` for an exception (its cause
+    chain too; ``cause_type`` where a failure crossed a process without its cause).
 
-    Only ``transient`` is worth an automatic retry: bad data and out-of-memory fail again the same
-    way, and any other error (a bug) needs a person.
+    ``transient`` is worth a task retry, ``lost`` (a parent removed from the store meanwhile) one
+    rerun of the stage (:func:`run_stage`): bad data and out-of-memory fail again the same way, and
+    any other error (a bug) needs a person.
     """
     for e in _chain(exc):
         names = {c.__name__ for c in type(e).__mro__}
         if names & _OOM_NAMES or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
             return "oom"
-        if isinstance(e, StageFailed) and e.cause_type in _OOM_NAMES:
+        if getattr(e, "cause_type", None) in _OOM_NAMES:
             return "oom"
+    for e in _chain(exc):
+        if {c.__name__ for c in type(e).__mro__} & _LOST_NAMES or getattr(
+            e, "cause_type", None
+        ) in _LOST_NAMES:
+            return "lost"
     for e in _chain(exc):
         names = {c.__name__ for c in type(e).__mro__}
         if names & _TRANSIENT_NAMES or _s3_code(e) in _TRANSIENT_S3_CODES:
@@ -270,13 +280,22 @@ def run_stage(
     flow_run_id: str | None = None,
     task_run_id: str | None = None,
 ) -> StageResult:
-    """Return the cached artifact for ``spec`` or build, commit and cache a new one."""
+    """Return the cached artifact for ``spec`` or build, commit and cache a new one.
+
+    A build or commit that fails because a parent went from the store meanwhile (``lost``: removed
+    by gc?) runs once more from its start, in a fresh scratch folder, if the stage's own inputs are
+    still there (the lost parent was one of its intermediates, which the rerun makes again)."""
     key = spec.key()
     if not refresh:
         cached = store.cache_lookup(spec.stage, key)
         if cached:
-            store.set_ref(spec.ref, cached)
-            return StageResult(spec.stage, spec.kind, spec.ref, cached, cached=True)
+            try:
+                store.set_ref(spec.ref, cached)
+                return StageResult(spec.stage, spec.kind, spec.ref, cached, cached=True)
+            except ManifestMissing:  # collected between the lookup and the ref: make it again
+                log.warning(
+                    "stage %s: cached %s went from the store meanwhile; building it", spec.stage, cached
+                )
     commit, dirty = git_state()
     producer = Producer(
         stage=spec.stage,
@@ -290,17 +309,41 @@ def run_stage(
         config=dict(spec.config),
         config_hash=hash_config(spec.config),
     )
-    scratch = Path(tempfile.mkdtemp(prefix=f"m3-{spec.stage}-", dir=lifecycle.run_dir()))  # gone with the run
     lineage = openlineage.stage_run(store, spec, flow=flow, flow_run_id=flow_run_id)
     lineage.start()
+    for attempt in (1, 2):
+        try:
+            manifest = _build_and_commit(store, spec, build, producer)
+            break
+        except Exception as exc:
+            kind = classify_failure(exc)
+            if attempt == 1 and kind == "lost" and _inputs_present(store, spec):
+                log.warning(
+                    "%s — a parent went from the store (gc?): running the stage again from its start", exc
+                )
+                continue
+            if isinstance(exc, StageFailed):
+                log.error("%s", exc)
+            lineage.fail(exc)
+            raise
+    store.cache_record(spec.stage, key, manifest.id)
+    lineage.complete(manifest)
+    return StageResult(spec.stage, spec.kind, spec.ref, manifest.id, cached=False)
+
+
+def _build_and_commit(
+    store: Store, spec: StageSpec, build: Callable[[Path], StageOutput], producer: Producer
+) -> Manifest:
+    """One attempt: build in a fresh scratch folder (gone with the run), then commit. A build error
+    comes back as a :class:`StageFailed`; the commit's own errors (store unavailable, ref conflict,
+    a parent gone) as they are."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"m3-{spec.stage}-", dir=lifecycle.run_dir()))
     try:
         try:
             out = build(scratch)
         except Exception as exc:
-            failure = _stage_failed(store, spec, exc)
-            lineage.fail(failure)
-            raise failure from exc
-        manifest = store.commit(
+            raise _stage_failed(store, spec, exc) from exc
+        return store.commit(
             spec.kind,
             spec.name,
             out.files,
@@ -311,16 +354,16 @@ def run_stage(
             rows=out.rows,
             ref=spec.ref,
         )
-    except StageFailed:
-        raise
-    except Exception as exc:  # the commit itself (store unavailable, ref conflict)
-        lineage.fail(exc)
-        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    store.cache_record(spec.stage, key, manifest.id)
-    lineage.complete(manifest)
-    return StageResult(spec.stage, spec.kind, spec.ref, manifest.id, cached=False)
+
+
+def _inputs_present(store: Store, spec: StageSpec) -> bool:
+    """Whether every input manifest of the stage is still stored (without them a rerun fails again)."""
+    try:
+        return all(store.backend.exists(f"manifests/{mid}.json") for mid in spec.inputs.values())
+    except Exception:
+        return False
 
 
 def _stage_failed(store: Store, spec: StageSpec, exc: Exception) -> StageFailed:
@@ -342,7 +385,6 @@ def _stage_failed(store: Store, spec: StageSpec, exc: Exception) -> StageFailed:
         f"stage {spec.stage} failed making {spec.ref} from {inputs or 'no input artifacts'}"
         f" [{kind}]: {type(exc).__name__}: {exc}"
     )
-    log.error("%s", message)
     return StageFailed(
         message,
         stage=spec.stage,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,15 @@ class StageEnv:
             )
 
         return self.run(spec, build, refresh=refresh).manifest_id
+
+    def run_lock(self, wait: float | None = None) -> AbstractContextManager[Any]:
+        """The profile's run lock on the store (``m3.store.runlock``), held by this flow run while the
+        block runs; under a pipeline's (or ``m3 run``'s) lock in this process it just passes."""
+        from m3.store.runlock import hold
+
+        name, run_id = flow_run.get_name(), flow_run.get_id()
+        run = f"{name} ({run_id})" if run_id else f"{self.profile.name} (no flow run)"
+        return hold(self.store.backend, self.profile.name, run, wait, say=run_logger(__name__).warning)
 
     def table(self, manifest_id: str, kind: str):
         """An artifact's Parquet files as one DataFrame (materialized in the local cache)."""

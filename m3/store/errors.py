@@ -57,5 +57,9 @@ class MissingBlob(StoreError):
     damage, not an unknown name."""
 
 
+class ManifestMissing(NotFound):
+    """No manifest file for this id: never written, or removed (by gc, once nothing held it)."""
+
+
 class ParentMissing(NotFound):
     """A commit names a parent manifest that is no longer in the store."""

@@ -142,10 +142,19 @@ def read_held(backend: Backend, now: float | None = None) -> Held:
 
 
 class _Renewed:
-    """A store file rewritten every third of its lifetime by a daemon thread until closed."""
+    """A store file rewritten every third of its lifetime by a daemon thread until closed.
 
-    def __init__(self, backend: Backend, rel: str, body: Callable[[], dict], seconds: float):
-        self.backend, self.rel, self._body, self.seconds = backend, rel, body, seconds
+    ``keep``, if given, is asked before each renewal: False (the file was taken over) ends them."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        rel: str,
+        body: Callable[[], dict],
+        seconds: float,
+        keep: Callable[[], bool] | None = None,
+    ):
+        self.backend, self.rel, self._body, self.seconds, self._keep = backend, rel, body, seconds, keep
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -160,6 +169,8 @@ class _Renewed:
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
             try:
+                if self._keep is not None and not self._keep():
+                    return
                 self.backend.put_atomic(self.rel, self._payload())
             except Exception as exc:  # the next renewal may get through; gc waits out a lifetime
                 log.warning("store: could not renew %s: %s", self.rel, exc)

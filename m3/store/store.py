@@ -43,6 +43,7 @@ from m3.store.cache import ArtifactCache
 from m3.store.errors import (
     CorruptBlob,
     DamagedFile,
+    ManifestMissing,
     MissingBlob,
     NotFound,
     ParentMissing,
@@ -278,7 +279,7 @@ class Store:
         try:
             data = self._io("read manifest", self.backend.read_bytes, rel)
         except FileNotFoundError:
-            raise NotFound(f"no artifact with id {manifest_id} in the store {self.url}") from None
+            raise ManifestMissing(f"no artifact with id {manifest_id} in the store {self.url}") from None
         try:
             manifest = Manifest.model_validate_json(data)
         except ValidationError as exc:

@@ -20,3 +20,9 @@ def pytest_collection_modifyitems(items):
         outcome = mark.kwargs.get("outcome")
         if outcome not in OUTCOMES:
             raise pytest.UsageError(f"{item.nodeid}: fault outcome {outcome!r} not in {OUTCOMES}")
+
+
+@pytest.fixture
+def url(request, backend, tmp_path) -> str:
+    """The store of a case parametrized by ``backend`` (``tests.support.fault_cases.on_both``)."""
+    return str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_url")

@@ -21,21 +21,7 @@ from m3.store.errors import ParentMissing
 from m3.store.verify import verify
 from tests.conftest import run_m3
 from tests.support import store_damage as damage
-
-BACKENDS = ("local", "S3")
-
-
-def on_both(case: str, outcome: str):
-    """One fault case per backend, each named in the table."""
-    return pytest.mark.parametrize(
-        "backend",
-        [pytest.param(b, marks=pytest.mark.fault(case=f"{case} ({b})", outcome=outcome)) for b in BACKENDS],
-    )
-
-
-@pytest.fixture
-def url(request, backend, tmp_path) -> str:
-    return str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_url")
+from tests.support.fault_cases import BACKENDS, on_both
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> Path:

@@ -10,7 +10,9 @@ import pandas as pd
 
 from m3.recipe import EVAL_MODES
 from m3.topk import topk
+from tasks.evaluate.candidates import RunningCandidates
 from tasks.evaluate.config import EvalConfig
+from tasks.evaluate.corpus import encode_corpus
 from tasks.evaluate.data import Qrels
 from tasks.evaluate.encoders import Encoder
 from tasks.evaluate.index import DenseIndex, InvertedIndex, TokenVectors, fuse
@@ -36,13 +38,8 @@ def _run_from(pids: list[str], ranked: Iterable[tuple[np.ndarray, np.ndarray]], 
     }
 
 
-def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> tuple[dict[str, Run], dict]:
-    """One run per mode for one dataset, from one encoding of its corpus and queries.
-
-    Dense runs come from faiss (exact), sparse from the inverted index (exact). Multi-vector and the
-    hybrids score a candidate set per query with all functions: the union of the dense and sparse
-    top-``candidates`` ("rerank", the paper's protocol) or every passage ("exhaustive").
-    """
+def functions_needed(modes: Sequence[str], cfg: EvalConfig) -> set[str]:
+    """The model functions that ``modes`` read (re-ranking reads dense and sparse for its candidates)."""
     unknown = set(modes) - set(EVAL_MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; known: {', '.join(EVAL_MODES)}")
@@ -51,21 +48,27 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         needs |= {"dense", "sparse"} if m in ("dense+sparse", "all") else {m}
         if m in ("multivec", "all"):
             needs |= {"dense", "sparse", "multivec"} if cfg.multivec == "rerank" else {"multivec"}
+    return needs
+
+
+def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> tuple[dict[str, Run], dict]:
+    """One run per mode for one dataset, from one encoding of each of its passages and queries.
+
+    Dense runs come from faiss (exact), sparse from the inverted index (exact). Multi-vector and the
+    hybrids score a candidate set per query with all functions: the union of the dense and sparse
+    top-``candidates`` ("rerank", the paper's protocol) or every passage ("exhaustive"). The token
+    vectors they need come from the same forward pass as the dense and lexical outputs
+    (:mod:`tasks.evaluate.corpus`), kept only for passages that can still be candidates.
+    """
+    needs = functions_needed(modes, cfg)
     missing = needs - encoder.functions
     if missing:
         raise ValueError(f"{encoder.label} has no {', '.join(sorted(missing))} output")
     k = cfg.depth
     pids = ds.corpus["passage_id"].tolist()
     qids = ds.queries["query_id"].tolist()
-    exhaustive_mv = "multivec" in needs and cfg.multivec == "exhaustive"
-    p_out = encoder.encode(
-        ds.corpus["passage"].tolist(),
-        query=False,
-        prompt=ds.corpus_side,
-        dense="dense" in needs,
-        sparse="sparse" in needs,
-        multivec=exhaustive_mv,
-    )
+    passages = ds.corpus["passage"].tolist()
+    rerank = cfg.multivec == "rerank"
     q_out = encoder.encode(
         ds.queries["query"].tolist(),
         query=True,
@@ -73,53 +76,71 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         sparse="sparse" in needs,
         multivec="multivec" in needs,
     )
+    tracker = None
+    if "multivec" in needs and rerank:
+        tracker = RunningCandidates(cfg.candidates, q_out["dense_vecs"], q_out["lexical_weights"])
+    p_out = encode_corpus(
+        encoder,
+        passages,
+        ds.corpus_side,
+        cfg.max_length,
+        dense="dense" in needs,
+        sparse="sparse" in needs,
+        multivec="multivec" in needs,
+        candidates=tracker,
+    )
     runs: dict[str, Run] = {}
     info: dict[str, Any] = {"passages": len(pids), "queries": len(qids)}
-    dense_idx = DenseIndex(p_out["dense_vecs"]) if "dense" in needs else None
-    sparse_idx = InvertedIndex(p_out["lexical_weights"]) if "sparse" in needs else None
-    dense_top = dense_idx.search(q_out["dense_vecs"], max(k, cfg.candidates)) if dense_idx else None
-    sparse_top = (
-        [sparse_idx.search(w, max(k, cfg.candidates)) for w in q_out["lexical_weights"]]
-        if sparse_idx
-        else None
-    )
+    n_q, n_p = len(qids), len(pids)
+    depth = max(k, cfg.candidates)
+    dense_idx = DenseIndex(p_out.dense) if "dense" in needs else None
+    sparse_idx = InvertedIndex(p_out.lexical) if "sparse" in needs else None
+    dense_top = dense_idx.search(q_out["dense_vecs"], depth) if dense_idx else None
+    combined = [m for m in modes if m in ("multivec", "dense+sparse", "all")]
+    # One lexical scoring per query: its top list, and its candidates' scores (through a scratch row).
+    sparse_top: list[tuple[np.ndarray, np.ndarray]] = []
+    cands: list[np.ndarray] = []
+    cand_sparse: list[np.ndarray] = []
+    scratch = np.zeros(n_p, dtype=np.float32)
+    for j in range(n_q):
+        idx, s = sparse_idx.score(q_out["lexical_weights"][j]) if sparse_idx else (None, None)
+        if idx is not None:
+            sparse_top.append(topk(idx, s, depth, positive=True))
+        if not combined:
+            continue
+        if not rerank:
+            cand = np.arange(n_p, dtype=np.int64)
+        else:
+            c = cfg.candidates
+            parts = [dense_top[j][0][:c] if dense_top else [], sparse_top[j][0][:c] if sparse_idx else []]
+            cand = np.unique(np.concatenate(parts).astype(np.int64))
+        cands.append(cand)
+        if idx is not None:
+            scratch[idx] = s
+            cand_sparse.append(scratch[cand].copy())
+            scratch[idx] = 0
     if "dense" in modes:
         assert dense_top is not None  # "dense" in modes puts it in needs
         runs["dense"] = _run_from(pids, ((i[:k], s[:k]) for i, s in dense_top), qids)
     if "sparse" in modes:
-        assert sparse_top is not None
         runs["sparse"] = _run_from(pids, ((i[:k], s[:k]) for i, s in sparse_top), qids)
-    combined = [m for m in modes if m in ("multivec", "dense+sparse", "all")]
     if not combined:
         return runs, info
-    n_q, n_p = len(qids), len(pids)
-    if cfg.multivec == "exhaustive":
-        cands = [np.arange(n_p, dtype=np.int64)] * n_q
-    else:
-        c = cfg.candidates
-        cands = [
-            np.unique(
-                np.concatenate(
-                    [dense_top[j][0][:c] if dense_top else [], sparse_top[j][0][:c] if sparse_top else []]
-                ).astype(np.int64)
-            )
-            for j in range(n_q)
-        ]
     info["candidate_strategy"] = cfg.multivec
     info["mean_candidates"] = float(np.mean([len(x) for x in cands])) if cands else 0.0
     tokens = None
     if "multivec" in needs:
-        if exhaustive_mv:
-            rows, vecs = np.arange(n_p), p_out["colbert_vecs"]
-        else:  # encode only the passages some query re-ranks
-            rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
-            texts = ds.corpus["passage"].to_numpy()[rows].tolist()
-            vecs = []
-            if texts:
-                out = encoder.encode(texts, query=False, prompt=ds.corpus_side, dense=False, multivec=True)
-                vecs = out["colbert_vecs"]
+        rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
+        # a candidate whose vectors the running lists dropped (a float tie at their cut): encode again
+        lost = [r for r in rows.tolist() if r not in p_out.tokens]
+        if lost:
+            out = encoder.encode(
+                [passages[r] for r in lost], query=False, prompt=ds.corpus_side, dense=False, multivec=True
+            )
+            p_out.tokens.update(zip(lost, out["colbert_vecs"], strict=True))
+        info["multivec_reencoded"] = len(lost)
         dim = q_out["colbert_vecs"][0].shape[-1] if len(q_out["colbert_vecs"]) else 1
-        tokens = TokenVectors(vecs, dim)
+        tokens = TokenVectors([p_out.tokens[r] for r in rows.tolist()], dim)
         pos = np.full(n_p, -1, dtype=np.int64)
         pos[rows] = np.arange(len(rows))
     ranked: dict[str, list] = {m: [] for m in combined}
@@ -129,7 +150,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         if dense_idx is not None:
             comp["dense"] = dense_idx.scores(q_out["dense_vecs"][j], cand)
         if sparse_idx is not None:
-            comp["sparse"] = sparse_idx.scores(q_out["lexical_weights"][j], cand)
+            comp["sparse"] = cand_sparse[j]
         if tokens is not None:
             comp["multivec"] = tokens.maxsim(q_out["colbert_vecs"][j], pos[cand])
         for m in combined:

@@ -119,14 +119,14 @@ class Signer:
     def shingles(self, norm: str, unspaced: bool) -> np.ndarray:
         """Hashes of the n-grams of normalised tokens (words, or characters for CJK/Thai)."""
         if unspaced:
-            tokens, n = [c for c in norm if c != " "], self.config.ngram * 3
+            tokens, n = list(norm.replace(" ", "")), self.config.ngram * 3
         else:
             tokens, n = _WORD.findall(norm), self.config.ngram
         if not tokens:
             return np.zeros(1, dtype=np.uint64)
-        vocab: dict[str, int] = {}
-        local = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], dtype=np.int64)
-        token_hash = np.array([zlib.crc32(t.encode("utf-8")) for t in vocab], dtype=np.uint64)
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}  # ids in order of first use
+        local = np.fromiter(map(vocab.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        token_hash = np.fromiter(map(zlib.crc32, map(str.encode, vocab)), dtype=np.uint64, count=len(vocab))
         ids = token_hash[local]
         n = min(n, len(ids))
         m = len(ids) - n + 1

@@ -19,6 +19,7 @@ Every rule returns a stable name so each drop is counted as ``filtered:<family>:
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -123,15 +124,16 @@ def is_unspaced(text: str, lang: str | None) -> bool:
     if lang in UNSPACED_LANGS:
         return True
     sample = text[:5000]
-    visible = sum(1 for c in sample if not c.isspace())
+    visible = sum(map(len, sample.split()))  # split() cuts at exactly the characters isspace() names
     spaces = sample.count(" ") + sample.count("\n")
     return visible >= 50 and spaces / visible < 0.03
 
 
 def units(text: str, unspaced: bool) -> list[str]:
     """Words (``\\w`` runs) for spaced scripts; non-space, non-punctuation characters otherwise."""
-    if unspaced:
-        return [c for c in text if not c.isspace() and unicodedata.category(c)[0] in "LNM"]
+    if unspaced:  # each distinct character classified once; the others deleted in C
+        drop = {ord(c): None for c in set(text) if c.isspace() or unicodedata.category(c)[0] not in "LNM"}
+        return list(text.translate(drop))
     return _WORD.findall(text)
 
 
@@ -159,31 +161,39 @@ class _Grams:
     )
 
     def __init__(self, tokens: Sequence[str]):
-        vocab: dict[str, int] = {}
-        self.ids = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], dtype=np.uint64)
+        index = {t: i for i, t in enumerate(dict.fromkeys(tokens))}  # ids in order of first use
+        self.ids = np.fromiter(map(index.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
         self.lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         self.total = int(self.lens.sum())
         self.cum = np.concatenate([[0], np.cumsum(self.lens)])
+        self._acc = np.zeros(len(self.ids), dtype=np.uint64)  # window sums of the first _terms tokens
+        self._terms = 0
 
     def hashes(self, n: int) -> np.ndarray:
-        """One 64-bit hash per n-gram window (polynomial in the token ids, mod 2^64)."""
-        m = len(self.ids) - n + 1
-        acc = np.zeros(m, dtype=np.uint64)
+        """One 64-bit hash per n-gram window (polynomial in the token ids, mod 2^64). The sums of a
+        shorter n are kept, so the rules' growing n (2, 3, 4, then 5 to 10) each add one term."""
+        size = len(self.ids)
+        if n < self._terms:
+            self._acc[:] = 0
+            self._terms = 0
         with np.errstate(over="ignore"):
-            for j in range(n):
-                acc += (self.ids[j : j + m] + np.uint64(1)) * self._MULT[j % 64]
-        return acc
+            for j in range(self._terms, n):
+                self._acc[: size - j] += (self.ids[j:] + np.uint64(1)) * self._MULT[j % 64]
+        self._terms = n
+        return self._acc[: size - n + 1].copy()
 
     def top_fraction(self, n: int) -> float:
         """Gopher: characters covered by the most frequent n-gram over all characters."""
         if len(self.ids) < n or not self.total:
             return 0.0
         h = self.hashes(n)
-        uniq, first, counts = np.unique(h, return_index=True, return_counts=True)
-        best = int(np.argmax(counts))
+        s = np.sort(h)
+        firsts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+        counts = np.diff(np.append(firsts, len(s)))
+        best = int(np.argmax(counts))  # the smallest of the most frequent hashes, as np.unique's order
         if counts[best] < 2:
             return 0.0
-        start = int(first[best])
+        start = int(np.argmax(h == s[firsts[best]]))  # its first window
         chars = int(self.cum[start + n] - self.cum[start])
         return float(counts[best] * chars / self.total)
 
@@ -192,13 +202,18 @@ class _Grams:
         if len(self.ids) < n or not self.total:
             return 0.0
         h = self.hashes(n)
-        _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
-        starts = np.flatnonzero(counts[inverse] > 1)
+        order = np.argsort(h)
+        same = h[order[1:]] == h[order[:-1]]  # neighbours in sorted order with one hash
+        repeated_sorted = np.zeros(len(h), dtype=bool)
+        repeated_sorted[1:] |= same
+        repeated_sorted[:-1] |= same
+        repeated = np.empty_like(repeated_sorted)
+        repeated[order] = repeated_sorted
+        starts = np.flatnonzero(repeated)
         if not len(starts):
             return 0.0
-        diff = np.zeros(len(self.ids) + 1, dtype=np.int64)
-        np.add.at(diff, starts, 1)
-        np.add.at(diff, starts + n, -1)
+        size = len(self.ids) + 1  # windows starting at each repeated start, as +1/-1 steps
+        diff = np.bincount(starts, minlength=size) - np.bincount(starts + n, minlength=size)
         covered = np.cumsum(diff[:-1]) > 0
         return float(self.lens[covered].sum() / self.total)
 
@@ -232,10 +247,11 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
             return "gopher:bullet_lines"
         if sum(ln.endswith(_ELLIPSIS) for ln in lines) / len(lines) > cfg.max_ellipsis_lines:
             return "gopher:ellipsis_lines"
-    if unspaced:
-        visible = [c for c in text if not c.isspace()]
-        letters = sum(1 for c in visible if _LETTER.match(c))
-        if visible and letters / len(visible) < cfg.min_letter_chars_unspaced:
+    if unspaced:  # counted per distinct character
+        counts = [(c, k) for c, k in Counter(text).items() if not c.isspace()]
+        visible = sum(k for _, k in counts)
+        letters = sum(k for c, k in counts if _LETTER.match(c))
+        if visible and letters / visible < cfg.min_letter_chars_unspaced:
             return "gopher:alpha_ratio"
     elif n and 1 - len(_NO_LETTER_WORD.findall(" ".join(toks))) / n < cfg.min_alpha_words:
         return "gopher:alpha_ratio"

@@ -59,8 +59,11 @@ class Marker:
     blobs: set[str] = field(default_factory=set)
     damaged: list[str] = field(default_factory=list)
 
-    def add(self, roots) -> None:
+    def add(self, roots, leased: bool = False) -> None:
+        """Mark ``roots`` and their ancestors. ``leased``: the roots come from leases, which name
+        the manifest a commit in flight is about to write: one not there yet is no news."""
         stack = [r for r in roots if r not in self.live]
+        pending = set(stack) if leased else set()
         while stack:
             mid = stack.pop()
             if mid in self.live:
@@ -69,7 +72,7 @@ class Marker:
             try:
                 manifest = self.store.manifest(mid)
             except NotFound:
-                if mid not in self.dropped:
+                if mid not in self.dropped and mid not in pending:
                     log.warning("gc: a ref, lease or parent names missing manifest %s", mid)
                 continue
             except DamagedFile as exc:
@@ -122,7 +125,7 @@ def collect(store: Store, *, dry_run: bool = False, grace_seconds: float = 3600.
     ref_files = _ref_files(store)
     _ref_roots(store, ref_files, marker)
     held = leases.read_held(backend, now)
-    marker.add(held.manifests)
+    marker.add(held.manifests, leased=True)
     manifest_ids = set(store.manifest_ids())
     candidates = {mid for mid in manifest_ids - marker.live if older(f"manifests/{mid}.json", grace_seconds)}
     marker.add(manifest_ids - marker.live - candidates)  # young: a commit in flight may need them
@@ -162,7 +165,7 @@ def collect(store: Store, *, dry_run: bool = False, grace_seconds: float = 3600.
         }
         _ref_roots(store, {r: v for r, v in fresh.items() if v}, marker)
         now_held = leases.read_held(backend)
-        marker.add(now_held.manifests)
+        marker.add(now_held.manifests, leased=True)
         marker.add(set(store.manifest_ids()) - manifest_ids)  # committed since the first pass
         keep_blobs = marker.blobs | now_held.blobs
         removed: dict[str, list[str]] = {

@@ -69,8 +69,8 @@ def _when(ts: Any) -> str:
 
 def describe_holder(body: dict) -> str:
     """``run X (host h, pid p)``: who holds a lock file."""
-    holder = body.get("holder")
-    who: dict = holder if isinstance(holder, dict) else {}
+    found = body.get("holder")
+    who: dict = found if isinstance(found, dict) else {}
     return f"run {body.get('run') or '?'} (host {who.get('host', '?')}, pid {who.get('pid', '?')})"
 
 

@@ -111,7 +111,7 @@ json.dump({"sweeps": sweeps, "deleted": deleted, "errors": errors}, open(out, "w
 GC_BESIDE_A_RUN = "gc --grace 0 looping beside a whole pipeline run (checkpoint teacher, 2 ANCE rounds)"
 
 
-@end_to_end(GC_BESIDE_A_RUN, "completes", timeout=2400)
+@end_to_end(GC_BESIDE_A_RUN, "completes", timeout=3600)
 def test_gc_looping_beside_a_whole_run_leaves_it_green_and_verified(tmp_path, m3_api_env):
     data = tiny_profile_data("gcrun")
     data["mine"] = {
@@ -132,7 +132,7 @@ def test_gc_looping_beside_a_whole_run_leaves_it_green_and_verified(tmp_path, m3
     )
     try:
         run = run_m3(
-            ["run", "--profile", str(profile), "--store", str(store), "--json"], m3_api_env, timeout=2300
+            ["run", "--profile", str(profile), "--store", str(store), "--json"], m3_api_env, timeout=3300
         )
     finally:
         stop.touch()

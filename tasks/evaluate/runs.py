@@ -93,8 +93,8 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
     info: dict[str, Any] = {"passages": len(pids), "queries": len(qids)}
     n_q, n_p = len(qids), len(pids)
     depth = max(k, cfg.candidates)
-    dense_idx = DenseIndex(p_out.dense) if "dense" in needs else None
-    sparse_idx = InvertedIndex(p_out.lexical) if "sparse" in needs else None
+    dense_idx = DenseIndex(p_out.dense) if p_out.dense is not None else None
+    sparse_idx = InvertedIndex(p_out.lexical) if p_out.lexical is not None else None
     dense_top = dense_idx.search(q_out["dense_vecs"], depth) if dense_idx else None
     combined = [m for m in modes if m in ("multivec", "dense+sparse", "all")]
     # One lexical scoring per query: its top list, and its candidates' scores (through a scratch row).
@@ -103,8 +103,10 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
     cand_sparse: list[np.ndarray] = []
     scratch = np.zeros(n_p, dtype=np.float32)
     for j in range(n_q):
-        idx, s = sparse_idx.score(q_out["lexical_weights"][j]) if sparse_idx else (None, None)
-        if idx is not None:
+        idx: np.ndarray | None = None
+        s: np.ndarray | None = None
+        if sparse_idx is not None:
+            idx, s = sparse_idx.score(q_out["lexical_weights"][j])
             sparse_top.append(topk(idx, s, depth, positive=True))
         if not combined:
             continue
@@ -112,10 +114,13 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
             cand = np.arange(n_p, dtype=np.int64)
         else:
             c = cfg.candidates
-            parts = [dense_top[j][0][:c] if dense_top else [], sparse_top[j][0][:c] if sparse_idx else []]
+            parts: list[Any] = [
+                dense_top[j][0][:c] if dense_top else [],
+                sparse_top[j][0][:c] if sparse_idx else [],
+            ]
             cand = np.unique(np.concatenate(parts).astype(np.int64))
         cands.append(cand)
-        if idx is not None:
+        if idx is not None and s is not None:
             scratch[idx] = s
             cand_sparse.append(scratch[cand].copy())
             scratch[idx] = 0

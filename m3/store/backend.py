@@ -248,6 +248,12 @@ class Backend:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
 
+    def remove_empty_folder(self, rel: str) -> None:
+        """Remove the folder ``rel`` if it is empty (local stores; an object store has no folders)."""
+        if self.is_local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.full(rel))
+
     def remove_many(self, rels: list[str]) -> None:
         """Delete files (absent ones are fine): one batched request per 1,000 keys on S3."""
         if not rels:

@@ -212,6 +212,8 @@ class Lease:
         try:
             members = self.backend.walk_files(f"{LEASES}/{self.id}") if self.shared else []
             self.backend.remove_many([*members, self._file.rel])
+            if self.shared:
+                self.backend.remove_empty_folder(f"{LEASES}/{self.id}")
         except Exception as err:  # it expires by itself; never hide the block's own error
             log.warning("store: could not release lease %s: %s", self.id, err)
 

@@ -102,6 +102,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
     cands: list[np.ndarray] = []
     cand_sparse: list[np.ndarray] = []
     scratch = np.zeros(n_p, dtype=np.float32)
+    everything = np.arange(n_p, dtype=np.int64)  # exhaustive: one array shared by every query
     for j in range(n_q):
         idx: np.ndarray | None = None
         s: np.ndarray | None = None
@@ -111,7 +112,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         if not combined:
             continue
         if not rerank:
-            cand = np.arange(n_p, dtype=np.int64)
+            cand = everything
         else:
             c = cfg.candidates
             parts: list[Any] = [
@@ -120,7 +121,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
             ]
             cand = np.unique(np.concatenate(parts).astype(np.int64))
         cands.append(cand)
-        if idx is not None and s is not None:
+        if idx is not None and s is not None and rerank:  # exhaustive: scored again below, not held
             scratch[idx] = s
             cand_sparse.append(scratch[cand].copy())
             scratch[idx] = 0
@@ -135,7 +136,10 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
     info["mean_candidates"] = float(np.mean([len(x) for x in cands])) if cands else 0.0
     tokens = None
     if "multivec" in needs:
-        rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
+        if not rerank:
+            rows = everything
+        else:
+            rows = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
         # a candidate whose vectors the running lists dropped (a float tie at their cut): encode again
         lost = [r for r in rows.tolist() if r not in p_out.tokens]
         if lost:
@@ -154,8 +158,12 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         comp: dict[str, np.ndarray] = {}
         if dense_idx is not None:
             comp["dense"] = dense_idx.scores(q_out["dense_vecs"][j], cand)
-        if sparse_idx is not None:
+        if sparse_idx is not None and rerank:
             comp["sparse"] = cand_sparse[j]
+        elif sparse_idx is not None:
+            idx, s = sparse_idx.score(q_out["lexical_weights"][j])
+            comp["sparse"] = np.zeros(n_p, dtype=np.float32)
+            comp["sparse"][idx] = s
         if tokens is not None:
             comp["multivec"] = tokens.maxsim(q_out["colbert_vecs"][j], pos[cand])
         for m in combined:

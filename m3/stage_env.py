@@ -129,11 +129,7 @@ class StageEnv:
         def build(_: Path) -> StageOutput:
             return StageOutput(
                 files=files,
-                metrics={
-                    "files": len(files),
-                    "bytes": sum(p.stat().st_size for p in files.values()),
-                    **config,
-                },
+                metrics={"files": len(files), "bytes": sum(s["bytes"] for s in stamps), **config},
                 schema={"origin": {n: str(p) for n, p in files.items()}, **config},
             )
 

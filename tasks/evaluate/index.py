@@ -133,24 +133,35 @@ class TokenVectors:
         nonempty = [np.asarray(v, dtype=dtype) for v in vecs if len(v)]
         self.flat = np.concatenate(nonempty) if nonempty else np.zeros((0, dim), dtype=dtype)
 
-    def maxsim(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``(1/N_q) Σ_i max_j <q_i, p_j>`` for the passages at ``rows`` (0 for an empty side)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.zeros(len(rows), dtype=np.float32)
-        lengths = self.offsets[rows + 1] - self.offsets[rows]
-        live = np.flatnonzero(lengths > 0)
-        if len(query) == 0 or len(live) == 0:
-            return out
-        starts, lens = self.offsets[rows[live]], lengths[live]
-        # token row indices of all live candidates, contiguous per candidate
-        seg_start = np.zeros(len(live), dtype=np.int64)
-        np.cumsum(lens[:-1], out=seg_start[1:])
-        tok = np.repeat(starts - seg_start, lens) + np.arange(lens.sum())
-        cand = self.flat[tok]  # one copy of the candidates' tokens (float32 unless stored smaller)
-        sim = np.asarray(query, dtype=np.float32) @ cand.astype(np.float32, copy=False).T  # [Lq, Tc]
-        best = np.maximum.reduceat(sim, seg_start, axis=1)  # [Lq, n_live]
-        out[live] = best.mean(axis=0)
-        return out
+    def maxsim(self, queries: Sequence[np.ndarray], rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``(1/N_q) Σ_i max_j <q_i, p_j>`` of every query against its passages ``rows[q]`` (0 for an
+        empty side), computed passage by passage: each passage's token block is read in place and
+        scored against the tokens of the queries that hold it as a candidate. Query tokens are few
+        and passage tokens many, so this moves several times less memory than gathering each
+        query's candidates' tokens."""
+        sizes = np.asarray([len(r) for r in rows], dtype=np.int64)
+        scores = np.zeros(int(sizes.sum()), dtype=np.float32)  # one per (query, candidate) pair
+        q_len = np.asarray([len(q) for q in queries], dtype=np.int64)
+        if len(scores) and q_len.any():
+            q_off = np.zeros(len(queries) + 1, dtype=np.int64)
+            np.cumsum(q_len, out=q_off[1:])
+            q_flat = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries if len(q)])
+            pair_q = np.repeat(np.arange(len(rows), dtype=np.int64), sizes)
+            pair_row = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+            live = (q_len[pair_q] > 0) & (self.offsets[pair_row + 1] > self.offsets[pair_row])
+            pairs = np.flatnonzero(live)
+            pairs = pairs[np.argsort(pair_row[pairs], kind="stable")]  # grouped by passage
+            cut = np.flatnonzero(np.diff(pair_row[pairs])) + 1
+            for group in np.split(pairs, cut) if len(pairs) else []:
+                r = int(pair_row[group[0]])
+                block = self.flat[self.offsets[r] : self.offsets[r + 1]].astype(np.float32, copy=False)
+                lens = q_len[pair_q[group]]
+                seg = np.zeros(len(group), dtype=np.int64)
+                np.cumsum(lens[:-1], out=seg[1:])
+                tok = np.repeat(q_off[pair_q[group]] - seg, lens) + np.arange(int(lens.sum()))
+                best = (q_flat[tok] @ block.T).max(axis=1)  # each query token's best passage token
+                scores[group] = np.add.reduceat(best.astype(np.float64), seg) / lens
+        return np.split(scores, np.cumsum(sizes)[:-1]) if len(rows) else []
 
 
 # ---------------------------------------------------------------------------------------- hybrid

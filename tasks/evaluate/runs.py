@@ -152,6 +152,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
         tokens = TokenVectors([p_out.tokens[r] for r in rows.tolist()], dim)
         pos = np.full(n_p, -1, dtype=np.int64)
         pos[rows] = np.arange(len(rows))
+        multivec = tokens.maxsim(q_out["colbert_vecs"], [pos[c] for c in cands])
     ranked: dict[str, list] = {m: [] for m in combined}
     for j in range(n_q):
         cand = cands[j]
@@ -165,7 +166,7 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
             comp["sparse"] = np.zeros(n_p, dtype=np.float32)
             comp["sparse"][idx] = s
         if tokens is not None:
-            comp["multivec"] = tokens.maxsim(q_out["colbert_vecs"][j], pos[cand])
+            comp["multivec"] = multivec[j]
         for m in combined:
             w = {"multivec": 1.0} if m == "multivec" else cfg.weights[m]
             ranked[m].append(topk(cand, fuse(comp, w), k))

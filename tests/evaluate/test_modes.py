@@ -95,9 +95,12 @@ def test_maxsim_equals_multivec_scores_and_faiss_equals_brute_force():
     passages = [rng.normal(size=(n, 8)).astype(np.float32) for n in (3, 0, 5, 1, 7)]
     query = rng.normal(size=(4, 8)).astype(np.float32)
     tv = TokenVectors(passages, 8)
-    got = tv.maxsim(query, np.array([4, 1, 0, 2, 3]))
-    ref = [multivec_scores(query, p) if len(p) else 0.0 for p in passages]
-    np.testing.assert_allclose(got, [ref[i] for i in (4, 1, 0, 2, 3)], rtol=1e-5, atol=1e-6)
+    queries = [query, query[:1], query[:0], query[2:]]
+    rows = [np.array([4, 1, 0, 2, 3]), np.array([2]), np.array([0, 2]), np.array([], dtype=np.int64)]
+    got = tv.maxsim(queries, rows)  # passage by passage, each query's own candidates
+    for q, r, g in zip(queries, rows, got, strict=True):
+        ref = [multivec_scores(q, passages[i]) if len(q) and len(passages[i]) else 0.0 for i in r]
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
     vecs = rng.normal(size=(300, 16)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     q = vecs[:7] + 0.1

@@ -9,8 +9,8 @@ ingests a file: its nanny starts a new one and the run completes.
 
 Compared with the one-process run of the same tiny profile (``tiny_pipeline``: a LocalCluster of one
 worker, one training process): the same corpus, queries and train-set files, byte for byte; the
-same evaluation within one nDCG@10 point (on XQuAD-R de); a complete lineage. A store only the driver sees is
-refused before any work.
+same evaluation within one nDCG@10 point (on XQuAD-R de); a complete lineage. A store only the
+driver sees is refused before any work.
 
 Slow: one whole tiny pipeline run on the cluster.
 """

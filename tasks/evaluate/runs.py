@@ -10,14 +10,13 @@ import pandas as pd
 
 from m3.recipe import EVAL_MODES
 from m3.topk import topk
+from tasks.bm25 import Bm25Config, build_bm25
 from tasks.evaluate.candidates import RunningCandidates
 from tasks.evaluate.config import EvalConfig
 from tasks.evaluate.corpus import encode_corpus
 from tasks.evaluate.data import Qrels
 from tasks.evaluate.encoders import Encoder
 from tasks.evaluate.index import DenseIndex, InvertedIndex, TokenVectors, fuse
-from tasks.mining.bm25 import build_bm25
-from tasks.mining.config import MineConfig
 
 Run = dict[str, dict[str, float]]  # query id -> {passage id: score}, as trec_eval reads a run
 
@@ -174,10 +173,10 @@ def model_runs(ds, encoder: Encoder, modes: Sequence[str], cfg: EvalConfig) -> t
     return runs, info
 
 
-def bm25_dataset_run(ds, cfg: EvalConfig, mine_config: MineConfig | None = None) -> Run:
+def bm25_dataset_run(ds, cfg: EvalConfig, bm25: Bm25Config | None = None) -> Run:
     """BM25 (bm25s, Lucene variant, Anserini's k1/b) with script-aware tokenisation
     (tasks.text.bm25_tokens: CJK/Thai as character uni+bigrams, Hangul bigrams)."""
-    mc = (mine_config or MineConfig()).model_copy(update={"per_language": False})
+    mc = (bm25 or Bm25Config()).model_copy(update={"per_language": False})
     index = build_bm25(ds.corpus["passage"].tolist(), [ds.corpus_lang] * len(ds.corpus), mc)
     pids = ds.corpus["passage_id"].tolist()
     run: Run = {}

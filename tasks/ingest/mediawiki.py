@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from tasks.language import normalize_code
+
 from .common import Quarantined, Skipped, doc_id, iso_timestamp, make_record
 from .files import StreamFault, iter_decoded
 from .language import (
-    normalize_code,
     wiki_code_from_dbname,
     wiki_code_from_filename,
     wiki_code_from_url,

@@ -25,8 +25,6 @@ from m3.topk import merge_topk
 from tasks.mining.config import MineConfig
 from tasks.mining.embed import (
     CACHE_STAGE,
-    PASSAGES,
-    QUERIES,
     commit_embeddings,
     embedding_key,
     encode_partition,
@@ -38,6 +36,7 @@ from tasks.mining.sample import mine_partition
 from tasks.mining.search import search_shard, train_quantizer
 from tasks.mining.stats import STAT_KEYS, pairing_stats, score_summary
 from tasks.mining.teachers import TeacherRef
+from tasks.round_names import PASSAGES, QUERIES
 
 logger = logging.getLogger(__name__)
 

@@ -112,17 +112,17 @@ def build_evaluation(
         by_round = {f"round{r['round']}": r["model"] for r in rounds or []}
         return env.run(spec_for(mid, name, by_round), build, refresh=refresh)
 
+    name = env.profile.name
     champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
     rounds = None
     if cfg.compare_rounds:  # round 0 = where the run began (model.init or RetroMAE), every step since
         chain = training_chain(env.store, model_id)[:-1]
         rounds = []
         for k, mid in enumerate(chain[:1] if cfg.compare_rounds == "start" else chain):
-            done = run_for(mid, f"{env.profile.name}-round{k}")
+            done = run_for(mid, f"{name}-round{k}")
             avg = _metrics(env, done)["avg"]
             label = chain_label(env.store, mid)
             rounds.append({"round": k, "label": label, "model": mid, "report": done.manifest_id, "avg": avg})
-    name = env.profile.name
     result = run_for(model_id, name, rounds)
     decision, metrics = _decide(
         env,

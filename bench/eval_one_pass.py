@@ -79,8 +79,8 @@ def main() -> None:
 
     from m3.recipe import EVAL_MODES
     from model.m3 import M3Model
+    from tasks.eval_data import load_datasets
     from tasks.evaluate.config import EvalConfig
-    from tasks.evaluate.data import load_datasets
     from tasks.evaluate.encoders import M3Encoder
     from tasks.evaluate.metrics import evaluate_run
     from tasks.evaluate.runs import bm25_dataset_run, model_runs

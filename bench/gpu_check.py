@@ -166,7 +166,7 @@ def long_docs(store_url: str, profile: str, out: Path) -> list[str]:
     from m3.app.profile import load_profile
     from m3.artifact_io import read_table
     from m3.store import Store
-    from tasks.evaluate.data.formats import write_mldr
+    from tasks.eval_data.formats import write_mldr
     from tasks.evaluate.datasets import corpus_of, held_out, long_document_datasets
 
     store = Store(store_url)

@@ -275,7 +275,7 @@ def bench_warc() -> None:
     # side reads the WARCs ``rounds`` times so the figure is the steady state.
     import trafilatura
 
-    from tasks.ingest.language import detect_language
+    from tasks.language import detect_language
 
     trafilatura.extract("<html><body><p>warm up</p></body></html>")
     detect_language("warm up")

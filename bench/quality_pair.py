@@ -56,8 +56,8 @@ def main() -> None:
 
     from m3.artifact_io import read_table
     from m3.store import Store
+    from tasks.eval_data import load_datasets
     from tasks.evaluate.config import EvalConfig
-    from tasks.evaluate.data import load_datasets
     from tasks.evaluate.datasets import datasets_from_ict, held_out
 
     torch.set_num_threads(2)

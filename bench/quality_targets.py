@@ -134,8 +134,8 @@ def long_at(store, report_id: str, model_ref: str, length: int) -> dict[str, dic
     """The report's long-document sets scored again with documents cut at ``length`` tokens, with the
     report's own evaluation settings otherwise; ``{system: {"set<TAB>qid": nDCG@10}}``."""
     from model.m3 import M3Model
+    from tasks.eval_data import load_datasets
     from tasks.evaluate.config import EvalConfig
-    from tasks.evaluate.data import load_datasets
     from tasks.evaluate.encoders import M3Encoder
     from tasks.evaluate.metrics import evaluate_datasets
 

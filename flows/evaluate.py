@@ -1,11 +1,12 @@
 """evaluate: a model on held-out ICT queries or named evaluation sets → ``report``; champion upkeep.
 
-Two flows, Prefect wiring only (the work: ``tasks.evaluate.stage``):
+Two flows, Prefect wiring only (the work: ``tasks.evaluate.stage``; the report's tables become
+Prefect artifacts here):
 
 - ``evaluate`` (pipeline stage): the model of a profile on its held-out ICT queries, every M3 mode
   against BM25, then the champion comparison (``model/champion``) and promotion when it wins.
 - ``evaluate-model`` (deployments ``evaluate-nightly`` and ``evaluate-after-finetune``): any model
-  ref on any dataset specs (``tasks.evaluate.data``), the same tables, optionally the same promotion.
+  ref on any dataset specs (``tasks.eval_data``), the same tables, optionally the same promotion.
 """
 
 from __future__ import annotations
@@ -13,13 +14,41 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
 from m3.app.env import open_env
+from m3.publish import artifact_key
 from m3.stage import declare
 from m3.stage_env import flow_result
 from tasks.evaluate.champion import CHAMPION_REF
+from tasks.evaluate.config import trained_lengths, with_overrides
 from tasks.evaluate.stage import build_evaluation, build_model_evaluation
+
+
+def publish_report_tables(name: str, metrics: dict) -> None:
+    """Each metric's paper-shaped table as a Prefect table artifact (rows systems, columns
+    languages + avg, ×100), the long-document tables likewise, and the markdown report."""
+    sections = [("", metrics.get("tables", {})), ("long", (metrics.get("long") or {}).get("tables", {}))]
+    for section, tables in sections:
+        for metric, rows in tables.items():
+            table = [
+                {"system": sys, **{c: "–" if v is None else f"{v * 100:.1f}" for c, v in row.items()}}
+                for sys, row in rows.items()
+            ]
+            create_table_artifact(
+                table,
+                key=artifact_key("m3-evaluation", name, *([section] if section else []), metric),
+                description=f"{metric} ×100: systems × languages (+ macro avg)"
+                + (" — long documents (MLDR format)" if section else ""),
+            )
+    create_markdown_artifact(
+        f"# Evaluation `{name}`\n\nmodel `{metrics.get('model', '')}`\n\n"
+        f"{metrics.get('table_markdown', '')}\n"
+        "The chart is `chart.png` in the report artifact; `metrics.json` holds every number.\n",
+        key=artifact_key("m3-evaluation", name, "report"),
+        description="paper-shaped tables (×100)",
+    )
 
 
 def _with(out: State | dict[str, Any], **extra: Any) -> State | dict[str, Any]:
@@ -40,8 +69,15 @@ def evaluate(
 ) -> State | dict[str, Any]:
     """The profile's model on its held-out ICT queries; champion comparison and promotion."""
     env = open_env(profile, store)
+    p = env.profile
+    cfg = p.evaluate.model_copy(
+        update=trained_lengths(p.evaluate, p.finetune.max_length, p.finetune.q_max_length)
+    )
+    bm25_key = p.mine.model_dump(mode="json", exclude={"rounds"})
     with env.run_lock():
-        result, decision = build_evaluation(env, refresh, inputs, promote_champion)
+        result, decision = build_evaluation(
+            env, cfg, p.base_dir, bm25_key, refresh, inputs, promote_champion, publish_report_tables
+        )
     return _with(flow_result(result), champion=decision)
 
 
@@ -63,8 +99,9 @@ def evaluate_model(
     ``promote_champion`` the model becomes ``model/champion`` when it wins on the primary metric.
     ``mcls`` / ``mcls_interval`` override the profile's ``evaluate.mcls`` (MCLS passage encoding)."""
     env = open_env(profile, store)
+    cfg = with_overrides(env.profile.evaluate, modes, mcls, mcls_interval)
     result, decision, metrics = build_model_evaluation(
-        env, model, datasets, modes, max_queries, promote_champion, refresh, mcls, mcls_interval
+        env, cfg, model, datasets, max_queries, promote_champion, refresh, publish_report_tables
     )
     return _with(
         flow_result(result), champion=decision, avg=metrics["avg"], table_markdown=metrics["table_markdown"]

@@ -69,5 +69,8 @@ def ingest(
         files = ingest_files.with_options(task_runner=dask_runner(dask))
         return files(handoff, jobs, cfg, out_dir, env.profile.languages)
 
+    p = env.profile
     with env.run_lock():
-        return flow_result(build_corpus(env, refresh, run_files))
+        return flow_result(
+            build_corpus(env, p.sources, p.source_files, p.ingest, p.languages, refresh, run_files)
+        )

@@ -20,7 +20,7 @@ from m3.run_plan import plan_key, plan_rows
 from m3.selection import select_stages as choose_stages
 from m3.stage import pipeline_order
 from m3.stage_env import StageEnv
-from tasks.mining.stage import round_name
+from tasks.round_names import round_name
 
 # Each stage is declared once, on its flow (``@declare``: kind, inputs, config sections); the
 # order, the stage names and what each stage is handed all come from those declarations.

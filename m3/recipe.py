@@ -18,6 +18,9 @@ ENSEMBLE_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.3, "multive
 # §3.3: the final loss weights λ of each function's InfoNCE / distillation term (λ_lex = 0.1).
 LOSS_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.1, "multivec": 1.0}
 
+# §3.4 MCLS: long documents get one extra CLS per this many content tokens (dense = their mean).
+MCLS_INTERVAL = 256
+
 # The evaluation's modes: each function alone, then the paper's fused systems (§4, MIRACL / MLDR
 # tables): Dense+Sparse = 1·dense + 0.3·sparse, All = 1·dense + 0.3·sparse + 1·multi-vector.
 EvalMode = Literal["dense", "sparse", "multivec", "dense+sparse", "all"]

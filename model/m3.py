@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m3.recipe import MCLS_INTERVAL
 from model.config import POSITION_OFFSET, ModelSpec
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ SPARSE_HEAD = "sparse_linear.pt"
 COLBERT_HEAD = "colbert_linear.pt"  # the multivec head, under the file name BGEM3FlagModel loads
 STORE_MANIFEST_FILE = ".m3-manifest"  # written by m3.store.Store.materialize into every artifact folder
 FORMAT_VERSION = 1
-MCLS_INTERVAL = 256  # paper §3.4: one CLS per 256 tokens for long documents
 _OFFSET_POSITION_MODELS = ("xlm-roberta", "roberta", "camembert")
 Prompt = Literal["query", "passage"]  # which side of retrieval a text is on (its instruction prefix)
 # sentence-transformers' prompt names: encode_query reads "query", encode_document the first of these.

@@ -2,7 +2,7 @@
 and ``tatoeba.LANG-eng.eng`` hold a sentence and its English translation on the same line.
 
 One reader serves both uses: translation pairs for contrastive pretraining (``tasks.pairs``) and the
-Tatoeba evaluation set (``tasks.evaluate.data.formats``).
+Tatoeba evaluation set (``tasks.eval_data.formats``).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def normalise(text: str) -> str:
 class EvaluationGuard:
     """What training must not see: every text of the evaluation-only sets, normalised, the languages
     their Tatoeba sets evaluate, and the held-out documents (``heldout_fraction``/``split_seed``:
-    the synthesize stage's split, :func:`tasks.synthesize.ict.split_of`)."""
+    the synthesize stage's split, :func:`tasks.docsplit.split_of`)."""
 
     texts: set[str] = field(default_factory=set)
     languages: set[str] = field(default_factory=set)
@@ -101,7 +101,7 @@ class EvaluationGuard:
     split_seed: int = 0
 
     def held_out(self, doc_id: str) -> bool:
-        from tasks.synthesize.ict import split_of
+        from tasks.docsplit import split_of
 
         return (
             self.heldout_fraction is not None
@@ -117,7 +117,7 @@ def evaluation_guard(
 ) -> EvaluationGuard:
     """The guard of a profile's ``evaluate.datasets`` (read with the evaluation loaders) and its
     held-out split."""
-    from tasks.evaluate.data import load_datasets, resolve_spec_paths
+    from tasks.eval_data import load_datasets, resolve_spec_paths
 
     guard = EvaluationGuard(heldout_fraction=heldout_fraction, split_seed=split_seed)
     for spec in specs:

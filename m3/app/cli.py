@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from m3.prefect_api import set_quiet_defaults
+from m3.recipe import MCLS_INTERVAL
 
 set_quiet_defaults()  # before anything imports prefect
 
@@ -177,8 +178,9 @@ def eval_model(
         ),
     ] = False,
     mcls_interval: Annotated[
-        int, typer.Option("--mcls-interval", min=1, help="tokens per CLS with --mcls (paper: 256)")
-    ] = 256,
+        int,
+        typer.Option("--mcls-interval", min=1, help=f"tokens per CLS with --mcls (paper: {MCLS_INTERVAL})"),
+    ] = MCLS_INTERVAL,
     max_length: Annotated[
         int | None, typer.Option("--max-length", min=8, help="passage tokens (default 512; MLDR: 8192)")
     ] = None,

@@ -13,8 +13,7 @@ from m3.app.profile import Profile
 
 def planned_refs(profile: Profile) -> list[str]:
     """``KIND/NAME`` of every artifact a full run of ``profile`` makes (and names with a ref)."""
-    from tasks.mining.embed import PASSAGES, QUERIES
-    from tasks.mining.stage import round_name
+    from tasks.round_names import PASSAGES, QUERIES, round_name
 
     name = profile.name
     refs = [f"source/{name}.{s.name}" for s in profile.sources]  # tasks.ingest.stage.register_source

@@ -19,8 +19,8 @@ from m3.strict import StrictModel
 from model.config import ModelSpec
 from model.tokenizer import TokenizerConfig
 from tasks.evaluate.config import EvalConfig
-from tasks.ingest import Format, IngestConfig
-from tasks.ingest.sources import FORMAT_OF, OnlineSpec, load_spec
+from tasks.ingest import IngestConfig
+from tasks.ingest.sources import SourceSpec
 from tasks.mining.config import MineConfig
 from tasks.pairs import PairsConfig
 from tasks.synthesize.ict import SynthesizeConfig
@@ -32,40 +32,6 @@ PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles
 
 class ProfileError(ValueError):
     """A profile that cannot be found or does not validate; the message names the problem."""
-
-
-class SourceSpec(StrictModel):
-    """A group of input files of one format: local ``paths`` (globs), or an ``online`` spec
-    (Wikipedia / mC4 / CC-News, inline or ``spec: NAME`` from data_specs/sources/) downloaded
-    resumably, verified against published checksums and cached in the store."""
-
-    name: str
-    format: Format | None = None
-    paths: list[str] = Field(default_factory=list)
-    lang: str | None = None
-    online: OnlineSpec | None = None
-    spec: str | None = Field(None, description="data_specs/sources/NAME.yaml (or a YAML path)")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return validate_segment(v, "source name")
-
-    @model_validator(mode="after")
-    def _origin(self) -> SourceSpec:
-        given = [k for k in ("paths", "online", "spec") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of paths, online or spec (got {given or 'none'})")
-        if self.spec:
-            self.online = load_spec(self.spec)
-        if self.online is not None:
-            implied = FORMAT_OF[self.online.kind]
-            if self.format not in (None, implied):
-                raise ValueError(f"a {self.online.kind} source is format {implied}, not {self.format}")
-            self.format = implied
-        elif self.format is None:
-            raise ValueError("a local source needs a format (mediawiki, mc4 or warc)")
-        return self
 
 
 MIN_WORKER_MEMORY = 256 * 2**20  # a Dask worker process alone takes ~150 MB: less is killed at once

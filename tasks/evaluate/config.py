@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from m3.recipe import EVAL_FUSION, EVAL_MODES
+from m3.recipe import EVAL_FUSION, EVAL_MODES, MCLS_INTERVAL
 from m3.recipe import EvalMode as Mode
 from m3.strict import StrictModel
 
@@ -53,7 +53,9 @@ class EvalConfig(StrictModel):
         description="encode passages/documents with MCLS (paper §3.4: a CLS every `mcls_interval` tokens,"
         " dense vector = mean of the CLS states); queries are encoded normally. Needs CLS pooling",
     )
-    mcls_interval: int = Field(256, ge=1, description="content tokens per CLS with mcls (the paper's 256)")
+    mcls_interval: int = Field(
+        MCLS_INTERVAL, ge=1, description=f"content tokens per CLS with mcls (the paper's {MCLS_INTERVAL})"
+    )
     long_documents: bool = Field(
         False,
         description="pipeline stage: also evaluate an MLDR-style long-document set built from the held-out"
@@ -142,3 +144,10 @@ def with_overrides(
     if not overrides:
         return cfg
     return EvalConfig.model_validate({**cfg.model_dump(), **overrides})
+
+
+def trained_lengths(cfg: EvalConfig, max_length: int, query_max_length: int) -> dict[str, int]:
+    """The passage and query lengths ``cfg`` (the profile's ``evaluate:``) does not set: those the model
+    was fine-tuned at. A length the profile sets is kept (before, it was silently replaced)."""
+    lengths = {"max_length": max_length, "query_max_length": query_max_length}
+    return {k: v for k, v in lengths.items() if k not in cfg.model_fields_set}

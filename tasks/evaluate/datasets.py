@@ -12,9 +12,9 @@ import pandas as pd
 import regex
 
 from m3.store import Store
+from tasks.eval_data import EvalDataset, _bump, load_datasets, resolve_spec_paths
+from tasks.eval_data.formats import write_mldr
 from tasks.evaluate.config import EvalConfig
-from tasks.evaluate.data import EvalDataset, _bump, load_datasets, resolve_spec_paths
-from tasks.evaluate.data.formats import write_mldr
 from tasks.evaluate.runs import qrels_from_queries
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def long_document_datasets(
 
 def write_long_document_sets(datasets: Sequence, folder: Path, split: str = "test") -> list:
     """Write each set in MLDR's layout under ``folder/NAME/`` and load it back with the MLDR reader
-    (``tasks.evaluate.data``'s ``mldr:DIR:SPLIT:LANG``), so what is evaluated is exactly what is on disk.
+    (``tasks.eval_data``'s ``mldr:DIR:SPLIT:LANG``), so what is evaluated is exactly what is on disk.
 
     The returned sets name their folder relative to ``folder``'s parent (``mldr:long-docs/en``).
     """

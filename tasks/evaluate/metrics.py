@@ -20,10 +20,10 @@ import pandas as pd
 import pytrec_eval
 import regex
 
+from tasks.bm25 import Bm25Config
 from tasks.evaluate.config import EvalConfig, system_name
 from tasks.evaluate.encoders import Encoder
 from tasks.evaluate.runs import Run, bm25_dataset_run, model_runs, qrels_from_queries
-from tasks.mining.config import MineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def evaluate_datasets(
     cfg: EvalConfig,
     baselines: Sequence[Encoder] = (),
     modes: Sequence[str] | None = None,
-    mine_config: MineConfig | None = None,
+    bm25: Bm25Config | None = None,
 ) -> dict[str, Any]:
     """Every system on every dataset: ``{"results": {system: {dataset: metrics}}, "datasets": ...}``.
 
@@ -154,7 +154,7 @@ def evaluate_datasets(
         systems: dict[str, Run] = {}
         t0 = time.perf_counter()
         if cfg.bm25:
-            systems["BM25"] = bm25_dataset_run(ds, cfg, mine_config)
+            systems["BM25"] = bm25_dataset_run(ds, cfg, bm25)
         for b in baselines:
             systems[b.label] = model_runs(ds, b, ("dense",), cfg)[0]["dense"]
         run_info: dict[str, Any] = {}

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.eval_data import load_datasets
 from tasks.evaluate.config import EvalConfig
-from tasks.evaluate.data import load_datasets
 from tasks.evaluate.encoders import M3Encoder, SentenceTransformerEncoder
 from tasks.evaluate.metrics import evaluate_datasets
 from tasks.evaluate.report import summarize

@@ -3,8 +3,11 @@
 - ``build_evaluation`` (pipeline stage): the model of a profile on its held-out ICT queries (and the
   profile's evaluation sets and long documents), every M3 mode against BM25, per ANCE round when
   ``evaluate.compare_rounds``, then the champion comparison (``model/champion``) and promotion.
-- ``build_model_evaluation``: any model ref on any dataset specs (``tasks.evaluate.data``), the same
+- ``build_model_evaluation``: any model ref on any dataset specs (``tasks.eval_data``), the same
   tables, optionally the same promotion.
+
+Each takes the ``evaluate`` section it runs with, and hands the report's metrics to ``publish`` (the
+flow's Prefect tables), so nothing here talks to Prefect.
 """
 
 from __future__ import annotations
@@ -14,15 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-from m3.app.profile import Profile
-from m3.publish import artifact_key
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
+from tasks.eval_data import load_datasets
 from tasks.evaluate.champion import chain_label, champion_head, report_decision, training_chain
-from tasks.evaluate.config import EvalConfig, with_overrides
-from tasks.evaluate.data import load_datasets
+from tasks.evaluate.config import EvalConfig
 from tasks.evaluate.datasets import (
     LONG_DOCS,
     corpus_of,
@@ -47,31 +46,34 @@ def _metrics(env: StageEnv, done) -> dict[str, Any]:
     return env.store.manifest(done.manifest_id).metrics
 
 
-def trained_lengths(profile: Profile) -> dict[str, int]:
-    """The passage and query lengths the profile does not set under ``evaluate:``: those the model
-    was fine-tuned at. A length the profile sets is kept (before, it was silently replaced)."""
-    finetune, given = profile.finetune, profile.evaluate.model_fields_set
-    lengths = {"max_length": finetune.max_length, "query_max_length": finetune.q_max_length}
-    return {k: v for k, v in lengths.items() if k not in given}
+# (tables name, a report's metrics): the flow publishes the report's tables (Prefect artifacts).
+PublishTables = Callable[[str, dict[str, Any]], None]
 
 
 def build_evaluation(
-    env: StageEnv, refresh: bool, inputs: dict[str, str] | None, promote_champion: bool
+    env: StageEnv,
+    cfg: EvalConfig,
+    base_dir: str,
+    bm25_key: dict[str, Any],
+    refresh: bool,
+    inputs: dict[str, str] | None,
+    promote_champion: bool,
+    publish: PublishTables,
 ) -> tuple[StageResult, dict[str, Any]]:
-    """``report/<profile>`` for the profile's model; returns it and the champion decision."""
+    """``report/<profile>`` for the profile's model; returns it and the champion decision.
+
+    ``cfg``: the profile's ``evaluate`` section at the lengths the model was trained at;
+    ``base_dir``: where its dataset paths are relative to; ``bm25_key``: the BM25 settings the stage
+    key records (the profile's ``mine`` section, without its rounds)."""
     log = run_logger(__name__)
     model_id = env.input_id(inputs, "model", "model")
     queries_id = env.input_id(inputs, "queries", "queries")
-    cfg = env.profile.evaluate.model_copy(update=trained_lengths(env.profile))
-    config = {
-        "eval": cfg.model_dump(mode="json", exclude={"compare_rounds"}),
-        "bm25": env.profile.mine.model_dump(mode="json", exclude={"rounds"}),
-    }
+    config = {"eval": cfg.model_dump(mode="json", exclude={"compare_rounds"}), "bm25": bm25_key}
     stage_inputs = {"queries": queries_id}
     if cfg.long_documents:  # the whole documents come from the corpus: an input (cache key, lineage)
         stage_inputs["corpus"] = (inputs or {}).get("corpus") or corpus_of(env.store, queries_id)
     extra_sets = []  # loaded once per stage run; the raw files of each set are the report's lineage
-    for spec, got in evaluation_sets(cfg.datasets, env.profile.base_dir):
+    for spec, got in evaluation_sets(cfg.datasets, base_dir):
         extra_sets.extend(got)
         stage_inputs[f"data:{spec}"] = register_eval_data(env, spec, [f for d in got for f in d.files])
 
@@ -110,20 +112,28 @@ def build_evaluation(
         by_round = {f"round{r['round']}": r["model"] for r in rounds or []}
         return env.run(spec_for(mid, name, by_round), build, refresh=refresh)
 
+    name = env.profile.name
     champion_id = champion_head(env.store)  # read before evaluating: the CAS's expected value
     rounds = None
     if cfg.compare_rounds:  # round 0 = where the run began (model.init or RetroMAE), every step since
         chain = training_chain(env.store, model_id)[:-1]
         rounds = []
         for k, mid in enumerate(chain[:1] if cfg.compare_rounds == "start" else chain):
-            done = run_for(mid, f"{env.profile.name}-round{k}")
+            done = run_for(mid, f"{name}-round{k}")
             avg = _metrics(env, done)["avg"]
             label = chain_label(env.store, mid)
             rounds.append({"round": k, "label": label, "model": mid, "report": done.manifest_id, "avg": avg})
-    result = run_for(model_id, env.profile.name, rounds)
-    decision, _ = _decide(
-        env, cfg, result, run_for, model_id, champion_id, promote_champion, env.profile.name, env.profile.name
+    result = run_for(model_id, name, rounds)
+    decision, metrics = _decide(
+        env,
+        cfg,
+        result,
+        lambda cid: run_for(cid, f"{name}-champion"),
+        model_id,
+        champion_id,
+        promote_champion,
     )
+    publish(name, metrics)
     return result, decision
 
 
@@ -131,50 +141,21 @@ def _decide(
     env: StageEnv,
     cfg: EvalConfig,
     result: StageResult,
-    run_for: Callable[[str, str], StageResult],
+    run_champion: Callable[[str], StageResult],
     model_id: str,
     champion_id: str | None,
     promote: bool,
-    name: str,
-    tables: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The champion decision on ``result``'s metrics (the champion evaluated by ``run_for`` as
-    ``<name>-champion`` when it is needed), and the report's tables published as ``tables``;
-    returns the decision and the metrics."""
+    """The champion decision on ``result``'s metrics (the champion evaluated by ``run_champion`` when
+    it is needed); returns the decision and the metrics."""
     metrics = _metrics(env, result)
 
     def champion_metrics(cid: str) -> dict[str, Any]:
-        return _metrics(env, run_for(cid, f"{name}-champion"))
+        return _metrics(env, run_champion(cid))
 
     decision = report_decision(env.store, cfg, model_id, metrics, champion_id, champion_metrics, promote)
     run_logger(__name__).info("champion: %s", decision)
-    publish_report_tables(tables, metrics)
     return decision, metrics
-
-
-def publish_report_tables(name: str, metrics: dict) -> None:
-    """Each metric's paper-shaped table as a Prefect table artifact (rows systems, columns
-    languages + avg, ×100), the long-document tables likewise, and the markdown report."""
-    sections = [("", metrics.get("tables", {})), ("long", (metrics.get("long") or {}).get("tables", {}))]
-    for section, tables in sections:
-        for metric, rows in tables.items():
-            table = [
-                {"system": sys, **{c: "–" if v is None else f"{v * 100:.1f}" for c, v in row.items()}}
-                for sys, row in rows.items()
-            ]
-            create_table_artifact(
-                table,
-                key=artifact_key("m3-evaluation", name, *([section] if section else []), metric),
-                description=f"{metric} ×100: systems × languages (+ macro avg)"
-                + (" — long documents (MLDR format)" if section else ""),
-            )
-    create_markdown_artifact(
-        f"# Evaluation `{name}`\n\nmodel `{metrics.get('model', '')}`\n\n"
-        f"{metrics.get('table_markdown', '')}\n"
-        "The chart is `chart.png` in the report artifact; `metrics.json` holds every number.\n",
-        key=artifact_key("m3-evaluation", name, "report"),
-        description="paper-shaped tables (×100)",
-    )
 
 
 def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
@@ -187,19 +168,18 @@ def register_eval_data(env: StageEnv, spec: str, files: Sequence[Path]) -> str:
 
 def build_model_evaluation(
     env: StageEnv,
+    cfg: EvalConfig,
     model: str,
     datasets: list[str] | None,
-    modes: list[str] | None,
     max_queries: int | None,
     promote_champion: bool,
     refresh: bool,
-    mcls: bool | None,
-    mcls_interval: int | None,
+    publish: PublishTables,
 ) -> tuple[StageResult, dict[str, Any], dict[str, Any]]:
     """A stored model (ref or id) on dataset specs (default: the profile's held-out ICT queries):
-    the report, the champion decision and the report's metrics."""
+    the report, the champion decision and the report's metrics. ``cfg``: the profile's ``evaluate``
+    section with the run's overrides."""
     log = run_logger(__name__)
-    cfg = with_overrides(env.profile.evaluate, modes, mcls, mcls_interval)
     model_id = env.store.resolve(model)
     champion_id = champion_head(env.store)
     inputs: dict[str, str] = {}
@@ -227,8 +207,14 @@ def build_model_evaluation(
         return env.run(spec, build, refresh=refresh)
 
     result = run_for(model_id, f"eval.{m_name}")
-    tables = f"{env.profile.name}-{m_name}"
     decision, metrics = _decide(
-        env, cfg, result, run_for, model_id, champion_id, promote_champion, f"eval.{m_name}", tables
+        env,
+        cfg,
+        result,
+        lambda cid: run_for(cid, f"eval.{m_name}-champion"),
+        model_id,
+        champion_id,
+        promote_champion,
     )
+    publish(f"{env.profile.name}-{m_name}", metrics)
     return result, decision, metrics

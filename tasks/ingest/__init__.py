@@ -19,10 +19,10 @@ from typing import Literal
 import pydantic
 
 from m3.strict import StrictModel
+from tasks.language import UNDETERMINED, normalize_code
 
 from .common import Format, InputFile, Quarantined, Skipped
 from .dedup import DedupConfig
-from .language import UNDETERMINED, normalize_code
 from .mc4 import iter_mc4
 from .mediawiki import iter_mediawiki
 from .quality import QualityConfig, quality_issue

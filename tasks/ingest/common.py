@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.language import UNDETERMINED, detect_language, normalize_code
+
 from .clean import clean_text
-from .language import UNDETERMINED, detect_language, normalize_code
 
 Format = Literal["mediawiki", "mc4", "warc"]  # the input formats a reader exists for
 

@@ -43,7 +43,6 @@ from m3.strict import StrictModel
 logger = logging.getLogger(__name__)
 
 _WORD = regex.compile(r"\w+")
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 
 @functools.cache

@@ -15,9 +15,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from tasks.language import normalize_code
+
 from .common import Quarantined, Skipped, excerpt, iso_timestamp, make_record
 from .files import StreamFault, iter_decoded
-from .language import lang_from_c4_filename, normalize_code
+from .language import lang_from_c4_filename
 
 logger = logging.getLogger(__name__)
 

@@ -23,15 +23,16 @@ import contextlib
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from tasks.language import normalize_code
+
 from .common import Quarantined, Skipped, doc_id, iso_timestamp, make_record
 from .files import StreamFault, iter_decoded
 from .language import (
-    normalize_code,
     wiki_code_from_dbname,
     wiki_code_from_filename,
     wiki_code_from_url,
@@ -301,110 +302,137 @@ def iter_mediawiki(
     """
     path = str(path)
     wiki = _WikiFile(path, source, lang, engine, page_seconds)
-    stack: list[ET.Element] = []
-    page_title: str | None = None  # title of the page being parsed, for a quarantine note
-    in_page = False
-    root_lang: str | None = None
-    consumed = 0
-
-    def new_parser() -> ET.XMLPullParser:
-        p: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
-        p.feed(f"<{_WRAPPER}>")
-        return p
-
-    parser = new_parser()
-    resync: _Resync | None = None
-
-    def drain() -> Iterator[dict | Skipped | Quarantined]:
-        nonlocal page_title, in_page, root_lang
-        events: Iterator[Any] = parser.read_events()  # start/end only: (event, Element)
-        for event, elem in events:
-            name = _local(elem.tag)
-            if event == "start":
-                stack.append(elem)
-                if name == "page":
-                    in_page, page_title = True, None
-                elif name == "mediawiki":
-                    root_lang = elem.get("{http://www.w3.org/XML/1998/namespace}lang")
-                    wiki.site.xml_lang = root_lang
-                continue
-            stack.pop()
-            if name == "title" and in_page:
-                page_title = elem.text
-            elif name == "siteinfo":
-                wiki.set_site(_SiteInfo.from_element(elem, root_lang))
-                _discard(elem, stack)
-            elif name == "page":
-                try:
-                    item: dict | Skipped | Quarantined = wiki.page_item(elem)
-                except RenderLimit as exc:  # this page only: the file reads on
-                    item = quarantine(exc.reason, exc.detail, raw=exc.excerpt)
-                in_page = False
-                yield item
-                _discard(elem, stack)
-
-    def quarantine(reason: str, detail: str, offset: int | None = None, raw: str = "") -> Quarantined:
-        return Quarantined(
-            path,
-            reason,
-            offset=consumed if offset is None else offset,
-            record=page_title if in_page else None,
-            detail=detail,
-            excerpt=raw or None,
-        )
-
     pieces = _pieces(iter_decoded(path))
-    head, fault = b"", None
-    while len(head) < 4096:  # enough to sniff the encoding and see the XML declaration
+    head, fault = _read_head(pieces)
+    yield from _PageReader(path, wiki, head).read(pieces, fault)
+
+
+def _read_head(pieces: Iterator[bytes | StreamFault]) -> tuple[bytes, StreamFault | None]:
+    """The first bytes, enough to sniff the encoding and see the XML declaration (or a fault first)."""
+    head = b""
+    while len(head) < 4096:
         piece = next(pieces, b"")
         if isinstance(piece, StreamFault):
-            fault = piece
-            break
+            return head, piece
         if not piece:
             break
         head += piece
-    encoding, bom = _sniff_encoding(head)
-    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-    consumed = len(head)
-    parser.feed(_XML_DECL.sub("", decoder.decode(head[bom:]), count=1))
-    while True:
-        try:
-            yield from drain()
-        except ET.ParseError as exc:
-            yield quarantine("malformed_xml", str(exc))
-            return
-        if fault is None:
-            piece = next(pieces, b"")
-            if isinstance(piece, StreamFault):
-                fault = piece
-            elif not piece:
-                break
-            else:
-                consumed += len(piece)
-                text = decoder.decode(piece)
-                parser.feed(resync.feed(text) if resync else text)
-                continue
-        # A fault: finish what was decoded, record it, and either stop or read on after it.
-        parser.feed(decoder.decode(b"", final=True))
-        with contextlib.suppress(ET.ParseError):  # the fault itself is what we report
-            yield from drain()
-        yield quarantine(fault.reason, fault.detail, fault.offset, fault.excerpt)
-        if fault.resumed_at is None:
-            return
-        fault, parser, resync = None, new_parser(), _Resync()
-        stack.clear()
-        in_page, page_title = False, None
-        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    return head, None
 
-    tail = decoder.decode(b"", final=True)
-    parser.feed((resync.feed(tail) + resync.flush()) if resync else tail)
-    parser.feed(f"</{_WRAPPER}>")
-    try:
-        yield from drain()
-        parser.close()
-    except ET.ParseError as exc:
-        # Anything that only fails once the end is reached is an unclosed (cut) document.
-        yield quarantine("truncated", str(exc))
+
+def _new_parser() -> ET.XMLPullParser:
+    """A pull parser inside a wrapper element, so a parser started mid-file reads a sequence of pages."""
+    p: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
+    p.feed(f"<{_WRAPPER}>")
+    return p
+
+
+class _PageReader:
+    """One file's text through an XML pull parser, and what a quarantine note needs: the page being
+    read, the bytes consumed. After a fault that decoding resumes from, it reads on with a new parser."""
+
+    def __init__(self, path: str, wiki: _WikiFile, head: bytes) -> None:
+        self.path, self.wiki = path, wiki
+        self.stack: list[ET.Element] = []
+        self.page_title: str | None = None  # title of the page being parsed, for a quarantine note
+        self.in_page = False
+        self.root_lang: str | None = None
+        self.parser = _new_parser()
+        self.resync: _Resync | None = None
+        self.encoding, bom = _sniff_encoding(head)
+        self.decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        self.consumed = len(head)
+        self.parser.feed(_XML_DECL.sub("", self.decoder.decode(head[bom:]), count=1))
+
+    def read(
+        self, pieces: Iterator[bytes | StreamFault], fault: StreamFault | None
+    ) -> Iterator[dict | Skipped | Quarantined]:
+        """Every page of the rest of the file; a fault is quarantined and, if resumable, read past."""
+        while True:
+            try:
+                yield from self.drain()
+            except ET.ParseError as exc:
+                yield self.quarantine("malformed_xml", str(exc))
+                return
+            if fault is None:
+                piece = next(pieces, b"")
+                if isinstance(piece, StreamFault):
+                    fault = piece
+                elif not piece:
+                    break
+                else:
+                    self.consumed += len(piece)
+                    text = self.decoder.decode(piece)
+                    self.parser.feed(self.resync.feed(text) if self.resync else text)
+                    continue
+            if not (yield from self.fault(fault)):
+                return
+            fault = None
+        yield from self.finish()
+
+    def fault(self, fault: StreamFault) -> Generator[dict | Skipped | Quarantined, None, bool]:
+        """Finish what was decoded before ``fault`` and record it; True when reading goes on after it
+        (with a fresh parser, from the next ``<page>``)."""
+        self.parser.feed(self.decoder.decode(b"", final=True))
+        with contextlib.suppress(ET.ParseError):  # the fault itself is what we report
+            yield from self.drain()
+        yield self.quarantine(fault.reason, fault.detail, fault.offset, fault.excerpt)
+        if fault.resumed_at is None:
+            return False
+        self.parser, self.resync = _new_parser(), _Resync()
+        self.stack.clear()
+        self.in_page, self.page_title = False, None
+        self.decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        return True
+
+    def finish(self) -> Iterator[dict | Skipped | Quarantined]:
+        """The pages left at the end; a document that only fails here was cut (``truncated``)."""
+        tail = self.decoder.decode(b"", final=True)
+        self.parser.feed((self.resync.feed(tail) + self.resync.flush()) if self.resync else tail)
+        self.parser.feed(f"</{_WRAPPER}>")
+        try:
+            yield from self.drain()
+            self.parser.close()
+        except ET.ParseError as exc:
+            yield self.quarantine("truncated", str(exc))
+
+    def drain(self) -> Iterator[dict | Skipped | Quarantined]:
+        """The items of the parser's pending events: one per finished ``<page>``."""
+        events: Iterator[Any] = self.parser.read_events()  # start/end only: (event, Element)
+        for event, elem in events:
+            name = _local(elem.tag)
+            if event == "start":
+                self.stack.append(elem)
+                if name == "page":
+                    self.in_page, self.page_title = True, None
+                elif name == "mediawiki":
+                    self.root_lang = elem.get("{http://www.w3.org/XML/1998/namespace}lang")
+                    self.wiki.site.xml_lang = self.root_lang
+                continue
+            self.stack.pop()
+            if name == "title" and self.in_page:
+                self.page_title = elem.text
+            elif name == "siteinfo":
+                self.wiki.set_site(_SiteInfo.from_element(elem, self.root_lang))
+                _discard(elem, self.stack)
+            elif name == "page":
+                try:
+                    item: dict | Skipped | Quarantined = self.wiki.page_item(elem)
+                except RenderLimit as exc:  # this page only: the file reads on
+                    item = self.quarantine(exc.reason, exc.detail, raw=exc.excerpt)
+                self.in_page = False
+                yield item
+                _discard(elem, self.stack)
+
+    def quarantine(self, reason: str, detail: str, offset: int | None = None, raw: str = "") -> Quarantined:
+        return Quarantined(
+            self.path,
+            reason,
+            offset=self.consumed if offset is None else offset,
+            record=self.page_title if self.in_page else None,
+            detail=detail,
+            excerpt=raw or None,
+        )
 
 
 def _pieces(decoded: Iterator[bytes | StreamFault]) -> Iterator[bytes | StreamFault]:

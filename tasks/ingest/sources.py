@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 import requests
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from m3.store.names import validate_segment
 from m3.strict import StrictModel
 
 from .common import Format
@@ -225,3 +226,37 @@ def load_spec(name_or_path: str, base_dir: str | Path | None = None) -> Wikipedi
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"source spec {path}: {where}: {first['msg']}") from exc
+
+
+class SourceSpec(StrictModel):
+    """A group of input files of one format: local ``paths`` (globs), or an ``online`` spec
+    (Wikipedia / mC4 / CC-News, inline or ``spec: NAME`` from data_specs/sources/) downloaded
+    resumably, verified against published checksums and cached in the store."""
+
+    name: str
+    format: Format | None = None
+    paths: list[str] = Field(default_factory=list)
+    lang: str | None = None
+    online: OnlineSpec | None = None
+    spec: str | None = Field(None, description="data_specs/sources/NAME.yaml (or a YAML path)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_segment(v, "source name")
+
+    @model_validator(mode="after")
+    def _origin(self) -> SourceSpec:
+        given = [k for k in ("paths", "online", "spec") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of paths, online or spec (got {given or 'none'})")
+        if self.spec:
+            self.online = load_spec(self.spec)
+        if self.online is not None:
+            implied = FORMAT_OF[self.online.kind]
+            if self.format not in (None, implied):
+                raise ValueError(f"a {self.online.kind} source is format {implied}, not {self.format}")
+            self.format = implied
+        elif self.format is None:
+            raise ValueError("a local source needs a format (mediawiki, mc4 or warc)")
+        return self

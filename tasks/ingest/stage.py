@@ -6,11 +6,14 @@ runs :func:`tasks.ingest.shards.run_ingest`). The books (``stats.json``: per sou
 source x language, with ``read = kept + filtered + duplicates + quarantined``) and the quarantine
 (``quarantine.jsonl``: file, location, reason) are files of the same ``corpus`` artifact, so they
 never describe another version of the data than the one they sit next to.
+
+The builder takes the profile's ``sources`` and ``ingest`` sections (and where a local source's
+files are), not the profile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -18,7 +21,6 @@ from typing import Any, cast
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from m3.app.profile import SourceSpec
 from m3.artifact_io import schema_dict
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
@@ -26,13 +28,15 @@ from m3.store import Store
 from tasks.ingest import Format, IngestConfig
 from tasks.ingest.handoff import StoreHandoff
 from tasks.ingest.shards import FileJob, ingest_to_shard, write_books
-from tasks.ingest.sources import fetch_source
+from tasks.ingest.sources import SourceSpec, fetch_source
 
 # (jobs, out_dir, handoff) -> run_ingest's result: the flow runs the files on its Dask runner.
 RunFiles = Callable[[list[FileJob], str, StoreHandoff], dict[str, Any]]
+# A local source -> its files, sorted (the profile resolves its globs from its own folder).
+SourceFiles = Callable[[SourceSpec], list[Path]]
 
 
-def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
+def register_source(env: StageEnv, source: SourceSpec, source_files: SourceFiles, refresh: bool) -> str:
     """The raw files of a source as a ``source`` artifact, keyed by their bytes
     (``StageEnv.register_files``)."""
     if source.online is not None:
@@ -41,7 +45,7 @@ def register_source(env: StageEnv, source: SourceSpec, refresh: bool) -> str:
         folder = env.store.cache_dir / "downloads" / f"{env.profile.name}.{source.name}"
         paths = sorted(res.path for _, res in fetch_source(source.online, folder))
     else:
-        paths = env.profile.source_files(source)
+        paths = source_files(source)
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         names = [f"{i:04d}-{p.name}" for i, p in enumerate(paths)]
@@ -103,19 +107,27 @@ def corpus_output(result: dict[str, Any], scratch: Path) -> StageOutput:
     return StageOutput(files=files, metrics=metrics, schema=schema_dict("corpus"), rows=result["rows"])
 
 
-def build_corpus(env: StageEnv, refresh: bool, run_files: RunFiles) -> StageResult:
+def build_corpus(
+    env: StageEnv,
+    specs: Sequence[SourceSpec],
+    source_files: SourceFiles,
+    cfg: IngestConfig,
+    languages: list[str] | None,
+    refresh: bool,
+    run_files: RunFiles,
+) -> StageResult:
     """Register every source, then read, deduplicate and write them into ``corpus/<profile>``."""
     log = run_logger(__name__)
-    sources = {s.name: (s, register_source(env, s, refresh)) for s in env.profile.sources}
+    sources = {s.name: (s, register_source(env, s, source_files, refresh)) for s in specs}
     spec = StageSpec(
         "ingest",
         "corpus",
         env.profile.name,
         inputs={f"source:{name}": mid for name, (_, mid) in sources.items()},
         config={
-            "ingest": env.profile.ingest.model_dump(mode="json"),
+            "ingest": cfg.model_dump(mode="json"),
             "sources": [s.model_dump(mode="json", exclude={"paths"}) for s, _ in sources.values()],
-            "languages": env.profile.languages,
+            "languages": languages,
         },
         code=(__file__,),
     )

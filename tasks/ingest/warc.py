@@ -30,9 +30,10 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
+from tasks.language import normalize_code
+
 from .common import Quarantined, Skipped, excerpt, iso_timestamp, make_record
 from .files import DECODE_ERRORS, detect_compression, find_member, open_bytes
-from .language import normalize_code
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
 
 from .clean import Substitutions, join_sections, substitute
 from .render_limits import MAX_DEPTH, too_deep
@@ -419,8 +418,3 @@ def _heading_at(text: str, start: int) -> Heading | None:
         if one >= start + level and (end := close(lead_end)) is not None:
             return start, end, level, text[one : one + 1]
     return None
-
-
-def fast_wikitext_to_text(wikitext: str, drop_namespaces: Iterable[str] = ()) -> str:
-    """Convenience wrapper: render one page's wikitext (not yet whitespace-normalised)."""
-    return FastWikitextCleaner(drop_namespaces)(wikitext)

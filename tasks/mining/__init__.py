@@ -7,7 +7,7 @@ false negatives and sample negatives from a rank window below the top.
 * ``pool``: the passage pool and training queries of a ``queries`` artifact.
 * ``rules``: what may not be a negative, the rank window, padding: the same for every teacher.
 * ``stats``: the additive counts of a run and the teacher-score distributions.
-* ``bm25``: the BM25 teacher (bm25s), mining with it, its query shards; the evaluation's BM25 index.
+* ``bm25``: the BM25 teacher: mining with the shared index (``tasks.bm25``), its query shards.
 * ``teachers``: dense teachers and re-scorers, loaded once per worker process.
 * ``embed``: the pool and the queries encoded partition by partition into cached store shards.
 * ``search``: exact, IVF or HNSW faiss search shard by shard, merged exactly (``m3.topk``).

@@ -1,23 +1,22 @@
-"""The BM25 teacher (bm25s): the index, mining with it, and its query shards on the workers.
+"""The BM25 teacher: mining with the shared index (``tasks.bm25``) and its query shards on the workers.
 
 Before the pipeline has a model, BM25 ranks the pool (Anserini's k1/b, one index per language by
-default); the rules of ``tasks.mining.rules`` turn each ranking into a train-set row. The evaluation
-reuses :func:`build_bm25` for its BM25 baseline.
+default); the rules of ``tasks.mining.rules`` turn each ranking into a train-set row.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-import bm25s
 import numpy as np
 import pandas as pd
 
 from m3.artifact_io import read_table
 from m3.store import Store
 from m3.topk import topk
+from tasks.bm25 import Bm25Index, build_bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.pool import split_pool
 from tasks.mining.rules import (
@@ -30,88 +29,8 @@ from tasks.mining.rules import (
     with_backend,
 )
 from tasks.mining.stats import STAT_KEYS, count_negatives, merge_shard_stats, pairing_stats, score_summary
-from tasks.text import TextConfig, bm25_tokens
 
 logger = logging.getLogger(__name__)
-
-
-class Bm25Group:
-    """One bm25s index over a subset of the pool (one language, or everything)."""
-
-    def __init__(self, ids: np.ndarray, tokens: list[list[str]], k1: float, b: float) -> None:
-        self.ids = ids  # global passage indices, ascending
-        self.retriever: bm25s.BM25 | None = None
-        if any(tokens):
-            self.retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
-            self.retriever.index(tokens, show_progress=False)
-
-    def scores(self, query_tokens: list[str]) -> np.ndarray:
-        if self.retriever is None:
-            return np.zeros(len(self.ids), dtype=np.float32)
-        token_ids = self.retriever.get_tokens_ids(query_tokens)
-        if not token_ids:
-            return np.zeros(len(self.ids), dtype=np.float32)
-        return self.retriever.get_scores_from_ids(token_ids)
-
-
-class Bm25Index:
-    """BM25 over a passage pool, per language by default, with deterministic tie-breaking.
-
-    Results are ordered by (score desc, pool index asc) and only passages sharing at least one token
-    with the query (score > 0) count as retrieved.
-    """
-
-    def __init__(
-        self,
-        passage_texts: Sequence[str],
-        langs: Sequence[str],
-        *,
-        k1: float = 0.9,
-        b: float = 0.4,
-        per_language: bool = True,
-        text_config: TextConfig | None = None,
-    ) -> None:
-        if len(passage_texts) != len(langs):
-            raise ValueError("passage_texts and langs differ in length")
-        self.size = len(passage_texts)
-        self.per_language = per_language
-        self.text_config = text_config
-        keys = list(langs) if per_language else [""] * self.size
-        members: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            members.setdefault(key, []).append(i)
-        self.groups: dict[str, Bm25Group] = {}
-        for key, idx in members.items():
-            tokens = [bm25_tokens(passage_texts[i], langs[i], text_config) for i in idx]
-            self.groups[key] = Bm25Group(np.asarray(idx, dtype=np.int64), tokens, k1, b)
-
-    def group(self, lang: str) -> Bm25Group | None:
-        return self.groups.get(lang if self.per_language else "")
-
-    def score_all(self, query: str, lang: str) -> tuple[np.ndarray, np.ndarray]:
-        """(pool indices, scores) over every passage the query may retrieve (its language group)."""
-        g = self.group(lang)
-        if g is None:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        return g.ids, g.scores(bm25_tokens(query, lang, self.text_config))
-
-    def search(self, query: str, lang: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (pool indices, scores), score > 0 only, ordered by (score desc, index asc)."""
-        ids, scores = self.score_all(query, lang)
-        return topk(ids, scores, k, positive=True)
-
-
-def build_bm25(
-    passage_texts: Sequence[str],
-    langs: Sequence[str],
-    config: MineConfig | None = None,
-    text_config: TextConfig | None = None,
-) -> Bm25Index:
-    """Index a passage pool for mining or BM25 evaluation."""
-    cfg = config or MineConfig()
-    return Bm25Index(
-        passage_texts, langs, k1=cfg.k1, b=cfg.b, per_language=cfg.per_language, text_config=text_config
-    )
 
 
 def mine_bm25(

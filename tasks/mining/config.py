@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from m3.recipe import weights_tuple
 from m3.strict import StrictModel
+from tasks.bm25 import Bm25Config
 
 
 class EncodeConfig(StrictModel):
@@ -86,8 +87,9 @@ class RescoreConfig(StrictModel):
         return self
 
 
-class MineConfig(StrictModel):
-    """Mining knobs. The rank window is 0-based over the *clean* ranking (see mine_bm25)."""
+class MineConfig(Bm25Config):
+    """Mining knobs (BM25's own from :class:`Bm25Config`). The rank window is 0-based over the
+    *clean* ranking (see mine_bm25)."""
 
     teacher: Literal["bm25", "checkpoint", "path"] = Field(
         "bm25",
@@ -120,12 +122,6 @@ class MineConfig(StrictModel):
     num_negatives: int = Field(7, ge=1)
     strategy: Literal["top", "random"] = "random"
     seed: int = Field(0, ge=0)
-    per_language: bool = Field(
-        True, description="one index per language: IDF from the query's own language, negatives in it"
-    )
-    # Anserini's defaults, used for its MIRACL / Mr.TyDi BM25 baselines (bm25s defaults to 1.5/0.75).
-    k1: float = Field(0.9, ge=0, description="term-frequency saturation; 0: binary term matches")
-    b: float = Field(0.4, ge=0, le=1, description="length normalisation: 0 none, 1 full")
     pad: bool = Field(True, description="fill missing negatives with random passages (counted in stats)")
     exclude_same_document: bool | None = Field(
         None,

@@ -23,13 +23,13 @@ from m3.codekey import code_digest
 from m3.store import Store
 from m3.store.manifest import canonical_json
 from tasks.mining.pool import load_frames
+from tasks.round_names import PASSAGES
 
 if TYPE_CHECKING:
     from model.m3 import Prompt
 
 logger = logging.getLogger(__name__)
 
-PASSAGES, QUERIES = "passages", "queries"
 CACHE_STAGE = "embed"
 SHARD_FILE = "vectors.npy"
 

@@ -19,14 +19,10 @@ from model.init import folder_identity
 from tasks.mining import bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.teachers import TeacherRef
+from tasks.round_names import round_name
 
 RunBM25 = Callable[[list[dict[str, Any]]], list[dict]]  # shard jobs -> each shard's {"rows", "stats"}
 RunDense = Callable[[str, dict, dict, str], dict]  # queries id, config, teacher, name -> result
-
-
-def round_name(profile: str, round: int, rounds: int) -> str:
-    """Artifact name of one ANCE round's output: the profile's name with one round, else ``-r<k>``."""
-    return profile if rounds == 1 else f"{profile}-r{round}"
 
 
 def resolve_teacher(

@@ -14,7 +14,6 @@ The LLM backend (`backend: openai`, any OpenAI-compatible server) lives in `task
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections import Counter
@@ -24,6 +23,7 @@ import pandas as pd
 from pydantic import Field
 
 from m3.strict import StrictModel
+from tasks.docsplit import split_of, stable_u64
 from tasks.synthesize.llm.config import OpenAIConfig
 from tasks.synthesize.llm.longdoc import (
     bucket_counts,
@@ -101,21 +101,6 @@ class SynthesizeConfig(IctConfig):
         }
 
 
-def _stable_u64(*parts: object) -> int:
-    """A platform- and process-independent hash (Python's hash() is salted per process)."""
-    digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
-def split_of(doc_id: str, heldout_fraction: float, seed: int = 0) -> str:
-    """'train' or 'test' for a whole document, by a stable hash of its id.
-
-    Splitting by document (not by passage) keeps every passage of a test document out of
-    fine-tuning, so neighbouring passages cannot leak the answer.
-    """
-    return "test" if _stable_u64("split", seed, doc_id) / 2**64 < heldout_fraction else "train"
-
-
 def ict_queries(corpus: pd.DataFrame, config: IctConfig | None = None) -> tuple[pd.DataFrame, dict]:
     """One ICT query per passage of each corpus document (corpus record schema in CONTRACTS.md).
 
@@ -187,7 +172,7 @@ def _ict_one(passage_id: str, sentences: list[str], cfg: IctConfig, stats: Count
     if not candidates:
         stats["skipped_no_query_sentence"] += 1
         return None
-    rng = random.Random(_stable_u64("ict", cfg.seed, passage_id))
+    rng = random.Random(stable_u64("ict", cfg.seed, passage_id))
     query = sentences[rng.choice(candidates)]
     if rng.random() < cfg.remove_prob:
         stats["query_removed"] += 1

@@ -12,46 +12,21 @@ ones that succeeded.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 from m3.artifact_io import schema_dict, write_jsonl, write_table
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
 from tasks.synthesize.ict import ict_queries, pairing_metrics
-from tasks.synthesize.llm.config import OpenAIConfig
 
 
-def resolve_api_key(cfg: OpenAIConfig) -> str | None:
-    """The API key from the Prefect Secret block or environment variable the profile names.
+def build_queries(
+    env: StageEnv, refresh: bool, inputs: dict[str, str] | None, api_key: Callable[[], str | None]
+) -> StageResult:
+    """``queries/<profile>`` from ``corpus``: ICT pseudo-queries (offline) or LLM questions.
 
-    Errors name where the key was looked for, never a value. None when neither is configured
-    (local servers such as vLLM or Ollama without auth).
-    """
-    if cfg.api_key_secret:
-        from prefect.blocks.system import Secret
-
-        try:
-            return cast(Secret, Secret.load(cfg.api_key_secret)).get()
-        except ValueError:
-            raise RuntimeError(
-                f"Prefect Secret block {cfg.api_key_secret!r} does not exist "
-                "(create it with prefect.blocks.system.Secret(value=...).save(name))"
-            ) from None
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise RuntimeError(
-                f"environment variable {cfg.api_key_env} is not set; it must hold the API key "
-                "(or set synthesize.openai.api_key_env: null for a server without auth)"
-            )
-        return key
-    return None
-
-
-def build_queries(env: StageEnv, refresh: bool, inputs: dict[str, str] | None) -> StageResult:
-    """``queries/<profile>`` from ``corpus``: ICT pseudo-queries (offline) or LLM questions."""
+    ``api_key`` is asked only when the LLM backend has questions to make (a cached run needs none)."""
     log = run_logger(__name__)
     corpus = env.input_id(inputs, "corpus", "corpus")
     settings = env.profile.synthesize
@@ -86,7 +61,7 @@ def build_queries(env: StageEnv, refresh: bool, inputs: dict[str, str] | None) -
         result = llm_queries(
             docs,
             settings.openai,
-            api_key=resolve_api_key(settings.openai),
+            api_key=api_key(),
             cache=ResponseCache(env.store.backend),
             heldout_fraction=settings.heldout_fraction,
             seed=settings.seed,

@@ -19,8 +19,8 @@ from m3.artifact_io import read_jsonl, schema_dict, write_table
 from m3.publish import publish
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, progress_logger, run_logger
-from tasks.mining.stage import round_name
 from tasks.pairs import TRANSLATION, bitext_files, evaluation_guard, pretraining_pairs
+from tasks.round_names import round_name
 from tasks.training.card import render_card
 from tasks.training.card_facts import card_facts, train_languages
 from tasks.training.config import TrainConfig

@@ -10,8 +10,7 @@ import yaml
 
 from m3.app.profile import load_profile
 from m3.recipe import EVAL_FUSION, EVAL_MODES
-from tasks.evaluate.config import EvalConfig, Mode, with_overrides
-from tasks.evaluate.stage import trained_lengths
+from tasks.evaluate.config import EvalConfig, Mode, trained_lengths, with_overrides
 from tests.conftest import TINY
 
 
@@ -38,13 +37,18 @@ def test_the_pipeline_evaluates_at_the_trained_lengths_unless_the_profile_sets_i
     data["finetune"] = {**(data.get("finetune") or {}), "max_length": 96, "query_max_length": 24}
     data["evaluate"] = {k: v for k, v in (data.get("evaluate") or {}).items() if "max_length" not in k}
     path = tmp_path / "p.yaml"
+
+    def lengths_of(path: Path) -> dict[str, int]:
+        p = load_profile(str(path))
+        return trained_lengths(p.evaluate, p.finetune.max_length, p.finetune.q_max_length)
+
     path.write_text(yaml.safe_dump(data))
-    assert trained_lengths(load_profile(str(path))) == {"max_length": 96, "query_max_length": 24}
+    assert lengths_of(path) == {"max_length": 96, "query_max_length": 24}
 
     data["evaluate"]["max_length"] = 300  # set in the profile: kept (it used to be silently replaced)
     path.write_text(yaml.safe_dump(data))
-    assert trained_lengths(load_profile(str(path))) == {"query_max_length": 24}
+    assert lengths_of(path) == {"query_max_length": 24}
 
     data["finetune"]["query_max_length"] = None  # None in training: queries cut at max_length
     path.write_text(yaml.safe_dump(data))
-    assert trained_lengths(load_profile(str(path))) == {"query_max_length": 96}
+    assert lengths_of(path) == {"query_max_length": 96}

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tasks.evaluate.data import DataError, load_datasets
+from tasks.eval_data import DataError, load_datasets
 from tests.conftest import SHARED_DATA
 
 XQUAD = SHARED_DATA / "xquad-r"
@@ -82,7 +82,7 @@ def test_qrels_naming_unknown_passages_are_counted_not_silent(tmp_path, caplog):
     qrels = ANSERINI / "qrels" / "qrels.miracl-v1.0-ko-dev.tsv"
     ids = _miracl_corpus(tmp_path / "all.jsonl", qrels)
     _miracl_corpus(tmp_path / "part.jsonl", qrels, drop=ids[:100])
-    with caplog.at_level(logging.WARNING, logger="tasks.evaluate.data"):
+    with caplog.at_level(logging.WARNING, logger="tasks.eval_data"):
         (ds,) = load_datasets(f"miracl:{topics}:{qrels}:{tmp_path / 'part.jsonl'}")
     assert ds.warnings["qrels_unknown_passage"] > 0
     assert len(ds.queries) + ds.warnings.get("queries_without_relevant_passage", 0) == 213

@@ -215,7 +215,7 @@ def test_evaluation_deployments_in_prefect_yaml_are_valid():
         flow = load_flow_from_entrypoint(str(REPO / dep["entrypoint"]))
         flow.validate_parameters(dep["parameters"])
     for spec in nightly["parameters"]["datasets"]:  # the shared data they name exists
-        from tasks.evaluate.data import load_datasets
+        from tasks.eval_data import load_datasets
 
         cwd = os.getcwd()
         try:

@@ -12,9 +12,9 @@ import yaml
 
 from m3.recipe import EVAL_MODES
 from m3.store import Store
+from tasks.eval_data import load_datasets
+from tasks.eval_data.formats import write_mldr
 from tasks.evaluate.config import EvalConfig, system_name
-from tasks.evaluate.data import load_datasets
-from tasks.evaluate.data.formats import write_mldr
 from tasks.evaluate.datasets import (
     LONG_DOCS,
     corpus_of,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.eval_data import EvalDataset
 from tasks.evaluate.config import EvalConfig
-from tasks.evaluate.data import EvalDataset
 from tasks.evaluate.encoders import M3Encoder
 from tasks.evaluate.metrics import evaluate_datasets
 from tasks.evaluate.report import summarize
@@ -126,7 +126,7 @@ def test_m3_eval_mcls_on_a_tiny_model_and_mldr_files(model, tmp_path):
     from typer.testing import CliRunner
 
     from m3.app.cli import app
-    from tasks.evaluate.data.formats import write_mldr
+    from tasks.eval_data.formats import write_mldr
 
     folder = model.save_pretrained(tmp_path / "model")
     write_mldr(_dataset(), tmp_path / "mldr")

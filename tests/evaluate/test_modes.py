@@ -11,8 +11,8 @@ import pytest
 
 from m3.recipe import EVAL_MODES
 from model.scoring import dense_scores, hybrid, lexical_scores, multivec_scores
+from tasks.eval_data import EvalDataset, load_datasets
 from tasks.evaluate.config import EvalConfig
-from tasks.evaluate.data import EvalDataset, load_datasets
 from tasks.evaluate.encoders import Encoder
 from tasks.evaluate.index import DenseIndex, InvertedIndex, TokenVectors, dense_lexical_matrix
 from tasks.evaluate.metrics import evaluate_datasets, evaluate_run, truncate_trec_order

@@ -8,11 +8,11 @@ import pytest
 
 from m3.recipe import EVAL_FUSION, EVAL_MODES
 from model.scoring import dense_scores, lexical_scores, multivec_scores
+from tasks.eval_data import load_datasets
 from tasks.evaluate import corpus as corpus_mod
 from tasks.evaluate.candidates import RunningCandidates
 from tasks.evaluate.config import EvalConfig
 from tasks.evaluate.corpus import corpus_chunks, encode_corpus
-from tasks.evaluate.data import load_datasets
 from tasks.evaluate.encoders import M3Encoder
 from tasks.evaluate.runs import model_runs
 from tests.conftest import SHARED_DATA

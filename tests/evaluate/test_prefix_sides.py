@@ -9,8 +9,8 @@ import pytest
 
 from model.config import ModelSpec
 from model.m3 import M3Model
+from tasks.eval_data import EvalDataset, load_datasets
 from tasks.evaluate.config import EvalConfig
-from tasks.evaluate.data import EvalDataset, load_datasets
 from tasks.evaluate.encoders import M3Encoder, SentenceTransformerEncoder
 from tests.conftest import SHARED_DATA
 from tests.support.text import TEXTS

@@ -15,8 +15,8 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from m3.app.profile import load_profile
 from tasks.ingest import FileIngestResult, InputFile, ingest_file
-from tasks.ingest.language import detect_language
 from tasks.ingest.quality import quality_issue
+from tasks.language import detect_language
 from tasks.synthesize.ict import ict_queries
 from tests.conftest import REPO
 

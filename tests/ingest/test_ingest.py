@@ -29,8 +29,9 @@ from tasks.ingest import (
 )
 from tasks.ingest.clean import clean_text
 from tasks.ingest.files import detect_compression
-from tasks.ingest.language import detect_language, lang_from_c4_filename, normalize_code
+from tasks.ingest.language import lang_from_c4_filename
 from tasks.ingest.wikitext import wikitext_to_text
+from tasks.language import detect_language, normalize_code
 from tests.conftest import SHARED_DATA
 
 DATA = SHARED_DATA

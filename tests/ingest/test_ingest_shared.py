@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.ingest import IngestConfig
-from tasks.ingest.language import detect_language
 from tasks.ingest.quality import QualityConfig, quality_issue
 from tasks.ingest.shards import FileJob, check_identity, run_ingest
+from tasks.language import detect_language
 from tests.conftest import SHARED_DATA
 
 DATA = SHARED_DATA

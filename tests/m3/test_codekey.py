@@ -33,7 +33,7 @@ def _rel(files: list[Path], root: Path) -> set[str]:
         ("flows.evaluate", "model/m3.py"),
         ("flows.mine", "model/m3.py"),
         ("flows.pretrain", "tasks/training/optim.py"),
-        ("flows.synthesize", "tasks/ingest/language.py"),
+        ("flows.synthesize", "tasks/language.py"),
         ("flows.ingest", "data_specs/schemas.yaml"),
     ],
 )

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.mining.bm25 import build_bm25, mine_bm25
+from tasks.bm25 import build_bm25
+from tasks.mining.bm25 import mine_bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.stats import merge_shard_stats, score_summary
 from tasks.text import bm25_tokens

@@ -25,10 +25,11 @@ from model.m3 import M3Model
 from model.tokenizer import train_tokenizer
 from tasks.mining import driver
 from tasks.mining.config import MineConfig
-from tasks.mining.embed import PASSAGES, commit_embeddings, partitions, read_index
+from tasks.mining.embed import commit_embeddings, partitions, read_index
 from tasks.mining.rules import norm_text
 from tasks.mining.search import search_shard
 from tasks.mining.teachers import TeacherRef, load_counts
+from tasks.round_names import PASSAGES
 from tests.support.mining import tatoeba_pools
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

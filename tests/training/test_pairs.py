@@ -117,7 +117,7 @@ def test_held_out_documents_give_no_pair(tmp_path):
     """The held-out split is by document (the synthesize stage's ``split_of``): a held-out document's
     title and opening would otherwise be trained on as a pair, and its passages are what the held-out
     queries search."""
-    from tasks.synthesize.ict import split_of
+    from tasks.docsplit import split_of
 
     body = "A long body of text about rivers and the towns along them. " * 4
     ids = [f"doc{i}" for i in range(40)]

@@ -14,7 +14,7 @@ from collections import Counter
 
 import regex
 
-from tasks.ingest.language import detect_language
+from tasks.language import detect_language
 from tasks.synthesize.llm.config import FilterConfig
 from tasks.text import split_sentences
 

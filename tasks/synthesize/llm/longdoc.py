@@ -103,7 +103,7 @@ def document_positive(
     The body is the document's sentences joined as passages are (:func:`tasks.text.join_sentences`,
     so every passage sampled from the returned sentences is a substring of the positive), cut after
     the last whole sentence that fits. The title joins with a space, as the evaluation corpora join
-    theirs (``tasks.evaluate.data.corpus_from_jsonl``). Returns (positive, body sentences kept, cut).
+    theirs (``tasks.eval_data.corpus_from_jsonl``). Returns (positive, body sentences kept, cut).
     """
     head = (title or "").strip()
     budget = max_chars - (len(head) + 1 if head else 0)

@@ -322,6 +322,53 @@ async def _run_all(
     return [r for r in results if r is not None]
 
 
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One run's inputs, as :func:`llm_queries` received them: ``api_key`` is for the HTTP client
+    only; ``redactor`` scrubs it and the caller's other secrets from whatever the run keeps."""
+
+    corpus: pd.DataFrame
+    cfg: OpenAIConfig
+    api_key: str | None
+    cache: ResponseCache | None
+    heldout_fraction: float
+    seed: int
+    redactor: Redactor
+
+
+@dataclass
+class _Plan:
+    """The selected documents and one request per sampled passage; documents with none fail here."""
+
+    selected: pd.DataFrame
+    skipped: Counter
+    jobs: list[_Job] = field(default_factory=list)
+    positives: dict[str, _Positive] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Asked:
+    """Every job's result, with the client's request counts and the budget they spent."""
+
+    results: list[_JobResult]
+    stats: Any  # tasks.synthesize.llm.client.ClientStats
+    budget: Budget
+
+
+@dataclass
+class _Kept:
+    """The filtered questions as query rows, the dropped ones, and the books of both."""
+
+    qfilter: QuestionFilter
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    passages_failed: Counter = field(default_factory=Counter)
+    parse_failures: Counter = field(default_factory=Counter)
+    generated: int = 0
+
+
 def llm_queries(
     corpus: pd.DataFrame,
     cfg: OpenAIConfig,
@@ -346,9 +393,6 @@ def llm_queries(
     ``passages == passages_ok + sum(passages_failed)``,
     ``questions_generated == questions_kept + sum(questions_dropped)``.
     """
-    from tasks.synthesize.ict import split_of
-    from tasks.synthesize.llm.client import ChatClient
-
     redactor = Redactor(api_key, *secrets)
     scrub = RedactingFilter(redactor)
     # Defence in depth: logger filters do not apply to child loggers, so name the ones that log
@@ -356,9 +400,7 @@ def llm_queries(
     for name in _SCRUBBED_LOGGERS:
         logging.getLogger(name).addFilter(scrub)
     try:
-        return _llm_queries(
-            corpus, cfg, api_key, cache, heldout_fraction, seed, redactor, ChatClient, split_of
-        )
+        return _llm_queries(SynthesisRequest(corpus, cfg, api_key, cache, heldout_fraction, seed, redactor))
     except Exception as exc:
         # Never let an unexpected error carry the key out in its message or its chain.
         raise RuntimeError(redactor.clean(f"LLM synthesis failed: {type(exc).__name__}: {exc}")) from None
@@ -367,16 +409,23 @@ def llm_queries(
             logging.getLogger(name).removeFilter(scrub)
 
 
-def _llm_queries(
-    corpus, cfg, api_key, cache, heldout_fraction, seed, redactor, client_cls, split_of
-) -> LLMResult:
+def _llm_queries(req: SynthesisRequest) -> LLMResult:
+    """Plan the requests, ask them, keep the questions that pass the filters, and count it all."""
     started = time.monotonic()
-    sel = cfg.selection
-    selected, skipped = select_documents(corpus, sel, seed, cfg.positive_max_tokens)
-    failures: list[dict[str, Any]] = []
-    jobs: list[_Job] = []
-    positives: dict[str, _Positive] = {}
-    n = cfg.questions_per_passage
+    plan = _plan(req)
+    asked = _ask(req, plan)
+    kept = _keep(req, plan, asked.results)
+    queries = pd.DataFrame(kept.rows, columns=QUERY_COLUMNS)
+    failures = plan.failures + kept.failures
+    metrics = _metrics(req, plan, asked, kept, queries, failures, started)
+    return LLMResult(queries, sorted(failures, key=lambda f: f["doc_id"]), kept.dropped, metrics)
+
+
+def _plan(req: SynthesisRequest) -> _Plan:
+    """The documents to ask about, each one's positive, and a request per sampled passage."""
+    cfg, sel, seed = req.cfg, req.cfg.selection, req.seed
+    plan = _Plan(*select_documents(req.corpus, sel, seed, cfg.positive_max_tokens))
+    selected = plan.selected
     for doc_id, lang, title, text, bucket in zip(
         selected["id"], selected["lang"], selected["title"], selected["text"], selected["length_bucket"],
         strict=True,
@@ -385,112 +434,138 @@ def _llm_queries(
             # M3 §3.1: "the generated question and the sampled article constitute a new text pair".
             # The LLM sees only passages of the part the (cut) positive keeps.
             text_, kept, cut = document_positive(title, text, lang, cfg.positive_max_chars(lang))
-            positives[doc_id] = _Positive(doc_id, text_, bucket, cut)
+            plan.positives[doc_id] = _Positive(doc_id, text_, bucket, cut)
             passages = sample_passages(doc_id, text, lang, sel, seed, sentences=kept)
         else:
-            positives[doc_id] = _Positive("", None, bucket)
+            plan.positives[doc_id] = _Positive("", None, bucket)
             passages = sample_passages(doc_id, text, lang, sel, seed)
         if not passages:
-            failures.append({"doc_id": doc_id, "lang": lang, "reason": "no_usable_passage", "detail": ""})
-        for passage_id, passage in passages:
-            jobs.append(
-                _Job(doc_id, lang, passage_id, passage, build_messages(lang, title or "", passage, n))
+            plan.failures.append(
+                {"doc_id": doc_id, "lang": lang, "reason": "no_usable_passage", "detail": ""}
             )
+        for passage_id, passage in passages:
+            messages = build_messages(lang, title or "", passage, cfg.questions_per_passage)
+            plan.jobs.append(_Job(doc_id, lang, passage_id, passage, messages))
+    return plan
+
+
+def _ask(req: SynthesisRequest, plan: _Plan) -> _Asked:
+    """Every planned request through one client, under the run's budget (cached replies are free)."""
+    from tasks.synthesize.llm.client import ChatClient
+
+    cfg = req.cfg
     params = request_params(cfg)
     budget = Budget(cfg.budget)
-    client = client_cls(cfg, api_key, budget, redactor)
+    client = ChatClient(cfg, req.api_key, budget, req.redactor)
     logger.info(
         "LLM synthesis: %d documents selected (%s skipped), %d passages, model %s at %s",
-        len(selected), dict(skipped), len(jobs), cfg.model, public_endpoint(cfg.base_url),
+        len(plan.selected), dict(plan.skipped), len(plan.jobs), cfg.model, public_endpoint(cfg.base_url),
     )  # fmt: skip
-    results = _run_sync(_run_all(jobs, client, cache, cfg, params, redactor)) if jobs else []
+    jobs = plan.jobs
+    results = _run_sync(_run_all(jobs, client, req.cache, cfg, params, req.redactor)) if jobs else []
+    return _Asked(results, client.stats, budget)
 
-    qfilter = QuestionFilter(cfg.filters)
-    rows: list[dict[str, Any]] = []
-    dropped: list[dict[str, Any]] = []
-    passages_failed: Counter = Counter()
-    parse_failures: Counter = Counter()
+
+def _keep(req: SynthesisRequest, plan: _Plan, results: list[_JobResult]) -> _Kept:
+    """The questions that pass the filters as query rows, per document in a fixed order (document
+    id, passage index), so duplicates resolve the same way every run; a document left without any
+    is a failure with its first reason."""
+    kept = _Kept(QuestionFilter(req.cfg.filters))
     by_doc: dict[str, list[tuple[_Job, _JobResult]]] = {}
-    for job, res in zip(jobs, results, strict=True):
+    for job, res in zip(plan.jobs, results, strict=True):
         by_doc.setdefault(job.doc_id, []).append((job, res))
-        parse_failures.update(res.parse_failures)
-    generated = 0
-    # Filter in a fixed order (document id, passage index): duplicates resolve the same way every run.
+        kept.parse_failures.update(res.parse_failures)
     for doc_id in sorted(by_doc):
-        kept_before = len(rows)
+        kept_before = len(kept.rows)
         doc_reasons: list[tuple[str | None, str]] = []
-        reason: str | None
         for job, res in by_doc[doc_id]:
             if res.questions is None:
-                passages_failed[res.reason] += 1
-                doc_reasons.append((res.reason, redactor.clean(res.detail)))
+                kept.passages_failed[res.reason] += 1
+                doc_reasons.append((res.reason, req.redactor.clean(res.detail)))
                 continue
-            split = split_of(doc_id, heldout_fraction, seed)
-            kept_here = 0
-            for k, question in enumerate(res.questions):
-                generated += 1
-                # More than asked for: keep the first n that pass the filters, count the rest.
-                if kept_here >= n:
-                    reason = "over_count"
-                    qfilter.dropped[reason] += 1
-                else:
-                    reason = qfilter.check(question, job.passage, job.lang)
-                if reason:
-                    dropped.append(
-                        {
-                            "doc_id": doc_id,
-                            "passage_id": job.passage_id,
-                            "question": str(question),
-                            "reason": reason,
-                        }
-                    )
-                    continue
-                kept_here += 1
-                pos = positives[doc_id]
-                rows.append(
-                    {
-                        # The id names the passage the question is about, whatever its positive.
-                        "query_id": f"q:{job.passage_id}:{k}",
-                        "query": question.strip(),
-                        "doc_id": doc_id,
-                        "lang": job.lang,
-                        "backend": "openai",
-                        "model": cfg.model,
-                        "passage_id": job.passage_id if pos.text is None else pos.passage_id,
-                        "passage": job.passage if pos.text is None else pos.text,
-                        "split": split,
-                        "pairing": cfg.pairing,
-                        "length_bucket": pos.length_bucket,
-                    }
-                )
-        if len(rows) == kept_before:
+            _keep_passage(req, kept, job, res.questions, plan.positives[doc_id])
+        if len(kept.rows) == kept_before:
             reason, detail = doc_reasons[0] if doc_reasons else ("all_questions_dropped", "")
-            failures.append(
-                {"doc_id": doc_id, "lang": by_doc[doc_id][0][0].lang, "reason": reason, "detail": detail}
-            )
+            lang = by_doc[doc_id][0][0].lang
+            kept.failures.append({"doc_id": doc_id, "lang": lang, "reason": reason, "detail": detail})
+    return kept
 
-    queries = pd.DataFrame(rows, columns=QUERY_COLUMNS)
-    stats = client.stats
-    used = budget.used
-    cached_pt = sum(r.cached_usage[0] for r in results)
-    cached_ct = sum(r.cached_usage[1] for r in results)
+
+def _keep_passage(
+    req: SynthesisRequest, kept: _Kept, job: _Job, questions: list[Any], pos: _Positive
+) -> None:
+    """One passage's questions: the first ``questions_per_passage`` that pass the filters become rows."""
+    from tasks.docsplit import split_of
+
+    cfg = req.cfg
+    split = split_of(job.doc_id, req.heldout_fraction, req.seed)
+    kept_here = 0
+    for k, question in enumerate(questions):
+        kept.generated += 1
+        # More than asked for: keep the first n that pass the filters, count the rest.
+        reason: str | None
+        if kept_here >= cfg.questions_per_passage:
+            reason = "over_count"
+            kept.qfilter.dropped[reason] += 1
+        else:
+            reason = kept.qfilter.check(question, job.passage, job.lang)
+        if reason:
+            kept.dropped.append(
+                {
+                    "doc_id": job.doc_id,
+                    "passage_id": job.passage_id,
+                    "question": str(question),
+                    "reason": reason,
+                }
+            )
+            continue
+        kept_here += 1
+        kept.rows.append(
+            {
+                # The id names the passage the question is about, whatever its positive.
+                "query_id": f"q:{job.passage_id}:{k}",
+                "query": question.strip(),
+                "doc_id": job.doc_id,
+                "lang": job.lang,
+                "backend": "openai",
+                "model": cfg.model,
+                "passage_id": job.passage_id if pos.text is None else pos.passage_id,
+                "passage": job.passage if pos.text is None else pos.text,
+                "split": split,
+                "pairing": cfg.pairing,
+                "length_bucket": pos.length_bucket,
+            }
+        )
+
+
+def _metrics(
+    req: SynthesisRequest,
+    plan: _Plan,
+    asked: _Asked,
+    kept: _Kept,
+    queries: pd.DataFrame,
+    failures: list[dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    """The run's books (see :func:`llm_queries`), logged in one line (and a warning if it stopped)."""
+    cfg, results, selected = req.cfg, asked.results, plan.selected
     docs_failed = Counter(f["reason"] for f in failures)
     metrics: dict[str, Any] = {
         "backend": "openai",
         "model": cfg.model,
         "endpoint": public_endpoint(cfg.base_url),
-        "docs_in": len(corpus),
+        "docs_in": len(req.corpus),
         "docs_selected": len(selected),
-        "docs_skipped": dict(sorted(skipped.items())),
+        "docs_skipped": dict(sorted(plan.skipped.items())),
         "docs_with_questions": int(queries["doc_id"].nunique()),
         "docs_failed": dict(sorted(docs_failed.items())),
-        "passages": len(jobs),
+        "passages": len(plan.jobs),
         "passages_ok": sum(r.questions is not None for r in results),
-        "passages_failed": dict(sorted(passages_failed.items())),
-        "questions_generated": generated,
+        "passages_failed": dict(sorted(kept.passages_failed.items())),
+        "questions_generated": kept.generated,
         "questions_kept": len(queries),
-        "questions_dropped": {r: qfilter.dropped[r] for r in (*DROP_REASONS, "over_count")},
-        "parse_failures": dict(sorted(parse_failures.items())),
+        "questions_dropped": {r: kept.qfilter.dropped[r] for r in (*DROP_REASONS, "over_count")},
+        "parse_failures": dict(sorted(kept.parse_failures.items())),
         "train": int((queries["split"] == "train").sum()),
         "test": int((queries["split"] == "test").sum()),
         "queries_per_lang": queries.groupby("lang").size().to_dict() if len(queries) else {},
@@ -499,7 +574,31 @@ def _llm_queries(
         "queries_per_length_bucket": bucket_counts(queries["length_bucket"]),
         "docs_selected_per_length_bucket": bucket_counts(selected["length_bucket"]),
         # Document positives cut to positive_max_tokens (among documents with questions).
-        "positives_cut": sum(positives[d].cut for d in set(queries["doc_id"])),
+        "positives_cut": sum(plan.positives[d].cut for d in set(queries["doc_id"])),
+        **_request_metrics(asked),
+        "elapsed_s": round(time.monotonic() - started, 3),
+    }
+    budget, stats, used = asked.budget, asked.stats, asked.budget.used
+    if budget.stop_reason:
+        logger.warning(
+            "LLM synthesis stopped early (%s): %d documents left without questions",
+            budget.stop_reason, docs_failed.get("budget_exhausted", 0),
+        )  # fmt: skip
+    logger.info(
+        "LLM synthesis: %d questions for %d/%d documents; %d requests, %d cache hits, %d tokens, ~$%.4f",
+        len(queries), metrics["docs_with_questions"], len(selected), stats.requests, metrics["cache_hits"],
+        used.total_tokens, used.cost_usd,
+    )  # fmt: skip
+    return metrics
+
+
+def _request_metrics(asked: _Asked) -> dict[str, Any]:
+    """What the requests cost: counts, errors, tokens and money spent and reused, waits, early stop."""
+    stats, budget, results = asked.stats, asked.budget, asked.results
+    used = budget.used
+    cached_pt = sum(r.cached_usage[0] for r in results)
+    cached_ct = sum(r.cached_usage[1] for r in results)
+    return {
         "requests_sent": stats.requests,
         "responses_ok": stats.responses_ok,
         "request_errors": dict(sorted(stats.errors.items())),
@@ -521,16 +620,4 @@ def _llm_queries(
         "stop_reason": budget.stop_reason,
         "rate_limit_wait_s": round(stats.rate_limit_wait_s, 3),
         "backoff_wait_s": round(stats.backoff_wait_s, 3),
-        "elapsed_s": round(time.monotonic() - started, 3),
     }
-    if budget.stop_reason:
-        logger.warning(
-            "LLM synthesis stopped early (%s): %d documents left without questions",
-            budget.stop_reason, docs_failed.get("budget_exhausted", 0),
-        )  # fmt: skip
-    logger.info(
-        "LLM synthesis: %d questions for %d/%d documents; %d requests, %d cache hits, %d tokens, ~$%.4f",
-        len(queries), metrics["docs_with_questions"], len(selected), stats.requests, metrics["cache_hits"],
-        used.total_tokens, used.cost_usd,
-    )  # fmt: skip
-    return LLMResult(queries, sorted(failures, key=lambda f: f["doc_id"]), dropped, metrics)

@@ -1,4 +1,4 @@
-"""Readers for the local evaluation formats (see the table in ``tasks.evaluate.data``)."""
+"""Readers for the local evaluation formats (see the table in ``tasks.eval_data``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import regex
 
 from tasks.bitext import BitextError, read_tatoeba, tatoeba_files
-from tasks.evaluate.data import (
+from tasks.eval_data import (
     DataError,
     EvalDataset,
     Qrels,

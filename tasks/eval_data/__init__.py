@@ -275,7 +275,7 @@ def load_datasets(spec: str, strict: bool = False, max_queries: int | None = Non
 
     ``max_queries`` keeps the first N usable queries of each (for quick checks; the report says so).
     """
-    from tasks.evaluate.data import formats
+    from tasks.eval_data import formats
 
     fmt, args = _split_spec(spec)
     if fmt == "beir":
@@ -293,7 +293,7 @@ def load_datasets(spec: str, strict: bool = False, max_queries: int | None = Non
             formats.load_tatoeba(f"tatoeba:{args[0]}:{lang}", args[0], lang) for lang in args[1].split(",")
         ]
     else:
-        from tasks.evaluate.data.hf import load_hf
+        from tasks.eval_data.hf import load_hf
 
         out = [load_hf(spec, *args)]
     done = [finalize(ds, strict=strict) for ds in out]

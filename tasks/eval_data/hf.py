@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.evaluate.data import DataError, EvalDataset
+from tasks.eval_data import DataError, EvalDataset
 
 
 def load_hf(spec: str, dataset_id: str, split: str = "test") -> EvalDataset:

@@ -7,11 +7,9 @@ packages' ``__init__`` files that importing it runs. Editing any of those files 
 a stale artifact is never reused after a change to code the stage runs. The closure is read from the
 source (``ast``), never by importing, so computing a key has no side effects and no start-up cost.
 
-The profile module (``m3.app.profile``) is a boundary: it is in every closure (the runner opens the
-profile), but its imports are not followed. It gathers every stage's config model, and a config's
-*values* are already in the key, so following it would put every stage's code into every key: an
-edit to the trainer would rebuild the corpus. A stage still reaches the code of its own config
-through its own imports.
+A stage's closure holds its own package and the floors below it (docs/architecture.md, "Floors"):
+no stage imports another, and none imports the application (``m3.app``: the profile that gathers
+every stage's config), so an edit to the trainer leaves the corpus' key alone.
 
 A module that reads a data file of the repository at run time (a schema, a prompt template) names
 it in a module-level ``CODE_DATA = ("data_specs/schemas.yaml",)`` (paths from the repo root); the
@@ -26,7 +24,6 @@ import hashlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BOUNDARIES = frozenset({"m3.app.profile"})  # in the closure, its imports not followed (see above)
 
 
 def _module_file(name: str, root: Path) -> Path | None:
@@ -106,8 +103,7 @@ def import_closure(*modules: str, root: Path = REPO_ROOT) -> tuple[list[Path], l
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run first
         found, names = _imports(name, path)
-        if name not in BOUNDARIES:
-            todo.extend(found)
+        todo.extend(found)
         for rel in names:
             f = root / rel
             if not f.is_file():

@@ -89,7 +89,7 @@ GRAPH = {m: imports_of(m) for m in MODULES}
 
 
 def test_the_floors_are_the_ones_the_docs_name():
-    assert STAGE_PACKAGES == {"ingest", "synthesize", "mining", "training", "evaluate"}
+    assert {"ingest", "synthesize", "mining", "training", "evaluate"} == STAGE_PACKAGES
     assert {FLOORS[floor(m)] for m in MODULES} == set(FLOORS)
     text = (REPO / "docs" / "architecture.md").read_text()
     assert all(name in text for name in FLOORS)

@@ -69,28 +69,30 @@ def test_a_file_outside_the_closure_leaves_the_key(tree: Path):
 @pytest.mark.parametrize(
     ("stage_module", "never"),
     [
-        ("flows.ingest", ("model/", "tasks/training/", "tasks/mining/", "tasks/evaluate/")),
-        ("flows.synthesize", ("model/", "tasks/training/", "tasks/evaluate/")),
-        ("flows.mine", ("tasks/training/", "tasks/evaluate/")),
+        ("tasks.ingest.stage", ("model/", "tasks/training/", "tasks/mining/", "tasks/evaluate/", "m3/app/")),
+        ("tasks.synthesize.stage", ("model/", "tasks/training/", "tasks/evaluate/", "m3/app/")),
+        ("tasks.mining.stage", ("tasks/training/", "tasks/evaluate/", "m3/app/")),
     ],
 )
 def test_a_stage_key_holds_no_other_stage_s_code(stage_module, never):
-    """The profile gathers every stage's config, but the runner opening it must not put every stage's
-    code into every key: an edit to the trainer would otherwise rebuild the corpus."""
+    """A stage's key holds its own code and the floors below it, never another stage's or the
+    application's (the profile gathers every stage's config): an edit to the trainer would
+    otherwise rebuild the corpus."""
     py, _ = import_closure(stage_module)
     held = _rel(py, REPO)
-    assert "m3/app/profile.py" in held
+    assert "m3/stage.py" in held
     assert not [f for f in held if f.startswith(never)]
 
 
 def test_editing_training_code_leaves_the_data_stages_keys(tree: Path):
-    before = {m: code_digest(m, root=tree) for m in ("flows.ingest", "flows.synthesize", "flows.pretrain")}
+    stages = ("tasks.ingest.stage", "tasks.synthesize.stage", "tasks.training.stage")
+    before = {m: code_digest(m, root=tree) for m in stages}
     trainer = tree / "tasks" / "training" / "trainer.py"
     trainer.write_text(trainer.read_text() + "\n# edited\n")
     code_digest.cache_clear()
-    assert code_digest("flows.ingest", root=tree) == before["flows.ingest"]
-    assert code_digest("flows.synthesize", root=tree) == before["flows.synthesize"]
-    assert code_digest("flows.pretrain", root=tree) != before["flows.pretrain"]
+    assert code_digest("tasks.ingest.stage", root=tree) == before["tasks.ingest.stage"]
+    assert code_digest("tasks.synthesize.stage", root=tree) == before["tasks.synthesize.stage"]
+    assert code_digest("tasks.training.stage", root=tree) != before["tasks.training.stage"]
 
 
 def test_relative_and_lazy_imports_are_followed(tree: Path):

@@ -10,27 +10,19 @@ stopped. Plain functions: no Prefect here.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import nn
 
 from m3 import lifecycle
-from model.m3 import M3Model, resolve_device
-from tasks.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from tasks.training.distributed import DistInfo
+from tasks.training.checkpoint import find_resume_state, rng_state, save_checkpoint, set_rng_state
+from tasks.training.cross_device import DistInfo
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +60,8 @@ class LoopSettings(Protocol):
 class RunContext:
     """Where one training run goes and whom it tells: this rank (``info``) and its ``device``, the
     ``fingerprint`` its checkpoints carry and the checkpoint ``state`` it continues (None: a fresh
-    start, see :func:`find_resume_state`), where checkpoints are written (``checkpoint_dir``) and
-    the callbacks of a checkpoint and of a step (rank 0)."""
+    start, see :func:`~tasks.training.checkpoint.find_resume_state`), where checkpoints are written
+    (``checkpoint_dir``) and the callbacks of a checkpoint and of a step (rank 0)."""
 
     info: DistInfo
     device: torch.device
@@ -80,6 +72,45 @@ class RunContext:
     on_progress: ProgressFn | None = None
 
 
+class RunOptions(TypedDict, total=False):
+    """The keywords both trainers take: how their caller follows a run and continues one.
+
+    ``on_progress`` gets rank 0's record of every step; with ``checkpoint_dir`` (and the config's
+    ``checkpoint_every``) resumable checkpoints are written there and handed to ``on_checkpoint``;
+    ``resume_from`` (a checkpoint folder, or a ``checkpoint_dir`` whose newest one is taken)
+    continues such a run exactly where it stopped; ``dist_info`` names this rank (default: the
+    initialised process group, else one process)."""
+
+    on_progress: ProgressFn | None
+    checkpoint_dir: Path | str | None
+    on_checkpoint: CheckpointFn | None
+    resume_from: Path | str | None
+    dist_info: DistInfo | None
+
+
+def rank_of(options: RunOptions) -> DistInfo:
+    """This process's rank; an unknown keyword is an error (a typo would else pass silently)."""
+    unknown = sorted(set(options) - set(RunOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"unknown training option(s) {unknown}; known: {sorted(RunOptions.__annotations__)}")
+    return options.get("dist_info") or DistInfo.current()
+
+
+def run_context(options: RunOptions, info: DistInfo, device: torch.device, fp: str) -> RunContext:
+    """The run ``options`` describe, continuing the checkpoint of ``resume_from`` when there is one
+    (it must carry fingerprint ``fp``)."""
+    state = find_resume_state(options.get("resume_from"), fp)
+    return RunContext(
+        info,
+        device,
+        fp,
+        state,
+        options.get("checkpoint_dir"),
+        options.get("on_checkpoint"),
+        options.get("on_progress"),
+    )
+
+
 @dataclass
 class LoopResult:
     step: int
@@ -88,88 +119,30 @@ class LoopResult:
     seconds: float
 
 
-def training_device(requested: str | None, info: DistInfo) -> torch.device:
-    """The device this rank trains on: ``requested`` (None: CUDA when present), and under a
-    multi-process group the GPU of this rank's ``LOCAL_RANK``."""
-    device = resolve_device(requested)
-    if device.type == "cuda" and info.active:
-        device = torch.device("cuda", info.local_rank)
-    return device
+@dataclass
+class _Position:
+    """Where the loop stands: steps done, the epoch and its next batch, the records so far."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    session_tokens: float = 0.0
 
 
-def wrap_ddp(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    """``module`` under DistributedDataParallel when a process group is up, else itself."""
-    if not info.active:
-        return module
-    from torch.nn.parallel import DistributedDataParallel
+@dataclass
+class _Handles:
+    """What :func:`run_loop` steps: the objective, the weights, optimizer and schedule, and how."""
 
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Torch's intra-op threads set to ``n`` (None: unchanged) for the run, restored afterwards.
-
-    Also flushes subnormal floats to zero: AdamW's second moments of tiny gradients become
-    subnormal, which made CPU steps ~10x slower in our runs, at no cost in accuracy (a process-wide
-    setting, left on)."""
-    torch.set_flush_denormal(True)
-    prev = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-def freeze_unused(
-    model: M3Model, functions: Sequence[str], freeze_word_embeddings: bool = False
-) -> dict[str, bool]:
-    """Heads of functions not trained (and a BERT pooler) get no gradient; DDP requires every
-    parameter with ``requires_grad`` to receive one. ``freeze_word_embeddings`` fixes the input
-    embedding matrix too. Returns the previous flags to restore."""
-    before = {n: p.requires_grad for n, p in model.named_parameters()}
-    unused: list[nn.Module] = [
-        m
-        for f, m in (("sparse", model.sparse_linear), ("multivec", model.colbert_linear))
-        if f not in functions
-    ]
-    pooler = getattr(model.backbone, "pooler", None)
-    if isinstance(pooler, nn.Module):
-        unused.append(pooler)
-    if freeze_word_embeddings:
-        unused.append(model.backbone.get_input_embeddings())
-    for module in unused:
-        for p in module.parameters():
-            p.requires_grad_(False)
-    return before
-
-
-def restore_flags(model: nn.Module, requires_grad: dict[str, bool]) -> None:
-    for name, p in model.named_parameters():
-        p.requires_grad_(requires_grad[name])
-
-
-def find_resume_state(resume_from: Path | str | None, fp: str) -> dict[str, Any] | None:
-    """The checkpoint state to resume (``resume_from`` is a checkpoint folder, or a checkpoint root
-    whose newest one is taken); None when there is none. Refuses a checkpoint of another run."""
-    if resume_from is None:
-        return None
-    folder: Path | None = Path(resume_from)
-    if folder is not None and not (folder / "trainer_state.pt").is_file():
-        folder = latest_checkpoint(folder)
-    if folder is None:
-        return None
-    state = load_checkpoint(folder, fp)
-    logger.info(
-        "resuming from %s at step %d (epoch %d, batch %d)",
-        folder,
-        state["step"],
-        state["epoch"],
-        state["batch"],
-    )
-    return state
+    objective: Objective
+    weights: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    run: RunContext
+    settings: LoopSettings
+    total: int
+    clip: list[nn.Parameter]
+    on_record: RecordFn | None
 
 
 def run_loop(
@@ -194,111 +167,100 @@ def run_loop(
     under ``run.checkpoint_dir`` (rank 0) and handed to ``run.on_checkpoint``. ``weights`` is left
     in eval mode.
     """
-    info, device, state = run.info, run.device, run.state
-    max_grad_norm, checkpoint_every = settings.max_grad_norm, settings.checkpoint_every
-    step, start_epoch, start_batch = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        weights.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        objective.load_state_dict(state.get("objective", {}))
-        step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
-        history = state["history"]
-    clip = list(clip_params)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    h = _Handles(objective, weights, optimizer, scheduler, run, settings, total, [], on_record)
+    pos = _restore(h, run.state)
+    h.clip = list(clip_params)
+    device = run.device
     t0 = time.perf_counter()
-    session_tokens = 0.0
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(settings.seed + info.rank)
-        if state is not None:
-            set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed + run.info.rank)
+        if run.state is not None:
+            rng = run.state["rng"]
+            set_rng_state(rng[run.info.rank] if isinstance(rng, list) else rng)
         weights.train()
         try:
-            epoch = start_epoch
-            while step < total:
-                plan = objective.plan(epoch)
-                first = start_batch if epoch == start_epoch else 0
-                for b_idx in range(first, len(plan)):
-                    if step >= total:
+            while pos.step < total:
+                plan = objective.plan(pos.epoch)
+                for b_idx in range(pos.batch, len(plan)):
+                    if pos.step >= total:
                         break
                     lifecycle.raise_if_stopped()  # a stop whose exception was dropped in a finalizer
-                    t_step = time.perf_counter()
-                    fields = objective.step(plan[b_idx], step, epoch, b_idx)
-                    if max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(clip, max_grad_norm)
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    n_real, n_all = fields["tokens"], fields["tokens_padded"]
-                    session_tokens += n_real
-                    dt = time.perf_counter() - t_step
-                    record = {
-                        "step": step,
-                        "total_steps": total,
-                        **fields,
-                        "lr": lr,
-                        "tokens_per_s": n_real / dt if dt > 0 else float("inf"),
-                        "padding_ratio": 1.0 - n_real / n_all,
-                        "epoch": epoch,
-                        "elapsed_s": time.perf_counter() - t0,
-                    }
-                    history.append(record)
-                    if on_record is not None:
-                        on_record(record, history)
-                    if info.is_main and run.on_progress is not None:
-                        run.on_progress(record)
-                    if step % settings.log_every == 0 or step == total:
-                        terms = " ".join(
-                            f"{k.removeprefix('loss_')} {v:.4f}"
-                            for k, v in record.items()
-                            if k.startswith("loss_") or k.endswith("_loss")
-                        )
-                        logger.info(
-                            "%s step %d/%d loss %.4f%s lr %.2e %.0f tok/s pad %.2f",
-                            objective.name,
-                            step,
-                            total,
-                            record["loss"],
-                            f" ({terms})" if terms else "",
-                            lr,
-                            record["tokens_per_s"],
-                            record["padding_ratio"],
-                        )
-                    if (
-                        run.checkpoint_dir is not None
-                        and checkpoint_every
-                        and step % checkpoint_every == 0
-                        and step < total
-                    ):
-                        _checkpoint(
-                            Path(run.checkpoint_dir),
-                            run.on_checkpoint,
-                            {
-                                "model": weights.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(),
-                                "objective": objective.state_dict(),
-                                "step": step,
-                                "epoch": epoch,
-                                "batch": b_idx + 1,
-                                "history": history,
-                                "fingerprint": run.fingerprint,
-                            },
-                            info,
-                        )
-                epoch += 1
+                    _step(h, pos, plan[b_idx], b_idx, t0)
+                pos.epoch, pos.batch = pos.epoch + 1, 0
         finally:
             weights.eval()
-    return LoopResult(step, history, session_tokens, time.perf_counter() - t0)
+    return LoopResult(pos.step, pos.history, pos.session_tokens, time.perf_counter() - t0)
 
 
-def _checkpoint(
-    root: Path, on_checkpoint: CheckpointFn | None, state: dict[str, Any], info: DistInfo
-) -> None:
-    """Every rank's RNG state is collected; rank 0 writes the file."""
+def _restore(h: _Handles, state: dict[str, Any] | None) -> _Position:
+    """A fresh start, or the weights, optimizer, schedule, objective and position of ``state``."""
+    if state is None:
+        return _Position()
+    h.weights.load_state_dict(state["model"])
+    h.optimizer.load_state_dict(state["optimizer"])
+    h.scheduler.load_state_dict(state["scheduler"])
+    h.objective.load_state_dict(state.get("objective", {}))
+    return _Position(state["step"], state["epoch"], state["batch"], state["history"])
+
+
+def _step(h: _Handles, pos: _Position, item: Any, b_idx: int, t0: float) -> None:
+    """One optimizer step on ``item``: its record is logged, reported and maybe checkpointed."""
+    t_step = time.perf_counter()
+    fields = h.objective.step(item, pos.step, pos.epoch, b_idx)
+    if h.settings.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(h.clip, h.settings.max_grad_norm)
+    lr = h.optimizer.param_groups[0]["lr"]
+    h.optimizer.step()
+    h.scheduler.step()
+    h.optimizer.zero_grad(set_to_none=True)
+    pos.step += 1
+    n_real, n_all = fields["tokens"], fields["tokens_padded"]
+    pos.session_tokens += n_real
+    dt = time.perf_counter() - t_step
+    record = {
+        "step": pos.step,
+        "total_steps": h.total,
+        **fields,
+        "lr": lr,
+        "tokens_per_s": n_real / dt if dt > 0 else float("inf"),
+        "padding_ratio": 1.0 - n_real / n_all,
+        "epoch": pos.epoch,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    pos.history.append(record)
+    if h.on_record is not None:
+        h.on_record(record, pos.history)
+    if h.run.info.is_main and h.run.on_progress is not None:
+        h.run.on_progress(record)
+    if pos.step % h.settings.log_every == 0 or pos.step == h.total:
+        _log_step(h.objective.name, record, h.total)
+    every = h.settings.checkpoint_every
+    if h.run.checkpoint_dir is not None and every and pos.step % every == 0 and pos.step < h.total:
+        _checkpoint(h, pos, b_idx)
+
+
+def _log_step(name: str, record: dict[str, Any], total: int) -> None:
+    terms = " ".join(
+        f"{k.removeprefix('loss_')} {v:.4f}"
+        for k, v in record.items()
+        if k.startswith("loss_") or k.endswith("_loss")
+    )
+    logger.info(
+        "%s step %d/%d loss %.4f%s lr %.2e %.0f tok/s pad %.2f",
+        name,
+        record["step"],
+        total,
+        record["loss"],
+        f" ({terms})" if terms else "",
+        record["lr"],
+        record["tokens_per_s"],
+        record["padding_ratio"],
+    )
+
+
+def _checkpoint(h: _Handles, pos: _Position, b_idx: int) -> None:
+    """Every rank's RNG state is collected; rank 0 writes the file and hands it on."""
+    info = h.run.info
     rng: Any = rng_state()
     if info.active:
         import torch.distributed as dist
@@ -307,11 +269,23 @@ def _checkpoint(
         dist.all_gather_object(states, rng)
         rng = states
     if info.is_main:
-        step = state["step"]
-        folder = save_checkpoint(root, step, {**state, "rng": rng})
-        logger.info("checkpoint at step %d: %s", step, folder)
-        if on_checkpoint is not None:
-            on_checkpoint(folder, step)
+        state = {
+            "model": h.weights.state_dict(),
+            "optimizer": h.optimizer.state_dict(),
+            "scheduler": h.scheduler.state_dict(),
+            "objective": h.objective.state_dict(),
+            "step": pos.step,
+            "epoch": pos.epoch,
+            "batch": b_idx + 1,
+            "history": pos.history,
+            "fingerprint": h.run.fingerprint,
+            "rng": rng,
+        }
+        assert h.run.checkpoint_dir is not None  # only called with one
+        folder = save_checkpoint(Path(h.run.checkpoint_dir), pos.step, state)
+        logger.info("checkpoint at step %d: %s", pos.step, folder)
+        if h.run.on_checkpoint is not None:
+            h.run.on_checkpoint(folder, pos.step)
     if info.active:
         import torch.distributed as dist
 

@@ -5,14 +5,16 @@ Contrastive pretraining is the same step with the dense function alone (then ``l
 1. **Batch** (:func:`make_batch`): this rank's queries q and, per query, a group ``[p+, p-_1..p-_k]``
    (its positive and sampled hard negatives); every other passage of the step, on every rank, is an
    in-batch negative.
-2. **Encode** (:class:`Encoder`): e_q, e_p = normalised CLS vectors; w_t = ReLU(W_lex·H[t]) per token;
-   E_q, E_p = normalised W_mul·H[1:] (the vectors leave out CLS).
+2. **Encode** (:class:`Encoder`, one pass of :class:`~model.m3.M3Model`): e_q, e_p = the normalised
+   [CLS] state (the mean for a mean-pooling start model); w_t = ReLU(W_lex·H[t]) per token, special
+   tokens 0; E_q, E_p = normalise(W_mul·H[1:]) (the vectors leave out CLS).
 3. **Scores** (:func:`scores_for`), ``[n, m]`` against every rank's passages:
    ``s_dense = <e_q, e_p>``; ``s_lex = Σ_{t ∈ q∩p} w_qt·w_pt`` (a repeated token: its largest
    weight); ``s_mul = (1/N_q) Σ_i max_j <E_q[i], E_p[j]>``.
-4. **Losses** (:func:`model.losses.unified_loss`), each an InfoNCE over ``s/τ``:
+4. **Losses** (:func:`model.losses.unified_loss`), each an InfoNCE over ``s/τ`` (τ = 0.02):
    ``s_inter = w1·s_dense + w2·s_lex + w3·s_mul`` (w = 1, 0.3, 1);
-   ``L = (λ1·L_dense + λ2·L_lex + λ3·L_mul + L_inter) / 4`` (λ = 1, 0.1, 1).
+   ``L = (λ1·L_dense + λ2·L_lex + λ3·L_mul + L_inter) / 4`` (λ = 1, 0.1, 1). The defaults of τ, w and
+   λ are :mod:`m3.recipe`'s; a profile's ``finetune`` may set others.
 5. **Self-knowledge distillation**: ``L'_* = −softmax(s_inter/τ)·log softmax(s_*/τ)``,
    ``L' = (λ1·L'_dense + λ2·L'_lex + λ3·L'_mul) / 3``; the step's loss is ``(L + L') / 2`` from
    ``self_distill_start_step`` on, else ``L``. With fewer functions the 4 and 3 are k + 1 and k.

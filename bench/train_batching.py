@@ -126,13 +126,13 @@ def machine() -> str:
 def padding_plan(data, cfg) -> dict:
     """Real / padded tokens of one epoch's batches as the trainer builds them (no training)."""
     from tasks.training.batching import plan_epoch
-    from tasks.training.distributed import DistInfo
-    from tasks.training.trainer import _make_batch
+    from tasks.training.cross_device import DistInfo
+    from tasks.training.unified_step import make_batch
 
     info = DistInfo.current()
     out = {"steps": 0, "examples": 0, "q_real": 0, "q_all": 0, "p_real": 0, "p_all": 0}
     for b_idx, batch in enumerate(plan_epoch(data, cfg, 0)):
-        b, *_ = _make_batch(data, batch, cfg, 0, b_idx, info, 1)
+        b, *_ = make_batch(data, batch, cfg, 0, b_idx, info, 1)
         out["steps"] += 1
         out["examples"] += len(batch)
         out["q_real"] += int(b.q_mask.sum())
@@ -158,8 +158,8 @@ def main() -> None:
     from model.config import ModelSpec
     from model.m3 import M3Model
     from tasks.training.config import TrainConfig
+    from tasks.training.contrastive import train
     from tasks.training.data import TokenizedSet, examples_from_rows
-    from tasks.training.trainer import train
 
     t = time.perf_counter()
     articles = load_articles()

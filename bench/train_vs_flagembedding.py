@@ -148,8 +148,8 @@ def child_ours(spec: dict) -> None:
     from model.config import ModelSpec
     from model.m3 import M3Model
     from tasks.training.config import TrainConfig
+    from tasks.training.contrastive import train
     from tasks.training.data import examples_from_rows
-    from tasks.training.trainer import train
 
     rows = [json.loads(x) for x in Path(spec["train_file"]).read_text(encoding="utf-8").splitlines()]
     examples = examples_from_rows(rows)

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.training_report import PrefectTrainingReport
 from m3.app.env import open_env
 from m3.stage import declare
 from m3.stage_env import flow_result
@@ -30,4 +31,5 @@ def finetune(
     with env.run_lock():
         checkpoint = env.input_id(inputs, "checkpoint", "checkpoint")
         train_set = env.input_id(inputs, "train-set", "train-set")
-        return flow_result(build_model(env, checkpoint, train_set, refresh, nproc_per_node, round))
+        report = PrefectTrainingReport(env.profile.name)
+        return flow_result(build_model(env, checkpoint, train_set, refresh, nproc_per_node, round, report))

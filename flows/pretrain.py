@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.training_report import PrefectTrainingReport
 from m3.app.env import open_env
 from m3.stage import declare
 from m3.stage_env import flow_result
@@ -31,4 +32,4 @@ def pretrain(
     env = open_env(profile, store)
     with env.run_lock():
         corpus = env.input_id(inputs, "corpus", "corpus")
-        return flow_result(build_checkpoint(env, corpus, refresh))
+        return flow_result(build_checkpoint(env, corpus, refresh, PrefectTrainingReport(env.profile.name)))

@@ -21,6 +21,16 @@ LOSS_WEIGHTS: dict[Function, float] = {"dense": 1.0, "sparse": 0.1, "multivec": 
 # §3.4 MCLS: long documents get one extra CLS per this many content tokens (dense = their mean).
 MCLS_INTERVAL = 256
 
+# §3.3: the InfoNCE temperature τ of every contrastive and distillation term (FlagEmbedding's M3
+# default).
+TEMPERATURE = 0.02
+
+# RetroMAE (Xiao et al. 2022, arXiv 2205.12035), the pretraining of §3.4: the share of tokens masked
+# for the encoder and hidden from each position of the enhanced decoder (BGE-M3's reference settings;
+# the paper's ranges are 15-30% and 50-70%).
+ENCODER_MASK_RATIO = 0.3
+DECODER_MASK_RATIO = 0.5
+
 # The evaluation's modes: each function alone, then the paper's fused systems (§4, MIRACL / MLDR
 # tables): Dense+Sparse = 1·dense + 0.3·sparse, All = 1·dense + 0.3·sparse + 1·multi-vector.
 EvalMode = Literal["dense", "sparse", "multivec", "dense+sparse", "all"]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, Function
+from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, TEMPERATURE, Function
 
 
 def group_labels(
@@ -74,7 +74,7 @@ def info_nce_from_scores(
 
 
 def info_nce(
-    q_emb: torch.Tensor, p_emb: torch.Tensor, temperature: float = 0.02, group_size: int = 1
+    q_emb: torch.Tensor, p_emb: torch.Tensor, temperature: float = TEMPERATURE, group_size: int = 1
 ) -> torch.Tensor:
     """Dense InfoNCE with in-batch negatives on L2-normalised embeddings; returns a scalar."""
     return info_nce_from_scores(q_emb.float() @ p_emb.float().T, temperature, group_size)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m3.recipe import DECODER_MASK_RATIO, ENCODER_MASK_RATIO
 from model.m3 import M3Model, pad_batch
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def mask_encoder_input(
     attention_mask: torch.Tensor,
     special_ids: torch.Tensor,
     mask_token_id: int,
-    ratio: float = 0.3,
+    ratio: float = ENCODER_MASK_RATIO,
     generator: torch.Generator | None = None,
     vocab_size: int | None = None,
     random_token_prob: float = 0.1,
@@ -117,7 +118,7 @@ def mask_encoder_input(
 
 def decoder_attention_mask(
     attention_mask: torch.Tensor,
-    ratio: float = 0.5,
+    ratio: float = DECODER_MASK_RATIO,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Bool [B, L, L] for enhanced decoding: ``out[b, i, j]`` = query row ``i`` may attend key column ``j``.
@@ -293,8 +294,8 @@ class RetroMAE(nn.Module):
     def make_batch(
         self,
         seqs: Sequence[Sequence[int]],
-        encoder_mask_ratio: float = 0.3,
-        decoder_mask_ratio: float = 0.5,
+        encoder_mask_ratio: float = ENCODER_MASK_RATIO,
+        decoder_mask_ratio: float = DECODER_MASK_RATIO,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Pad token id lists (``<s> ... </s>``) and draw both maskings; tensors on the model's device."""

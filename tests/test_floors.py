@@ -62,6 +62,17 @@ def resolve(name: str) -> str | None:
     return name or None
 
 
+def raw_imports(path: Path) -> set[str]:
+    """Every absolute module name a file imports (third-party ones included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+    return found
+
+
 def imports_of(module: str) -> set[str]:
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -113,6 +124,18 @@ def test_no_stage_package_imports_another():
         if stage_package(m) and stage_package(t) and stage_package(m) != stage_package(t)
     )
     assert not sideways, "\n".join(sideways)
+
+
+def test_prefect_stays_at_the_edge():
+    """Prefect is imported by the flows, the application and the stage runtime in ``m3/``; the
+    work in ``tasks/`` and ``model/`` is plain functions (docs/architecture.md, "Floors")."""
+    inside = sorted(
+        m
+        for m, path in MODULES.items()
+        if m.split(".")[0] in ("tasks", "model")
+        and any(name == "prefect" or name.startswith("prefect.") for name in raw_imports(path))
+    )
+    assert inside == []
 
 
 def _circles(graph: dict[str, set[str]]) -> list[list[str]]:

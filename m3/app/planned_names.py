@@ -24,7 +24,7 @@ def planned_refs(profile: Profile) -> list[str]:
         refs.append(f"checkpoint/{name}-retromae")
     refs.append(f"checkpoint/{name}")
     if profile.pretrain is not None:
-        refs += [f"pairs/{name}", f"train-state/{name}-pretrain"]  # tasks.training.run._state_name
+        refs += [f"pairs/{name}", f"train-state/{name}-pretrain"]  # tasks.training.resumable_run._state_name
         if profile.pairs.translation:
             refs.append(f"source/{name}.bitext-pairs")  # tasks.training.stage.register_bitext
     # tasks.mining.stage / tasks.training.stage.build_model: one train-set and model per ANCE round

@@ -2,7 +2,7 @@
 
 from tasks.training.checkpoint import latest_checkpoint
 from tasks.training.config import TrainConfig
+from tasks.training.contrastive import train
 from tasks.training.data import TrainExample, examples_from_rows
-from tasks.training.trainer import train
 
 __all__ = ["TrainConfig", "TrainExample", "examples_from_rows", "latest_checkpoint", "train"]

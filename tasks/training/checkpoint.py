@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -71,6 +74,27 @@ def load_checkpoint(folder: Path | str, expected_fingerprint: str | None = None)
             f"checkpoint {folder} belongs to another run (fingerprint {got}, this run "
             f"{expected_fingerprint}): settings, data or world size differ"
         )
+    return state
+
+
+def find_resume_state(resume_from: Path | str | None, fp: str) -> dict[str, Any] | None:
+    """The checkpoint state to resume (``resume_from`` is a checkpoint folder, or a checkpoint root
+    whose newest one is taken); None when there is none. Refuses a checkpoint of another run."""
+    if resume_from is None:
+        return None
+    folder: Path | None = Path(resume_from)
+    if folder is not None and not (folder / STATE_FILE).is_file():
+        folder = latest_checkpoint(folder)
+    if folder is None:
+        return None
+    state = load_checkpoint(folder, fp)
+    logger.info(
+        "resuming from %s at step %d (epoch %d, batch %d)",
+        folder,
+        state["step"],
+        state["epoch"],
+        state["batch"],
+    )
     return state
 
 

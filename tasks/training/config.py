@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, Function
+from m3.recipe import ENSEMBLE_WEIGHTS, FUNCTIONS, LOSS_WEIGHTS, TEMPERATURE, Function
 from m3.strict import StrictModel
 
 Weight = Annotated[float, Field(ge=0)]  # a negative weight would reward the wrong passage
@@ -46,7 +46,7 @@ class TrainConfig(StrictModel):
         ge=0,
         le=1,
         description="a sparse head that starts with fewer than this share of its tokens positive gets a "
-        "data-dependent bias before step 1 (trainer.revive_dead_sparse_head); 0: never",
+        "data-dependent bias before step 1 (sparse_init.revive_dead_sparse_head); 0: never",
     )
     # schedule
     epochs: int = Field(1, ge=1)
@@ -68,7 +68,7 @@ class TrainConfig(StrictModel):
         description="keep the word-embedding matrix fixed (a 250k-vocabulary model: 96M of e5-small's "
         "118M parameters, a third of a CPU step and most of AdamW's state)",
     )
-    temperature: float = Field(0.02, gt=0)  # FlagEmbedding's M3 default
+    temperature: float = Field(TEMPERATURE, gt=0)
     seed: int = Field(0, ge=0)
     # batching
     batch_size: int = Field(32, ge=2, description="queries per step (all ranks together), upper bound")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +96,7 @@ class TokenizedSet:
     def build(
         cls,
         examples: list[TrainExample],
-        tokenize,
+        tokenize: Callable[[list[str], int], list[list[int]]],  # texts, max length -> token ids
         q_len: int,
         p_len: int,
         query_prefix: str = "",

@@ -19,6 +19,15 @@ def warmup_linear_decay(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+Schedule = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, total: int) -> Schedule:
+    """``optimizer`` and its schedule: warmup over ``warmup_ratio`` of ``total`` steps, then decay."""
+    warmup = int(round(warmup_ratio * total))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
+
+
 def param_groups(
     named: Iterable[tuple[str, torch.nn.Parameter]],
     weight_decay: float,

@@ -1,5 +1,5 @@
 """RetroMAE pretraining (stage 1 of the recipe) of an :class:`~model.m3.M3Model`, as an objective of
-the shared training loop (:mod:`tasks.training.loop`: checkpoints, resume, DDP).
+the shared training loop (:mod:`tasks.training.optimizer_loop`: checkpoints, resume, DDP).
 
 RetroMAE, Xiao et al. 2022, arXiv 2205.12035; the model side (masking, enhanced decoder, position
 extension) is :mod:`model.retromae`. Texts are tokenized, cut into ``max_length`` pieces, batched from
@@ -15,27 +15,30 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from m3.recipe import DECODER_MASK_RATIO, ENCODER_MASK_RATIO
 from m3.strict import StrictModel
 from model.config import MAX_POSITIONS, POSITION_OFFSET
 from model.m3 import M3Model, autocast_for
 from model.retromae import RetroMAE, backbone_embeddings, chunk_token_ids, extend_positions
-from tasks.training import loop
 from tasks.training.checkpoint import fingerprint
-from tasks.training.distributed import DistInfo, mean_across, sum_across
-from tasks.training.optim import param_groups, warmup_linear_decay
+from tasks.training.cross_device import DistInfo, mean_across, sum_across
+from tasks.training.optim import linear_schedule, param_groups
+from tasks.training.optimizer_loop import LoopResult, RunOptions, rank_of, run_context, run_loop
+from tasks.training.run_setup import cpu_threads, freeze_unused, restore_flags, training_device, wrap_ddp
+from tasks.training.run_summary import first_last_tenth, mean
 
 logger = logging.getLogger(__name__)
 
 
 class RetroMAEConfig(StrictModel):
     """Knobs for :func:`train_retromae`. The paper masks 15-30% for the encoder and 50-70% for the
-    decoder (BGE-M3's reference settings: 0.3 / 0.5); lr/batch defaults suit the tiny CPU model."""
+    decoder (BGE-M3's reference settings, :data:`m3.recipe.ENCODER_MASK_RATIO` and
+    ``DECODER_MASK_RATIO``); lr/batch defaults suit the tiny CPU model."""
 
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (repeats epochs)")
@@ -44,8 +47,8 @@ class RetroMAEConfig(StrictModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     # > 0: with nothing masked there is nothing to predict (the loss is NaN)
-    encoder_mask_ratio: float = Field(0.3, gt=0, lt=1)
-    decoder_mask_ratio: float = Field(0.5, gt=0, lt=1)
+    encoder_mask_ratio: float = Field(ENCODER_MASK_RATIO, gt=0, lt=1)
+    decoder_mask_ratio: float = Field(DECODER_MASK_RATIO, gt=0, lt=1)
     max_length: int = Field(256, ge=8, description="tokens per piece, <s> and </s> included")
     min_length: int = Field(8, ge=1, description="drop pieces with fewer content tokens")
     max_positions: int | None = Field(
@@ -117,10 +120,6 @@ def _batches(lengths: Sequence[int], config: RetroMAEConfig, rng: random.Random)
     return batches
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else float("nan")
-
-
 def tokenize_pieces(model: M3Model, texts: Sequence[str], config: RetroMAEConfig) -> list[list[int]]:
     """``<s> … </s>`` pieces of at most ``config.max_length`` ids covering the texts (capped at the
     model's positions). Raw corpus text: no instruction prefix, as E5 and BGE pretrain on plain text
@@ -146,9 +145,9 @@ def _texts_digest(texts: Sequence[str]) -> str:
 
 
 class RetroMAEObjective:
-    """RetroMAE as an :class:`~tasks.training.loop.Objective`: length-grouped batches of pieces, masked
-    afresh every step with a generator of its own (saved in checkpoints), encoder MLM + enhanced
-    decoding loss. Under DDP each rank takes its share of every global batch."""
+    """RetroMAE as an :class:`~tasks.training.optimizer_loop.Objective`: length-grouped batches of
+    pieces, masked afresh every step with a generator of its own (saved in checkpoints), encoder MLM
+    + enhanced decoding loss. Under DDP each rank takes its share of every global batch."""
 
     name = "retromae"
 
@@ -212,35 +211,69 @@ class RetroMAEObjective:
 
 
 def train_retromae(
-    model: M3Model,
-    texts: list[str],
-    config: RetroMAEConfig,
-    on_progress: loop.ProgressFn | None = None,
-    *,
-    checkpoint_dir: Path | str | None = None,
-    on_checkpoint: loop.CheckpointFn | None = None,
-    resume_from: Path | str | None = None,
-    dist_info: DistInfo | None = None,
+    model: M3Model, texts: list[str], config: RetroMAEConfig, **options: Unpack[RunOptions]
 ) -> dict[str, Any]:
     """RetroMAE-pretrain ``model.backbone`` in place on ``texts``; returns summary metrics.
 
-    ``on_progress`` gets one dict per step (rank 0): ``step, total_steps, loss, encoder_loss,
-    decoder_loss, lr, tokens_per_s, padding_ratio, tokens, tokens_padded, epoch, elapsed_s``.
-    Metrics: ``steps``, ``pieces``, ``texts``, ``epochs``, ``final_loss``, ``loss_first_10pct`` /
-    ``loss_last_10pct`` (and the same for ``encoder_loss_*`` / ``decoder_loss_*``), ``tokens_per_s``,
-    ``seconds``, ``padding_ratio``, ``device``, ``max_positions``, ``world_size``,
-    ``resumed_from_step``. With ``checkpoint_dir`` and ``config.checkpoint_every`` a resumable
-    checkpoint (backbone, LM head, decoder, optimizer, schedule, RNGs, data position) is written every
-    that many steps and handed to ``on_checkpoint``; ``resume_from`` (a checkpoint folder, or a
-    ``checkpoint_dir``) continues such a run exactly where it stopped. Under ``torchrun`` (an
-    initialised process group) each rank trains on its share of every batch (DDP). Deterministic for
-    a given ``config.seed`` on CPU; the caller's global torch RNG is left untouched.
+    ``options`` (:class:`~tasks.training.optimizer_loop.RunOptions`): progress callback, checkpoints
+    (backbone, LM head, decoder, optimizer, schedule, RNGs, data position), resume, rank. A record
+    (``on_progress`` gets rank 0's) holds ``step, total_steps, loss, encoder_loss, decoder_loss, lr,
+    tokens_per_s, padding_ratio, tokens, tokens_padded, epoch, elapsed_s``. Metrics: ``steps``,
+    ``pieces``, ``texts``, ``epochs``, ``final_loss``, ``loss_first_10pct`` / ``loss_last_10pct``
+    (and the same for ``encoder_loss_*`` / ``decoder_loss_*``), ``tokens_per_s``, ``seconds``,
+    ``padding_ratio``, ``device``, ``max_positions``, ``world_size``, ``resumed_from_step``. Under
+    ``torchrun`` (an initialised process group) each rank trains on its share of every batch (DDP).
+    Deterministic for a given ``config.seed`` on CPU; the caller's global torch RNG is left untouched.
     """
-    info = dist_info or DistInfo.current()
-    device = loop.training_device(config.device, info)
+    info = rank_of(options)
+    device = training_device(config.device, info)
     model.to(device)
     if config.max_positions:
         extend_positions(model, config.max_positions)
+    pieces = _pieces(model, texts, config)
+    steps_per_epoch = len(_batches([len(p) for p in pieces], config, random.Random(config.seed)))
+    total = config.max_steps or steps_per_epoch * config.epochs
+    fp = fingerprint(config.model_dump(mode="json"), _texts_digest(texts), info.world_size)
+    requires_grad = freeze_unused(model, ())  # the M3 heads (and a BERT pooler) are not RetroMAE's
+    kept_rows, hook = (
+        _positions_only(model, config.keep_positions) if config.trainable == "positions" else (None, None)
+    )
+    retro = RetroMAE(model, seed=config.seed)
+    params = retro.trainable_parameters()
+    optimizer, scheduler = linear_schedule(
+        torch.optim.AdamW(param_groups(params, config.weight_decay), lr=config.lr), config.warmup_ratio, total
+    )
+    objective = RetroMAEObjective(retro, wrap_ddp(retro, info, device), pieces, config, info, device)
+    run = run_context(options, info, device, fp)
+    _log_start(config, len(pieces), total, steps_per_epoch, info, device)
+    with cpu_threads(config.num_threads):
+        try:
+            clip = [p for _, p in params]  # what gradient clipping sees
+            result = run_loop(
+                objective, retro, optimizer, scheduler, run, config, total=total, clip_params=clip
+            )
+        finally:
+            model.eval()
+            restore_flags(model, requires_grad)
+            _restore_kept_positions(model, kept_rows, hook)
+    summary = {
+        "objective": "RetroMAE (encoder MLM + enhanced decoding)",
+        "steps": result.step,
+        "pieces": len(pieces),
+        "texts": len(texts),
+        "epochs": result.step / steps_per_epoch,
+        **_loss_summary(result),
+        "device": str(device),
+        "max_positions": int(model.backbone.config.max_position_embeddings),
+        "world_size": info.world_size,
+        "resumed_from_step": None if run.state is None else int(run.state["step"]),
+    }
+    logger.info("train_retromae done: %s", summary)
+    return summary
+
+
+def _pieces(model: M3Model, texts: list[str], config: RetroMAEConfig) -> list[list[int]]:
+    """:func:`tokenize_pieces`, timed; no piece at all is an error."""
     t_tok = time.perf_counter()
     pieces = tokenize_pieces(model, texts, config)
     if not pieces:
@@ -250,28 +283,20 @@ def train_retromae(
     logger.info(
         "tokenized %d texts into %d pieces in %.1fs", len(texts), len(pieces), time.perf_counter() - t_tok
     )
-    steps_per_epoch = len(_batches([len(p) for p in pieces], config, random.Random(config.seed)))
-    total = config.max_steps or steps_per_epoch * config.epochs
-    warmup = int(round(config.warmup_ratio * total))
-    fp = fingerprint(config.model_dump(mode="json"), _texts_digest(texts), info.world_size)
+    return pieces
 
-    requires_grad = loop.freeze_unused(model, ())  # the M3 heads (and a BERT pooler) are not RetroMAE's
-    kept_rows, hook = (
-        _positions_only(model, config.keep_positions) if config.trainable == "positions" else (None, None)
-    )
-    retro = RetroMAE(model, seed=config.seed)
-    params = retro.trainable_parameters()
-    trainable = [p for _, p in params]  # what gradient clipping sees
-    optimizer = torch.optim.AdamW(param_groups(params, config.weight_decay), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
-    module = loop.wrap_ddp(retro, info, device)
-    objective = RetroMAEObjective(retro, module, pieces, config, info, device)
-    state = loop.find_resume_state(resume_from, fp)
-    run = loop.RunContext(info, device, fp, state, checkpoint_dir, on_checkpoint, on_progress)
 
+def _log_start(
+    config: RetroMAEConfig,
+    n_pieces: int,
+    total: int,
+    steps_per_epoch: int,
+    info: DistInfo,
+    device: torch.device,
+) -> None:
     logger.info(
         "train_retromae: %d pieces, %d steps (%d/epoch), batch %d, mask %.2f/%.2f, %d rank(s), device %s",
-        len(pieces),
+        n_pieces,
         total,
         steps_per_epoch,
         config.batch_size,
@@ -280,46 +305,26 @@ def train_retromae(
         info.world_size,
         device,
     )
-    with loop.cpu_threads(config.num_threads):
-        try:
-            result = loop.run_loop(
-                objective, retro, optimizer, scheduler, run, config, total=total, clip_params=trainable
-            )
-        finally:
-            model.eval()
-            loop.restore_flags(model, requires_grad)
-            if hook is not None:
-                hook.remove()
-            if kept_rows is not None:  # weight decay moved them a hair: put them back bit for bit
-                with torch.no_grad():
-                    backbone_embeddings(model.backbone).position_embeddings.weight[: len(kept_rows)] = (
-                        kept_rows
-                    )
+
+
+def _restore_kept_positions(model: M3Model, kept_rows: torch.Tensor | None, hook: Any) -> None:
+    """Undo :func:`_positions_only`: drop its hook and put the kept rows back bit for bit (weight
+    decay moved them a hair)."""
+    if hook is not None:
+        hook.remove()
+    if kept_rows is not None:
+        with torch.no_grad():
+            backbone_embeddings(model.backbone).position_embeddings.weight[: len(kept_rows)] = kept_rows
+
+
+def _loss_summary(result: LoopResult) -> dict[str, float]:
+    """First/last-tenth means of the three losses, the final loss, throughput and padding."""
     history, seconds = result.history, result.seconds
-    losses = [float(r["loss"]) for r in history]
-    enc_losses = [float(r["encoder_loss"]) for r in history]
-    dec_losses = [float(r["decoder_loss"]) for r in history]
-    tenth = max(1, len(losses) // 10)
-    summary = {
-        "objective": "RetroMAE (encoder MLM + enhanced decoding)",
-        "steps": result.step,
-        "pieces": len(pieces),
-        "texts": len(texts),
-        "epochs": result.step / steps_per_epoch,
-        "final_loss": losses[-1],
-        "loss_first_10pct": _mean(losses[:tenth]),
-        "loss_last_10pct": _mean(losses[-tenth:]),
-        "encoder_loss_first_10pct": _mean(enc_losses[:tenth]),
-        "encoder_loss_last_10pct": _mean(enc_losses[-tenth:]),
-        "decoder_loss_first_10pct": _mean(dec_losses[:tenth]),
-        "decoder_loss_last_10pct": _mean(dec_losses[-tenth:]),
-        "seconds": seconds,
-        "tokens_per_s": result.session_tokens / seconds if seconds > 0 else float("inf"),
-        "padding_ratio": _mean([float(r["padding_ratio"]) for r in history]),
-        "device": str(device),
-        "max_positions": int(model.backbone.config.max_position_embeddings),
-        "world_size": info.world_size,
-        "resumed_from_step": None if state is None else int(state["step"]),
-    }
-    logger.info("train_retromae done: %s", summary)
-    return summary
+    out: dict[str, float] = {"final_loss": float(history[-1]["loss"])}
+    for name in ("loss", "encoder_loss", "decoder_loss"):
+        first, last = first_last_tenth([float(r[name]) for r in history])
+        out[f"{name}_first_10pct"], out[f"{name}_last_10pct"] = first, last
+    out["seconds"] = seconds
+    out["tokens_per_s"] = result.session_tokens / seconds if seconds > 0 else float("inf")
+    out["padding_ratio"] = mean([float(r["padding_ratio"]) for r in history])
+    return out

@@ -1,4 +1,5 @@
-"""Start a new sparse head from corpus statistics instead of noise (``finetune.sparse_init: idf``).
+"""Start a sparse head that can learn: fitted to corpus statistics (``finetune.sparse_init: idf``),
+or, when it starts (almost) dead, given a data-dependent bias (``sparse_revive_below``).
 
 The lexical function scores a query and a passage by ``sum over shared tokens of w_q(t) * w_p(t)``
 with ``w(t) = ReLU(v . h_t + b)`` (paper §3.2). A fresh head (``v`` ~ N(0, 0.02)) weighs tokens at
@@ -88,3 +89,43 @@ def fit_sparse_head_to_idf(
         100 * info["active_share"],
     )
     return info
+
+
+@torch.no_grad()
+def revive_dead_sparse_head(
+    model: M3Model, passages: list[list[int]], threshold: float, pad_id: int, sample: int = 64
+) -> dict[str, float] | None:
+    """Give a sparse head that starts (almost) dead a data-dependent bias (in the spirit of the
+    data-dependent initialisation of Salimans & Kingma 2016, "Weight Normalization"); None if alive.
+
+    Hidden states of a pretrained encoder share a large common direction (anisotropy), so a freshly
+    initialised ``w`` often puts nearly every token's pre-ReLU logit ``w·h + b`` on the same side of 0.
+    When fewer than ``threshold`` of the tokens of a sample of training passages are positive, ReLU
+    passes little gradient and the sparse function starts (nearly) dead. Setting
+    ``b -= median(w·h + b)`` makes half of the tokens active without changing which tokens score
+    higher. A head that starts alive (a loaded BGE-M3 head, say) is left as it is.
+    """
+    was_training = model.training
+    model.eval()
+    rows = passages[:: max(1, len(passages) // sample)][:sample]
+    ids, mask = pad_batch(rows, pad_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    hidden = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = model.sparse_linear(hidden).squeeze(-1).float()
+    keep = mask.bool() & ~torch.isin(ids, model.special_ids)
+    z = logits[keep]
+    model.train(was_training)
+    if z.numel() == 0:
+        return None
+    share = float((z > 0).float().mean())
+    if share >= threshold:
+        return None
+    shift = float(z.median())
+    model.sparse_linear.bias.sub_(shift)
+    logger.warning(
+        "sparse head starts dead (%.1f%% of %d tokens positive): bias shifted by %.4f to the median logit",
+        100 * share,
+        z.numel(),
+        -shift,
+    )
+    return {"share_before": share, "bias_shift": -shift}

@@ -24,7 +24,7 @@ from tasks.round_names import round_name
 from tasks.training.card import render_card
 from tasks.training.card_facts import card_facts, train_languages
 from tasks.training.config import TrainConfig
-from tasks.training.run import folder_files, run_training
+from tasks.training.resumable_run import TrainingReport, folder_files, run_training
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,7 +189,7 @@ def _model_input(name: str, tokenizer: str | None, start: str | None) -> dict[st
     return {"tokenizer": tokenizer}
 
 
-def start_model(env: StageEnv, tokenizer: str | None, start: str | None):
+def start_model(env: StageEnv, tokenizer: str | None, start: str | None) -> M3Model:
     """A stored model to continue from, else a fresh ``ModelSpec`` model on the trained tokenizer."""
     from model.m3 import M3Model
 
@@ -199,8 +199,11 @@ def start_model(env: StageEnv, tokenizer: str | None, start: str | None):
     return M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
 
 
-def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
-    """The ``pretrain`` stage: starting model, RetroMAE, contrastive pretraining (as configured)."""
+def build_checkpoint(
+    env: StageEnv, corpus: str, refresh: bool, report: TrainingReport | None = None
+) -> StageResult:
+    """The ``pretrain`` stage: starting model, RetroMAE, contrastive pretraining (as configured);
+    ``report`` shows the contrastive run's progress (a flow: Prefect artifacts)."""
     tokenizer = start = None
     if env.profile.model.init:
         start = build_start(env, refresh).manifest_id
@@ -238,7 +241,7 @@ def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
         kinds = table["kind"].value_counts().to_dict()
         run_logger(__name__).info("contrastive pretraining on %d pairs %s", len(examples), kinds)
         model.save_pretrained(scratch / "start")
-        trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch, refresh)
+        trained, summary = run_training(env, spec, scratch / "start", examples, cfg, scratch, refresh, report)
         return StageOutput(
             folder_files(trained),
             {"objective": "dense InfoNCE (" + ", ".join(sorted(kinds)) + ")", **summary},
@@ -276,9 +279,11 @@ def build_model(
     refresh: bool,
     nproc_per_node: int | None = None,
     round: int = 1,
+    report: TrainingReport | None = None,
 ) -> StageResult:
     """The ``finetune`` stage: the checkpoint trained on the train-set's hard negatives; one ANCE
-    round's model is ``model/<profile>-r<round>``."""
+    round's model is ``model/<profile>-r<round>``; ``report`` shows its progress (a flow: Prefect
+    artifacts)."""
     from tasks.training import examples_from_rows
 
     cfg = finetune_config(env, nproc_per_node)
@@ -300,7 +305,7 @@ def build_model(
             cfg.group_size,
         )
         start = env.store.materialize(checkpoint)
-        trained, summary = run_training(env, spec, start, examples, cfg, scratch, refresh)
+        trained, summary = run_training(env, spec, start, examples, cfg, scratch, refresh, report)
         write_card(env, spec, trained, cfg, summary, train_languages(folder / "train.jsonl"))
         objective = "unified (self-distillation)" if len(cfg.functions) > 1 else f"{cfg.functions[0]} InfoNCE"
         return StageOutput(folder_files(trained), {"objective": objective + " + hard negatives", **summary})

@@ -87,7 +87,7 @@ def test_a_stage_key_holds_no_other_stage_s_code(stage_module, never):
 def test_editing_training_code_leaves_the_data_stages_keys(tree: Path):
     stages = ("tasks.ingest.stage", "tasks.synthesize.stage", "tasks.training.stage")
     before = {m: code_digest(m, root=tree) for m in stages}
-    trainer = tree / "tasks" / "training" / "trainer.py"
+    trainer = tree / "tasks" / "training" / "contrastive.py"
     trainer.write_text(trainer.read_text() + "\n# edited\n")
     code_digest.cache_clear()
     assert code_digest("tasks.ingest.stage", root=tree) == before["tasks.ingest.stage"]

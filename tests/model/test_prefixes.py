@@ -16,8 +16,8 @@ from model.config import ModelSpec
 from model.init import resolve_init
 from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample
+from tasks.training.contrastive import tokenize_examples
 from tasks.training.stage import load_init, pair_examples
-from tasks.training.trainer import tokenize_examples
 from tests.support.text import TEXTS
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}

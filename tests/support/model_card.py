@@ -13,7 +13,7 @@ from m3.store.manifest import Producer
 from tasks.training import TrainConfig
 from tasks.training.card import render_card
 from tasks.training.card_facts import card_facts, train_languages
-from tasks.training.run import folder_files
+from tasks.training.resumable_run import folder_files
 from tests.support.models import tiny_m3
 
 PREFIXES = ("query: ", "passage: ")

@@ -122,6 +122,16 @@ def test_rows_to_examples_and_errors():
         train(None, [], TrainConfig())  # type: ignore[arg-type]
 
 
+def test_a_misspelt_run_option_is_refused_before_any_work():
+    """Both trainers take their run options as keywords (``RunOptions``): a typo must not pass silently."""
+    from tasks.training.retromae import RetroMAEConfig, train_retromae
+
+    with pytest.raises(TypeError, match="on_progres"):
+        train(object(), [TrainExample(query="q", pos="p")], TrainConfig(), on_progres=print)  # type: ignore[arg-type,call-arg]
+    with pytest.raises(TypeError, match="resume"):
+        train_retromae(object(), ["text"], RetroMAEConfig(), resume=".")  # type: ignore[arg-type,call-arg]
+
+
 def test_frozen_word_embeddings_stay_put_while_the_encoder_learns(pairs_tok_dir):
     """``freeze_word_embeddings`` (a 250k-vocabulary model's biggest matrix) trains everything else."""
     model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")

@@ -14,11 +14,11 @@ import torch.multiprocessing as mp
 from m3.artifact_io import write_jsonl
 from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample
+from tasks.training.cross_device import DistInfo
 from tasks.training.data import TokenizedSet
-from tasks.training.ddp import DDPJob, launch
-from tasks.training.distributed import DistInfo
-from tasks.training.step import Encoder, StepRunner
-from tasks.training.trainer import _freeze_unused, _make_batch
+from tasks.training.run_setup import freeze_unused
+from tasks.training.torchrun_launch import DDPJob, launch
+from tasks.training.unified_step import Encoder, StepRunner, make_batch
 from tests.support.models import SPEC
 from tests.support.text import PAIRS
 
@@ -44,9 +44,9 @@ def config(sub_batch_size: int | None) -> TrainConfig:
 
 
 def one_step(model: M3Model, cfg: TrainConfig, info: DistInfo, wrap) -> tuple[dict, dict]:
-    _freeze_unused(model, cfg.functions)
+    freeze_unused(model, cfg.functions)
     data = TokenizedSet.build(examples(), model.tokenize, cfg.q_max_length, cfg.max_length)
-    batch, *_ = _make_batch(data, BATCH, cfg, 0, 0, info, model.tokenizer.pad_token_id)
+    batch, _ = make_batch(data, BATCH, cfg, 0, 0, info, model.tokenizer.pad_token_id)
     runner = StepRunner(wrap(Encoder(model, tuple(cfg.functions))), cfg, info, torch.device("cpu"))
     losses = runner.run(batch, step=0)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

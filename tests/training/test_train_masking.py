@@ -22,7 +22,7 @@ from model.losses import (
 from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample, train
 from tasks.training.data import TokenizedSet, passage_key
-from tasks.training.step import sparse_activity
+from tasks.training.unified_step import sparse_activity
 from tests.support.models import SPEC, THREADS
 from tests.support.text import PAIRS
 
@@ -222,7 +222,7 @@ def test_train_masks_duplicate_positives_and_records_sparse_activity(pairs_tok_d
     }.items():
         records: list[dict] = []
         model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
-        with caplog.at_level(logging.WARNING, logger="tasks.training.trainer"):
+        with caplog.at_level(logging.WARNING, logger="tasks.training.sparse_watch"):
             caplog.clear()
             summary = train(model, exs, cfg(max_steps=2, **kw), on_progress=records.append)
         assert "COLLAPSED" not in caplog.text
@@ -253,7 +253,7 @@ def test_dead_sparse_head_is_reported_as_collapsed(pairs_tok_dir, caplog):
         with torch.no_grad():
             model.sparse_linear.bias.fill_(-1e4)  # ReLU(w·h + b) = 0 everywhere: no gradient either
         records: list[dict] = []
-        with caplog.at_level(logging.WARNING, logger="tasks.training.trainer"):
+        with caplog.at_level(logging.WARNING, logger="tasks.training.sparse_watch"):
             caplog.clear()
             summary = train(
                 model,
@@ -285,7 +285,7 @@ def test_a_sparse_head_that_starts_dead_is_revived_before_the_first_step(pairs_t
     with torch.no_grad():
         model.sparse_linear.bias.fill_(-5.0)
     records: list[dict] = []
-    with caplog.at_level(logging.WARNING, logger="tasks.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="tasks.training.sparse_init"):
         summary = train(model, duplicate_examples(16), cfg(max_steps=2), on_progress=records.append)
     assert summary["sparse_revived"]["share_before"] < 0.25
     assert summary["sparse_revived"]["bias_shift"] > 4.0

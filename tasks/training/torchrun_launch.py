@@ -1,8 +1,8 @@
 """Multi-process training with ``torchrun``: NCCL on GPU workers, gloo on CPU.
 
 ``launch(job, nproc)`` starts ``python -m torch.distributed.run --standalone --nproc_per_node N
--m tasks.training.ddp --job JOB.json`` and streams every rank-0 progress record back to the caller;
-each rank runs :func:`main`, which trains its share of each batch with cross-device negatives.
+-m tasks.training.torchrun_launch --job JOB.json`` and streams every rank-0 progress record back to
+the caller; each rank runs :func:`main`, which trains its share of each batch with cross-device negatives.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from m3.artifact_io import read_jsonl
     from model.m3 import M3Model
+    from tasks.training.contrastive import train
+    from tasks.training.cross_device import DistInfo
     from tasks.training.data import examples_from_rows
-    from tasks.training.distributed import DistInfo
-    from tasks.training.trainer import train
 
     parser = argparse.ArgumentParser(description="one rank of a torchrun training job")
     parser.add_argument("--job", required=True)
@@ -120,7 +120,7 @@ def launch(
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
-        "tasks.training.ddp",
+        "tasks.training.torchrun_launch",
         "--job",
         str(job_file),
     ]

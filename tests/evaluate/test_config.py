@@ -12,7 +12,7 @@ from m3.profile import load_profile
 from m3.recipe import EVAL_FUSION, EVAL_MODES
 from tasks.evaluate.config import EvalConfig, Mode, with_overrides
 from tasks.evaluate.stage import trained_lengths
-from tests.conftest import TINY
+from tests.support.paths import TINY
 
 
 def test_modes_and_weights_are_the_recipe_s():

@@ -14,7 +14,8 @@ import pytest
 
 from m3.store import Store
 from tasks.evaluate.champion import CHAMPION_REF, champion_decision, primary_score, should_promote
-from tests.conftest import REPO, SHARED_DATA, run_m3
+from tests.support.m3_process import run_m3
+from tests.support.paths import REPO, SHARED_DATA
 
 XQUAD_DE = SHARED_DATA / "xquad-r" / "de.json.gz"
 TATOEBA = SHARED_DATA / "tatoeba"

@@ -22,7 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, copy_store, m3_subprocess_env
+from tests.support.m3_process import copy_store, m3_subprocess_env
+from tests.support.paths import REPO, TINY
 
 pytestmark = pytest.mark.slow
 

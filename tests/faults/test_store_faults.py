@@ -19,9 +19,9 @@ from m3.stage import StageOutput, StageSpec, run_stage
 from m3.store import CorruptBlob, DamagedFile, NotFound, Store, StoreError
 from m3.store.errors import ParentMissing
 from m3.store.verify import verify
-from tests.conftest import run_m3
 from tests.support import store_damage as damage
 from tests.support.fault_cases import BACKENDS, on_both
+from tests.support.m3_process import run_m3
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> Path:

@@ -31,7 +31,7 @@ from tasks.ingest.clean import clean_text
 from tasks.ingest.files import detect_compression
 from tasks.ingest.language import detect_language, lang_from_c4_filename, normalize_code
 from tasks.ingest.wikitext import wikitext_to_text
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")

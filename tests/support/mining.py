@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import regex
 
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 TATOEBA = SHARED_DATA / "tatoeba"
 

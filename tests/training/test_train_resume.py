@@ -17,8 +17,8 @@ import torch
 
 from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample, latest_checkpoint, train
-from tests.conftest import REPO
 from tests.support.models import SPEC
+from tests.support.paths import REPO
 from tests.support.text import PAIRS
 
 STEPS = 24

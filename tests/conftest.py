@@ -131,6 +131,17 @@ def tiny_pipeline(tmp_path_factory, prefect_server):
     return {"data_store": data_store, "full_store": store, "resumed": resumed}
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread during the test (the machine's cores are shared); the old count after."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 # -- tokenizers (trained once per session; deterministic, so every test sees the same pieces) -------
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory) -> Path:

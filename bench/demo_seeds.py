@@ -85,7 +85,7 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             profile, name = seeded_profile(Path(args.profile), seed, Path(tmp))
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "m3.cli", "run", "--profile", str(profile), "--store", store_url]
+            cmd = [sys.executable, "-m", "m3.app.cli", "run", "--profile", str(profile), "--store", store_url]
             proc = subprocess.run([*cmd, "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"m3 run (seed {seed}) failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

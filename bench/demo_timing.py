@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def timed_run(profile: str, store: str, env: dict) -> tuple[float, dict]:
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", "run", "--profile", profile, "--store", store, "--json"],
+        [sys.executable, "-m", "m3.app.cli", "run", "--profile", profile, "--store", store, "--json"],
         cwd=REPO,
         env=env,
         capture_output=True,

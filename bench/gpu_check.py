@@ -38,7 +38,7 @@ def demo_profile(device: str, out: Path) -> Path:
     """``data_specs/profiles/demo.yaml`` with every training stage on ``device``, as a file."""
     import yaml
 
-    from m3.profile import PROFILES_DIR, load_profile
+    from m3.app.profile import PROFILES_DIR, load_profile
 
     data = yaml.safe_load((PROFILES_DIR / "demo.yaml").read_text())
     data["base_dir"] = str(REPO)
@@ -163,9 +163,9 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 def long_docs(store_url: str, profile: str, out: Path) -> list[str]:
     """The held-out queries' whole documents as MLDR-format sets (``tasks.evaluate.datasets``)."""
-    from m3.profile import load_profile
+    from m3.app.profile import load_profile
+    from m3.artifact_io import read_table
     from m3.store import Store
-    from tasks.artifact_io import read_table
     from tasks.evaluate.data.formats import write_mldr
     from tasks.evaluate.datasets import corpus_of, held_out, long_document_datasets
 

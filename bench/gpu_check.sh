@@ -71,10 +71,10 @@ STORE=$WORK/store
 PROFILE=$("$PY" "$REPO/bench/gpu_check.py" profile --device "$DEVICE" --out "$WORK/demo-$DEVICE.yaml")
 echo "${CARD:-no GPU}" > "$WORK/card.txt"
 
-RUN=("$PY" -m m3.cli run --profile "$PROFILE" --store "$STORE" --json)
+RUN=("$PY" -m m3.app.cli run --profile "$PROFILE" --store "$STORE" --json)
 FINETUNE=("$PY" "$REPO/bench/gpu_check.py" finetune "${FT[@]}")
 LONG_DOCS=("$PY" "$REPO/bench/gpu_check.py" long-docs --store "$STORE" --profile "$PROFILE" --out "$WORK/long-docs")
-EVAL=("$PY" -m m3.cli eval --model model/demo --store "$STORE" --mcls --mcls-interval 128 --max-length 512 --json)
+EVAL=("$PY" -m m3.app.cli eval --model model/demo --store "$STORE" --mcls --mcls-interval 128 --max-length 512 --json)
 
 if [ "$MODE" = dry ]; then
   echo "card: ${CARD:-none} (bf16 peak: ${PEAK:-unknown} TFLOP/s); profile: $PROFILE"

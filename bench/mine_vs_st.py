@@ -85,8 +85,8 @@ def run_st(model, corpus, queries, pos, threads: int | None) -> dict:
 def commit_pool(corpus, queries, pos, tmp: Path):
     """A fresh store holding the bench's ``queries`` artifact: the queries, plus the rest of the
     corpus as test rows (the pool is every distinct passage)."""
+    from m3.artifact_io import write_table
     from m3.store import Store
-    from tasks.artifact_io import write_table
 
     pid = {t: f"p{i}" for i, t in enumerate(corpus)}
     train = pd.DataFrame(

@@ -106,7 +106,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from m3.profile import load_profile
+    from m3.app.profile import load_profile
     from m3.store import Store
 
     if args.set:
@@ -116,7 +116,7 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", "run", "--profile", args.profile, "--store", store_url, "--json"]
+        [sys.executable, "-m", "m3.app.cli", "run", "--profile", args.profile, "--store", store_url, "--json"]
         + (["--from", args.from_stage] if args.from_stage else []),
         cwd=ROOT,
         env=env,

@@ -54,8 +54,8 @@ def main() -> None:
     import torch
     from quality_targets import retrieval_targets, tatoeba_targets
 
+    from m3.artifact_io import read_table
     from m3.store import Store
-    from tasks.artifact_io import read_table
     from tasks.evaluate.config import EvalConfig
     from tasks.evaluate.data import load_datasets
     from tasks.evaluate.datasets import datasets_from_ict, held_out

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from m3.ui.server import make_server  # noqa: E402
+from m3.app.ui.server import make_server  # noqa: E402
 from tests.support.browser import VIEWPORT, launch_browser  # noqa: E402
 from tests.support.lineage_store import build_lineage_store, per_profile  # noqa: E402
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect_dask import DaskTaskRunner
 
-from m3.profile import DaskSpec
+from m3.app.profile import DaskSpec
 
 
 def dask_runner(spec: DaskSpec) -> DaskTaskRunner:

@@ -15,8 +15,9 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed, State
 
+from m3.app.env import open_env
 from m3.stage import declare
-from m3.stage_env import flow_result, open_env
+from m3.stage_env import flow_result
 from tasks.evaluate.champion import CHAMPION_REF
 from tasks.evaluate.stage import build_evaluation, build_model_evaluation
 

@@ -14,8 +14,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import dask_runner
+from m3.app.env import open_env
 from m3.stage import declare
-from m3.stage_env import TRANSIENT_RETRIES, flow_result, open_env
+from m3.stage_env import TRANSIENT_RETRIES, flow_result
 from tasks.ingest import IngestConfig
 from tasks.ingest.handoff import StoreHandoff
 from tasks.ingest.shards import FileJob, run_ingest

@@ -13,8 +13,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import dask_runner
+from m3.app.env import open_env
 from m3.stage import declare
-from m3.stage_env import TRANSIENT_RETRIES, flow_result, open_env
+from m3.stage_env import TRANSIENT_RETRIES, flow_result
 from m3.store import Store
 from tasks.mining import bm25
 from tasks.mining import driver as dense

@@ -15,10 +15,11 @@ from flows.ingest import ingest
 from flows.mine import mine
 from flows.pretrain import pretrain
 from flows.synthesize import synthesize
+from m3.app.env import open_env
 from m3.run_plan import plan_key, plan_rows
 from m3.selection import select_stages as choose_stages
 from m3.stage import pipeline_order
-from m3.stage_env import StageEnv, open_env
+from m3.stage_env import StageEnv
 from tasks.mining.stage import round_name
 
 # Each stage is declared once, on its flow (``@declare``: kind, inputs, config sections); the

@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from m3.app.env import open_env
 from m3.stage import declare
-from m3.stage_env import flow_result, open_env
+from m3.stage_env import flow_result
 from tasks.synthesize.stage import build_queries
 
 

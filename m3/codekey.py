@@ -7,7 +7,7 @@ packages' ``__init__`` files that importing it runs. Editing any of those files 
 a stale artifact is never reused after a change to code the stage runs. The closure is read from the
 source (``ast``), never by importing, so computing a key has no side effects and no start-up cost.
 
-The profile module (``m3.profile``) is a boundary: it is in every closure (the runner opens the
+The profile module (``m3.app.profile``) is a boundary: it is in every closure (the runner opens the
 profile), but its imports are not followed. It gathers every stage's config model, and a config's
 *values* are already in the key, so following it would put every stage's code into every key: an
 edit to the trainer would rebuild the corpus. A stage still reaches the code of its own config
@@ -26,7 +26,7 @@ import hashlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BOUNDARIES = frozenset({"m3.profile"})  # in the closure, its imports not followed (see above)
+BOUNDARIES = frozenset({"m3.app.profile"})  # in the closure, its imports not followed (see above)
 
 
 def _module_file(name: str, root: Path) -> Path | None:

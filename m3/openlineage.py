@@ -19,12 +19,27 @@ import logging
 import os
 import traceback
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from m3.stage import StageSpec
     from m3.store.manifest import Manifest
     from m3.store.store import Store
+
+
+class StageSpecLike(Protocol):
+    """What an event names of a stage run (``m3.stage.StageSpec`` has it; not imported: that module
+    sends these events)."""
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def inputs(self) -> Mapping[str, str]: ...
+
+    @property
+    def ref(self) -> str: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +91,7 @@ def _now() -> str:
 class StageRun:
     """The OpenLineage view of one ``run_stage`` call; every method is a no-op when disabled."""
 
-    def __init__(self, store: Store, spec: StageSpec, *, flow: str = "", flow_run_id: str | None = None):
+    def __init__(self, store: Store, spec: StageSpecLike, *, flow: str = "", flow_run_id: str | None = None):
         self.store, self.spec, self.flow, self.flow_run_id = store, spec, flow, flow_run_id
         self.run_id = str(uuid.uuid4())
         self.on = enabled()
@@ -175,5 +190,7 @@ class StageRun:
         self._emit("FAIL", error=error)
 
 
-def stage_run(store: Store, spec: StageSpec, *, flow: str = "", flow_run_id: str | None = None) -> StageRun:
+def stage_run(
+    store: Store, spec: StageSpecLike, *, flow: str = "", flow_run_id: str | None = None
+) -> StageRun:
     return StageRun(store, spec, flow=flow, flow_run_id=flow_run_id)

@@ -11,16 +11,14 @@ import json
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from m3.openlineage import store_uri
 from m3.stage import StageResult
+from m3.store import Store
 from m3.store.manifest import Manifest
-
-if TYPE_CHECKING:
-    from m3.stage_env import StageEnv
 
 _log = logging.getLogger(__name__)
 
@@ -40,14 +38,13 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
     return rows
 
 
-def publish(env: StageEnv, result: StageResult) -> None:
-    """Prefect artifacts for a stage output, under stable keys so versions accumulate, and the asset
-    materialization event of a newly built one."""
-    m = env.store.manifest(result.manifest_id)
-    store_url = env.store.url.rstrip("/")
+def publish(store: Store, profile: str, result: StageResult) -> None:
+    """Prefect artifacts for a stage output of ``profile``, under stable keys so versions accumulate,
+    and the asset materialization event of a newly built one."""
+    m = store.manifest(result.manifest_id)
+    store_url = store.url.rstrip("/")
     parents = "\n".join(
-        f"- [`{p[:12]}`]({store_url}/manifests/{p}.json) {env.store.manifest(p).kind}/"
-        f"{env.store.manifest(p).name}"
+        f"- [`{p[:12]}`]({store_url}/manifests/{p}.json) {store.manifest(p).kind}/{store.manifest(p).name}"
         for p in m.parents
     )
     files = "\n".join(
@@ -65,9 +62,9 @@ def publish(env: StageEnv, result: StageResult) -> None:
         f"## Files\n| path | bytes | rows |\n|---|---|---|\n{files}{more}\n\n"
         f"## Metrics\n```json\n{metrics_json[:6000]}\n```\n"
     )
-    key = artifact_key("m3", result.stage, env.profile.name)
+    key = artifact_key("m3", result.stage, profile)
     if not result.cached:
-        record_asset_materialization(env, m)
+        record_asset_materialization(store, profile, m)
     create_markdown_artifact(body, key=key, description=f"{result.ref} → {m.id[:12]}")
     table = _flatten(m.metrics) or [{"metric": "files", "value": str(len(m.files))}]
     create_table_artifact(table, key=artifact_key(key, "metrics"), description=f"metrics of {result.ref}")
@@ -78,7 +75,7 @@ def asset_key(store_url: str, kind: str, name: str) -> str:
     return f"{store_uri(store_url)}/refs/{kind}/{name}"
 
 
-def record_asset_materialization(env: StageEnv, m: Manifest) -> None:
+def record_asset_materialization(store: Store, profile: str, m: Manifest) -> None:
     """A ``prefect.asset.materialization`` event for a newly built artifact, its parents as upstream.
 
     Prefect Cloud draws its asset graph from these; the open-source server stores them as events.
@@ -90,12 +87,12 @@ def record_asset_materialization(env: StageEnv, m: Manifest) -> None:
 
     def asset(kind: str, name: str, description: str | None = None) -> Asset:
         props = AssetProperties(name=f"{kind}/{name}", description=description)
-        return Asset(key=asset_key(env.store.url, kind, name), properties=props)
+        return Asset(key=asset_key(store.url, kind, name), properties=props)
 
-    target = asset(m.kind, m.name, f"m3 {m.kind} artifact (profile {env.profile.name})")
+    target = asset(m.kind, m.name, f"m3 {m.kind} artifact (profile {profile})")
     upstream: list[Asset | str] = []
     for pid in m.parents:
-        pm = env.store.manifest(pid)
+        pm = store.manifest(pid)
         upstream.append(asset(pm.kind, pm.name))
 
     @materialize(target, by="m3", asset_deps=upstream, name=f"materialize-{m.kind}")

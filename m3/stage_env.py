@@ -2,31 +2,29 @@
 
 ``StageEnv.run`` is the single runner (docs/architecture.md, "Stage runner"): cache key, build,
 commit and OpenLineage events (``m3.stage.run_stage``), then the Prefect artifacts and the asset
-event (``m3.publish``). Stage builders in ``tasks/<stage>/`` take a ``StageEnv``; flows open it.
+event (``m3.publish``). Stage builders in ``tasks/<stage>/`` take a ``StageEnv``; flows open it
+(``m3.app.env.open_env``). This floor does not know the profile's type: the application composes it
+(``m3.app.profile``), and ``StageEnv`` only needs its ``name``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run, task_run
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
-from m3.cachedir import default_cache_dir
 from m3.filestamps import content_stamps
-from m3.profile import Profile, load_profile
 from m3.stage import StageOutput, StageResult, StageSpec, classify_failure, run_stage
 from m3.store import Store
 
-DEFAULT_STORE = ".m3/store"
 _log = logging.getLogger(__name__)
 
 
@@ -73,9 +71,19 @@ def producer_ids() -> dict[str, str | None]:
     return {"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()}
 
 
+class Named(Protocol):
+    """What the runtime needs of a profile: its name (refs are ``<kind>/<name>``)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+P = TypeVar("P", bound=Named)
+
+
 @dataclass(frozen=True)
-class StageEnv:
-    profile: Profile
+class StageEnv(Generic[P]):
+    profile: P
     store: Store
 
     def input_id(self, inputs: dict[str, str] | None, key: str, ref_kind: str) -> str:
@@ -105,7 +113,7 @@ class StageEnv:
             flow=flow_run.get_flow_name() or spec.stage,
             **producer_ids(),
         )
-        publish(self, result)
+        publish(self.store, self.profile.name, result)
         return result
 
     def register_files(
@@ -146,18 +154,9 @@ class StageEnv:
 
     def table(self, manifest_id: str, kind: str):
         """An artifact's Parquet files as one DataFrame (materialized in the local cache)."""
-        from tasks.artifact_io import read_table
+        from m3.artifact_io import read_table
 
         return read_table(self.store.materialize(manifest_id), kind)
-
-
-def resolve_store_url(profile: Profile, store: str | None) -> str:
-    return store or profile.store or os.environ.get("M3_STORE") or DEFAULT_STORE
-
-
-def open_env(profile: str, store: str | None) -> StageEnv:
-    prof = load_profile(profile)
-    return StageEnv(prof, Store(resolve_store_url(prof, store), cache_dir=default_cache_dir()))
 
 
 def flow_result(result: StageResult) -> State | dict[str, Any]:

@@ -198,7 +198,7 @@ def test_two_concurrent_runs_on_one_ref_lose_nothing(tmp_path, api_env):
     cmd = [
         sys.executable,
         "-m",
-        "m3.cli",
+        "m3.app.cli",
         "run",
         "--profile",
         TINY,

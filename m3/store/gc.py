@@ -18,16 +18,28 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from m3.store import leases
 from m3.store import refs as refs_mod
+from m3.store.backend import Backend
 from m3.store.errors import DamagedFile, NotFound
-from m3.store.manifest import check_id
+from m3.store.manifest import Manifest, check_id
 from m3.store.names import InvalidName, validate_ref
 
-if TYPE_CHECKING:
-    from m3.store.store import Store
+
+class Store(Protocol):
+    """What gc reads of ``m3.store.store.Store`` (which calls gc: not imported here)."""
+
+    url: str
+    backend: Backend
+
+    def where(self, rel: str) -> str: ...
+
+    def manifest(self, manifest_id: str) -> Manifest: ...
+
+    def manifest_ids(self) -> list[str]: ...
+
 
 log = logging.getLogger(__name__)
 

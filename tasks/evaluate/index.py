@@ -146,7 +146,8 @@ class TokenVectors:
         seg_start = np.zeros(len(live), dtype=np.int64)
         np.cumsum(lens[:-1], out=seg_start[1:])
         tok = np.repeat(starts - seg_start, lens) + np.arange(lens.sum())
-        sim = np.asarray(query, dtype=np.float32) @ self.flat[tok].astype(np.float32).T  # [Lq, Tc]
+        cand = self.flat[tok]  # one copy of the candidates' tokens (float32 unless stored smaller)
+        sim = np.asarray(query, dtype=np.float32) @ cand.astype(np.float32, copy=False).T  # [Lq, Tc]
         best = np.maximum.reduceat(sim, seg_start, axis=1)  # [Lq, n_live]
         out[live] = best.mean(axis=0)
         return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from m3.profile import Profile
+from m3.app.profile import Profile
 from m3.publish import artifact_key
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger

@@ -41,7 +41,7 @@ IDENTITY = "read = kept + filtered + duplicates + quarantined"
 
 
 def _corpus_schema() -> pa.Schema:
-    from tasks.artifact_io import arrow_schema
+    from m3.artifact_io import arrow_schema
 
     return arrow_schema("corpus")
 

@@ -18,11 +18,11 @@ from typing import Any, cast
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from m3.profile import SourceSpec
+from m3.app.profile import SourceSpec
+from m3.artifact_io import schema_dict
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
 from m3.store import Store
-from tasks.artifact_io import schema_dict
 from tasks.ingest import Format, IngestConfig
 from tasks.ingest.handoff import StoreHandoff
 from tasks.ingest.shards import FileJob, ingest_to_shard, write_books

@@ -15,9 +15,9 @@ import bm25s
 import numpy as np
 import pandas as pd
 
+from m3.artifact_io import read_table
 from m3.store import Store
 from m3.topk import topk
-from tasks.artifact_io import read_table
 from tasks.mining.config import MineConfig
 from tasks.mining.pool import split_pool
 from tasks.mining.rules import (

@@ -6,8 +6,8 @@ import functools
 
 import pandas as pd
 
+from m3.artifact_io import read_table
 from m3.store import Store
-from tasks.artifact_io import read_table
 
 
 def split_pool(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

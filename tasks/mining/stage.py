@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from m3.artifact_io import schema_dict, write_jsonl
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
 from model.init import folder_identity
-from tasks.artifact_io import schema_dict, write_jsonl
 from tasks.mining import bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.teachers import TeacherRef

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import cast
 
+from m3.artifact_io import schema_dict, write_jsonl, write_table
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
-from tasks.artifact_io import schema_dict, write_jsonl, write_table
 from tasks.synthesize.ict import ict_queries, pairing_metrics
 from tasks.synthesize.llm.config import OpenAIConfig
 

@@ -21,24 +21,34 @@ def _rng(*key: int) -> random.Random:
     return random.Random("/".join(map(str, key)))  # str seeds are hashed with SHA-512: stable across runs
 
 
-def batch_size_for(bound: int, cfg: TrainConfig, q_len: int, world_size: int) -> int:
+def batch_size_for(bound: int, cfg: TrainConfig, q_len: int) -> int:
     """Queries per global batch for a length group whose texts have at most ``bound`` tokens."""
     n = cfg.batch_size
     if cfg.token_budget:
         per_query = min(bound, q_len) + cfg.group_size * bound
         n = min(n, cfg.token_budget // per_query)
-    n = max(n, 2 * world_size)  # a query needs another query's passages as in-batch negatives
-    return n - n % world_size
+    return max(n, 2)  # a query needs another query's passages as in-batch negatives
 
 
 def plan_epoch(data: TokenizedSet, cfg: TrainConfig, epoch: int, world_size: int = 1) -> list[list[int]]:
-    """The global batches of one epoch (each a multiple of ``world_size`` queries), in step order."""
+    """The global batches of one epoch, in step order.
+
+    The plan is made as for one process and then each batch is cut to a multiple of ``world_size``
+    queries (one rank's share each), so ``torchrun`` with N processes trains on the same batches, in
+    the same order and with the same negatives (drawn by batch index), as one process: only the
+    last ``len % N`` queries of a batch are left out. A batch left with fewer than 2 queries (or N)
+    is dropped: a query needs another query's passages as in-batch negatives. (With N > 2 that can
+    happen to a short batch, and the batches after it then draw the negatives of the next index.)"""
+    batches = [b[: len(b) - len(b) % world_size] for b in _plan_one_process(data, cfg, epoch)]
+    return [b for b in batches if len(b) >= max(2, world_size)]
+
+
+def _plan_one_process(data: TokenizedSet, cfg: TrainConfig, epoch: int) -> list[list[int]]:
     rng = _rng(cfg.seed, epoch, 0)
     order = list(range(len(data)))
     rng.shuffle(order)
     if not cfg.group_by_length:
-        n = batch_size_for(cfg.max_length, cfg, cfg.q_max_length, world_size)
-        n = min(n, cfg.batch_size - cfg.batch_size % world_size) or n
+        n = batch_size_for(cfg.max_length, cfg, cfg.q_max_length)
         batches = [order[s : s + n] for s in range(0, len(order), n)]
     else:
         groups: dict[int, list[int]] = {}
@@ -48,13 +58,12 @@ def plan_epoch(data: TokenizedSet, cfg: TrainConfig, epoch: int, world_size: int
         batches = []
         for g in sorted(groups):
             members = groups[g]
-            n = batch_size_for(cfg.length_buckets[g], cfg, cfg.q_max_length, world_size)
+            n = batch_size_for(cfg.length_buckets[g], cfg, cfg.q_max_length)
             mega = n * cfg.length_group_batches
             for s in range(0, len(members), mega):  # sort inside a megabatch: neighbours share a length
                 chunk = sorted(members[s : s + mega], key=data.length)
                 batches.extend(chunk[t : t + n] for t in range(0, len(chunk), n))
-    batches = [b[: len(b) - len(b) % world_size] for b in batches]
-    batches = [b for b in batches if len(b) >= 2 * world_size or (world_size == 1 and len(b) >= 2)]
+    batches = [b for b in batches if len(b) >= 2]
     rng.shuffle(batches)
     return batches
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from m3.artifact_io import read_jsonl
 from m3.store import Store
 from m3.store.lineage import lineage
-from tasks.artifact_io import read_jsonl
 from tasks.training.card import CardFacts
 
 CORPUS_STATS = "stats.json"  # tasks/ingest: documents read/kept per source and language

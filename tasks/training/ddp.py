@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
+    from m3.artifact_io import read_jsonl
     from model.m3 import M3Model
-    from tasks.artifact_io import read_jsonl
     from tasks.training.data import examples_from_rows
     from tasks.training.distributed import DistInfo
     from tasks.training.trainer import train

@@ -15,9 +15,9 @@ from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from m3.artifact_io import write_jsonl
 from m3.stage import StageSpec
 from m3.stage_env import StageEnv, progress_logger, run_logger
-from tasks.artifact_io import write_jsonl
 from tasks.training import TrainConfig, TrainExample
 
 

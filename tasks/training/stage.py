@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3.artifact_io import read_jsonl, schema_dict, write_table
 from m3.publish import publish
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, progress_logger, run_logger
-from tasks.artifact_io import read_jsonl, schema_dict, write_table
 from tasks.mining.stage import round_name
 from tasks.pairs import TRANSLATION, bitext_files, evaluation_guard, pretraining_pairs
 from tasks.training.card import render_card
@@ -219,7 +219,7 @@ def build_checkpoint(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
             "pretrain: no contrastive stage (pretrain: null); %s is %s", ref, start[:12]
         )
         result = StageResult("pretrain", "checkpoint", ref, start, cached=True)
-        publish(env, result)
+        publish(env.store, env.profile.name, result)
         return result
     pairs = build_pairs(env, corpus, refresh).manifest_id
     base = _model_input("retromae" if env.profile.retromae else "init", tokenizer, start)

@@ -142,7 +142,8 @@ def train(
     steps_per_epoch = len(plan_epoch(data, cfg, 0, info.world_size))
     if steps_per_epoch == 0:
         raise ValueError(
-            f"train: {len(examples)} examples make no batch of 2+ queries per rank ({info.world_size} ranks)"
+            f"train: {len(examples)} examples make no batch of {max(2, info.world_size)}+ queries"
+            f" ({info.world_size} rank(s))"
         )
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from m3.profile import load_profile
+from m3.app.profile import load_profile
 from tests.support.paths import REPO
 
 SCRIPT = REPO / "bench" / "gpu_check.sh"
@@ -48,8 +48,8 @@ def dry_run(tmp_path, card: str) -> subprocess.CompletedProcess:
 def test_dry_run_names_the_card_the_three_parts_and_writes_the_demo_profile_on_cuda(tmp_path):
     out = dry_run(tmp_path, "NVIDIA H100 PCIe").stdout
     assert out.splitlines()[0].startswith("card: NVIDIA H100 PCIe (bf16 peak: 756 TFLOP/s)")
-    assert "m3.cli run --profile" in out and "gpu_check.py finetune" in out
-    assert "m3.cli eval --model model/demo" in out and "--mcls" in out
+    assert "m3.app.cli run --profile" in out and "gpu_check.py finetune" in out
+    assert "m3.app.cli eval --model model/demo" in out and "--mcls" in out
     profile = load_profile(str(tmp_path / "work" / "demo-cuda.yaml"))
     assert profile.name == "demo"
     assert profile.retromae.device == profile.pretrain.device == profile.finetune.device == "cuda"

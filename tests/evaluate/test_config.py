@@ -8,7 +8,7 @@ from typing import get_args
 import pytest
 import yaml
 
-from m3.profile import load_profile
+from m3.app.profile import load_profile
 from m3.recipe import EVAL_FUSION, EVAL_MODES
 from tasks.evaluate.config import EvalConfig, Mode, with_overrides
 from tasks.evaluate.stage import trained_lengths

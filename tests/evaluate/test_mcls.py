@@ -97,7 +97,7 @@ def test_m3_eval_mcls_flags_reach_the_config(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     import tasks.evaluate.model_folder
-    from m3.cli import app
+    from m3.app.cli import app
 
     seen = []
 
@@ -125,7 +125,7 @@ def test_m3_eval_mcls_on_a_tiny_model_and_mldr_files(model, tmp_path):
     """``m3 eval --mcls`` end to end (in process) on an MLDR folder: the JSON report says MCLS."""
     from typer.testing import CliRunner
 
-    from m3.cli import app
+    from m3.app.cli import app
     from tasks.evaluate.data.formats import write_mldr
 
     folder = model.save_pretrained(tmp_path / "model")

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(not XQUAD_DE.is_file(), reason="shared data not 
 
 
 def m3_main(args: list[str], monkeypatch, capsys) -> tuple[int, list[str]]:
-    """``m3 ARGS`` through ``m3.cli.main``: (exit status, the non-blank lines on stderr)."""
-    from m3 import cli
+    """``m3 ARGS`` through ``m3.app.cli.main``: (exit status, the non-blank lines on stderr)."""
+    from m3.app import cli
 
     monkeypatch.setattr(sys, "argv", ["m3", *args])
     with pytest.raises(SystemExit) as info:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3.preflight import check_writable_store
-from m3.profile import ProfileError, load_profile
+from m3.app.preflight import check_writable_store
+from m3.app.profile import ProfileError, load_profile
 from m3.store.backend import StoreUnavailable
 from tests.support.m3_process import m3_subprocess_env
 from tests.support.paths import REPO
@@ -70,7 +70,7 @@ def _run_all(commands: dict[str, list[str]], env: dict, logs: Path, at_once: int
                 prefix, args = (args[:cut], args[cut + 1 :]) if cut is not None else ([], args)
                 with (logs / f"{key}.err").open("w") as err:
                     proc = subprocess.Popen(
-                        [*prefix, sys.executable, "-m", "m3.cli", *args],
+                        [*prefix, sys.executable, "-m", "m3.app.cli", *args],
                         env=env,
                         cwd=REPO,
                         stdin=subprocess.DEVNULL,
@@ -249,7 +249,15 @@ def test_a_malformed_ref_is_reported_before_the_missing_store(tmp_path):
     """The store check is lazy: the command's own argument is checked first, as for any store."""
     env = m3_subprocess_env(tmp_path, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", "lineage", "../../etc/passwd", "--store", str(tmp_path / "none")],
+        [
+            sys.executable,
+            "-m",
+            "m3.app.cli",
+            "lineage",
+            "../../etc/passwd",
+            "--store",
+            str(tmp_path / "none"),
+        ],
         env=env,
         cwd=REPO,
         capture_output=True,

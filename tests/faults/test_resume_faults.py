@@ -52,7 +52,7 @@ def test_killed_finetune_resumes_from_its_stored_train_state(tmp_path, m3_api_en
     store = Store(store_url)
     before = store.head(STATE_REF)  # the session run's own train-state: another key, never resumed
     profile = _profile(tmp_path)
-    args = [sys.executable, "-m", "m3.cli", "run", "--profile", profile, "--store", store_url]
+    args = [sys.executable, "-m", "m3.app.cli", "run", "--profile", profile, "--store", store_url]
     args += ["--only", "finetune"]
     with (tmp_path / "killed.log").open("w") as log:
         proc = subprocess.Popen(args, env=m3_api_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

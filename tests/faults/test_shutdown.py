@@ -42,7 +42,7 @@ def _env(base: Path) -> tuple[dict[str, str], Path]:
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "m3.cli", "run", *args],
+            [sys.executable, "-m", "m3.app.cli", "run", *args],
             env=env,
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -201,7 +201,7 @@ def test_sigkill_leaves_nothing_running_and_next_run_reaps(tmp_path):
     _no_survivors(tmp)  # the Prefect server (PR_SET_PDEATHSIG) and the Dask workers died with it
     assert list(tmp.glob("m3-run-*"))  # what only the next run can clean up
     again = subprocess.run(
-        [sys.executable, "-m", "m3.cli", "run", "--profile", TINY, "--only", "bogus"],
+        [sys.executable, "-m", "m3.app.cli", "run", "--profile", TINY, "--only", "bogus"],
         env=env,
         cwd=REPO,
         capture_output=True,

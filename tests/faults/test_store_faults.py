@@ -188,7 +188,7 @@ def test_truncated_manifest_is_named_and_the_rest_works(url, tmp_path, caplog):
         removed = store.gc(grace_seconds=0)  # works, but deletes nothing a damaged manifest may need
     assert removed["manifests"] == [] and orphan.id in store.manifest_ids()
     assert any(f"manifests/{bad.id}.json" in r.getMessage() for r in caplog.records)
-    from m3.ui.server import Lineage
+    from m3.app.ui.server import Lineage
 
     graph = Lineage(store).graph()
     assert {n["label"] for n in graph["nodes"]} == {"source/s", "corpus/d"} and graph["missing"] == [bad.id]
@@ -362,9 +362,9 @@ def test_gc_cannot_take_a_blob_a_commit_is_reusing(url, tmp_path, monkeypatch):
     case="gc --grace 0 between a mine stage's encode and its index commit", outcome="completes"
 )
 def test_gc_leaves_the_shards_of_an_encode_in_progress(tmp_path, tok_dir):
+    from m3.artifact_io import write_table
     from model.init import folder_identity
     from model.m3 import M3Model
-    from tasks.artifact_io import write_table
     from tasks.mining import driver
     from tasks.mining.config import MineConfig
     from tasks.mining.teachers import TeacherRef

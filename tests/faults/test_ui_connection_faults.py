@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from m3.app.ui.server import READ_TIMEOUT_S, make_server
 from m3.store import Store
-from m3.ui.server import READ_TIMEOUT_S, make_server
 
 HALF_SENT = 200
 

@@ -36,7 +36,7 @@ def ui(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, PREFECT_API_URL="http://127.0.0.1:9/api", M3_CACHE_DIR=str(root / "cache"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "m3.cli", "ui", "--port", str(port), "--store", store.url],
+        [sys.executable, "-m", "m3.app.cli", "ui", "--port", str(port), "--store", store.url],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from m3.profile import load_profile
+from m3.app.profile import load_profile
 from tasks.ingest import FileIngestResult, InputFile, ingest_file
 from tasks.ingest.language import detect_language
 from tasks.ingest.quality import quality_issue

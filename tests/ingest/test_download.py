@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from m3.profile import ProfileError, load_profile
+from m3.app.profile import ProfileError, load_profile
 from tasks.ingest import InputFile, ingest_file
 from tasks.ingest.download import Checksum, ChecksumError, download, parse_checksum_file
 from tasks.ingest.sources import CCNewsSpec, Mc4Spec, WikipediaSpec, fetch_source, load_spec, plan_files

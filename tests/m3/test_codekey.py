@@ -79,7 +79,7 @@ def test_a_stage_key_holds_no_other_stage_s_code(stage_module, never):
     code into every key: an edit to the trainer would otherwise rebuild the corpus."""
     py, _ = import_closure(stage_module)
     held = _rel(py, REPO)
-    assert "m3/profile.py" in held
+    assert "m3/app/profile.py" in held
     assert not [f for f in held if f.startswith(never)]
 
 

@@ -511,7 +511,7 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
     for blob, data in originals.items():
         blob.write_bytes(data)
     retry = subprocess.run(
-        [sys.executable, "-m", "m3.cli", "retry", failed["id"], "--json"],
+        [sys.executable, "-m", "m3.app.cli", "retry", failed["id"], "--json"],
         env=stack["env"],
         cwd=stack["checkout"],
         capture_output=True,
@@ -570,7 +570,7 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
 def _lineage_page_on_real_run(store: Store, stack) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from m3.ui.server import make_server
+    from m3.app.ui.server import make_server
     from tests.support.browser import ARTIFACTS, launch_browser
 
     server = make_server(store, port=0, prefect=(stack["api"], stack["env"]["PREFECT_UI_URL"]))

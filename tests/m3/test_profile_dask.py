@@ -6,7 +6,7 @@ import pytest
 from prefect import flow, task
 
 from flows.common import dask_runner
-from m3.profile import DaskSpec
+from m3.app.profile import DaskSpec
 
 
 @task

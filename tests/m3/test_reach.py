@@ -1,4 +1,4 @@
-"""Before the first stage, each Dask worker proves it reaches the store (m3/reach.py).
+"""Before the first stage, each Dask worker proves it reaches the store (m3/app/reach.py).
 
 A real scheduler and workers (a LocalCluster in this process) and real stores; the case where the
 workers see another filesystem than the driver (separate machines) is in
@@ -11,8 +11,8 @@ import socket
 
 import pytest
 
-from m3.profile import Profile
-from m3.reach import StoreUnreachable, check_workers_reach_store, probe, scheduler_addresses
+from m3.app.profile import Profile
+from m3.app.reach import StoreUnreachable, check_workers_reach_store, probe, scheduler_addresses
 
 SOURCES = [{"name": "wiki", "format": "mediawiki", "paths": ["x.xml"]}]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from m3.profile import Profile, ProfileError, load_profile
+from m3.app.profile import Profile, ProfileError, load_profile
 from m3.strict import StrictModel
 from tests.support.paths import TINY
 

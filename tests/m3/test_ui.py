@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from m3.ui.compare import config_diff, metric_diff, parent_diff
-from m3.ui.curves import curves
+from m3.app.ui.compare import config_diff, metric_diff, parent_diff
+from m3.app.ui.curves import curves
 from tests.support.browser import (
     ARTIFACTS,
     FLOW_RUN,
@@ -32,7 +32,7 @@ SCALE_PROFILES = 16  # 16 × 13 = 208 artifacts: the issue's "readable at 200"
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
-    from m3.ui.server import make_server
+    from m3.app.ui.server import make_server
 
     store, ids = build_pipeline_store(tmp_path_factory.mktemp("ui"))
     server = make_server(store, port=0, prefect=("http://127.0.0.1:9/api", "http://127.0.0.1:9"))
@@ -166,7 +166,7 @@ def test_compare_names_changed_keys_changed_inputs_and_signed_metric_deltas():
 # -- the layout at 200 artifacts, filters, versions, zoom and compare ------------------------------
 @pytest.fixture(scope="module")
 def scale_server(tmp_path_factory):
-    from m3.ui.server import make_server
+    from m3.app.ui.server import make_server
 
     store, ids = build_lineage_store(tmp_path_factory.mktemp("ui-scale"), SCALE_PROFILES)
     server = make_server(store, port=0, prefect=(None, None))

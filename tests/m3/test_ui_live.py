@@ -32,7 +32,7 @@ READY = "body[data-ready='1']"
 @pytest.fixture(scope="module")
 def live(tiny_pipeline, prefect_server, tmp_path_factory):
     """A private copy of the finished tiny store, served by ``m3 ui`` with the session's Prefect."""
-    from m3.ui.server import make_server
+    from m3.app.ui.server import make_server
 
     base = tmp_path_factory.mktemp("ui-live")
     store_dir = Path(copy_store(tiny_pipeline["full_store"], base / "store"))
@@ -144,7 +144,7 @@ def test_a_run_that_fails_shows_its_stage_red_with_its_prefect_link_and_error_wi
     try:
         args = ["run", "--profile", TINY, "--store", str(live["dir"]), "--only", "evaluate"]
         proc = subprocess.run(
-            [sys.executable, "-m", "m3.cli", *args, "--refresh", "evaluate"],
+            [sys.executable, "-m", "m3.app.cli", *args, "--refresh", "evaluate"],
             env=live["env"],
             cwd=REPO,
             capture_output=True,

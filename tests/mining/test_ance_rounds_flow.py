@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3.planned_names import planned_refs
-from m3.profile import load_profile
+from m3.app.planned_names import planned_refs
+from m3.app.profile import load_profile
 from m3.store import Store
 from tests.support.m3_process import copy_store, run_m3
 from tests.support.paths import REPO, SHARED_DATA, TINY
@@ -88,7 +88,7 @@ def test_two_ance_rounds_chain_their_artifacts_and_report_each_round(tmp_path, m
     assert short["model"] == r2
     assert not set(planned_refs(load_profile(str(profile)))) & {"report/tiny-round1", "report/tiny-round2"}
 
-    # the preflight knew every name these runs made from the profile's name (m3.planned_names)
+    # the preflight knew every name these runs made from the profile's name (m3.app.planned_names)
     planned = set(planned_refs(load_profile(TINY))) | every_round
     made = {e.ref for e in store.refs() if "tiny" in e.ref}  # not eval-data/eval.<sha>: fixed length
     assert made <= planned, made - planned

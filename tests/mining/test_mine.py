@@ -108,8 +108,8 @@ def test_sharding_gives_identical_rows(data, strategy):
 def test_store_shards_merge_into_the_whole_run(data, tmp_path):
     """The flow's path: shards of a queries artifact mined apart (every n-th query), their rows and
     stats collected, give the rows and stats of one run over all the training queries."""
+    from m3.artifact_io import write_table
     from m3.store import Store
-    from tasks.artifact_io import write_table
     from tasks.mining.bm25 import collect_shards, mine_shard
     from tasks.mining.pool import split_pool
 

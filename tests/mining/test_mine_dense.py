@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import regex
 
+from m3.artifact_io import write_table
 from m3.store import Store
 from m3.topk import block_topk, merge_topk
 from model.init import folder_identity
 from model.m3 import M3Model
 from model.tokenizer import train_tokenizer
-from tasks.artifact_io import write_table
 from tasks.mining import driver
 from tasks.mining.config import MineConfig
 from tasks.mining.embed import PASSAGES, commit_embeddings, partitions, read_index

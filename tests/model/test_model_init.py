@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from m3.profile import ProfileError, available_profiles, load_profile
+from m3.app.profile import ProfileError, available_profiles, load_profile
 from m3.store.store import Store
 from model.config import ModelSpec
 from model.init import folder_identity, load_start_model, resolve_init

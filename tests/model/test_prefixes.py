@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from m3.profile import load_profile
+from m3.app.profile import load_profile
 from model.config import ModelSpec
 from model.init import resolve_init
 from model.m3 import M3Model

@@ -30,7 +30,7 @@ def run_m3(
 ) -> subprocess.CompletedProcess:
     """``m3 ARGS`` in a process of its own, as users run it; ``check``: fail with its stderr."""
     proc = subprocess.run(
-        [sys.executable, "-m", "m3.cli", *args],
+        [sys.executable, "-m", "m3.app.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -48,7 +48,7 @@ def start_m3(args: list[str], env: dict, logs: Path, key: str) -> subprocess.Pop
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{key}.out").open("w") as out, (logs / f"{key}.err").open("w") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "m3.cli", *args], env=env, cwd=REPO, stdout=out, stderr=err, text=True
+            [sys.executable, "-m", "m3.app.cli", *args], env=env, cwd=REPO, stdout=out, stderr=err, text=True
         )
 
 

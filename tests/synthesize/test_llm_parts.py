@@ -8,7 +8,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from m3.profile import ProfileError, load_profile
+from m3.app.profile import ProfileError, load_profile
 from m3.store import Store
 from tasks.synthesize.llm.budget import Budget, BudgetExhausted
 from tasks.synthesize.llm.cache import ResponseCache, request_key

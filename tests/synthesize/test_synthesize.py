@@ -145,7 +145,7 @@ def test_skip_reasons_counted():
 
 
 def test_ict_rows_are_passage_level_with_their_document_bucket(corpus, cfg, tmp_path):
-    from tasks.artifact_io import read_table, write_table
+    from m3.artifact_io import read_table, write_table
     from tasks.synthesize.ict import pairing_metrics
     from tasks.synthesize.llm.longdoc import BUCKET_LABELS
 

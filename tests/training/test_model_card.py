@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from m3.cli import app
-from m3.export import export_model
+from m3.app.cli import app
+from m3.app.export import export_model
 from m3.store import Store
 from tasks.training.card import CardFacts, render_card, score_table
 from tests.support.model_card import (
@@ -183,7 +183,7 @@ def test_m3_export_gives_a_model_stored_before_cards_one_from_the_store(tmp_path
 
 def _m3(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "m3.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "m3.app.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
     )
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from m3.artifact_io import write_jsonl
 from model.m3 import M3Model
-from tasks.artifact_io import write_jsonl
 from tasks.training import TrainConfig, TrainExample
 from tasks.training.data import TokenizedSet
 from tasks.training.ddp import DDPJob, launch

@@ -175,6 +175,24 @@ def test_token_budget_and_length_groups(pairs_tok_dir):
     assert plan == plan_epoch(data, c, 0) and plan != plan_epoch(data, c, 1)
 
 
+def test_n_processes_train_on_the_one_process_batches(pairs_tok_dir):
+    """torchrun with N ranks sees the batches of one process, in its order (issue 27): only a
+    batch's last len % N queries are left out, so the steps, the schedule and the negatives (drawn by
+    batch index) match and the two runs' models evaluate alike."""
+    model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
+    texts = [TrainExample(query=f"q {i}", pos="w " * (3 + i % 50)) for i in range(77)]
+    c = cfg(functions=["dense"], group_size=1, batch_size=7, length_buckets=[16, 32, 64])
+    data = TokenizedSet.build(texts, model.tokenize, c.q_max_length, c.max_length)
+    one = plan_epoch(data, c, 0)
+    assert any(len(b) % 2 for b in one)  # the case that matters: odd batches
+    for world in (2, 4):
+        many = plan_epoch(data, c, 0, world)
+        kept = [b[: len(b) - len(b) % world] for b in one]
+        assert many == [b for b in kept if len(b) >= world]
+        assert all(len(b) % world == 0 for b in many)
+    assert len(plan_epoch(data, c, 0, 2)) == len(one)  # the same number of steps: the same schedule
+
+
 def test_length_grouping_pads_less_than_random_batches(pairs_tok_dir):
     model = M3Model.from_spec(SPEC, pairs_tok_dir, device="cpu")
     rng = random.Random(0)

@@ -8,7 +8,7 @@ below are the ones the stages make; each line says where.
 
 from __future__ import annotations
 
-from m3.profile import Profile
+from m3.app.profile import Profile
 
 
 def planned_refs(profile: Profile) -> list[str]:

@@ -33,9 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from m3.app.ui.lineage import Lineage
+from m3.app.ui.runs import PrefectRuns
 from m3.store import InvalidName, NotFound, Store
-from m3.ui.lineage import Lineage
-from m3.ui.runs import PrefectRuns
 
 __all__ = ["Lineage", "make_server", "serve"]
 

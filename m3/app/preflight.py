@@ -3,9 +3,9 @@
 ``m3 run`` starts a Prefect server and a Dask cluster before its first stage; a store it cannot
 write to used to fail only then (20 s in, with a traceback), and a read-only command on a mistyped
 store printed an empty listing. Here a store is checked the way the command will use it, writing
-nothing: the profile itself is checked where it loads (``m3.profile.load_profile``) and the stage
+nothing: the profile itself is checked where it loads (``m3.app.profile.load_profile``) and the stage
 selection by ``flows.pipeline.select_stages``. Also checked: every artifact name the run will make
-(:mod:`m3.planned_names`), and the folder of the private Prefect server's database.
+(:mod:`m3.app.planned_names`), and the folder of the private Prefect server's database.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from m3.store.backend import Backend
 from m3.store.names import InvalidName, validate_ref
 
 if TYPE_CHECKING:
-    from m3.profile import Profile
+    from m3.app.profile import Profile
 
 # What the private Prefect server needs free for its SQLite database (the task runs and logs of a
 # pipeline run are a few MiB); a full disk made it restart 28 times, its cause buried in tracebacks.
@@ -56,7 +56,7 @@ def check_planned_names(profile: Profile) -> None:
     """Every ref a run of ``profile`` makes is a name the store takes. A profile name that leaves no
     room for a suffix (``.wikipedia``, ``-r2-passages``) is refused now, not at that artifact, after
     Prefect has started or a whole ANCE round has run."""
-    from m3.planned_names import planned_refs
+    from m3.app.planned_names import planned_refs
 
     refs = sorted(planned_refs(profile), key=lambda ref: -len(ref.split("/", 1)[1]))  # longest first
     for ref in refs:

@@ -22,7 +22,7 @@ from m3.store.backend import Backend, StoreUnavailable
 from m3.store.retry import describe
 
 if TYPE_CHECKING:
-    from m3.profile import Profile
+    from m3.app.profile import Profile
 
 REACH_DIR = "reach"  # not a folder the store's readers, gc or verify look at
 CONNECT_TIMEOUT_S = 30.0  # to reach the scheduler, and for its first worker to be there

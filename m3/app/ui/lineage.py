@@ -17,10 +17,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from m3.app.ui import compare as diff
+from m3.app.ui.curves import HISTORY_FILE, curves
 from m3.store import DamagedFile, InvalidName, Manifest, NotFound, Store
 from m3.store.refs import RefState
-from m3.ui import compare as diff
-from m3.ui.curves import HISTORY_FILE, curves
 
 log = logging.getLogger(__name__)
 

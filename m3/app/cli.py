@@ -38,12 +38,12 @@ def _fail(message: str) -> None:
 
 
 def _store(store: str | None, profile: str | None = None):
-    from m3.preflight import existing_store  # a read-only command: a missing store is an error
+    from m3.app.preflight import existing_store  # a read-only command: a missing store is an error
 
     if store is None and profile is not None:
         # Only here: these pull in Prefect and torch, seconds of start-up for `m3 lineage` & co.
-        from m3.profile import load_profile
-        from m3.stage_env import resolve_store_url
+        from m3.app.env import resolve_store_url
+        from m3.app.profile import load_profile
 
         return existing_store(resolve_store_url(load_profile(profile), None))
     return existing_store(store or os.environ.get("M3_STORE") or ".m3/store")
@@ -90,16 +90,16 @@ def _run(
     as_json: bool,
 ) -> None:
     from flows.pipeline import select_stages
-    from m3.profile import load_profile
-    from m3.stage_env import resolve_store_url
+    from m3.app.env import resolve_store_url
+    from m3.app.profile import load_profile
 
     prof = load_profile(profile)  # validate everything before anything is written
     for source in prof.sources:
         prof.source_files(source)
     selected = select_stages(from_stage, only, refresh)
     store_url = resolve_store_url(prof, store)
-    from m3.preflight import check_planned_names, check_prefect_home, check_writable_store
-    from m3.reach import check_workers_reach_store, scheduler_addresses
+    from m3.app.preflight import check_planned_names, check_prefect_home, check_writable_store
+    from m3.app.reach import check_workers_reach_store, scheduler_addresses
 
     check_planned_names(prof)  # a name the store would refuse hours in, at round 2's artifacts
     check_writable_store(store_url)  # before Prefect starts: a store it cannot write to is refused
@@ -295,7 +295,7 @@ def export(
     import dataclasses
     from pathlib import Path
 
-    from m3.export import export_model
+    from m3.app.export import export_model
 
     out = export_model(_store(store), ref, Path(dest))
     if as_json:
@@ -315,9 +315,9 @@ def retry(
     as_json: JsonOpt = False,
 ) -> None:
     """Retry a failed flow run; stages that finished before the failure come back from the store."""
+    from m3.app.preflight import check_prefect_home
+    from m3.app.retry import retry as do_retry
     from m3.prefect_api import prefect_api
-    from m3.preflight import check_prefect_home
-    from m3.retry import retry as do_retry
 
     check_prefect_home()
     with prefect_api():
@@ -345,8 +345,8 @@ def ui(
     store: StoreOpt = None,
 ) -> None:
     """The lineage web page: artifact graph, manifests, metrics, plots, links to Prefect runs."""
-    from m3.preflight import checked_now
-    from m3.ui.server import serve
+    from m3.app.preflight import checked_now
+    from m3.app.ui.server import serve
 
     serve(checked_now(_store(store)), host=host, port=port)
 
@@ -406,9 +406,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (InvalidName, NotFound, StoreError, StoreUnavailable)
     errors += (ValueError, ValidationError)
     errors += (FileNotFoundError, PermissionError, UserError)
-    # m3.profile imports torch (seconds): commands that never load a profile should not pay for it,
+    # m3.app.profile imports torch (seconds): commands that never load a profile should not pay for it,
     # and if it was never imported no ProfileError can have been raised.
-    profile = sys.modules.get("m3.profile")
+    profile = sys.modules.get("m3.app.profile")
     return (*errors, profile.ProfileError) if profile is not None else errors
 
 

@@ -1,0 +1,1 @@
+"""The lineage web page (``m3 ui``): see :mod:`m3.app.ui.server`."""

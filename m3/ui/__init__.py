@@ -1,1 +1,0 @@
-"""The lineage web page (``m3 ui``): see :mod:`m3.ui.server`."""

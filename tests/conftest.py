@@ -112,7 +112,8 @@ def tiny_pipeline(tmp_path_factory, prefect_server):
 
     1. ``--only ingest --only synthesize`` → ``data_store`` (corpus and queries only);
     2. ``--from synthesize`` on the same store → ``full_store`` (every stage; ``resumed`` is that
-       command's JSON output: synthesize came from the store, the others were built).
+       command's JSON output: synthesize came from the store, the others were built);
+    ``output``: what both commands printed (stdout and stderr, the JSON aside).
 
     Tests copy a template (:func:`tests.support.m3_process.copy_store`) instead of building those
     stages again.
@@ -120,15 +121,15 @@ def tiny_pipeline(tmp_path_factory, prefect_server):
     base = tmp_path_factory.mktemp("tiny-pipeline")
     env = m3_subprocess_env(base, prefect_server["url"])
     store = base / "store"
-    run_m3(["run", "--profile", TINY, "--store", str(store), "--only", "ingest", "--only", "synthesize"], env)
+    data = run_m3(
+        ["run", "--profile", TINY, "--store", str(store), "--only", "ingest", "--only", "synthesize"], env
+    )
     data_store = base / "data-stages"
     shutil.copytree(store, data_store)
-    resumed = json.loads(
-        run_m3(
-            ["run", "--profile", TINY, "--store", str(store), "--from", "synthesize", "--json"], env
-        ).stdout
-    )
-    return {"data_store": data_store, "full_store": store, "resumed": resumed}
+    rest = run_m3(["run", "--profile", TINY, "--store", str(store), "--from", "synthesize", "--json"], env)
+    resumed = json.loads(rest.stdout)
+    output = data.stdout + data.stderr + rest.stderr  # what a user of `m3 run` sees (the JSON aside)
+    return {"data_store": data_store, "full_store": store, "resumed": resumed, "output": output}
 
 
 @pytest.fixture

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from prefect_dask import DaskTaskRunner
 
+from m3 import logs
 from m3.app.profile import DaskSpec
+
+# A flow run that ``m3`` did not start (a deployment's, on a Prefect worker) quiets third-party
+# output here, unless M3_VERBOSE=1; ``m3`` itself has done so before Prefect was imported.
+logs.setup()
 
 
 def dask_runner(spec: DaskSpec) -> DaskTaskRunner:

@@ -2,31 +2,22 @@
 API server for the session; one run of the tiny pipeline that several end-to-end tests start from;
 the tokenizers the model and training tests build their tiny models on.
 
-Helpers that are not fixtures (texts, tiny models, fake servers) live in ``tests/support/``."""
+Fixtures only: helpers and constants (paths, ``m3`` processes, texts, tiny models, fake servers)
+live in ``tests/support/``."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-TINY = str(REPO / "tests" / "profiles" / "tiny.yaml")
-PREFECT_START_S = 600  # the session's Prefect server: minutes to start on a loaded 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.m3_process import PREFECT_START_S, m3_subprocess_env, run_m3
+from tests.support.net import free_port
+from tests.support.paths import TINY
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +25,7 @@ def s3_server():
     """moto in server mode on a free port; the environment points boto/s3fs at it."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -95,7 +86,7 @@ def prefect_server(tmp_path_factory):
     old = os.environ.get("PREFECT_HOME")
     os.environ["PREFECT_HOME"] = str(home)  # the server's SQLite database lives here
     try:
-        server = SubprocessASGIServer(port=_free_port())
+        server = SubprocessASGIServer(port=free_port())
         server.start(timeout=PREFECT_START_S)
     finally:
         if old is None:
@@ -109,77 +100,10 @@ def prefect_server(tmp_path_factory):
     server.stop()
 
 
-def m3_subprocess_env(base: Path, api_url: str | None) -> dict[str, str]:
-    """Environment of an ``m3`` process: its own PREFECT_HOME and artifact cache under ``base``;
-    ``api_url`` the Prefect API to report to (None: ``m3`` starts its own ephemeral one)."""
-    env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)
-    env.update(PREFECT_HOME=str(base / "prefect"), M3_CACHE_DIR=str(base / "cache"))
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
-
-
 @pytest.fixture
 def m3_api_env(tmp_path, prefect_server):
     """``m3_subprocess_env`` against the session's Prefect server."""
     return m3_subprocess_env(tmp_path, prefect_server["url"])
-
-
-def run_m3(
-    args: list[str], env: dict, timeout: float = 900, check: bool = True, cwd: Path = REPO
-) -> subprocess.CompletedProcess:
-    """``m3 ARGS`` in a process of its own, as users run it; ``check``: fail with its stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "m3.app.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"m3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def start_m3(args: list[str], env: dict, logs: Path, key: str) -> subprocess.Popen:
-    """``m3 ARGS`` started in a process of its own, its output in ``logs/KEY.out`` and ``.err``
-    (files: the process never blocks on a full pipe)."""
-    logs.mkdir(parents=True, exist_ok=True)
-    with (logs / f"{key}.out").open("w") as out, (logs / f"{key}.err").open("w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "m3.app.cli", *args], env=env, cwd=REPO, stdout=out, stderr=err, text=True
-        )
-
-
-def run_m3_at_once(commands: dict[str, tuple[list[str], dict]], logs: Path, timeout: float = 900):
-    """Several independent ``m3`` commands (``{key: (args, env)}``) as processes running at the same
-    time (CI has two cores and most of an ``m3`` process is one busy thread). Output goes to files
-    under ``logs``, so no process ever blocks on a full pipe. Returns ``{key: CompletedProcess}``."""
-    started = {}
-    for key, (args, env) in commands.items():
-        proc = start_m3(args, env, logs, key)
-        started[key] = (args, proc, logs / f"{key}.out", logs / f"{key}.err")
-    done = {}
-    try:
-        for key, (args, proc, out, err) in started.items():
-            proc.wait(timeout=timeout)
-            done[key] = subprocess.CompletedProcess(
-                args, proc.returncode, out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
-            )
-    finally:
-        for _, proc, _, _ in started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return done
-
-
-def copy_store(template: Path, dest: Path) -> str:
-    """A private copy of a local store (blobs, manifests, refs, stage cache): a test may change it."""
-    shutil.copytree(template, dest)
-    return str(dest)
 
 
 @pytest.fixture(scope="session")
@@ -188,22 +112,35 @@ def tiny_pipeline(tmp_path_factory, prefect_server):
 
     1. ``--only ingest --only synthesize`` → ``data_store`` (corpus and queries only);
     2. ``--from synthesize`` on the same store → ``full_store`` (every stage; ``resumed`` is that
-       command's JSON output: synthesize came from the store, the others were built).
+       command's JSON output: synthesize came from the store, the others were built);
+    ``output``: what both commands printed (stdout and stderr, the JSON aside).
 
-    Tests copy a template (:func:`copy_store`) instead of building those stages again.
+    Tests copy a template (:func:`tests.support.m3_process.copy_store`) instead of building those
+    stages again.
     """
     base = tmp_path_factory.mktemp("tiny-pipeline")
     env = m3_subprocess_env(base, prefect_server["url"])
     store = base / "store"
-    run_m3(["run", "--profile", TINY, "--store", str(store), "--only", "ingest", "--only", "synthesize"], env)
+    data = run_m3(
+        ["run", "--profile", TINY, "--store", str(store), "--only", "ingest", "--only", "synthesize"], env
+    )
     data_store = base / "data-stages"
     shutil.copytree(store, data_store)
-    resumed = json.loads(
-        run_m3(
-            ["run", "--profile", TINY, "--store", str(store), "--from", "synthesize", "--json"], env
-        ).stdout
-    )
-    return {"data_store": data_store, "full_store": store, "resumed": resumed}
+    rest = run_m3(["run", "--profile", TINY, "--store", str(store), "--from", "synthesize", "--json"], env)
+    resumed = json.loads(rest.stdout)
+    output = data.stdout + data.stderr + rest.stderr  # what a user of `m3 run` sees (the JSON aside)
+    return {"data_store": data_store, "full_store": store, "resumed": resumed, "output": output}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread during the test (the machine's cores are shared); the old count after."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 # -- tokenizers (trained once per session; deterministic, so every test sees the same pieces) -------

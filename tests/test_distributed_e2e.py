@@ -28,9 +28,10 @@ import pytest
 import yaml
 
 from m3.store import Store
-from tests.conftest import REPO, SHARED_DATA, TINY, m3_subprocess_env, start_m3
-from tests.conftest import run_m3 as m3
 from tests.support.dask_cli import CliCluster, start_cluster
+from tests.support.m3_process import m3_subprocess_env, start_m3
+from tests.support.m3_process import run_m3 as m3
+from tests.support.paths import REPO, SHARED_DATA, TINY
 
 # Whichever test comes first builds the cluster run (the timeout covers fixture setup): all may need it.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 PACKAGES = ("m3", "model", "tasks", "flows")
 FLOORS = ("core", "model", "stage basics", "stages", "application")

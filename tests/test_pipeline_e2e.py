@@ -17,8 +17,9 @@ import sys
 import pytest
 
 from m3.store import Store
-from tests.conftest import REPO, TINY, copy_store, m3_subprocess_env, run_m3_at_once
-from tests.conftest import run_m3 as m3
+from tests.support.m3_process import copy_store, m3_subprocess_env, run_m3_at_once
+from tests.support.m3_process import run_m3 as m3
+from tests.support.paths import REPO, TINY
 
 STAGES = ["ingest", "synthesize", "pretrain", "mine", "finetune", "evaluate"]
 

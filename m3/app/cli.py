@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -11,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from m3 import logs
 from m3.prefect_api import set_quiet_defaults
 from m3.recipe import MCLS_INTERVAL
 
@@ -27,6 +27,13 @@ StoreOpt = Annotated[
 ]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="profile name (data_specs/profiles) or YAML file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="also third-party DEBUG lines, transformers' load reports and progress bars ($M3_VERBOSE=1)",
+    ),
+]
 
 
 class UserError(Exception):
@@ -71,9 +78,13 @@ def run(
         ),
     ] = None,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline (or part of it) on a profile; ends with the evaluation table."""
     from m3 import lifecycle
+
+    if verbose:
+        logs.setup(verbose=True)  # before the stages import transformers; the run's processes inherit it
 
     # First: SIGTERM/SIGINT stop every phase in order (imports and config too), and whatever the
     # run leaves in the temp dir goes with it.
@@ -186,9 +197,13 @@ def eval_model(
     ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate a model the way the paper reports it: modes × languages, against BM25."""
     from pathlib import Path
+
+    if verbose:
+        logs.setup(verbose=True)
 
     from tasks.evaluate.config import EvalConfig
     from tasks.evaluate.model_folder import evaluate_model_path
@@ -315,8 +330,11 @@ def retry(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the retried run to finish")] = True,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Retry a failed flow run; stages that finished before the failure come back from the store."""
+    if verbose:
+        logs.setup(verbose=True)
     from m3.app.preflight import check_prefect_home
     from m3.app.retry import retry as do_retry
     from m3.prefect_api import prefect_api
@@ -431,7 +449,7 @@ def main() -> None:
 
 
 def _main() -> None:
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
+    logs.setup()  # quiet third-party output; a command's --verbose turns it back on
     try:
         # Without standalone mode click *returns* the code of a ``typer.Exit`` (``_fail``) instead of
         # exiting with it.

@@ -1,44 +1,68 @@
-"""Walking the ``parents`` graph of an artifact, down to the raw source files."""
+"""Walking the ``parents`` graph of an artifact, down to the raw source files: the one walker
+(``ancestry``) that ``m3 lineage``, the model card and the lineage page share."""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from m3.store.manifest import Manifest
 from m3.store.store import Store
+
+
+def ancestry(
+    start: Iterable[str], read: Callable[[str], Manifest | None]
+) -> tuple[dict[str, Manifest], list[str]]:
+    """Every manifest reachable from ``start`` through ``parents``, breadth-first in the order first
+    named, each once (so a cycle ends): ``{id: manifest}``, and the ids ``read`` gave None for
+    (missing or damaged; their parents are unknown), in the same order. An error ``read`` raises
+    stops the walk."""
+    seen = dict.fromkeys(start)
+    queue = deque(seen)
+    found: dict[str, Manifest] = {}
+    missing: list[str] = []
+    while queue:
+        mid = queue.popleft()
+        m = read(mid)
+        if m is None:
+            missing.append(mid)
+            continue
+        found[mid] = m
+        for parent in m.parents:
+            if parent not in seen:
+                seen[parent] = None
+                queue.append(parent)
+    return found, missing
 
 
 def lineage(store: Store, ref_or_id: str) -> list[dict[str, Any]]:
     """Every artifact the given one was derived from, breadth-first, each listed once."""
     start = store.resolve(ref_or_id)
     names = {e.manifest: e.ref for e in store.refs()}
-    order, seen, queue = [], {start}, [start]
-    while queue:
-        mid = queue.pop(0)
-        m = store.manifest(mid)
-        order.append(
-            {
-                "id": m.id,
-                "kind": m.kind,
-                "name": m.name,
-                "ref": names.get(m.id),
-                "parents": m.parents,
-                "created_at": m.created_at,
-                "producer": {
-                    "stage": m.producer.stage,
-                    "flow": m.producer.flow,
-                    "flow_run_id": m.producer.flow_run_id,
-                    "task_run_id": m.producer.task_run_id,
-                    "git_commit": m.producer.git_commit,
-                    "git_dirty": m.producer.git_dirty,
-                    "code_version": m.producer.code_version,
-                    "config_hash": m.producer.config_hash,
-                },
-                "files": [f.model_dump(exclude_none=True) for f in m.files],
-                "metrics": m.metrics,
-            }
-        )
-        for parent in m.parents:
-            if parent not in seen:
-                seen.add(parent)
-                queue.append(parent)
-    return order
+    found, _ = ancestry([start], store.manifest)  # store.manifest raises: a missing one is an error
+    return [_node(m, names) for m in found.values()]
+
+
+def _node(m: Manifest, names: dict[str, str]) -> dict[str, Any]:
+    """One artifact as ``m3 lineage --json`` prints it (plain JSON types)."""
+    return {
+        "id": m.id,
+        "kind": m.kind,
+        "name": m.name,
+        "ref": names.get(m.id),
+        "parents": m.parents,
+        "created_at": m.created_at,
+        "producer": {
+            "stage": m.producer.stage,
+            "flow": m.producer.flow,
+            "flow_run_id": m.producer.flow_run_id,
+            "task_run_id": m.producer.task_run_id,
+            "git_commit": m.producer.git_commit,
+            "git_dirty": m.producer.git_dirty,
+            "code_version": m.producer.code_version,
+            "config_hash": m.producer.config_hash,
+        },
+        "files": [f.model_dump(exclude_none=True) for f in m.files],
+        "metrics": m.metrics,
+    }

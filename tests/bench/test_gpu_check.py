@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from m3.app.profile import load_profile
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 SCRIPT = REPO / "bench" / "gpu_check.sh"
 

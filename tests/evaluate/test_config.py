@@ -11,7 +11,7 @@ import yaml
 from m3.app.profile import load_profile
 from m3.recipe import EVAL_FUSION, EVAL_MODES
 from tasks.evaluate.config import EvalConfig, Mode, trained_lengths, with_overrides
-from tests.conftest import TINY
+from tests.support.paths import TINY
 
 
 def test_modes_and_weights_are_the_recipe_s():

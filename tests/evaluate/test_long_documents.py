@@ -28,8 +28,9 @@ from tasks.evaluate.metrics import evaluate_datasets
 from tasks.evaluate.report import build_report, summarize
 from tasks.synthesize.ict import IctConfig, ict_queries
 from tasks.text import split_sentences
-from tests.conftest import REPO, TINY, copy_store, run_m3
+from tests.support.m3_process import copy_store, run_m3
 from tests.support.models import tiny_m3
+from tests.support.paths import REPO, TINY
 
 WORDS = {
     "en": [

@@ -12,7 +12,7 @@ from tasks.evaluate.datasets import datasets_from_ict
 from tasks.evaluate.metrics import _measure, evaluate_by_language, evaluate_run
 from tasks.evaluate.report import evaluation_table, render_markdown
 from tasks.evaluate.runs import bm25_dataset_run, qrels_from_queries
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 TATOEBA = SHARED_DATA / "tatoeba"
 METRICS = ("ndcg_cut_10", "recall_100")

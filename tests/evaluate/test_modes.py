@@ -18,7 +18,7 @@ from tasks.evaluate.index import DenseIndex, InvertedIndex, TokenVectors, dense_
 from tasks.evaluate.metrics import evaluate_datasets, evaluate_run, truncate_trec_order
 from tasks.evaluate.report import summarize
 from tasks.evaluate.runs import model_runs
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 TATOEBA = SHARED_DATA / "tatoeba"
 

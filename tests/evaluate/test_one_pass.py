@@ -15,8 +15,8 @@ from tasks.evaluate.config import EvalConfig
 from tasks.evaluate.corpus import corpus_chunks, encode_corpus
 from tasks.evaluate.encoders import M3Encoder
 from tasks.evaluate.runs import model_runs
-from tests.conftest import SHARED_DATA
 from tests.support.models import tiny_m3
+from tests.support.paths import SHARED_DATA
 
 XQUAD_DE = SHARED_DATA / "xquad-r" / "de.json.gz"
 CFG = EvalConfig(k_values=(10,), candidates=8, max_length=64, query_max_length=32, encode_batch_size=16)

@@ -12,7 +12,7 @@ from model.m3 import M3Model
 from tasks.eval_data import EvalDataset, load_datasets
 from tasks.evaluate.config import EvalConfig
 from tasks.evaluate.encoders import M3Encoder, SentenceTransformerEncoder
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 from tests.support.text import TEXTS
 
 E5 = {"query_prefix": "query: ", "passage_prefix": "passage: "}

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, run_m3
+from tests.support.m3_process import run_m3
+from tests.support.paths import SHARED_DATA
 
 XQUAD_DE = SHARED_DATA / "xquad-r" / "de.json.gz"
 TATOEBA = SHARED_DATA / "tatoeba"

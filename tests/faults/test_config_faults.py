@@ -23,7 +23,8 @@ import yaml
 from m3.app.preflight import check_writable_store
 from m3.app.profile import ProfileError, load_profile
 from m3.store.backend import StoreUnavailable
-from tests.conftest import REPO, m3_subprocess_env
+from tests.support.m3_process import m3_subprocess_env
+from tests.support.paths import REPO
 
 TINY = REPO / "tests" / "profiles" / "tiny.yaml"
 # On an idle machine a refused `m3 run` takes ~5 s, nearly all of it imports (a read command

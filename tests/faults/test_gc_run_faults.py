@@ -16,8 +16,9 @@ import pytest
 from m3.stage import StageFailed, StageOutput, StageSpec, classify_failure, run_stage
 from m3.store import Store
 from m3.store.verify import verify
-from tests.conftest import REPO, run_m3
 from tests.support.fault_cases import end_to_end
+from tests.support.m3_process import run_m3
+from tests.support.paths import REPO
 from tests.support.profiles import tiny_profile_data, write_profile
 
 

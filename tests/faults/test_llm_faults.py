@@ -21,7 +21,6 @@ from tasks.synthesize.llm.cache import ResponseCache
 from tasks.synthesize.llm.config import SelectionConfig
 from tasks.synthesize.llm.parse import parse_questions
 from tasks.synthesize.llm.synthesize import llm_queries, select_documents
-from tests.conftest import run_m3
 from tests.support.llm import (
     KEY,
     LANGS,
@@ -33,6 +32,7 @@ from tests.support.llm import (
     good_questions,
     wiki_corpus,
 )
+from tests.support.m3_process import run_m3
 
 PROXY_TOKEN = "proxy-tok-7c1e99d04b2a"  # a second configured secret
 SELECTION = SelectionConfig(languages=LANGS, min_doc_chars=2000, passage_chars=1200, max_docs=6)

@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import m3_subprocess_env
 from tests.faults.test_config_faults import NO_DAC, _assert_refused, _profile, _run_all, _snapshot
+from tests.support.m3_process import m3_subprocess_env
 
 # A tmpfs of 64 KiB, filled, as PREFECT_HOME's disk: in a mount namespace of the command's own.
 FULL_DISK = 'mount -t tmpfs -o size=64k tmpfs "$0" && { cat /dev/zero > "$0/fill" 2>/dev/null; exec "$@"; }'

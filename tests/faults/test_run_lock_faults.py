@@ -20,8 +20,9 @@ import pytest
 
 from m3.store import Store
 from m3.store.runlock import RunLock, RunLocked, hold
-from tests.conftest import REPO, m3_subprocess_env, run_m3, run_m3_at_once
 from tests.support.fault_cases import end_to_end, on_both
+from tests.support.m3_process import m3_subprocess_env, run_m3, run_m3_at_once
+from tests.support.paths import REPO
 from tests.support.profiles import tiny_profile_data, write_profile
 
 # Holds the lock of profile "p" on the store argv[1] as run argv[2] until argv[3] exists.

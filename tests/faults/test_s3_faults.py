@@ -22,12 +22,7 @@ from pathlib import Path
 import pytest
 
 from m3.store import Store, StoreError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
 
 
 class CuttableProxy:
@@ -105,7 +100,7 @@ def s3_behind_proxy(monkeypatch):
     import s3fs
     from moto.server import ThreadedMotoServer
 
-    moto_port, proxy_port = _free_port(), _free_port()
+    moto_port, proxy_port = free_port(), free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     server.start()
     proxy = CuttableProxy(proxy_port, ("127.0.0.1", moto_port))

@@ -22,7 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, copy_store, m3_subprocess_env
+from tests.support.m3_process import copy_store, m3_subprocess_env
+from tests.support.paths import REPO, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +50,39 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a terminal's foreground job
         )
+
+
+def _stop_during(
+    tmp_path: Path,
+    args: list[str],
+    phase: str,
+    sig: int = signal.SIGTERM,
+    *,
+    group: bool = False,
+    api: str = "",
+) -> None:
+    """``m3 run ARGS`` until its log shows ``phase``, then ``sig`` (``group``: to its process group):
+    it must stop with nothing left behind. ``api``: a Prefect API to report to (none: m3 starts its
+    own)."""
+    env, tmp = _env(tmp_path)
+    if api:
+        env["PREFECT_API_URL"] = api
+    log = tmp_path / "m3.log"
+    proc = _start(args, env, log)
+    _wait_for(proc, log, phase)
+    _signal_and_check(proc, sig, tmp, log, group=group)
+
+
+def _long_finetune_args(tmp_path: Path, tiny_pipeline: dict) -> list[str]:
+    """``m3 run`` arguments: fine-tuning only, on a copy of the tiny pipeline's store, with a new cache
+    key (so it trains) and long enough for a signal to land mid-run."""
+    store = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
+    data = yaml.safe_load(Path(TINY).read_text())
+    data["base_dir"] = str(REPO)
+    data["finetune"].update({"max_steps": 2000, "checkpoint_every": 1000, "log_every": 10})
+    profile = tmp_path / "tiny-long.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    return ["--profile", str(profile), "--store", store, "--only", "finetune"]
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, needle: str) -> None:
@@ -112,38 +146,21 @@ def _signal_and_check(proc: subprocess.Popen, sig: int, tmp: Path, log: Path, *,
 @pytest.mark.fault(case="SIGTERM during ingest (Dask workers running)", outcome="stopped")
 @pytest.mark.timeout(600)
 def test_sigterm_during_ingest(tmp_path):
-    env, tmp = _env(tmp_path)
-    log = tmp_path / "m3.log"
-    proc = _start(["--profile", TINY, "--store", str(tmp_path / "store")], env, log)
-    _wait_for(proc, log, "The Dask dashboard is available")
-    _signal_and_check(proc, signal.SIGTERM, tmp, log)
+    args = ["--profile", TINY, "--store", str(tmp_path / "store")]
+    _stop_during(tmp_path, args, "The Dask dashboard is available")
 
 
 @pytest.mark.fault(case="SIGINT to the process group during Dask start-up", outcome="stopped")
 @pytest.mark.timeout(600)
 def test_sigint_during_dask_startup(tmp_path):
-    env, tmp = _env(tmp_path)
-    log = tmp_path / "m3.log"
-    proc = _start(["--profile", TINY, "--store", str(tmp_path / "store")], env, log)
-    _wait_for(proc, log, "Creating a new Dask cluster")
-    _signal_and_check(proc, signal.SIGINT, tmp, log, group=True)
+    args = ["--profile", TINY, "--store", str(tmp_path / "store")]
+    _stop_during(tmp_path, args, "Creating a new Dask cluster", signal.SIGINT, group=True)
 
 
 @pytest.mark.fault(case="SIGTERM during fine-tuning", outcome="stopped")
 @pytest.mark.timeout(1200)
 def test_sigterm_during_finetune(tmp_path, tiny_pipeline):
-    env, tmp = _env(tmp_path)
-    store = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
-    data = yaml.safe_load(Path(TINY).read_text())
-    data["base_dir"] = str(REPO)
-    # a new cache key (so it trains) and long enough for the signal to land mid-run
-    data["finetune"].update({"max_steps": 2000, "checkpoint_every": 1000, "log_every": 10})
-    profile = tmp_path / "tiny-long.yaml"
-    profile.write_text(yaml.safe_dump(data))
-    log = tmp_path / "m3.log"
-    proc = _start(["--profile", str(profile), "--store", store, "--only", "finetune"], env, log)
-    _wait_for(proc, log, "finetune step 10:")
-    _signal_and_check(proc, signal.SIGTERM, tmp, log)
+    _stop_during(tmp_path, _long_finetune_args(tmp_path, tiny_pipeline), "finetune step 10:")
 
 
 @pytest.mark.fault(
@@ -153,20 +170,10 @@ def test_sigterm_during_finetune(tmp_path, tiny_pipeline):
 def test_sigterm_leaves_no_flow_run_running_on_the_api(tmp_path, tiny_pipeline, prefect_server):
     """Against a long-lived Prefect server (one m3 does not own), the stopped run's flow runs are
     final: Crashed (or Cancelled), none Running or Pending."""
-    env, tmp = _env(tmp_path)
     api = prefect_server["url"]
-    env["PREFECT_API_URL"] = api
-    store = copy_store(tiny_pipeline["full_store"], tmp_path / "store")
-    data = yaml.safe_load(Path(TINY).read_text())
-    data["base_dir"] = str(REPO)
-    data["finetune"].update({"max_steps": 2000, "checkpoint_every": 1000, "log_every": 10})
-    profile = tmp_path / "tiny-long.yaml"
-    profile.write_text(yaml.safe_dump(data))
-    log = tmp_path / "m3.log"
+    args = _long_finetune_args(tmp_path, tiny_pipeline)
     since = time.time()
-    proc = _start(["--profile", str(profile), "--store", store, "--only", "finetune"], env, log)
-    _wait_for(proc, log, "finetune step 10:")
-    _signal_and_check(proc, signal.SIGTERM, tmp, log)
+    _stop_during(tmp_path, args, "finetune step 10:", api=api)
     from datetime import UTC, datetime
 
     after = datetime.fromtimestamp(since, UTC).isoformat()

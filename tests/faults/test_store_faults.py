@@ -19,9 +19,9 @@ from m3.stage import StageOutput, StageSpec, run_stage
 from m3.store import CorruptBlob, DamagedFile, NotFound, Store, StoreError
 from m3.store.errors import ParentMissing
 from m3.store.verify import verify
-from tests.conftest import run_m3
 from tests.support import store_damage as damage
 from tests.support.fault_cases import BACKENDS, on_both
+from tests.support.m3_process import run_m3
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -362,39 +362,21 @@ def test_gc_cannot_take_a_blob_a_commit_is_reusing(url, tmp_path, monkeypatch):
     case="gc --grace 0 between a mine stage's encode and its index commit", outcome="completes"
 )
 def test_gc_leaves_the_shards_of_an_encode_in_progress(tmp_path, tok_dir):
-    import pandas as pd
-
     from m3.artifact_io import write_table
-    from model.config import ModelSpec
     from model.init import folder_identity
     from model.m3 import M3Model
     from tasks.mining import driver
     from tasks.mining.config import MineConfig
     from tasks.mining.teachers import TeacherRef
-    from tests.support.mining import tatoeba_pools
+    from tests.support.mining import queries_with_test_split, tatoeba_pools
+    from tests.support.models import tiny_spec
 
     queries, passages = tatoeba_pools(n_per_lang=24, n_dups=4)
-    extra = passages[~passages["passage_id"].isin(queries["passage_id"])]
-    table = pd.concat(
-        [
-            queries.assign(backend="ict", model="", split="train"),
-            extra.assign(
-                query_id="t:" + extra["passage_id"], query="-", backend="ict", model="", split="test"
-            ),
-        ],
-        ignore_index=True,
-    )
+    table = queries_with_test_split(queries, passages, "ict")
     store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
     files = write_table(table, "queries", tmp_path / "q")
     qid = store.commit("queries", "t", {k: tmp_path / "q" / k for k in files}, ref="queries/t").id
-    spec = ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=66,
-    )
-    folder = M3Model.from_spec(spec, tok_dir, device="cpu").save_pretrained(tmp_path / "teacher")
+    folder = M3Model.from_spec(tiny_spec(66), tok_dir, device="cpu").save_pretrained(tmp_path / "teacher")
     teacher = TeacherRef(identity=folder_identity(folder), encoder="m3", path=str(folder))
     cfg = MineConfig(
         teacher="checkpoint",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import build_pipeline_store, launch_browser
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def ui(tmp_path_factory):
     m = store.commit("report", "broken", {"plot.png": broken}, ref="report/broken")
     os.unlink(store.backend.full(store._blob_path(m.files[0].sha256)))
     ids["report/broken"] = m.id
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PREFECT_API_URL="http://127.0.0.1:9/api", M3_CACHE_DIR=str(root / "cache"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "m3.app.cli", "ui", "--port", str(port), "--store", store.url],

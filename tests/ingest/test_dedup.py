@@ -21,7 +21,7 @@ import pytest
 from tasks.ingest import IngestConfig, InputFile, QualityConfig, iter_documents
 from tasks.ingest.dedup import DedupConfig, Forest, Signer, components, merge_forests, optimal_bands
 from tasks.ingest.shards import FileJob, check_identity, ingest_to_shard, local_submit, run_ingest
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")

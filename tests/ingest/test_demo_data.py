@@ -18,7 +18,7 @@ from tasks.ingest import FileIngestResult, InputFile, ingest_file
 from tasks.ingest.quality import quality_issue
 from tasks.language import detect_language
 from tasks.synthesize.ict import ict_queries
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 ROOT = REPO
 DEMO = ROOT / "demo" / "data"

@@ -19,7 +19,7 @@ from m3.app.profile import ProfileError, load_profile
 from tasks.ingest import InputFile, ingest_file
 from tasks.ingest.download import Checksum, ChecksumError, download, parse_checksum_file
 from tasks.ingest.sources import CCNewsSpec, Mc4Spec, WikipediaSpec, fetch_source, load_spec, plan_files
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")

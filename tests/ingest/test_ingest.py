@@ -32,7 +32,7 @@ from tasks.ingest.files import detect_compression
 from tasks.ingest.language import lang_from_c4_filename
 from tasks.ingest.wikitext import wikitext_to_text
 from tasks.language import detect_language, normalize_code
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")

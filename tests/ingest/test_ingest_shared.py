@@ -21,7 +21,7 @@ from tasks.ingest import IngestConfig
 from tasks.ingest.quality import QualityConfig, quality_issue
 from tasks.ingest.shards import FileJob, check_identity, run_ingest
 from tasks.language import detect_language
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")

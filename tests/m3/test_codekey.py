@@ -9,7 +9,7 @@ import pytest
 
 from m3.codekey import code_digest, import_closure
 from m3.stage import StageSpec
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 PACKAGES = ("m3", "model", "tasks", "flows", "data_specs")
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 # Prefect's SIGTERM handler raises; when that happens inside a finalizer Python drops the exception
 # ("Exception ignored in ..."). The stand-in handler here drops it outright.

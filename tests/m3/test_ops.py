@@ -15,7 +15,6 @@ import pickle
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,8 @@ import yaml
 
 from m3.stage import StageFailed, StageOutput, StageSpec, classify_failure, run_stage
 from m3.store import RefConflict, Store
-from tests.conftest import REPO
+from tests.support.net import free_port
+from tests.support.paths import REPO
 
 BIN = Path(sys.executable).parent
 
@@ -303,12 +303,6 @@ def test_gpu_work_pool_template_mistakes_fail_the_worker_build(kind, edit, job_v
 
 
 # -- the deployed pipeline: fail, fix, retry the same flow run ----------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(predicate, timeout: float, what: str, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -360,7 +354,7 @@ def prefect_stack(tmp_path_factory, prefect_server):
     base = tmp_path_factory.mktemp("ops")
     shutil.copyfile(prefect_server["empty_db"], base / "prefect.db")
     checkout = _snapshot(base / "checkout")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ)
     env.update(

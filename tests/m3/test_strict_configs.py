@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from m3.app.profile import Profile, ProfileError, load_profile
 from m3.strict import StrictModel
-from tests.conftest import TINY
+from tests.support.paths import TINY
 
 
 def _models(model: type[BaseModel], seen: set[type]) -> set[type]:

@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from m3.store import Store
-from tests.conftest import REPO, TINY, copy_store, m3_subprocess_env, run_m3
 from tests.support.browser import VIEWPORT, launch_browser, outside_viewport, save_screenshot
+from tests.support.m3_process import copy_store, m3_subprocess_env, run_m3
+from tests.support.paths import REPO, TINY
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ import yaml
 from m3.app.planned_names import planned_refs
 from m3.app.profile import load_profile
 from m3.store import Store
-from tests.conftest import REPO, SHARED_DATA, TINY, copy_store, run_m3
+from tests.support.m3_process import copy_store, run_m3
+from tests.support.paths import REPO, SHARED_DATA, TINY
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from tasks.mining.bm25 import mine_bm25
 from tasks.mining.config import MineConfig
 from tasks.mining.stats import merge_shard_stats, score_summary
 from tasks.text import bm25_tokens
-from tests.support.mining import tatoeba_pools
+from tests.support.mining import queries_with_test_split, tatoeba_pools
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +116,7 @@ def test_store_shards_merge_into_the_whole_run(data, tmp_path):
 
     queries, passages = data
     queries = queries.iloc[:200]
-    extra = passages[~passages["passage_id"].isin(queries["passage_id"])]
-    table = pd.concat(
-        [
-            queries.assign(backend="llm", model="", split="train"),
-            extra.assign(
-                query_id="t:" + extra["passage_id"], query="-", backend="llm", model="", split="test"
-            ),
-        ],
-        ignore_index=True,
-    )
+    table = queries_with_test_split(queries, passages, "llm")
     store = Store(str(tmp_path / "store"), cache_dir=tmp_path / "cache")
     files = write_table(table, "queries", tmp_path / "q")
     qid = store.commit("queries", "t", {k: tmp_path / "q" / k for k in files}).id

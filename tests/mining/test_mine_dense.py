@@ -19,7 +19,6 @@ import regex
 from m3.artifact_io import write_table
 from m3.store import Store
 from m3.topk import block_topk, merge_topk
-from model.config import ModelSpec
 from model.init import folder_identity
 from model.m3 import M3Model
 from model.tokenizer import train_tokenizer
@@ -31,6 +30,7 @@ from tasks.mining.search import search_shard
 from tasks.mining.teachers import TeacherRef, load_counts
 from tasks.round_names import PASSAGES
 from tests.support.mining import tatoeba_pools
+from tests.support.models import tiny_spec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -55,18 +55,6 @@ def _commit_queries(store: Store, table: pd.DataFrame, tmp: Path, name: str = "t
 @pytest.fixture(scope="module")
 def tatoeba():
     return tatoeba_pools(n_per_lang=160, n_dups=20)
-
-
-def tiny_spec(positions: int, seed: int = 0) -> ModelSpec:
-    """The one-layer, 32-wide encoder every teacher and re-scorer here is made of."""
-    return ModelSpec(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=positions,
-        seed=seed,
-    )
 
 
 @pytest.fixture(scope="module")

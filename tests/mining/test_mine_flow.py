@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from m3.store import Store
-from tests.conftest import REPO, TINY, copy_store
-from tests.conftest import run_m3 as m3
+from tests.support.m3_process import copy_store
+from tests.support.m3_process import run_m3 as m3
+from tests.support.paths import REPO, TINY
 
 pytestmark = pytest.mark.slow
 

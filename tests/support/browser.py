@@ -12,7 +12,7 @@ import pytest
 
 from m3.store import Store
 from m3.store.manifest import Producer
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (git-ignored)
 DOCS = REPO / "docs"  # the README's screenshots: written there with M3_UI_SCREENSHOTS=docs

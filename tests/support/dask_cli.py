@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 DASK = Path(sys.executable).with_name("dask")
 # sh -c _HIDE sh DIR... -- CMD...: an empty tmpfs over each DIR, then exec CMD

@@ -16,7 +16,7 @@ import pandas as pd
 
 from tasks.ingest import InputFile, ingest_file
 from tasks.synthesize.llm.config import BudgetConfig, OpenAIConfig, SelectionConfig
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 WIKICLEAN = SHARED_DATA / "wikiclean-pages"
 KEY = "sk-m3test-NEVER-WRITE-ME-5e0c2f7a91b4d38e"  # distinctive: grep for it everywhere

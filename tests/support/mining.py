@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import regex
 
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 TATOEBA = SHARED_DATA / "tatoeba"
 
@@ -47,3 +47,18 @@ def tatoeba_pools(n_per_lang: int | None = None, n_dups: int = 30) -> tuple[pd.D
                 {"passage_id": f"{lang}:dup{j}", "passage": text, "doc_id": f"{lang}:x{j}", "lang": lang}
             )
     return pd.DataFrame(queries), pd.DataFrame(passages)
+
+
+def queries_with_test_split(queries: pd.DataFrame, passages: pd.DataFrame, backend: str) -> pd.DataFrame:
+    """A queries artifact's table: ``queries`` as the train split, and every passage none of them is
+    about as a test-split row (query ``-``), so the passage pool holds all of ``passages``."""
+    extra = passages[~passages["passage_id"].isin(queries["passage_id"])]
+    return pd.concat(
+        [
+            queries.assign(backend=backend, model="", split="train"),
+            extra.assign(
+                query_id="t:" + extra["passage_id"], query="-", backend=backend, model="", split="test"
+            ),
+        ],
+        ignore_index=True,
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, TINY
+from tests.support.paths import REPO, TINY
 
 
 def tiny_profile_data(name: str) -> dict:

@@ -12,7 +12,6 @@ import json
 import pytest
 
 from m3.store import Store
-from tests.conftest import m3_subprocess_env, run_m3
 from tests.support.llm import (
     KEY,
     WIKICLEAN,
@@ -22,6 +21,7 @@ from tests.support.llm import (
     good_questions,
     wiki_corpus,
 )
+from tests.support.m3_process import m3_subprocess_env, run_m3
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from tasks.synthesize.llm.parse import ParseError, parse_questions
 from tasks.synthesize.llm.prompts import build_messages
 from tasks.synthesize.llm.reply import Reply, ReplyError, read_reply, reply_byte_limit
 from tasks.synthesize.llm.secret import Redactor
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 KEY = "sk-m3test-NEVER-WRITE-ME-5e0c2f7a91b4d38e"
 

@@ -34,7 +34,6 @@ from tasks.synthesize.llm.config import BudgetConfig, SelectionConfig
 from tasks.synthesize.llm.longdoc import BUCKET_LABELS, length_bucket
 from tasks.synthesize.llm.synthesize import llm_queries, select_documents
 from tasks.text import join_sentences, split_sentences
-from tests.conftest import REPO
 from tests.support.llm import (
     KEY,
     LANGS,
@@ -46,6 +45,7 @@ from tests.support.llm import (
     user_text,
     wiki_corpus,
 )
+from tests.support.paths import REPO
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from tasks.synthesize.ict import QUERY_COLUMNS, IctConfig, ict_queries, split_of
 from tasks.text import split_sentences
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 DATA = SHARED_DATA
 TATOEBA = DATA / "tatoeba"

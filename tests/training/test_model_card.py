@@ -19,7 +19,6 @@ from m3.app.cli import app
 from m3.app.export import export_model
 from m3.store import Store
 from tasks.training.card import CardFacts, render_card, score_table
-from tests.conftest import REPO
 from tests.support.model_card import (
     INIT,
     PREFIXES,
@@ -27,6 +26,7 @@ from tests.support.model_card import (
     build_model_store,
     commit_report,
 )
+from tests.support.paths import REPO
 
 TEXTS = ["what is the capital of korea", "서울은 한국의 수도이다"]
 

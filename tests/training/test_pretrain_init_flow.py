@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from m3.store import Store
-from tests.conftest import REPO, TINY, copy_store, run_m3
+from tests.support.m3_process import copy_store, run_m3
+from tests.support.paths import REPO, TINY
 
 pytestmark = pytest.mark.slow
 

@@ -23,13 +23,7 @@ from model.retromae import (
 from tasks.training.retromae import RetroMAEConfig, train_retromae
 from tests.support.models import retromae_model, retromae_texts
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(model: M3Model, n: int = 6):
@@ -44,10 +38,12 @@ def test_encoder_masking_ratio_specials_padding_and_determinism(retromae_tok_dir
     input_ids, mask = _batch(model)
     special = model.special_ids
     content = content_mask(input_ids, mask, special)
-    g = torch.Generator().manual_seed(7)
-    masked, labels = mask_encoder_input(
-        input_ids, mask, special, tok.mask_token_id, 0.3, g, vocab_size=len(tok)
-    )
+
+    def masks(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return mask_encoder_input(input_ids, mask, special, tok.mask_token_id, 0.3, g, vocab_size=len(tok))
+
+    masked, labels = masks(7)
     chosen = labels != IGNORE
     assert not (chosen & ~content).any()  # never a special token or padding
     is_special = torch.isin(input_ids, special) | ~mask.bool()
@@ -60,25 +56,9 @@ def test_encoder_masking_ratio_specials_padding_and_determinism(retromae_tok_dir
     assert (masked[chosen] == tok.mask_token_id).float().mean() > 0.6  # BERT's 80/10/10 rule
     replaced = masked[changed & (masked != tok.mask_token_id)]
     assert not torch.isin(replaced, special).any()  # random replacements are never specials
-    again = mask_encoder_input(
-        input_ids,
-        mask,
-        special,
-        tok.mask_token_id,
-        0.3,
-        torch.Generator().manual_seed(7),
-        vocab_size=len(tok),
-    )
+    again = masks(7)
     assert torch.equal(again[0], masked) and torch.equal(again[1], labels)  # same seed, same masks
-    other = mask_encoder_input(
-        input_ids,
-        mask,
-        special,
-        tok.mask_token_id,
-        0.3,
-        torch.Generator().manual_seed(8),
-        vocab_size=len(tok),
-    )
+    other = masks(8)
     assert not torch.equal(other[1], labels)
 
     dl = decoder_labels(input_ids, mask, special)

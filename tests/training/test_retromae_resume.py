@@ -17,12 +17,7 @@ class Interrupted(RuntimeError):
     pass
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**kw) -> RetroMAEConfig:

@@ -4,7 +4,6 @@ the torchrun launcher trains, checkpoints and saves on CPU."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from tasks.training.run_setup import freeze_unused
 from tasks.training.torchrun_launch import DDPJob, launch
 from tasks.training.unified_step import Encoder, StepRunner, make_batch
 from tests.support.models import SPEC
+from tests.support.net import free_port
 from tests.support.text import PAIRS
 
 BATCH = [3, 17, 5, 30, 8, 22, 11, 27]  # 8 queries: 4 per rank
@@ -68,12 +68,6 @@ def _rank(rank: int, port: int, tok: str, out: str) -> None:
             torch.save({"losses": losses, "grads": grads}, f"{out}/{name}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

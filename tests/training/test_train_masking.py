@@ -23,10 +23,10 @@ from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample, train
 from tasks.training.data import TokenizedSet, passage_key
 from tasks.training.unified_step import sparse_activity
-from tests.support.models import SPEC, THREADS
+from tests.support.losses import cross_entropy, soft_cross_entropy
+from tests.support.models import ALL, SPEC, train_config
 from tests.support.text import PAIRS
 
-ALL = ["dense", "sparse", "multivec"]
 W = {"dense": 1.0, "sparse": 0.3, "multivec": 1.0}
 LAM = {"dense": 1.0, "sparse": 0.1, "multivec": 1.0}
 
@@ -41,16 +41,6 @@ MASKED = {0: {2, 5}, 1: {0, 5}, 2: {3}}  # row -> columns holding its positive's
 
 def keys_tensor(keys: list[str]) -> torch.Tensor:
     return torch.tensor([ord(k) for k in keys], dtype=torch.int64)
-
-
-def _ce(row: list[float], label: int) -> float:
-    return -(row[label] - math.log(sum(math.exp(x) for x in row)))
-
-
-def _soft_ce(student: list[float], teacher: list[float]) -> float:
-    zt = sum(math.exp(x) for x in teacher)
-    zs = math.log(sum(math.exp(x) for x in student))
-    return -sum(math.exp(t) / zt * (s - zs) for t, s in zip(teacher, student, strict=True))
 
 
 def random_scores(seed: int = 5) -> dict[str, torch.Tensor]:
@@ -69,10 +59,10 @@ def hand_unified(s: dict[str, torch.Tensor], drop: dict[int, set[int]]) -> dict[
         return [row[j] / TAU for j in cols], cols.index(i * G)
 
     def nce(m):
-        return sum(_ce(*kept(m[i], i)) for i in range(N)) / N
+        return sum(cross_entropy(*kept(m[i], i)) for i in range(N)) / N
 
     def distill(m):
-        return sum(_soft_ce(kept(m[i], i)[0], kept(inter[i], i)[0]) for i in range(N)) / N
+        return sum(soft_cross_entropy(kept(m[i], i)[0], kept(inter[i], i)[0]) for i in range(N)) / N
 
     out = {f: nce(rows[f]) for f in ALL}
     out["inter"] = nce(inter)
@@ -137,7 +127,7 @@ def test_self_distill_teacher_gives_masked_columns_zero_probability():
     hand = 0.0
     for i in range(N):
         cols = [j for j in range(N * G) if j not in MASKED[i]]
-        hand += _soft_ce([student[i, j].item() for j in cols], [teacher[i, j].item() for j in cols])
+        hand += soft_cross_entropy([student[i, j].item() for j in cols], [teacher[i, j].item() for j in cols])
     assert loss.item() == pytest.approx(hand / N, rel=1e-5)
     loss.backward()
     assert torch.isfinite(student.grad).all() and not student.grad[mask].any()
@@ -151,8 +141,8 @@ def test_teacher_distillation_ignores_a_hard_negative_equal_to_the_positive():
     teacher = torch.tensor([[2.0, 0.5, 1.5], [1.0, 0.2, 0.1]])
     tau, t_tau = 0.5, 1.0
     got = teacher_distill(student, teacher, tau, 3, t_tau, column_mask=mask)
-    hand = _soft_ce([0.9 / tau, 0.1 / tau], [2.0, 0.5])  # q0 without column 2
-    hand += _soft_ce([x / tau for x in (0.7, 0.2, 0.3)], [1.0, 0.2, 0.1])  # q1: columns 3..5
+    hand = soft_cross_entropy([0.9 / tau, 0.1 / tau], [2.0, 0.5])  # q0 without column 2
+    hand += soft_cross_entropy([x / tau for x in (0.7, 0.2, 0.3)], [1.0, 0.2, 0.1])  # q1: columns 3..5
     assert got.item() == pytest.approx(hand / 2, rel=1e-5)
     assert teacher_distill(student, teacher, tau, 3, t_tau).item() != pytest.approx(hand / 2, rel=1e-3)
 
@@ -197,19 +187,8 @@ def duplicate_examples(k: int = 16) -> list[TrainExample]:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(
-        functions=ALL,
-        batch_size=8,
-        group_size=2,
-        max_length=96,
-        query_max_length=32,
-        lr=1e-3,
-        temperature=0.05,
-        num_threads=THREADS,
-        device="cpu",
-        group_by_length=False,
-    )
-    return TrainConfig(**{**base, **kw})
+    shape = {"group_size": 2, "max_length": 96, "device": "cpu", "group_by_length": False}
+    return train_config(**{**shape, **kw})
 
 
 def test_train_masks_duplicate_positives_and_records_sparse_activity(pairs_tok_dir, caplog):

@@ -17,29 +17,16 @@ import torch
 
 from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample, latest_checkpoint, train
-from tests.conftest import REPO
-from tests.support.models import SPEC
+from tests.support.models import SPEC, train_config
+from tests.support.paths import REPO
 from tests.support.text import PAIRS
 
 STEPS = 24
 
 
 def config() -> TrainConfig:
-    return TrainConfig(
-        functions=["dense", "sparse", "multivec"],
-        max_steps=STEPS,
-        checkpoint_every=4,
-        batch_size=8,
-        group_size=3,
-        max_length=96,
-        query_max_length=32,
-        sub_batch_size=8,
-        lr=1e-3,
-        temperature=0.05,
-        num_threads=1,
-        device="cpu",
-        self_distill_start_step=10,
-    )
+    shape = dict(group_size=3, max_length=96, sub_batch_size=8, device="cpu")
+    return train_config(max_steps=STEPS, checkpoint_every=4, self_distill_start_step=10, **shape)
 
 
 def examples() -> list[TrainExample]:

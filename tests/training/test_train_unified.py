@@ -15,20 +15,9 @@ from model.m3 import M3Model
 from tasks.training import TrainConfig, TrainExample, examples_from_rows, latest_checkpoint, train
 from tasks.training.batching import plan_epoch
 from tasks.training.data import TokenizedSet
-from tests.support.models import SPEC, THREADS
+from tests.support.losses import cross_entropy, soft_cross_entropy
+from tests.support.models import ALL, SPEC, train_config
 from tests.support.text import PAIRS
-
-ALL = ["dense", "sparse", "multivec"]
-
-
-def _ce(row: list[float], label: int) -> float:
-    return -(row[label] - math.log(sum(math.exp(x) for x in row)))
-
-
-def _soft_ce(student: list[float], teacher: list[float]) -> float:
-    zt = sum(math.exp(x) for x in teacher)
-    zs = math.log(sum(math.exp(x) for x in student))
-    return -sum(math.exp(t) / zt * (s - zs) for t, s in zip(teacher, student, strict=True))
 
 
 def test_unified_loss_equals_hand_computation():
@@ -40,10 +29,11 @@ def test_unified_loss_equals_hand_computation():
     inter = [[sum(w[f] * rows[f][i][j] for f in ALL) for j in range(n * g)] for i in range(n)]
 
     def nce(m):
-        return sum(_ce([x / tau for x in m[i]], i * g) for i in range(n)) / n
+        return sum(cross_entropy([x / tau for x in m[i]], i * g) for i in range(n)) / n
 
     def distill(m):
-        return sum(_soft_ce([x / tau for x in m[i]], [x / tau for x in inter[i]]) for i in range(n)) / n
+        scaled = [([x / tau for x in m[i]], [x / tau for x in inter[i]]) for i in range(n)]
+        return sum(soft_cross_entropy(student, teacher) for student, teacher in scaled) / n
 
     big_l = (sum(lam[f] * nce(rows[f]) for f in ALL) + nce(inter)) / 4
     big_l_prime = sum(lam[f] * distill(rows[f]) for f in ALL) / 3
@@ -85,18 +75,8 @@ def assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(
-        functions=ALL,
-        batch_size=8,
-        group_size=3,
-        max_length=128,
-        query_max_length=32,
-        lr=1e-3,
-        temperature=0.05,
-        num_threads=THREADS,
-        log_every=50,
-    )
-    return TrainConfig(**{**base, **kw})
+    shape = {"group_size": 3, "max_length": 128, "log_every": 50}
+    return train_config(**{**shape, **kw})
 
 
 def test_unified_training_learns_all_three_and_sparse_does_not_collapse(pairs_tok_dir):

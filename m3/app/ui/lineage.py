@@ -20,6 +20,7 @@ from typing import Any
 from m3.app.ui import compare as diff
 from m3.app.ui.curves import HISTORY_FILE, curves
 from m3.store import DamagedFile, InvalidName, Manifest, NotFound, Store
+from m3.store.lineage import ancestry
 from m3.store.refs import RefState
 
 log = logging.getLogger(__name__)
@@ -128,24 +129,13 @@ class Lineage:
             log.warning("m3 ui: %s", exc)
             return None
 
-    def _walk(self, start: list[str]) -> tuple[list[str], list[str]]:
-        """Every manifest reachable from ``start`` through parents, generation by generation, and
-        the ids that could not be read."""
-        reached: dict[str, Manifest | None] = {}
-        frontier = list(dict.fromkeys(start))
-        while frontier:
-            found = {mid: self._readable(mid) for mid in frontier if mid not in reached}
-            reached.update(found)
-            frontier = [p for m in found.values() if m is not None for p in m.parents if p not in reached]
-        order = [mid for mid, m in reached.items() if m is not None]
-        return order, [mid for mid, m in reached.items() if m is None]
-
     def graph(self, include_history: bool = False, fresh: bool = True) -> dict[str, Any]:
         """Every artifact reachable from a ref's head (``include_history``: from every version a ref
         ever had), with its parents, children, refs, versions and profile. ``fresh=False``: the refs
         may be those the last graph read (see ``REFS_TTL_S``)."""
         heads, versions, under, every = self._ref_index(fresh)
-        order, missing = self._walk(every if include_history else list(heads))
+        reached, missing = ancestry(every if include_history else list(heads), self._readable)
+        order = list(reached)
         drawn = set(order)
         children: dict[str, list[str]] = {}
         for mid in order:

@@ -27,7 +27,7 @@ from tasks.synthesize.ict import SynthesizeConfig
 from tasks.training import TrainConfig
 from tasks.training.retromae import RetroMAEConfig
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "data_specs" / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "data_specs" / "profiles"
 
 
 class ProfileError(ValueError):

@@ -42,7 +42,7 @@ __all__ = ["Lineage", "make_server", "serve"]
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the repository root
 MAX_REQUEST_PATH = 1024  # characters of path + query; longer requests get a 414
 READ_TIMEOUT_S = 10.0  # a connection silent this long is closed (200 half-sent requests held 200 threads)
 WILDCARDS = ("", "0.0.0.0", "::")

@@ -26,10 +26,8 @@ negatives around it (the datasketch rule).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,16 +38,14 @@ from pydantic import Field
 
 from m3.strict import StrictModel
 
+from .charclass import code_points, from_code_points, punct_symbol, regex_class
+
 logger = logging.getLogger(__name__)
 
 _WORD = regex.compile(r"\w+")
 
 
-@functools.cache
-def _punct_table() -> dict[int, str]:
-    """Punctuation and symbols (Unicode P* and S*) -> space; str.translate is ~10x a regex here.
-    Built on first use, over the planes that hold assigned characters in practice (BMP, SMP, SIP)."""
-    return {i: " " for i in range(0x30000) if unicodedata.category(chr(i))[0] in "PS"}
+_MINHASH_BLOCK = 256  # shingles per block of the MinHash product (256 x 128 uint64: 256 KiB)
 
 
 COL_EXACT, COL_ID, FIRST_BAND_COL = 0, 1, 2
@@ -89,8 +85,26 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def normalize_for_hash(text: str) -> str:
-    """Case, punctuation, symbols and whitespace do not make a document different."""
-    return " ".join(text.casefold().translate(_punct_table()).split())
+    """Case, punctuation, symbols and whitespace do not make a document different. Punctuation and
+    symbols become spaces through a code-point table (a ``str.translate`` dict costs a lookup per
+    character)."""
+    folded = text.casefold()
+    points = code_points(folded)
+    punct = punct_symbol()(points)
+    if punct.any():
+        folded = from_code_points(np.where(punct, np.uint32(32), points))
+    return " ".join(folded.split())
+
+
+def _words(norm: str) -> list[str]:
+    """``\\w`` runs of normalised text: its space-separated pieces when every other character is
+    a word character (the usual case), else the regex."""
+    if not norm:
+        return []
+    points = code_points(norm)
+    if regex_class(r"\w")(points[points != 32]).all():
+        return norm.split(" ")
+    return _WORD.findall(norm)
 
 
 def _h64(data: str) -> int:
@@ -120,7 +134,7 @@ class Signer:
         if unspaced:
             tokens, n = list(norm.replace(" ", "")), self.config.ngram * 3
         else:
-            tokens, n = _WORD.findall(norm), self.config.ngram
+            tokens, n = _words(norm), self.config.ngram
         if not tokens:
             return np.zeros(1, dtype=np.uint64)
         vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}  # ids in order of first use
@@ -136,9 +150,19 @@ class Signer:
         return np.unique(acc)
 
     def minhash(self, shingles: np.ndarray) -> np.ndarray:
+        """Per permutation, the least ``(a x + b) mod 2^64 >> 32`` over the shingles. The shift is
+        monotone, so it is taken of the least value, not of every one; shingles go in blocks that
+        stay in cache."""
+        least = np.full(len(self.a), np.iinfo(np.uint64).max, dtype=np.uint64)
+        block = np.empty((min(len(shingles), _MINHASH_BLOCK), len(self.a)), dtype=np.uint64)
         with np.errstate(over="ignore"):
-            hv = (shingles[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
-        return hv.min(axis=0)
+            for start in range(0, len(shingles), _MINHASH_BLOCK):
+                part = shingles[start : start + _MINHASH_BLOCK]
+                values = block[: len(part)]
+                np.multiply(part[:, None], self.a[None, :], out=values)
+                values += self.b[None, :]
+                np.minimum(least, values.min(axis=0), out=least)
+        return least >> np.uint64(32)
 
     def row(self, text: str, doc_id: str, unspaced: bool) -> np.ndarray:
         out = np.zeros(self.width, dtype=np.uint64)

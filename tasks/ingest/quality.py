@@ -18,8 +18,7 @@ Every rule returns a stable name so each drop is counted as ``filtered:<family>:
 
 from __future__ import annotations
 
-import unicodedata
-from collections import Counter
+import re
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -28,6 +27,8 @@ import regex
 from pydantic import Field, model_validator
 
 from m3.strict import StrictModel
+
+from .charclass import code_points, from_code_points, regex_class, unit_char, whitespace
 
 # Languages written without spaces between words (ISO 639-1, plus 639-3 where no 639-1 exists).
 UNSPACED_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "dz", "wuu", "yue", "lzh"})
@@ -45,18 +46,21 @@ DEFAULT_STOP_WORDS: dict[str, list[str]] = {
 }
 
 _WORD = regex.compile(r"\w+(?:['’\-]\w+)*")  # the regex module keeps Indic vowel signs in \w
-_LETTER = regex.compile(r"\p{L}")
-_NO_LETTER_WORD = regex.compile(r"(?<!\S)[^\p{L}\s]+(?!\S)")  # a whole token without a letter
-# Sentence-final marks: Latin, CJK, Devanagari danda, Arabic/Urdu, Armenian, Greek question mark
+_LETTER = r"\p{L}"  # a letter, by the regex module's tables (see charclass.regex_class)
+# A line ends a sentence when, past any closing quotes and brackets, its last character is a
+# sentence-final mark: Latin, CJK, Devanagari danda, Arabic/Urdu, Armenian, Greek question mark
 # (";" after NFC), Ethiopic, Myanmar, Khmer, Tibetan.
-_SENTENCE_END = regex.compile(r"[.!?。！？।॥؟۔։՞;።။។།…](?:[\"'”’」』)\]]*)$")
+_SENTENCE_MARKS = tuple(".!?。！？।॥؟۔։՞;።။។།…")
+_CLOSERS = "\"'”’」』)]"
 # Thai and Lao end sentences with a space, not a mark: the line-punctuation rule does not apply.
 NO_SENTENCE_MARK_LANGS = frozenset({"th", "lo"})
 # Syllable-spaced scripts: a space-separated unit is a syllable, about half a word.
 SYLLABLE_SPACED_LANGS = frozenset({"vi"})
-_BULLET = ("•", "·", "-", "*", "‣", "◦", "–", "—", "●", "▪")
-_ELLIPSIS = ("...", "…")
+_BULLET_LINE = re.compile(r"^[•·\-*‣◦–—●▪]", re.MULTILINE)  # a line that starts with a bullet
+_ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)$", re.MULTILINE)  # a line that ends in an ellipsis
 
+
+_MAX_GRAM_TOKENS = 50_000  # the n-gram rules read a document's first units only
 
 Share = Annotated[float, Field(ge=0, le=1)]
 NgramSize = Annotated[int, Field(ge=1)]
@@ -131,26 +135,43 @@ def is_unspaced(text: str, lang: str | None) -> bool:
 
 def units(text: str, unspaced: bool) -> list[str]:
     """Words (``\\w`` runs) for spaced scripts; non-space, non-punctuation characters otherwise."""
-    if unspaced:  # each distinct character classified once; the others deleted in C
-        drop = {ord(c): None for c in set(text) if c.isspace() or unicodedata.category(c)[0] not in "LNM"}
-        return list(text.translate(drop))
+    if unspaced:
+        return list(from_code_points(_unit_points(code_points(text))))
     return _WORD.findall(text)
 
 
+def _unit_points(points: np.ndarray) -> np.ndarray:
+    """The code points that are units of unspaced text (letters, digits, marks; no space)."""
+    return points[unit_char()(points)]
+
+
+def _first_use_ids(keys: np.ndarray) -> np.ndarray:
+    """Ids of ``keys`` numbered in order of first use, as ``dict.fromkeys`` numbers them."""
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), dtype=np.uint64)
+    rank[np.argsort(first)] = np.arange(len(uniq), dtype=np.uint64)
+    return rank[inverse]
+
+
+def _without_letter(words: Sequence[str]) -> np.ndarray:
+    """Per word, whether it holds no letter: the words joined by spaces, a letter flag per
+    character and a sum per word (``add.reduceat`` from each word's start)."""
+    if not words:
+        return np.zeros(0, dtype=bool)
+    points = code_points(" ".join(words))
+    starts = np.concatenate([[0], np.flatnonzero(points == 32) + 1])
+    return np.add.reduceat(regex_class(_LETTER)(points).astype(np.int64), starts) == 0
+
+
 def _dup_fraction(items: Sequence[str]) -> tuple[float, float]:
-    """(share of items that repeat an earlier one, share of characters in those repeats)."""
+    """(share of items that repeat an earlier one, share of characters in those repeats): the
+    repeats are what the first occurrences (``dict.fromkeys``) leave out."""
     if not items:
         return 0.0, 0.0
-    seen: set[str] = set()
-    dup_n = dup_chars = total = 0
-    for it in items:
-        total += len(it)
-        if it in seen:
-            dup_n += 1
-            dup_chars += len(it)
-        else:
-            seen.add(it)
-    return dup_n / len(items), (dup_chars / total if total else 0.0)
+    firsts = dict.fromkeys(items)
+    total = sum(map(len, items))
+    dup_chars = total - sum(map(len, firsts))
+    return (len(items) - len(firsts)) / len(items), (dup_chars / total if total else 0.0)
 
 
 class _Grams:
@@ -160,10 +181,9 @@ class _Grams:
         1
     )
 
-    def __init__(self, tokens: Sequence[str]):
-        index = {t: i for i, t in enumerate(dict.fromkeys(tokens))}  # ids in order of first use
-        self.ids = np.fromiter(map(index.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
-        self.lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    def __init__(self, ids: np.ndarray, lens: np.ndarray):
+        self.ids = ids
+        self.lens = lens
         self.total = int(self.lens.sum())
         self.cum = np.concatenate([[0], np.cumsum(self.lens)])
         self._acc = np.zeros(len(self.ids), dtype=np.uint64)  # window sums of the first _terms tokens
@@ -202,13 +222,12 @@ class _Grams:
         if len(self.ids) < n or not self.total:
             return 0.0
         h = self.hashes(n)
-        order = np.argsort(h)
-        same = h[order[1:]] == h[order[:-1]]  # neighbours in sorted order with one hash
-        repeated_sorted = np.zeros(len(h), dtype=bool)
-        repeated_sorted[1:] |= same
-        repeated_sorted[:-1] |= same
-        repeated = np.empty_like(repeated_sorted)
-        repeated[order] = repeated_sorted
+        s = np.sort(h)
+        if not (s[1:] == s[:-1]).any():
+            return 0.0
+        # a window repeats when the hash after its first occurrence in sorted order is its own
+        after = np.searchsorted(s, h) + 1
+        repeated = (after < len(s)) & (s[np.minimum(after, len(s) - 1)] == h)
         starts = np.flatnonzero(repeated)
         if not len(starts):
             return 0.0
@@ -223,15 +242,22 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
     if not cfg.enabled:
         return None
     unspaced = is_unspaced(text, lang)
-    toks = units(text, unspaced)
-    n = len(toks)
-    if unspaced:
+    if unspaced:  # the units are characters: code points, ids in order of first use
+        points = code_points(text)
+        chars = _unit_points(points)
+        n = len(chars)
         if not cfg.min_chars_unspaced <= n <= cfg.max_chars_unspaced:
             return "gopher:word_count"
-    else:
+        ids, lens = _first_use_ids(chars), np.ones(n, dtype=np.int64)
+    else:  # words, each distinct word once in ``vocab`` (ids in order of first use)
+        words = _WORD.findall(text)
+        n = len(words)
         if not cfg.min_words <= n <= cfg.max_words:
             return "gopher:word_count"
-        mean = sum(map(len, toks)) / n if n else 0.0
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(words))}
+        ids = np.fromiter(map(vocab.__getitem__, words), dtype=np.uint64, count=n)
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=n)
+        mean = int(lens.sum()) / n if n else 0.0
         low, high = cfg.mean_word_length_by_lang.get(
             lang or "", (cfg.min_mean_word_length, cfg.max_mean_word_length)
         )
@@ -241,50 +267,59 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
     per = n if not unspaced else max(1, n // 2)  # about two characters per word in CJK/Thai
     if per and symbols / per > cfg.max_symbol_ratio:
         return "gopher:symbol_ratio"
-    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    lines = [ln for ln in map(str.strip, text.split("\n")) if ln]
+    joined = "\n".join(lines)  # no line holds a newline: a per-line rule counts matches over it
     if lines:
-        if sum(ln.startswith(_BULLET) for ln in lines) / len(lines) > cfg.max_bullet_lines:
+        if len(_BULLET_LINE.findall(joined)) / len(lines) > cfg.max_bullet_lines:
             return "gopher:bullet_lines"
-        if sum(ln.endswith(_ELLIPSIS) for ln in lines) / len(lines) > cfg.max_ellipsis_lines:
+        if len(_ELLIPSIS_LINE.findall(joined)) / len(lines) > cfg.max_ellipsis_lines:
             return "gopher:ellipsis_lines"
-    if unspaced:  # counted per distinct character
-        counts = [(c, k) for c, k in Counter(text).items() if not c.isspace()]
-        visible = sum(k for _, k in counts)
-        letters = sum(k for c, k in counts if _LETTER.match(c))
+    if unspaced:  # letters among the characters that are not white space
+        visible = len(points) - int(np.count_nonzero(whitespace()(points)))
+        letters = int(np.count_nonzero(regex_class(_LETTER)(points)))
         if visible and letters / visible < cfg.min_letter_chars_unspaced:
             return "gopher:alpha_ratio"
-    elif n and 1 - len(_NO_LETTER_WORD.findall(" ".join(toks))) / n < cfg.min_alpha_words:
+    elif n and 1 - int(np.count_nonzero(_without_letter(list(vocab))[ids])) / n < cfg.min_alpha_words:
         return "gopher:alpha_ratio"
     stops = cfg.stop_words.get(lang or "")
     if stops and cfg.min_stop_words:
-        present = {t.casefold() for t in toks} & set(stops)
+        if unspaced:
+            folded = {c.casefold() for c in set(from_code_points(chars))}
+        else:  # case folding is per character and never gives a space
+            folded = set(" ".join(vocab).casefold().split(" "))
+        present = folded & set(stops)
         if len(present) < cfg.min_stop_words:
             return "gopher:stop_words"
     # Repetition (Gopher table A1).
     dup_lines, dup_line_chars = _dup_fraction(lines)
     if dup_lines > cfg.max_dup_line_fraction or dup_line_chars > cfg.max_dup_line_char_fraction:
         return "gopher:dup_lines"
-    paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+    paras = [p for p in map(str.strip, text.split("\n\n")) if p]
     dup_paras, dup_para_chars = _dup_fraction(paras)
     if dup_paras > cfg.max_dup_para_fraction or dup_para_chars > cfg.max_dup_para_char_fraction:
         return "gopher:dup_paragraphs"
     # n-grams of about n words: 3 characters per word in CJK/Thai, 2 syllables in Vietnamese
     # (calibrated so the share of real Wikipedia articles flagged matches the spaced languages).
     scale = 3 if unspaced else 2 if lang in SYLLABLE_SPACED_LANGS else 1
-    grams = _Grams(toks[:50_000])  # bounded cost per document; repetition shows early
+    grams = _Grams(ids[:_MAX_GRAM_TOKENS], lens[:_MAX_GRAM_TOKENS])  # bounded cost; repetition shows early
     for k, limit in sorted(cfg.top_ngram_max_fraction.items()):
         if grams.top_fraction(k * scale) > limit:
             return "gopher:top_ngram"
+    # Characters inside repeated n-grams can only shrink as n grows (a repeated n-gram is two
+    # repeated (n-1)-grams over the same characters), so a rule whose limit is at least the
+    # fraction already found for a shorter n passes without counting.
+    bound = 1.0
     for k, limit in sorted(cfg.dup_ngram_max_fraction.items()):
-        if grams.dup_fraction(k * scale) > limit:
+        if bound <= limit:
+            continue
+        bound = grams.dup_fraction(k * scale)
+        if bound > limit:
             return "gopher:dup_ngram"
     # C4 page rules.
     if cfg.lorem_ipsum and "lorem ipsum" in text[:100_000].casefold():
         return "c4:lorem_ipsum"
-    if (
-        lines
-        and lang not in NO_SENTENCE_MARK_LANGS
-        and sum(bool(_SENTENCE_END.search(ln)) for ln in lines) / len(lines) < cfg.min_punct_lines
-    ):
-        return "c4:punct_lines"
+    if lines and lang not in NO_SENTENCE_MARK_LANGS:
+        ends = sum(ln.rstrip(_CLOSERS).endswith(_SENTENCE_MARKS) for ln in lines)
+        if ends / len(lines) < cfg.min_punct_lines:
+            return "c4:punct_lines"
     return None

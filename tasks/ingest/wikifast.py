@@ -17,6 +17,7 @@ they already found missing. A page over its time budget is quarantined too.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 
@@ -32,7 +33,8 @@ _NOWIKI_TAG = re.compile(r"</?nowiki", re.IGNORECASE)
 _NOWIKI_CLOSE = re.compile(r"</nowiki\s*>", re.IGNORECASE)
 _NOWIKI_EMPTY = re.compile(r"<nowiki\s*/>", re.IGNORECASE)
 _BRACES = re.compile(r"\{\{|\}\}")
-_LINKS = re.compile(r"\[\[|\]\]")
+# A whole link with no bracket inside (most links) is one token; other "[[" and "]]" are tokens.
+_LINK_TOKENS = re.compile(r"\[\[([^\[\]]*)\]\]|\[\[|\]\]")
 # An external link's start: "[" and the URL ("[https://x", "[//x", "[mailto:a@b"); see _external_links.
 _EXT_START = re.compile(r"\[(?:(?:https?:|ftp:)?//[^\s\]\[]*|mailto:[^\s\]]+)")
 _SPACE_RUN = re.compile(r"\s+")
@@ -95,6 +97,12 @@ def _drop_self_closing(text: str) -> str:
     return "".join(out)
 
 
+@functools.cache
+def _closing_tag(name: str) -> re.Pattern[str]:
+    """``</name>`` in any case, spaces before its ``>`` allowed."""
+    return re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
+
+
 def _drop_elements(text: str) -> str:
     """Dropped elements (``<ref>…</ref>``, ``<math>…</math>``) removed up to their first closing tag
     of the same name (any case); one that never closes is left to the later steps. A name found
@@ -111,7 +119,7 @@ def _drop_elements(text: str) -> str:
         name = m.group(1)
         close = None
         if name not in unclosed:
-            close = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE).search(text, gt + 1)
+            close = _closing_tag(name).search(text, gt + 1)
         if close is None:
             unclosed.add(name)
             at = m.start() + 1
@@ -296,8 +304,16 @@ class FastWikitextCleaner(BaseWikitextCleaner):
             self.budget.check("links")  # per page, per nested label, per round
             stack: list[int] = []
             pos = 0
-            for m in _LINKS.finditer(text):
-                if m.group() == "[[":
+            for m in _LINK_TOKENS.finditer(text):
+                inner = m.group(1)
+                if inner is not None:  # "[[" and its "]]" at once
+                    if len(stack) >= MAX_DEPTH:
+                        raise too_deep("links", text, m.start())
+                    if not stack:
+                        out.append(text[pos : m.start()])
+                        out.append(self._link(inner))
+                        pos = m.end()
+                elif m.group() == "[[":
                     if not stack:
                         out.append(text[pos : m.start()])
                     stack.append(m.start())

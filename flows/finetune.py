@@ -32,4 +32,7 @@ def finetune(
         checkpoint = env.input_id(inputs, "checkpoint", "checkpoint")
         train_set = env.input_id(inputs, "train-set", "train-set")
         report = PrefectTrainingReport(env.profile.name)
-        return flow_result(build_model(env, checkpoint, train_set, refresh, nproc_per_node, round, report))
+        finetune, rounds = env.profile.finetune, env.profile.mine.rounds
+        return flow_result(
+            build_model(env, finetune, rounds, checkpoint, train_set, refresh, nproc_per_node, round, report)
+        )

@@ -83,4 +83,8 @@ def mine(
             )
 
     with env.run_lock():
-        return flow_result(build_train_set(env, refresh, inputs, round, run_bm25, run_dense))
+        shards = 2 * env.profile.dask.n_workers  # two BM25 jobs per worker
+        mine_cfg = env.profile.mine
+        return flow_result(
+            build_train_set(env, mine_cfg, refresh, inputs, round, run_bm25, run_dense, shards)
+        )

@@ -32,4 +32,5 @@ def pretrain(
     env = open_env(profile, store)
     with env.run_lock():
         corpus = env.input_id(inputs, "corpus", "corpus")
-        return flow_result(build_checkpoint(env, corpus, refresh, PrefectTrainingReport(env.profile.name)))
+        report = PrefectTrainingReport(env.profile.name)
+        return flow_result(build_checkpoint(env, env.profile.pretrain_sections(), corpus, refresh, report))

@@ -57,4 +57,4 @@ def synthesize(
     env = open_env(profile, store)
     with env.run_lock():
         api_key = functools.partial(resolve_api_key, env.profile.synthesize.openai)
-        return flow_result(build_queries(env, refresh, inputs, api_key))
+        return flow_result(build_queries(env, env.profile.synthesize, refresh, inputs, api_key))

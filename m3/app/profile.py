@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,9 @@ from tasks.pairs import PairsConfig
 from tasks.synthesize.ict import SynthesizeConfig
 from tasks.training import TrainConfig
 from tasks.training.retromae import RetroMAEConfig
+
+if TYPE_CHECKING:
+    from tasks.training.stage import PretrainSections
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "data_specs" / "profiles"
 
@@ -166,6 +169,23 @@ class Profile(StrictModel):
                     raise ProfileError(f"source {source.name!r}: cannot read {path}")
                 found.append(path.resolve())
         return sorted(dict.fromkeys(found))
+
+    def pretrain_sections(self) -> PretrainSections:
+        """What the pretrain stage reads: its own sections, where paths start, and what it must keep
+        out of training (the synthesize stage's held-out documents, the evaluation sets)."""
+        from tasks.training.stage import PretrainSections
+
+        return PretrainSections(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            retromae=self.retromae,
+            pairs=self.pairs,
+            pretrain=self.pretrain,
+            base_dir=self.base_dir,
+            heldout_fraction=self.synthesize.heldout_fraction,
+            split_seed=self.synthesize.seed,
+            evaluation_only=list(self.evaluate.datasets),
+        )
 
 
 def available_profiles() -> list[str]:

@@ -53,17 +53,19 @@ def train_set_output(scratch: Path, rows: list[dict], metrics: dict[str, Any]) -
 
 def build_train_set(
     env: StageEnv,
+    mine: MineConfig,
     refresh: bool,
     inputs: dict[str, str] | None,
     round: int,
     run_bm25: RunBM25,
     run_dense: RunDense,
+    bm25_shards: int = 2,
 ) -> StageResult:
     """``train-set/<profile>`` (``-r<round>`` for an ANCE round >= 2, whose teacher is the model of
-    the round before, passed as ``inputs["checkpoint"]``)."""
+    the round before, passed as ``inputs["checkpoint"]``); BM25 mines in ``bm25_shards`` Dask jobs."""
     log = run_logger(__name__)
     queries = env.input_id(inputs, "queries", "queries")
-    cfg = env.profile.mine
+    cfg = mine
     name = round_name(env.profile.name, round, cfg.rounds)
     if round > 1:
         cfg = cfg.model_copy(update={"teacher": "checkpoint"})
@@ -71,7 +73,7 @@ def build_train_set(
         spec = StageSpec("mine", "train-set", name, {"queries": queries}, key_config(cfg), (__file__,))
 
         def build(scratch: Path) -> StageOutput:
-            n = max(1, env.profile.dask.n_workers * 2)
+            n = max(1, bm25_shards)
             jobs: list[dict[str, Any]] = [
                 {
                     "store_url": env.store.url,

@@ -18,18 +18,21 @@ from pathlib import Path
 from m3.artifact_io import schema_dict, write_jsonl, write_table
 from m3.stage import StageOutput, StageResult, StageSpec
 from m3.stage_env import StageEnv, run_logger
-from tasks.synthesize.ict import ict_queries, pairing_metrics
+from tasks.synthesize.ict import SynthesizeConfig, ict_queries, pairing_metrics
 
 
 def build_queries(
-    env: StageEnv, refresh: bool, inputs: dict[str, str] | None, api_key: Callable[[], str | None]
+    env: StageEnv,
+    settings: SynthesizeConfig,
+    refresh: bool,
+    inputs: dict[str, str] | None,
+    api_key: Callable[[], str | None],
 ) -> StageResult:
     """``queries/<profile>`` from ``corpus``: ICT pseudo-queries (offline) or LLM questions.
 
     ``api_key`` is asked only when the LLM backend has questions to make (a cached run needs none)."""
     log = run_logger(__name__)
     corpus = env.input_id(inputs, "corpus", "corpus")
-    settings = env.profile.synthesize
     spec = StageSpec(
         "synthesize",
         "queries",

@@ -12,6 +12,7 @@ workers cannot start from Dask's daemonic processes (docs/architecture.md, "Run 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,26 @@ if TYPE_CHECKING:
     from model.config import ModelSpec
     from model.init import InitSource
     from model.m3 import M3Model
+    from model.tokenizer import TokenizerConfig
+    from tasks.pairs import PairsConfig
     from tasks.training.data import TrainExample
+    from tasks.training.retromae import RetroMAEConfig
+
+
+@dataclass(frozen=True)
+class PretrainSections:
+    """What the pretrain stage reads of a profile: the flow takes it from the profile
+    (``m3.app.profile.Profile.pretrain_sections``), so no stage sees the whole profile."""
+
+    model: ModelSpec
+    tokenizer: TokenizerConfig
+    retromae: RetroMAEConfig | None
+    pairs: PairsConfig
+    pretrain: TrainConfig | None
+    base_dir: str  # where relative paths (bitext, evaluation sets, model.init folders) start
+    heldout_fraction: float  # the synthesize stage's split by document: its test side is never trained on
+    split_seed: int
+    evaluation_only: list[str]  # the profile's evaluation sets: kept out of the pairs
 
 
 def _spec(stage: str, kind: str, name: str, inputs: dict[str, str], config: dict) -> StageSpec:
@@ -40,7 +60,7 @@ def _spec(stage: str, kind: str, name: str, inputs: dict[str, str], config: dict
     return StageSpec(stage, kind, name, inputs=inputs, config=config, code=(__file__,))
 
 
-def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
+def build_tokenizer(env: StageEnv, sections: PretrainSections, corpus: str, refresh: bool) -> StageResult:
     """A SentencePiece tokenizer trained on the corpus (titles and lines), for a model from scratch."""
     from model.tokenizer import train_tokenizer
 
@@ -49,13 +69,13 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
         "tokenizer",
         env.profile.name,
         {"corpus": corpus},
-        env.profile.tokenizer.model_dump(mode="json"),
+        sections.tokenizer.model_dump(mode="json"),
     )
 
     def build(scratch: Path) -> StageOutput:
         docs = env.table(corpus, "corpus")
         texts = (t for doc in docs.itertuples() for t in (doc.title, *doc.text.split("\n")) if t)
-        cfg = env.profile.tokenizer
+        cfg = sections.tokenizer
         train_tokenizer(texts, scratch / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed, config=cfg)
         from transformers import AutoTokenizer
 
@@ -65,11 +85,11 @@ def build_tokenizer(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
     return env.run(spec, build, refresh=refresh)
 
 
-def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
+def build_pairs(env: StageEnv, sections: PretrainSections, corpus: str, refresh: bool) -> StageResult:
     """The contrastive pretraining data: title–body pairs of the corpus' training documents and
     translation pairs of the profile's bitext (``pairs.translation``); nothing the profile evaluates
     on (``evaluation_guard``: its held-out documents, evaluation sets and their languages)."""
-    cfg, base_dir, split = env.profile.pairs, env.profile.base_dir, env.profile.synthesize
+    cfg, base_dir, evaluated = sections.pairs, sections.base_dir, sections.evaluation_only
     inputs = {"corpus": corpus}
     if cfg.translation:
         inputs["bitext"] = register_bitext(env, bitext_files(cfg, base_dir), refresh)
@@ -80,13 +100,13 @@ def build_pairs(env: StageEnv, corpus: str, refresh: bool) -> StageResult:
         inputs,
         {
             **cfg.model_dump(mode="json"),
-            "evaluation_only": env.profile.evaluate.datasets,
-            "held_out": {"fraction": split.heldout_fraction, "seed": split.seed},
+            "evaluation_only": evaluated,
+            "held_out": {"fraction": sections.heldout_fraction, "seed": sections.split_seed},
         },
     )
 
     def build(scratch: Path) -> StageOutput:
-        guard = evaluation_guard(env.profile.evaluate.datasets, base_dir, split.heldout_fraction, split.seed)
+        guard = evaluation_guard(evaluated, base_dir, sections.heldout_fraction, sections.split_seed)
         pairs, stats = pretraining_pairs(env.table(corpus, "corpus"), cfg, base_dir, guard)
         run_logger(__name__).info("pretraining pairs: %s", stats)
         rows = write_table(pairs, "pairs", scratch)
@@ -104,15 +124,15 @@ def register_bitext(env: StageEnv, files: list[Path], refresh: bool) -> str:
     )
 
 
-def build_start(env: StageEnv, refresh: bool) -> StageResult:
+def build_start(env: StageEnv, sections: PretrainSections, refresh: bool) -> StageResult:
     """The profile's ``model.init`` (a pretrained encoder) as ``checkpoint/<profile>-init``, the lineage
     root of every model trained from it: heads added (or kept), positions extended, pooling recorded,
     the profile's instruction prefixes set (else the folder's own are kept)."""
     from model.init import resolve_init
 
-    mspec = env.profile.model
+    mspec = sections.model
     assert mspec.init is not None  # only called when the profile names a starting model
-    source = resolve_init(mspec.init, base_dir=env.profile.base_dir, store=env.store, revision=mspec.revision)
+    source = resolve_init(mspec.init, base_dir=sections.base_dir, store=env.store, revision=mspec.revision)
     spec = _spec(
         "init",
         "checkpoint",
@@ -152,14 +172,19 @@ def load_init(mspec: ModelSpec, source: InitSource) -> tuple[M3Model, dict[str, 
 
 
 def build_retromae(
-    env: StageEnv, corpus: str, refresh: bool, tokenizer: str | None, start: str | None
+    env: StageEnv,
+    sections: PretrainSections,
+    corpus: str,
+    refresh: bool,
+    tokenizer: str | None,
+    start: str | None,
 ) -> StageResult:
     """Stage 1 of the recipe: RetroMAE on the corpus text, from the starting model (``start``) or a
     fresh ``ModelSpec`` model on the trained tokenizer, saved as ``checkpoint/<profile>-retromae``;
     contrastive pretraining starts from it."""
     from tasks.training.retromae import train_retromae
 
-    cfg = env.profile.retromae
+    cfg = sections.retromae
     assert cfg is not None  # only called when the profile has a retromae section
     base = _model_input("start", tokenizer, start)
     spec = _spec(
@@ -167,12 +192,12 @@ def build_retromae(
         "checkpoint",
         f"{env.profile.name}-retromae",
         {**base, "corpus": corpus},
-        {"model": env.profile.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
+        {"model": sections.model.model_dump(mode="json"), "retromae": cfg.model_dump(mode="json")},
     )
 
     def build(scratch: Path) -> StageOutput:
         texts = [t for t in env.table(corpus, "corpus")["text"] if t]
-        model = start_model(env, tokenizer, start)
+        model = start_model(env, sections.model, tokenizer, start)
         summary = train_retromae(model, texts, cfg, on_progress=progress_logger("retromae", cfg.log_every))
         model.save_pretrained(scratch / "model")
         return StageOutput(folder_files(scratch / "model"), summary)
@@ -189,29 +214,33 @@ def _model_input(name: str, tokenizer: str | None, start: str | None) -> dict[st
     return {"tokenizer": tokenizer}
 
 
-def start_model(env: StageEnv, tokenizer: str | None, start: str | None) -> M3Model:
+def start_model(env: StageEnv, spec: ModelSpec, tokenizer: str | None, start: str | None) -> M3Model:
     """A stored model to continue from, else a fresh ``ModelSpec`` model on the trained tokenizer."""
     from model.m3 import M3Model
 
     if start is not None:
         return M3Model.from_pretrained(env.store.materialize(start))
     assert tokenizer is not None  # a fresh model needs the trained tokenizer
-    return M3Model.from_spec(env.profile.model, env.store.materialize(tokenizer))
+    return M3Model.from_spec(spec, env.store.materialize(tokenizer))
 
 
 def build_checkpoint(
-    env: StageEnv, corpus: str, refresh: bool, report: TrainingReport | None = None
+    env: StageEnv,
+    sections: PretrainSections,
+    corpus: str,
+    refresh: bool,
+    report: TrainingReport | None = None,
 ) -> StageResult:
     """The ``pretrain`` stage: starting model, RetroMAE, contrastive pretraining (as configured);
     ``report`` shows the contrastive run's progress (a flow: Prefect artifacts)."""
     tokenizer = start = None
-    if env.profile.model.init:
-        start = build_start(env, refresh).manifest_id
+    if sections.model.init:
+        start = build_start(env, sections, refresh).manifest_id
     else:
-        tokenizer = build_tokenizer(env, corpus, refresh).manifest_id
-    if env.profile.retromae:
-        start = build_retromae(env, corpus, refresh, tokenizer, start).manifest_id
-    cfg = env.profile.pretrain
+        tokenizer = build_tokenizer(env, sections, corpus, refresh).manifest_id
+    if sections.retromae:
+        start = build_retromae(env, sections, corpus, refresh, tokenizer, start).manifest_id
+    cfg = sections.pretrain
     if cfg is None:  # no contrastive stage: the pretrained (or RetroMAE) model is the checkpoint
         assert start is not None  # the profile check refuses pretrain: null without init or retromae
         ref = f"checkpoint/{env.profile.name}"
@@ -224,20 +253,20 @@ def build_checkpoint(
         result = StageResult("pretrain", "checkpoint", ref, start, cached=True)
         publish(env.store, env.profile.name, result)
         return result
-    pairs = build_pairs(env, corpus, refresh).manifest_id
-    base = _model_input("retromae" if env.profile.retromae else "init", tokenizer, start)
+    pairs = build_pairs(env, sections, corpus, refresh).manifest_id
+    base = _model_input("retromae" if sections.retromae else "init", tokenizer, start)
     spec = _spec(
         "pretrain",
         "checkpoint",
         env.profile.name,
         {**base, "pairs": pairs},
-        {"model": env.profile.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
+        {"model": sections.model.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
     )
 
     def build(scratch: Path) -> StageOutput:
         table = env.table(pairs, "pairs")
         examples = pair_examples(table)
-        model = start_model(env, tokenizer, start)
+        model = start_model(env, sections.model, tokenizer, start)
         kinds = table["kind"].value_counts().to_dict()
         run_logger(__name__).info("contrastive pretraining on %d pairs %s", len(examples), kinds)
         model.save_pretrained(scratch / "start")
@@ -262,9 +291,8 @@ def pair_examples(table: pd.DataFrame) -> list[TrainExample]:
     ]
 
 
-def finetune_config(env: StageEnv, nproc_per_node: int | None) -> TrainConfig:
+def finetune_config(cfg: TrainConfig, nproc_per_node: int | None) -> TrainConfig:
     """The profile's ``finetune`` with ``nproc_per_node`` overridden (0: every visible GPU)."""
-    cfg = env.profile.finetune
     if nproc_per_node is None:
         return cfg
     import torch
@@ -274,6 +302,8 @@ def finetune_config(env: StageEnv, nproc_per_node: int | None) -> TrainConfig:
 
 def build_model(
     env: StageEnv,
+    finetune: TrainConfig,
+    rounds: int,
     checkpoint: str,
     train_set: str,
     refresh: bool,
@@ -282,15 +312,15 @@ def build_model(
     report: TrainingReport | None = None,
 ) -> StageResult:
     """The ``finetune`` stage: the checkpoint trained on the train-set's hard negatives; one ANCE
-    round's model is ``model/<profile>-r<round>``; ``report`` shows its progress (a flow: Prefect
-    artifacts)."""
+    round's model is ``model/<profile>-r<round>`` (of ``rounds``: the profile's ``mine.rounds``);
+    ``report`` shows its progress (a flow: Prefect artifacts)."""
     from tasks.training import examples_from_rows
 
-    cfg = finetune_config(env, nproc_per_node)
+    cfg = finetune_config(finetune, nproc_per_node)
     spec = _spec(
         "finetune",
         "model",
-        round_name(env.profile.name, round, env.profile.mine.rounds),
+        round_name(env.profile.name, round, rounds),
         {"checkpoint": checkpoint, "train-set": train_set},
         {"train": cfg.model_dump(mode="json")},
     )

@@ -138,6 +138,22 @@ def test_prefect_stays_at_the_edge():
     assert inside == []
 
 
+def test_stage_builders_read_no_profile_section():
+    """A stage's builder takes its own config section (the flow hands it over), not the profile: of
+    ``env.profile`` the work under ``tasks/`` reads only the name its refs carry."""
+    reads = sorted(
+        f"{m}: env.profile.{node.attr}"
+        for m, path in MODULES.items()
+        if m.startswith("tasks.")
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "profile"
+        and node.attr != "name"
+    )
+    assert reads == []
+
+
 def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected sets of more than one module (Tarjan's algorithm, iterative)."""
     index: dict[str, int] = {}

@@ -31,17 +31,10 @@ def _root_run(client, run):
 
 
 def _flow_function(name: str):
-    from flows import evaluate, finetune, ingest, mine, pipeline, pretrain, synthesize
+    """The flow a run of ``name`` ran: the pipeline, or a stage's flow from the pipeline's one list."""
+    from flows.pipeline import STAGES, pipeline
 
-    table = {
-        "pipeline": pipeline.pipeline,
-        "ingest": ingest.ingest,
-        "synthesize": synthesize.synthesize,
-        "pretrain": pretrain.pretrain,
-        "mine": mine.mine,
-        "finetune": finetune.finetune,
-        "evaluate": evaluate.evaluate,
-    }
+    table = {"pipeline": pipeline, **{stage.name: stage.flow for stage in STAGES}}
     if name not in table:
         raise ValueError(f"flow {name!r} is not an m3 flow; known: {', '.join(table)}")
     return table[name]

@@ -24,6 +24,7 @@ from m3.store import leases
 from m3.store import refs as refs_mod
 from m3.store.backend import Backend
 from m3.store.errors import DamagedFile, NotFound
+from m3.store.graph import ancestry
 from m3.store.manifest import Manifest, check_id
 from m3.store.names import InvalidName, validate_ref
 
@@ -74,25 +75,25 @@ class Marker:
     def add(self, roots, leased: bool = False) -> None:
         """Mark ``roots`` and their ancestors. ``leased``: the roots come from leases, which name
         the manifest a commit in flight is about to write: one not there yet is no news."""
-        stack = [r for r in roots if r not in self.live]
-        pending = set(stack) if leased else set()
-        while stack:
-            mid = stack.pop()
-            if mid in self.live:
-                continue
+        pending = set(roots) if leased else set()
+
+        def read(mid: str) -> Manifest | None:
+            if mid in self.live:  # marked from an earlier root: its ancestors are marked too
+                return None
             self.live.add(mid)
             try:
-                manifest = self.store.manifest(mid)
+                return self.store.manifest(mid)
             except NotFound:
                 if mid not in self.dropped and mid not in pending:
                     log.warning("gc: a ref, lease or parent names missing manifest %s", mid)
-                continue
             except DamagedFile as exc:
                 if mid not in self.dropped:  # its blobs and parents are unknown: nothing is safe
                     self.damaged.append(str(exc))
-                continue
+            return None
+
+        found, _ = ancestry(roots, read)
+        for manifest in found.values():
             self.blobs.update(f.sha256 for f in manifest.files)
-            stack.extend(p for p in manifest.parents if p not in self.live)
 
 
 def _ref_files(store: Store) -> dict[str, dict[int, str]]:

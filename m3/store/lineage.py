@@ -1,39 +1,13 @@
-"""Walking the ``parents`` graph of an artifact, down to the raw source files: the one walker
-(``ancestry``) that ``m3 lineage``, the model card and the lineage page share."""
+"""An artifact's lineage, down to the raw source files, as ``m3 lineage`` prints it (the walk:
+``m3.store.graph.ancestry``)."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
 from typing import Any
 
+from m3.store.graph import ancestry
 from m3.store.manifest import Manifest
 from m3.store.store import Store
-
-
-def ancestry(
-    start: Iterable[str], read: Callable[[str], Manifest | None]
-) -> tuple[dict[str, Manifest], list[str]]:
-    """Every manifest reachable from ``start`` through ``parents``, breadth-first in the order first
-    named, each once (so a cycle ends): ``{id: manifest}``, and the ids ``read`` gave None for
-    (missing or damaged; their parents are unknown), in the same order. An error ``read`` raises
-    stops the walk."""
-    seen = dict.fromkeys(start)
-    queue = deque(seen)
-    found: dict[str, Manifest] = {}
-    missing: list[str] = []
-    while queue:
-        mid = queue.popleft()
-        m = read(mid)
-        if m is None:
-            missing.append(mid)
-            continue
-        found[mid] = m
-        for parent in m.parents:
-            if parent not in seen:
-                seen[parent] = None
-                queue.append(parent)
-    return found, missing
 
 
 def lineage(store: Store, ref_or_id: str) -> list[dict[str, Any]]:

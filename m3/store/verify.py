@@ -25,6 +25,7 @@ from m3.store import integrity
 from m3.store import refs as refs_mod
 from m3.store.errors import DamagedFile, NotFound
 from m3.store.gc import DROPPED, _ref_files, dropped_ids
+from m3.store.graph import ancestry
 from m3.store.manifest import Manifest, check_id
 from m3.store.names import validate_ref
 
@@ -113,25 +114,23 @@ def _targets(store: Store, targets: list[str]) -> list[str]:
 
 def _read_manifests(store: Store, roots: list[str], scan: _Scan, dropped: set[str], everything: bool) -> None:
     """Parse every manifest reachable from ``roots`` (and every stored one with ``everything``)."""
-    stack = list(dict.fromkeys(roots + (store.manifest_ids() if everything else [])))
     seen: set[str] = set()
     missing_parent: dict[str, list[str]] = {}
-    while stack:
-        mid = stack.pop()
-        if mid in seen:
-            continue
+
+    def read(mid: str) -> Manifest | None:
         seen.add(mid)
         try:
-            m = store.manifest(mid)
+            return store.manifest(mid)
         except NotFound:
-            continue  # a ref or a parent names it: reported there
+            return None  # a ref or a parent names it: reported there
         except DamagedFile as exc:
             scan.damage.append(
                 Damage("manifest", exc.location, exc.problem, mid, None, dropped=mid in dropped)
             )
-            continue
-        scan.manifests[mid] = m
-        stack.extend(m.parents)
+            return None
+
+    found, _ = ancestry(roots + (store.manifest_ids() if everything else []), read)
+    scan.manifests.update(found)
     for mid, m in scan.manifests.items():
         for parent in m.parents:
             if parent not in scan.manifests and parent not in {d.manifest for d in scan.damage}:

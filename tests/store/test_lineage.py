@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from m3.store import NotFound, Store
-from m3.store.lineage import ancestry, lineage
+from m3.store.graph import ancestry
+from m3.store.lineage import lineage
 from m3.store.manifest import Manifest
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from m3.app.ui import compare as diff
 from m3.app.ui.curves import HISTORY_FILE, curves
 from m3.store import DamagedFile, InvalidName, Manifest, NotFound, Store
-from m3.store.lineage import ancestry
+from m3.store.graph import ancestry
 from m3.store.refs import RefState
 
 log = logging.getLogger(__name__)

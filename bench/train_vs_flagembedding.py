@@ -366,18 +366,23 @@ def main() -> None:
     articles = load_articles()
     work = Path(tempfile.mkdtemp(prefix="m3-bench-fe-"))
     try:
+        long = max(a.memory_lengths + a.fe_memory_lengths, default=0)
         if a.model == "e5":
-            side = save_e5(work / "e5-m3")
-            mem_side = save_e5(work / "e5-m3-long", max(a.memory_lengths + a.fe_memory_lengths, default=0))
+            save = save_e5
         else:
-            side = save_tiny(work / "tiny-m3", tokenizer_dir(articles))
-            long = max(a.memory_lengths + a.fe_memory_lengths, default=0)
-            mem_side = save_tiny(work / "tiny-m3-long", tokenizer_dir(articles), long)
-        print(f"model: {side['describe']}")
+            tok = tokenizer_dir(articles)
+
+            def save(folder: Path, max_tokens: int = 0) -> dict:
+                return save_tiny(folder, tok, max_tokens)
+
         if not a.skip_speed:
+            side = save(work / "start")
+            print(f"model: {side['describe']}")
             speed(a, work, side, build_rows(articles), load_average)
         if not a.skip_memory:
-            memory(a, work, mem_side, articles, load_average)
+            side = save(work / "start-long", long)
+            print(f"model: {side['describe']}")
+            memory(a, work, side, articles, load_average)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

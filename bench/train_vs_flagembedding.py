@@ -75,6 +75,12 @@ FE_VENV = BENCH / ".venvs" / "flagembedding"
 FE_PY = FE_VENV / "bin" / "python"
 FE_PINS = ["torch==2.13.0", "FlagEmbedding==1.4.2", "transformers==4.57.6"]
 THREADS = "2"
+# --runs: name -> (label, what runs: FlagEmbedding, or ours with group_by_length True / False)
+SPEED_RUNS: dict[str, tuple[str, str | bool]] = {
+    "fe": ("FlagEmbedding 1.4.2 (random batches)", "fe"),
+    "grouped": ("ours, length-grouped (default)", True),
+    "random": ("ours, random batches", False),
+}
 
 
 def ensure_fe_venv() -> None:
@@ -340,6 +346,13 @@ def main() -> None:
     ap.add_argument(
         "--fe-memory-limit-gb", type=float, default=16.0, help="address-space cap of each FlagEmbedding run"
     )
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(SPEED_RUNS),
+        default=list(SPEED_RUNS),
+        help="which throughput settings to run (a subset: e.g. one setting per shared-machine job)",
+    )
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--child-ours", help=argparse.SUPPRESS)
@@ -455,15 +468,11 @@ def speed(a, work: Path, side: dict, rows: list[dict], load_average) -> None:
         device="cpu",
         seed=0,
     )
-    runs = {
-        "FlagEmbedding 1.4.2 (random batches)": "fe",
-        "ours, length-grouped (default)": True,
-        "ours, random batches": False,
-    }
+    runs = {SPEED_RUNS[k][0]: SPEED_RUNS[k][1] for k in a.runs}
     res: dict[str, list[dict]] = {k: [] for k in runs}
     names = list(runs)
     for r in range(a.rounds):
-        for name in names[r % 3 :] + names[: r % 3]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             load = load_average()
             if runs[name] == "fe":
                 args = fe_args(
@@ -497,8 +506,10 @@ def speed(a, work: Path, side: dict, rows: list[dict], load_average) -> None:
     def med(k: str, key: str) -> float:
         return statistics.median(x[key] for x in res[k])
 
-    fe = names[0]
     print(f"\nload average after: {load_average()}")
+    fe = SPEED_RUNS["fe"][0]
+    if fe not in res:
+        return
     print(
         "| trainer | steps | tokens | loop seconds | tokens/s (wall) | vs FlagEmbedding | "
         "train() CPU seconds | tokens per CPU second | vs FlagEmbedding | peak RSS |"

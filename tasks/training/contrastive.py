@@ -174,8 +174,9 @@ def _schedule(model: M3Model, cfg: TrainConfig, total: int) -> Schedule:
         fast=("sparse_linear.", "colbert_linear."),  # the heads' FlagEmbedding module names
         fast_scale=cfg.head_lr_scale,
     )
-    # foreach: one multi-tensor kernel per group instead of a Python loop over parameters
-    return linear_schedule(torch.optim.AdamW(groups, lr=cfg.lr, foreach=True), cfg.warmup_ratio, total)
+    # fused: one pass over each parameter's values, gradient and moments per step (foreach makes one
+    # pass per operation: on e5-small's 96M-value embedding, 2.4 s of CPU per step against 0.45 s)
+    return linear_schedule(torch.optim.AdamW(groups, lr=cfg.lr, fused=True), cfg.warmup_ratio, total)
 
 
 def _start_sparse_head(

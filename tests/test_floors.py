@@ -31,6 +31,7 @@ def module_names() -> dict[str, Path]:
 
 
 MODULES = module_names()
+TREES = {m: ast.parse(path.read_text(), filename=str(path)) for m, path in MODULES.items()}  # read once
 # A stage package is a folder under tasks/ with the stage's builders (stage.py); other folders and
 # modules there are what stages share.
 STAGE_PACKAGES = {p.parent.name for p in (REPO / "tasks").glob("*/stage.py")}
@@ -62,10 +63,10 @@ def resolve(name: str) -> str | None:
     return name or None
 
 
-def raw_imports(path: Path) -> set[str]:
-    """Every absolute module name a file imports (third-party ones included)."""
+def raw_imports(module: str) -> set[str]:
+    """Every absolute module name a module imports (third-party ones included)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(TREES[module]):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
@@ -77,7 +78,7 @@ def imports_of(module: str) -> set[str]:
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(TREES[module]):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -131,9 +132,9 @@ def test_prefect_stays_at_the_edge():
     work in ``tasks/`` and ``model/`` is plain functions (docs/architecture.md, "Floors")."""
     inside = sorted(
         m
-        for m, path in MODULES.items()
+        for m in MODULES
         if m.split(".")[0] in ("tasks", "model")
-        and any(name == "prefect" or name.startswith("prefect.") for name in raw_imports(path))
+        and any(name == "prefect" or name.startswith("prefect.") for name in raw_imports(m))
     )
     assert inside == []
 
@@ -143,9 +144,9 @@ def test_stage_builders_read_no_profile_section():
     ``env.profile`` the work under ``tasks/`` reads only the name its refs carry."""
     reads = sorted(
         f"{m}: env.profile.{node.attr}"
-        for m, path in MODULES.items()
+        for m in MODULES
         if m.startswith("tasks.")
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        for node in ast.walk(TREES[m])
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "profile"

@@ -29,7 +29,7 @@ from m3.store.manifest import Manifest, check_id
 from m3.store.names import InvalidName, validate_ref
 
 
-class Store(Protocol):
+class Collectable(Protocol):
     """What gc reads of ``m3.store.store.Store`` (which calls gc: not imported here)."""
 
     url: str
@@ -56,7 +56,7 @@ def _hex(value: str) -> bool:
         return False
 
 
-def dropped_ids(store: Store) -> set[str]:
+def dropped_ids(store: Collectable) -> set[str]:
     """Manifests ``m3 verify --repair`` gave up on (``dropped/<id>.json``)."""
     names = store.backend.list_dir(DROPPED)
     return {n[:-5] for n in names if n.endswith(".json") and _hex(n[:-5])}
@@ -66,7 +66,7 @@ def dropped_ids(store: Store) -> set[str]:
 class Marker:
     """The live set: manifests reachable from the given roots, and the blobs they name."""
 
-    store: Store
+    store: Collectable
     dropped: set[str]
     live: set[str] = field(default_factory=set)
     blobs: set[str] = field(default_factory=set)
@@ -96,7 +96,7 @@ class Marker:
             self.blobs.update(f.sha256 for f in manifest.files)
 
 
-def _ref_files(store: Store) -> dict[str, dict[int, str]]:
+def _ref_files(store: Collectable) -> dict[str, dict[int, str]]:
     """Every ref's version files: ref -> {seq: path}."""
     out: dict[str, dict[int, str]] = {}
     for rel in store.backend.walk_files("refs"):
@@ -113,7 +113,7 @@ def _ref_files(store: Store) -> dict[str, dict[int, str]]:
     return out
 
 
-def _ref_roots(store: Store, files: dict[str, dict[int, str]], marker: Marker) -> None:
+def _ref_roots(store: Collectable, files: dict[str, dict[int, str]], marker: Marker) -> None:
     """Mark from every live version of the refs in ``files``; damaged versions make gc careful."""
     for ref, versions in files.items():
         st = refs_mod.read_state(store.backend, ref, versions)
@@ -122,7 +122,9 @@ def _ref_roots(store: Store, files: dict[str, dict[int, str]], marker: Marker) -
         marker.add(e.manifest for e in st.history)
 
 
-def collect(store: Store, *, dry_run: bool = False, grace_seconds: float = 3600.0) -> dict[str, list[str]]:
+def collect(
+    store: Collectable, *, dry_run: bool = False, grace_seconds: float = 3600.0
+) -> dict[str, list[str]]:
     """Delete unreachable manifests, blobs and stage-cache entries, expired leases and leftover
     temporary files (see the module). Returns what was (or, with ``dry_run``, would be) deleted."""
     backend = store.backend

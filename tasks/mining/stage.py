@@ -59,7 +59,7 @@ def build_train_set(
     round: int,
     run_bm25: RunBM25,
     run_dense: RunDense,
-    bm25_shards: int = 2,
+    bm25_shards: int,
 ) -> StageResult:
     """``train-set/<profile>`` (``-r<round>`` for an ANCE round >= 2, whose teacher is the model of
     the round before, passed as ``inputs["checkpoint"]``); BM25 mines in ``bm25_shards`` Dask jobs."""

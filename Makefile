@@ -6,15 +6,17 @@ STAMP := $(VENV)/.m3-installed
 
 .PHONY: setup browser demo test test-fast lint format lock clean serve pools ui
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile torch==2.13.0          # the CPU wheel first; a loose pin pulls CUDA
+	$(BIN)/pip install --quiet "cython==3.3.2" "setuptools==84.2.1"  # to rebuild the .pyx scanners in place (`make setup`)
 	$(BIN)/pip install --quiet --no-compile -e ".[test]" -c constraints.txt   # known-good versions: no backtracking
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true  # as pip would, on every core (a few files are for newer Pythons)
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP)                                      ## the venv, and the compiled scanners rebuilt when a .pyx changed
+	@$(BIN)/python setup.py -q build_ext --inplace > /dev/null
 
 demo: setup                                          ## the whole pipeline on the demo data, from multilingual-e5-small
 	$(BIN)/m3 run --profile me5-cpu

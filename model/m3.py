@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3.recipe import MCLS_INTERVAL
+from model.attention import use_blockwise_attention
 from model.config import POSITION_OFFSET, ModelSpec
 
 if TYPE_CHECKING:
@@ -286,6 +287,7 @@ class M3Model(nn.Module):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+        use_blockwise_attention(backbone)  # long passages in CPU training: linear, not L^2, attention memory
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.pooling = pooling

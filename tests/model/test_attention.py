@@ -1,0 +1,71 @@
+"""Blockwise attention: the same attention as SDPA, with linear memory in CPU training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from model.attention import BLOCK, NAME, _block, blockwise_sdpa_forward
+from model.config import ModelSpec
+from model.m3 import M3Model
+
+HEADS, DIM = 2, 8
+
+
+def qkv(length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(1, HEADS, length, DIM, generator=g, requires_grad=True) for _ in range(3))
+
+
+def padding_mask(length: int, pad: int) -> torch.Tensor:
+    keep = torch.ones(1, 1, 1, length, dtype=torch.bool)
+    keep[..., length - pad :] = False
+    return keep
+
+
+def test_without_dropout_it_is_sdpa() -> None:
+    q, k, v = qkv(BLOCK + 37)
+    mask = padding_mask(BLOCK + 37, 5)
+    ours, _ = blockwise_sdpa_forward(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=DIM**-0.5)
+    ref, _ = sdpa_attention_forward(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=DIM**-0.5)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("per_query_mask", [False, True])
+def test_with_dropout_the_backward_replays_each_blocks_mask(per_query_mask: bool) -> None:
+    """The gradient through the recomputed blocks equals the gradient of the same blocks computed once
+    without checkpointing from the same RNG state: the dropout mask the backward uses is the forward's."""
+    length, module, weights = 2 * BLOCK + 11, torch.nn.Module(), torch.randn(1, 2 * BLOCK + 11, HEADS, DIM)
+    mask = padding_mask(length, 7)
+    if per_query_mask:
+        mask = mask.expand(1, 1, length, length).clone()
+    q, k, v = qkv(length)
+    torch.manual_seed(1)
+    out, _ = blockwise_sdpa_forward(module, q, k, v, mask, dropout=0.3, scaling=None)
+    (out * weights).sum().backward()
+    ours = [t.grad.clone() for t in (q, k, v)]
+
+    q2, k2, v2 = qkv(length)
+    torch.manual_seed(1)
+    blocks = []
+    for s in range(0, length, BLOCK):
+        m = mask[:, :, s : s + BLOCK] if per_query_mask else mask
+        blocks.append(_block(module, q2[:, :, s : s + BLOCK], k2, v2, m, 0.3, None))
+    ref = torch.cat(blocks, dim=1)
+    (ref * weights).sum().backward()
+    assert torch.equal(out, ref)
+    for a, b in zip(ours, (q2.grad, k2.grad, v2.grad), strict=True):
+        torch.testing.assert_close(a, b)
+    plain, _ = blockwise_sdpa_forward(module, q, k, v, mask, dropout=0.0, scaling=None)
+    assert not torch.allclose(out, plain)  # dropout did act
+
+
+def test_the_model_uses_it_and_saves_a_folder_other_tools_read(tmp_path, tok_dir) -> None:
+    """M3Model switches its backbone to the blockwise form; the saved config does not name it."""
+    model = M3Model.from_spec(ModelSpec(hidden_size=32, intermediate_size=64, num_attention_heads=2), tok_dir)
+    assert model.backbone.config._attn_implementation == NAME
+    model.save_pretrained(tmp_path)
+    assert NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "m3_sdpa_blocks"
@@ -77,5 +77,5 @@ def use_blockwise_attention(backbone: torch.nn.Module) -> None:
     """Switch a Hugging Face backbone that runs SDPA to the blockwise form above (same results; only
     training on CPU with dropout takes the block path). Backbones on another implementation are left."""
     current = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
-    if current == "sdpa" and hasattr(backbone, "set_attn_implementation"):
+    if current == "sdpa" and isinstance(backbone, PreTrainedModel):
         backbone.set_attn_implementation(NAME)

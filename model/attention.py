@@ -18,6 +18,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "m3_sdpa_blocks"
 BLOCK = 512  # query rows per block: 12 heads x 512 x 8192 x 4 B = 192 MiB per score matrix
@@ -71,6 +72,8 @@ def blockwise_sdpa_forward(
 
 
 AttentionInterface.register(NAME, blockwise_sdpa_forward)
+# the padding mask SDPA takes; a name with no mask function would get no padding mask at all
+AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 def use_blockwise_attention(backbone: torch.nn.Module) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -69,3 +70,17 @@ def test_the_model_uses_it_and_saves_a_folder_other_tools_read(tmp_path, tok_dir
     assert model.backbone.config._attn_implementation == NAME
     model.save_pretrained(tmp_path)
     assert NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+
+
+def test_padding_is_masked_as_under_sdpa(tok_dir) -> None:
+    """Texts of different lengths in one batch embed as they do under plain SDPA (padding unseen)."""
+    spec = ModelSpec(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    torch.manual_seed(0)
+    model = M3Model.from_spec(spec, tok_dir).eval()
+    texts = ["a short one", "a much longer text that needs padding in the other row " * 3]
+    ours = model.encode(texts, batch_size=2)["dense_vecs"]
+    model.backbone.set_attn_implementation("sdpa")
+    ref = model.encode(texts, batch_size=2)["dense_vecs"]
+    alone = model.encode(texts[:1], batch_size=1)["dense_vecs"]
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    np.testing.assert_allclose(ours[0], alone[0], atol=1e-5)

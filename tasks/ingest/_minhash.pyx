@@ -1,3 +1,5 @@
+# cython: cdivision=True
+# (C division: every divisor and modulus in this file is checked positive first)
 """The per-document MinHash work of dedup.py in C: normalised text, shingle hashes (CRC32 of each
 token's UTF-8, a polynomial over each window), the least hash per permutation and the LSH band keys.
 
@@ -6,147 +8,197 @@ permutations), every index stays inside an array sized for the most the text can
 checks are off), and nothing recurses.
 """
 
+import os
+
 import numpy as np
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.unicode cimport Py_UNICODE_ISSPACE, PyUnicode_FromKindAndData, PyUnicode_WRITE
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from cpython.unicode cimport PyUnicode_FromKindAndData
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from tasks.ingest._textscan cimport PUNCT, WORD, Text, at, check_flags, open_text, shift_for, slot
+from tasks.ingest._textscan cimport (
+    FOLD_BITS, FOLD_MASK, KNOWN, PUNCT, SPACE, WORD, Text, char_t, check_learnt, flag_table,
+    fold_table, open_text, slot
+)
 
-cdef uint32_t CRC_TABLE[256]
+cdef uint64_t SLOT_MULT = int.from_bytes(os.urandom(8), "little") | 1  # see _textscan.slot
+cdef enum:
+    RECENT_BITS = 10  # the cache of recent shingle hashes: 2^10 of them (8 KiB, in L1)
+    RECENT = 1 << RECENT_BITS
+cdef uint32_t CRC_TABLE[4][256]
 
 
-cdef void crc_table() noexcept:
-    """The byte table of CRC-32 (reflected polynomial 0xEDB88320: zlib's, so ``zlib.crc32``'s values)."""
-    cdef uint32_t c, k, n
+cdef void crc_tables() noexcept:
+    """CRC-32 (reflected polynomial 0xEDB88320: zlib's, so ``zlib.crc32``'s values) by slicing: table
+    k advances the CRC over one byte followed by k zero bytes, so the up to four bytes of one
+    character's UTF-8 take independent look-ups instead of a chain of four."""
+    cdef uint32_t c, n, k
     for n in range(256):
         c = n
         for k in range(8):
             c = (c >> 1) ^ 0xEDB88320U if c & 1 else c >> 1
-        CRC_TABLE[n] = c
+        CRC_TABLE[0][n] = c
+    for n in range(256):
+        for k in range(1, 4):
+            CRC_TABLE[k][n] = (CRC_TABLE[k - 1][n] >> 8) ^ CRC_TABLE[0][CRC_TABLE[k - 1][n] & 0xFF]
 
 
-crc_table()
+crc_tables()
 
 
-cdef inline uint32_t crc_byte(uint32_t crc, uint32_t byte) noexcept nogil:
-    return CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-
-
-cdef inline uint32_t crc_utf8(uint32_t crc, uint32_t c) noexcept nogil:
-    """``crc`` fed the UTF-8 bytes of ``c`` (a lone surrogate as its three bytes)."""
+cdef inline uint32_t crc_char(uint32_t crc, uint32_t c) noexcept nogil:
+    """``crc`` advanced over the UTF-8 bytes of code point ``c`` (a lone surrogate as three bytes)."""
+    cdef uint32_t x
     if c < 0x80:
-        return crc_byte(crc, c)
+        return CRC_TABLE[0][(crc ^ c) & 0xFF] ^ (crc >> 8)
     if c < 0x800:
-        crc = crc_byte(crc, 0xC0 | (c >> 6))
-    else:
-        if c < 0x10000:
-            crc = crc_byte(crc, 0xE0 | (c >> 12))
-        else:
-            crc = crc_byte(crc, 0xF0 | (c >> 18))
-            crc = crc_byte(crc, 0x80 | ((c >> 12) & 0x3F))
-        crc = crc_byte(crc, 0x80 | ((c >> 6) & 0x3F))
-    return crc_byte(crc, 0x80 | (c & 0x3F))
+        x = crc ^ (0xC0 | (c >> 6)) ^ ((0x80 | (c & 0x3F)) << 8)
+        return CRC_TABLE[1][x & 0xFF] ^ CRC_TABLE[0][(x >> 8) & 0xFF] ^ (crc >> 16)
+    if c < 0x10000:
+        x = crc ^ (0xE0 | (c >> 12)) ^ ((0x80 | ((c >> 6) & 0x3F)) << 8) ^ ((0x80 | (c & 0x3F)) << 16)
+        return CRC_TABLE[2][x & 0xFF] ^ CRC_TABLE[1][(x >> 8) & 0xFF] ^ CRC_TABLE[0][(x >> 16) & 0xFF] ^ (crc >> 24)
+    x = crc ^ (0xF0 | (c >> 18)) ^ ((0x80 | ((c >> 12) & 0x3F)) << 8) ^ ((0x80 | ((c >> 6) & 0x3F)) << 16) ^ (
+        (0x80 | (c & 0x3F)) << 24
+    )
+    return CRC_TABLE[3][x & 0xFF] ^ CRC_TABLE[2][(x >> 8) & 0xFF] ^ CRC_TABLE[1][(x >> 16) & 0xFF] ^ CRC_TABLE[0][x >> 24]
 
 
-def normalize(str folded not None, const uint8_t[::1] flags not None) -> str:
-    """``folded`` with punctuation and symbols (PUNCT) read as white space, runs of white space
-    (``str.isspace``) as one space, none at either end: ``" ".join(...split())``."""
-    check_flags(flags)
+cdef Py_ssize_t fold_words(
+    const char_t *s, Py_ssize_t size, const uint8_t *table, const uint64_t *folds, uint32_t *out
+) except -1:
+    """Write the normalised text of ``s`` into ``out`` (room for three code points each); its length."""
+    cdef Py_ssize_t i, n = 0
+    cdef uint64_t packed
+    cdef uint32_t d
+    cdef uint8_t f, seen = KNOWN
+    cdef bint gap = False
+    for i in range(size):
+        seen &= table[s[i]]  # learnt, so its folding is too
+        packed = folds[s[i]]
+        while True:  # its one to three folded code points (only NUL folds to 0, and alone)
+            d = packed & FOLD_MASK
+            packed >>= FOLD_BITS
+            f = table[d]
+            seen &= f
+            if f & (PUNCT | SPACE):
+                gap = True
+            else:
+                if gap and n:
+                    out[n] = 32
+                    n += 1
+                gap = False
+                out[n] = d
+                n += 1
+            if packed == 0:
+                break
+    check_learnt(seen)
+    return n
+
+
+def normalize(str text not None, const uint8_t[::1] flags not None, const uint64_t[::1] fold not None) -> str:
+    """``" ".join(...split())`` of ``text.casefold()`` with punctuation and symbols (PUNCT) read as
+    white space: one space between runs of other characters, none at either end."""
+    cdef const uint8_t *table = flag_table(flags)
+    cdef const uint64_t *folds = fold_table(fold)
     cdef Text t
-    open_text(&t, folded)
-    cdef void *out = PyMem_Malloc(t.size * t.kind + 1)  # never longer, never wider than the input
+    open_text(&t, text)
+    cdef uint32_t *out = <uint32_t *>PyMem_Malloc((3 * t.size + 1) * sizeof(uint32_t))
     if out == NULL:
         raise MemoryError()
-    cdef Py_ssize_t i, n = 0
-    cdef uint32_t c
-    cdef bint gap = False
+    cdef Py_ssize_t n
     try:
-        for i in range(t.size):
-            c = at(&t, i)
-            if flags[c] & PUNCT or Py_UNICODE_ISSPACE(c):
-                gap = True
-                continue
-            if gap and n:
-                PyUnicode_WRITE(t.kind, out, n, 32)
-                n += 1
-            gap = False
-            PyUnicode_WRITE(t.kind, out, n, c)
-            n += 1
-        return PyUnicode_FromKindAndData(t.kind, out, n)
+        if t.kind == 1:
+            n = fold_words(<const uint8_t *>t.data, t.size, table, folds, out)
+        elif t.kind == 2:
+            n = fold_words(<const uint16_t *>t.data, t.size, table, folds, out)
+        else:
+            n = fold_words(<const uint32_t *>t.data, t.size, table, folds, out)
+        return PyUnicode_FromKindAndData(4, out, n)
     finally:
         PyMem_Free(out)
 
 
+cdef Py_ssize_t token_crcs(const char_t *s, Py_ssize_t size, const uint8_t *table, bint unspaced, uint64_t *ids) except -1:
+    """The CRC-32 of each token's UTF-8 into ``ids`` (room for ``size``); how many tokens."""
+    cdef Py_ssize_t i = 0, count = 0
+    cdef uint32_t crc
+    cdef uint8_t seen = KNOWN
+    if unspaced:
+        for i in range(size):
+            if s[i] != 32:
+                ids[count] = crc_char(0xFFFFFFFFU, s[i]) ^ 0xFFFFFFFFU
+                count += 1
+        return count
+    while i < size:
+        seen &= table[s[i]]
+        if not table[s[i]] & WORD:
+            i += 1
+            continue
+        crc = 0xFFFFFFFFU
+        while i < size and table[s[i]] & WORD:
+            seen &= table[s[i]]
+            crc = crc_char(crc, s[i])
+            i += 1
+        ids[count] = crc ^ 0xFFFFFFFFU
+        count += 1
+    check_learnt(seen)
+    return count
+
+
 def shingles(str norm not None, const uint8_t[::1] flags not None, bint unspaced, Py_ssize_t ngram,
              const uint64_t[::1] mult not None):
-    """The distinct hashes (in order of first occurrence) of the windows of ``ngram`` tokens of
+    """The hashes (each at least once, in order of first occurrence) of the windows of ``ngram`` tokens of
     normalised text (fewer when the text has fewer tokens): a token is a run of word characters
     (``\\w+``), or, for unspaced text, every character but the space; its number is the CRC-32 of its
     UTF-8, a window's hash ``sum(ids[i + j] * mult[j % len(mult)])`` mod 2^64. No token: ``[0]``."""
-    check_flags(flags)
+    cdef const uint8_t *table = flag_table(flags)
     if ngram < 1:
         raise ValueError(f"shingle length {ngram} is not positive")
     if mult.shape[0] == 0:
         raise ValueError("no multipliers")
     cdef Text t
     open_text(&t, norm)
-    # spaced: each token but the last is followed by a character outside it
-    ids_arr = np.empty(t.size if unspaced else t.size // 2 + 1, dtype=np.uint64)
+    ids_arr = np.empty(t.size + 1, dtype=np.uint64)
     cdef uint64_t[::1] ids = ids_arr
-    cdef Py_ssize_t i = 0, j, count = 0
-    cdef uint32_t c
-    cdef uint32_t crc
-    while i < t.size:
-        c = at(&t, i)
-        if unspaced:
-            i += 1
-            if c != 32:
-                ids[count] = crc_utf8(0xFFFFFFFFU, c) ^ 0xFFFFFFFFU
-                count += 1
-            continue
-        if not flags[c] & WORD:
-            i += 1
-            continue
-        crc = 0xFFFFFFFFU
-        while i < t.size and flags[at(&t, i)] & WORD:
-            crc = crc_utf8(crc, at(&t, i))
-            i += 1
-        ids[count] = crc ^ 0xFFFFFFFFU
-        count += 1
+    cdef Py_ssize_t i, j, count
+    if t.kind == 1:
+        count = token_crcs(<const uint8_t *>t.data, t.size, table, unspaced, &ids[0])
+    elif t.kind == 2:
+        count = token_crcs(<const uint16_t *>t.data, t.size, table, unspaced, &ids[0])
+    else:
+        count = token_crcs(<const uint32_t *>t.data, t.size, table, unspaced, &ids[0])
     if count == 0:
         return np.zeros(1, dtype=np.uint64)
     cdef Py_ssize_t n = min(ngram, count)
     cdef Py_ssize_t windows = count - n + 1
     cdef Py_ssize_t m = mult.shape[0]
-    # distinct window hashes, by an open-addressing set of their positions in ``out``
+    # the window hashes, each at least once: a repeat of one of the last few distinct hashes (a
+    # small direct-mapped cache) is left out, so repetitive text costs the product little; the
+    # minimum does not care about the repeats that remain (hash 0 is remembered apart)
     out_arr = np.empty(windows, dtype=np.uint64)
     cdef uint64_t[::1] out = out_arr
-    cdef int shift = shift_for(windows)
-    cdef Py_ssize_t size = <Py_ssize_t>1 << (64 - shift)
-    cdef Py_ssize_t *where = <Py_ssize_t *>PyMem_Malloc(size * sizeof(Py_ssize_t))
-    if where == NULL:
-        raise MemoryError()
-    memset(where, 0xFF, size * sizeof(Py_ssize_t))  # every slot -1
-    cdef Py_ssize_t s, distinct = 0
+    cdef uint64_t recent[RECENT]
+    memset(recent, 0, sizeof(recent))
+    cdef Py_ssize_t s, kept = 0
+    cdef bint zero = False
     cdef uint64_t h
-    try:
-        for i in range(windows):
-            h = 0
-            for j in range(n):
-                h += ids[i + j] * mult[j % m]
-            s = slot(h, shift)
-            while where[s] >= 0 and out[where[s]] != h:
-                s = (s + 1) & (size - 1)
-            if where[s] < 0:
-                where[s] = distinct
-                out[distinct] = h
-                distinct += 1
-    finally:
-        PyMem_Free(where)
-    return out_arr[:distinct]
+    for i in range(windows):
+        h = 0
+        for j in range(n):
+            h += ids[i + j] * mult[j % m]
+        if h == 0:
+            if zero:
+                continue
+            zero = True
+        else:
+            s = slot(h, SLOT_MULT, 64 - RECENT_BITS)
+            if recent[s] == h:
+                continue
+            recent[s] = h
+        out[kept] = h
+        kept += 1
+    return out_arr[:kept]
 
 
 def minhash(const uint64_t[::1] values not None, const uint64_t[::1] a not None, const uint64_t[::1] b not None):

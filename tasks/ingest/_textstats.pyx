@@ -1,49 +1,108 @@
+# cython: cdivision=True
+# (C division: every divisor and modulus in this file is checked positive first)
 """What the quality filters (quality.py) count in a page, in C: words or characters numbered by first
-use, per-line and per-paragraph statistics, and repeated n-grams. The rules themselves stay in
-Python as arithmetic on these counts.
+use, per-line and per-paragraph statistics, case-folded search, and repeated n-grams. The rules
+themselves stay in Python as arithmetic on these counts.
 
 Every loop reads each code point a bounded number of times (linear time), every index stays inside
-an array sized for the most the text can hold (bounds checks are off), and nothing recurses.
+an array sized for the most the text can hold (bounds checks are off), and nothing recurses. The
+character tables must hold every code point of the text (``charclass.flags_for``); a kernel that
+meets one they do not hold raises instead of misreading it.
 """
+
+import os
 
 import numpy as np
 
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.unicode cimport (
-    Py_UNICODE_ISSPACE,
-    PyUnicode_DATA,
-    PyUnicode_FromKindAndData,
-    PyUnicode_GET_LENGTH,
-    PyUnicode_KIND,
-    PyUnicode_READ,
-    PyUnicode_Substring,
-)
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_FromKindAndData, PyUnicode_READ
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
-from tasks.ingest._textscan cimport LETTER, UNIT, WORD, Text, at, check_flags, open_text, shift_for, slot
+cdef extern from *:
+    # a hint that memory will be read soon (GCC and Clang; nothing elsewhere)
+    """
+    #if defined(__GNUC__)
+    #define m3_prefetch(p) __builtin_prefetch(p)
+    #else
+    #define m3_prefetch(p) ((void)(p))
+    #endif
+    """
+    void m3_prefetch(const void *p) noexcept nogil
+
+from tasks.ingest._textscan cimport (
+    FOLD_BITS, FOLD_MASK, KNOWN, LETTER, SPACE, UNIT, WORD, PyUnicode_DATA, PyUnicode_GET_LENGTH,
+    PyUnicode_KIND, Text, char_t, check_learnt, flag_table, fold_table, open_text, shift_for, slot
+)
 
 cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325ULL
 cdef uint64_t FNV_PRIME = 0x100000001B3ULL
+cdef Py_ssize_t FIRST_ROOM = 256  # distinct items a table starts with (it doubles when full)
+cdef uint64_t SLOT_MULT = int.from_bytes(os.urandom(8), "little") | 1  # see _textscan.slot
+cdef Py_ssize_t AHEAD = 8  # windows between a slot's prefetch and its use
 
 
-cdef inline uint64_t fnv(uint64_t h, uint32_t c) noexcept:
+cdef inline uint64_t fnv(uint64_t h, uint32_t c) noexcept nogil:
     return (h ^ c) * FNV_PRIME
 
 
-cdef inline bint member(uint32_t c, str chars) noexcept:
-    """Whether ``c`` is one of the (few) characters of ``chars``."""
+cdef inline uint64_t line_hash(const char_t *s, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """FNV-1a of ``s[a:b]`` in two lanes (even and odd positions), so that the two multiplication
+    chains overlap, then mixed into one."""
+    cdef uint64_t h = FNV_OFFSET, g = FNV_OFFSET ^ 1
+    cdef Py_ssize_t i = a
+    while i + 1 < b:
+        h = fnv(h, s[i])
+        g = fnv(g, s[i + 1])
+        i += 2
+    if i < b:
+        h = fnv(h, s[i])
+    return fnv(h, <uint32_t>g) ^ (g >> 32)
+
+
+cdef inline int fold_into(uint64_t packed, uint32_t *out) noexcept nogil:
+    """The code points of a packed case folding (see charclass.packed_fold) into ``out``; how many."""
+    out[0] = packed & FOLD_MASK
+    out[1] = (packed >> FOLD_BITS) & FOLD_MASK
+    out[2] = packed >> (2 * FOLD_BITS)
+    return 1 + (out[1] != 0) + (out[2] != 0)  # only NUL folds to NUL, and only as the first
+
+
+# ---- a few characters given as a str (joiners, bullets, closing marks) ----
+
+cdef struct CharSet:
+    uint32_t *points
+    Py_ssize_t size
+
+
+cdef int charset_init(CharSet *cs, str chars) except -1:
     cdef Py_ssize_t i
-    for i in range(PyUnicode_GET_LENGTH(chars)):
-        if <uint32_t>PyUnicode_READ(PyUnicode_KIND(chars), PyUnicode_DATA(chars), i) == c:
+    cs.size = PyUnicode_GET_LENGTH(chars)
+    cs.points = <uint32_t *>PyMem_Malloc((cs.size + 1) * sizeof(uint32_t))
+    if cs.points == NULL:
+        raise MemoryError()
+    for i in range(cs.size):
+        cs.points[i] = PyUnicode_READ(PyUnicode_KIND(chars), PyUnicode_DATA(chars), i)
+    return 0
+
+
+cdef inline bint has(const CharSet *cs, uint32_t c) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(cs.size):
+        if cs.points[i] == c:
             return True
     return False
 
 
-# ---- distinct spans of one text (words, lines, characters), numbered in order of first use ----
+# ---- distinct spans of one text (words, lines), numbered in order of first use ----
+
+cdef struct SpanSlot:
+    uint64_t hash  # the content hash of the span numbered ``number`` (when number >= 0)
+    Py_ssize_t number  # -1: free
+
 
 cdef struct Spans:
-    Py_ssize_t *slots  # open addressing: index of a distinct span, or -1
+    SpanSlot *slots  # open addressing over the distinct spans
     int shift
     Py_ssize_t *starts  # per distinct span: where it first occurs, its length, its content hash
     Py_ssize_t *lens
@@ -58,22 +117,23 @@ cdef int spans_index(Spans *s) except -1:
     s.shift = shift_for(s.room)
     mask = (<Py_ssize_t>1 << (64 - s.shift)) - 1
     PyMem_Free(s.slots)
-    s.slots = <Py_ssize_t *>PyMem_Malloc((mask + 1) * sizeof(Py_ssize_t))
+    s.slots = <SpanSlot *>PyMem_Malloc((mask + 1) * sizeof(SpanSlot))
     if s.slots == NULL:
         raise MemoryError()
-    memset(s.slots, 0xFF, (mask + 1) * sizeof(Py_ssize_t))  # every slot -1
+    memset(s.slots, 0xFF, (mask + 1) * sizeof(SpanSlot))  # every number -1
     for k in range(s.count):
-        i = slot(s.hashes[k], s.shift)
-        while s.slots[i] >= 0:
+        i = slot(s.hashes[k], SLOT_MULT, s.shift)
+        while s.slots[i].number >= 0:
             i = (i + 1) & mask
-        s.slots[i] = k
+        s.slots[i].hash = s.hashes[k]
+        s.slots[i].number = k
     return 0
 
 
 cdef int spans_init(Spans *s) except -1:
     s.slots = NULL
     s.count = 0
-    s.room = 256
+    s.room = FIRST_ROOM
     s.starts = <Py_ssize_t *>PyMem_Malloc(s.room * sizeof(Py_ssize_t))
     s.lens = <Py_ssize_t *>PyMem_Malloc(s.room * sizeof(Py_ssize_t))
     s.hashes = <uint64_t *>PyMem_Malloc(s.room * sizeof(uint64_t))
@@ -87,7 +147,8 @@ cdef void spans_free(Spans *s) noexcept:
     PyMem_Free(s.starts)
     PyMem_Free(s.lens)
     PyMem_Free(s.hashes)
-    s.slots = s.starts = s.lens = NULL
+    s.slots = NULL
+    s.starts = s.lens = NULL
     s.hashes = NULL
     s.count = s.room = 0
 
@@ -111,40 +172,82 @@ cdef int spans_grow(Spans *s) except -1:
     return spans_index(s)
 
 
-cdef Py_ssize_t spans_add(Spans *s, const Text *t, Py_ssize_t start, Py_ssize_t length, uint64_t h) except -1:
-    """The number of the span ``text[start:start + length]`` (content hash ``h``): the number of an
-    equal earlier span, else the next one."""
+cdef Py_ssize_t spans_add(
+    Spans *s, const char *base, int width, Py_ssize_t start, Py_ssize_t length, uint64_t h
+) except -1:
+    """The number of the span of ``length`` code points at ``start`` of the text at ``base``
+    (``width`` bytes each; content hash ``h``): that of an equal earlier span, else the next one."""
     cdef Py_ssize_t mask = (<Py_ssize_t>1 << (64 - s.shift)) - 1
-    cdef Py_ssize_t i = slot(h, s.shift)
+    cdef Py_ssize_t i = slot(h, SLOT_MULT, s.shift)
     cdef Py_ssize_t k
-    cdef const char *base = <const char *>t.data
     while True:
-        k = s.slots[i]
+        k = s.slots[i].number
         if k < 0:
             break
         if (
-            s.hashes[k] == h
+            s.slots[i].hash == h
             and s.lens[k] == length
-            and memcmp(base + s.starts[k] * t.kind, base + start * t.kind, length * t.kind) == 0
+            and memcmp(base + s.starts[k] * width, base + start * width, length * width) == 0
         ):
             return k
         i = (i + 1) & mask
     if s.count == s.room:
         spans_grow(s)
         mask = (<Py_ssize_t>1 << (64 - s.shift)) - 1
-        i = slot(h, s.shift)
-        while s.slots[i] >= 0:
+        i = slot(h, SLOT_MULT, s.shift)
+        while s.slots[i].number >= 0:
             i = (i + 1) & mask
     k = s.count
     s.starts[k] = start
     s.lens[k] = length
     s.hashes[k] = h
-    s.slots[i] = k
+    s.slots[i].hash = h
+    s.slots[i].number = k
     s.count += 1
     return k
 
 
 # ---- the units of a page ----
+
+cdef Py_ssize_t scan_words(
+    const char_t *s, Py_ssize_t size, const uint8_t *table, const CharSet *joiners, Spans *spans,
+    uint64_t *ids, int64_t *lens, Py_ssize_t *with_letter
+) except -1:
+    """Number every word into ``ids``/``lens`` (room for ``size // 2 + 1``); how many there are."""
+    cdef Py_ssize_t i = 0, start, n = 0
+    cdef uint8_t f, letter, seen = KNOWN
+    cdef uint64_t h
+    while i < size:
+        f = table[s[i]]
+        seen &= f
+        if not f & WORD:
+            i += 1
+            continue
+        start = i
+        h = FNV_OFFSET
+        letter = 0
+        while True:
+            while i < size:
+                f = table[s[i]]
+                seen &= f
+                if not f & WORD:
+                    break
+                h = fnv(h, s[i])
+                letter |= f
+                i += 1
+            # a joiner continues the word when a word character follows it
+            if i + 1 < size and table[s[i + 1]] & WORD and has(joiners, s[i]):
+                h = fnv(h, s[i])
+                i += 1
+                continue
+            break
+        ids[n] = spans_add(spans, <const char *>s, sizeof(char_t), start, i - start, h)
+        lens[n] = i - start
+        with_letter[0] += (letter & LETTER) != 0
+        n += 1
+    check_learnt(seen)
+    return n
+
 
 cdef class Words:
     """The words of a spaced text, as the regex ``\\w+(?:[<joiners>]\\w+)*`` finds them (runs of word
@@ -164,65 +267,130 @@ cdef class Words:
         self._spans.hashes = NULL
 
     def __init__(self, str text not None, const uint8_t[::1] flags not None, str joiners not None):
-        check_flags(flags)
+        cdef const uint8_t *table = flag_table(flags)
         cdef Text t
+        cdef CharSet join
         open_text(&t, text)
         self._text = text
+        spans_free(&self._spans)  # __init__ may run twice
         spans_init(&self._spans)
         # each word but the last is followed by at least one character that is not in it
         ids_arr = np.empty(t.size // 2 + 1, dtype=np.uint64)
         lens_arr = np.empty(t.size // 2 + 1, dtype=np.int64)
         cdef uint64_t[::1] ids = ids_arr
         cdef int64_t[::1] lens = lens_arr
-        cdef Py_ssize_t i = 0, start, n = 0, chars = 0, with_letter = 0
-        cdef uint32_t c
-        cdef uint8_t f, letter
-        cdef uint64_t h
-        while i < t.size:
-            if not flags[at(&t, i)] & WORD:
-                i += 1
-                continue
-            start = i
-            h = FNV_OFFSET
-            letter = 0
-            while True:
-                while i < t.size:
-                    c = at(&t, i)
-                    f = flags[c]
-                    if not f & WORD:
-                        break
-                    h = fnv(h, c)
-                    letter |= f & LETTER
-                    i += 1
-                # a joiner continues the word when a word character follows it
-                if i + 1 < t.size and flags[at(&t, i + 1)] & WORD and member(at(&t, i), joiners):
-                    h = fnv(h, at(&t, i))
-                    i += 1
-                    continue
-                break
-            ids[n] = spans_add(&self._spans, &t, start, i - start, h)
-            lens[n] = i - start
-            chars += i - start
-            with_letter += letter != 0
-            n += 1
+        cdef Py_ssize_t i, n, with_letter = 0
+        charset_init(&join, joiners)
+        try:
+            if t.kind == 1:
+                n = scan_words(<const uint8_t *>t.data, t.size, table, &join, &self._spans, &ids[0], &lens[0], &with_letter)
+            elif t.kind == 2:
+                n = scan_words(<const uint16_t *>t.data, t.size, table, &join, &self._spans, &ids[0], &lens[0], &with_letter)
+            else:
+                n = scan_words(<const uint32_t *>t.data, t.size, table, &join, &self._spans, &ids[0], &lens[0], &with_letter)
+        finally:
+            PyMem_Free(join.points)
+        self.chars = 0
+        for i in range(n):
+            self.chars += lens[i]
         self.ids = ids_arr[:n]
         self.lens = lens_arr[:n]
         self.count = n
-        self.chars = chars
         self.with_letter = with_letter
 
     def __dealloc__(self):
         spans_free(&self._spans)
 
-    def distinct(self, Py_ssize_t longest) -> list:
-        """The distinct words of at most ``longest`` code points, in order of first use."""
-        cdef Py_ssize_t k
-        out = []
-        for k in range(self._spans.count):
-            if self._spans.lens[k] <= longest:
-                out.append(PyUnicode_Substring(self._text, self._spans.starts[k],
-                                               self._spans.starts[k] + self._spans.lens[k]))
+    def folded(self, Py_ssize_t longest, const uint64_t[::1] fold not None) -> set:
+        """The case foldings (``str.casefold``) of the distinct words of at most ``longest`` code
+        points (folding never shortens a word, so no longer one folds into one that short)."""
+        cdef const uint64_t *folds = fold_table(fold)
+        cdef Py_ssize_t k, i, n
+        cdef int kind = PyUnicode_KIND(self._text)
+        cdef void *data = PyUnicode_DATA(self._text)
+        cdef uint32_t *buf = <uint32_t *>PyMem_Malloc((3 * max(longest, 0) + 3) * sizeof(uint32_t))
+        if buf == NULL:
+            raise MemoryError()
+        out = set()
+        try:
+            for k in range(self._spans.count):
+                if self._spans.lens[k] > longest:
+                    continue
+                n = 0
+                for i in range(self._spans.starts[k], self._spans.starts[k] + self._spans.lens[k]):
+                    n += fold_into(folds[PyUnicode_READ(kind, data, i)], buf + n)
+                out.add(PyUnicode_FromKindAndData(4, buf, n))
+        finally:
+            PyMem_Free(buf)
         return out
+
+
+cdef struct CodeSlot:
+    uint32_t point  # EMPTY when free
+    int32_t number
+
+cdef uint32_t EMPTY = 0xFFFFFFFFU  # above every code point
+
+
+cdef class _UnitCounts:
+    cdef Py_ssize_t units, distinct, visible, letters
+
+
+cdef int scan_units(
+    const char_t *s, Py_ssize_t size, const uint8_t *table, uint64_t *ids, uint32_t *points,
+    _UnitCounts out
+) except -1:
+    """Number every unit into ``ids`` (room for ``size``), the distinct ones into ``points``."""
+    cdef Py_ssize_t i, k, j, n = 0, visible = 0, letters = 0, distinct = 0
+    cdef int shift = shift_for(FIRST_ROOM)  # slots: kept over twice the distinct units
+    cdef Py_ssize_t mask = (<Py_ssize_t>1 << (64 - shift)) - 1
+    cdef uint32_t c
+    cdef uint8_t f, seen = KNOWN
+    cdef CodeSlot *slots = <CodeSlot *>PyMem_Malloc((mask + 1) * sizeof(CodeSlot))
+    cdef CodeSlot *old
+    if slots == NULL:
+        raise MemoryError()
+    try:
+        memset(slots, 0xFF, (mask + 1) * sizeof(CodeSlot))
+        for i in range(size):
+            c = s[i]
+            f = table[c]
+            seen &= f
+            visible += not f & SPACE
+            letters += (f & LETTER) != 0
+            if not f & UNIT:
+                continue
+            j = slot(c, SLOT_MULT, shift)
+            while slots[j].point != EMPTY and slots[j].point != c:
+                j = (j + 1) & mask
+            if slots[j].point == EMPTY:
+                slots[j].point = c
+                slots[j].number = <int32_t>distinct
+                points[distinct] = c
+                distinct += 1
+            ids[n] = slots[j].number
+            n += 1
+            if 2 * distinct > mask:  # rehash into twice the slots
+                old = slots
+                slots = <CodeSlot *>PyMem_Malloc(2 * (mask + 1) * sizeof(CodeSlot))
+                if slots == NULL:
+                    slots = old
+                    raise MemoryError()
+                memset(slots, 0xFF, 2 * (mask + 1) * sizeof(CodeSlot))
+                shift -= 1
+                for k in range(mask + 1):
+                    if old[k].point != EMPTY:
+                        j = slot(old[k].point, SLOT_MULT, shift)
+                        while slots[j].point != EMPTY:
+                            j = (j + 1) & (2 * mask + 1)
+                        slots[j] = old[k]
+                PyMem_Free(old)
+                mask = 2 * mask + 1
+    finally:
+        PyMem_Free(slots)
+    check_learnt(seen)
+    out.units, out.distinct, out.visible, out.letters = n, distinct, visible, letters
+    return 0
 
 
 cdef class Units:
@@ -236,177 +404,316 @@ cdef class Units:
     cdef object _distinct
 
     def __init__(self, str text not None, const uint8_t[::1] flags not None):
-        check_flags(flags)
+        cdef const uint8_t *table = flag_table(flags)
         cdef Text t
-        cdef Spans s
         open_text(&t, text)
-        ids_arr = np.empty(t.size, dtype=np.uint64)
+        if t.size >= 2**31:
+            raise ValueError(f"{t.size} characters: at most 2^31 - 1")
+        ids_arr = np.empty(t.size + 1, dtype=np.uint64)
         cdef uint64_t[::1] ids = ids_arr
-        cdef Py_ssize_t i, k, n = 0, visible = 0, letters = 0
-        cdef uint32_t c
-        cdef uint8_t f
-        cdef uint32_t *chars = NULL
-        spans_init(&s)
+        cdef uint32_t *points = <uint32_t *>PyMem_Malloc((t.size + 1) * sizeof(uint32_t))  # distinct
+        if points == NULL:
+            raise MemoryError()
+        out = _UnitCounts()
         try:
-            for i in range(t.size):
-                c = at(&t, i)
-                f = flags[c]
-                visible += not Py_UNICODE_ISSPACE(c)
-                letters += (f & LETTER) != 0
-                if f & UNIT:
-                    ids[n] = spans_add(&s, &t, i, 1, c)
-                    n += 1
-            chars = <uint32_t *>PyMem_Malloc((s.count + 1) * sizeof(uint32_t))
-            if chars == NULL:
-                raise MemoryError()
-            for k in range(s.count):
-                chars[k] = at(&t, s.starts[k])
-            self._distinct = PyUnicode_FromKindAndData(4, chars, s.count)
+            if t.kind == 1:
+                scan_units(<const uint8_t *>t.data, t.size, table, &ids[0], points, out)
+            elif t.kind == 2:
+                scan_units(<const uint16_t *>t.data, t.size, table, &ids[0], points, out)
+            else:
+                scan_units(<const uint32_t *>t.data, t.size, table, &ids[0], points, out)
+            self._distinct = PyUnicode_FromKindAndData(4, points, out.distinct)
         finally:
-            PyMem_Free(chars)
-            spans_free(&s)
-        self.ids = ids_arr[:n]
-        self.count = n
-        self.visible = visible
-        self.letters = letters
+            PyMem_Free(points)
+        self.ids = ids_arr[:out.units]
+        self.count = out.units
+        self.visible = out.visible
+        self.letters = out.letters
 
     def distinct(self) -> str:
         """The distinct units, in order of first use."""
         return self._distinct
 
 
-def space_counts(str text not None, Py_ssize_t limit) -> tuple:
+cdef int count_spaces(const char_t *s, Py_ssize_t size, const uint8_t *table, Py_ssize_t *out) except -1:
+    cdef Py_ssize_t i
+    cdef uint8_t f, seen = KNOWN
+    for i in range(size):
+        f = table[s[i]]
+        seen &= f
+        out[0] += not f & SPACE
+        out[1] += s[i] == 32 or s[i] == 10
+    return check_learnt(seen)
+
+
+def space_counts(str text not None, Py_ssize_t limit, const uint8_t[::1] flags not None) -> tuple:
     """(characters that are not ``str.isspace``, spaces and newlines) among the first ``limit``."""
+    cdef const uint8_t *table = flag_table(flags)
     cdef Text t
     open_text(&t, text)
-    cdef Py_ssize_t i, visible = 0, spaces = 0
-    cdef uint32_t c
-    for i in range(min(max(limit, 0), t.size)):
-        c = at(&t, i)
-        visible += not Py_UNICODE_ISSPACE(c)
-        spaces += c == 32 or c == 10
-    return visible, spaces
+    cdef Py_ssize_t size = min(max(limit, 0), t.size)
+    cdef Py_ssize_t out[2]
+    out[0] = out[1] = 0
+    if t.kind == 1:
+        count_spaces(<const uint8_t *>t.data, size, table, out)
+    elif t.kind == 2:
+        count_spaces(<const uint16_t *>t.data, size, table, out)
+    else:
+        count_spaces(<const uint32_t *>t.data, size, table, out)
+    return out[0], out[1]
+
+
+cdef bint find_folded(
+    const char_t *s, Py_ssize_t size, const uint8_t *table, const uint64_t *folds, const uint32_t *needle,
+    Py_ssize_t length, const Py_ssize_t *fail
+) except -1:
+    """Whether the case folding of ``s[:size]`` holds ``needle`` (``length`` > 0 code points), by
+    Knuth-Morris-Pratt: ``fail[k]`` is the longest proper border of ``needle[:k + 1]``."""
+    cdef Py_ssize_t i, state = 0
+    cdef uint64_t packed
+    cdef uint32_t d
+    cdef uint8_t seen = KNOWN
+    for i in range(size):
+        seen &= table[s[i]]
+        packed = folds[s[i]]
+        while True:  # its one to three folded code points (only NUL folds to 0, and alone)
+            d = packed & FOLD_MASK
+            packed >>= FOLD_BITS
+            while state > 0 and needle[state] != d:
+                state = fail[state - 1]
+            if needle[state] == d:
+                state += 1
+            if state == length:
+                check_learnt(seen)
+                return True
+            if packed == 0:
+                break
+    check_learnt(seen)
+    return False
+
+
+def folded_contains(
+    str text not None, Py_ssize_t limit, str needle not None, const uint8_t[::1] flags not None,
+    const uint64_t[::1] fold not None
+) -> bool:
+    """Whether ``text[:limit].casefold()`` holds ``needle``."""
+    cdef const uint8_t *table = flag_table(flags)
+    cdef const uint64_t *folds = fold_table(fold)
+    cdef Text t
+    open_text(&t, text)
+    cdef Py_ssize_t k, border = 0, size = min(max(limit, 0), t.size)
+    cdef CharSet want
+    charset_init(&want, needle)
+    cdef Py_ssize_t *fail = <Py_ssize_t *>PyMem_Malloc((want.size + 1) * sizeof(Py_ssize_t))
+    try:
+        if fail == NULL:
+            raise MemoryError()
+        if want.size == 0:
+            return True
+        fail[0] = 0
+        for k in range(1, want.size):
+            while border > 0 and want.points[k] != want.points[border]:
+                border = fail[border - 1]
+            if want.points[k] == want.points[border]:
+                border += 1
+            fail[k] = border
+        if t.kind == 1:
+            return find_folded(<const uint8_t *>t.data, size, table, folds, want.points, want.size, fail)
+        if t.kind == 2:
+            return find_folded(<const uint16_t *>t.data, size, table, folds, want.points, want.size, fail)
+        return find_folded(<const uint32_t *>t.data, size, table, folds, want.points, want.size, fail)
+    finally:
+        PyMem_Free(fail)
+        PyMem_Free(want.points)
 
 
 # ---- lines and paragraphs ----
-
-cdef bint ends_with(const Text *t, Py_ssize_t a, Py_ssize_t b, str suffix) noexcept:
-    """Whether ``text[a:b]`` ends with ``suffix``."""
-    cdef Py_ssize_t k, n = PyUnicode_GET_LENGTH(suffix)
-    if n > b - a:
-        return False
-    for k in range(n):
-        if at(t, b - n + k) != <uint32_t>PyUnicode_READ(PyUnicode_KIND(suffix), PyUnicode_DATA(suffix), k):
-            return False
-    return True
-
 
 cdef class _PieceStats:
     cdef Py_ssize_t pieces, distinct, chars, distinct_chars, bullets, ellipses, ends
 
 
+cdef struct LineMarks:
+    bint lines  # whether the pieces are lines (then the rest is counted too)
+    CharSet bullets
+    CharSet closers
+    CharSet marks
+    CharSet ellipses[4]  # up to four suffixes
+    Py_ssize_t n_ellipses
+
+
+cdef inline bint ends_with(const char_t *s, Py_ssize_t a, Py_ssize_t b, const CharSet *suffix) noexcept nogil:
+    """Whether ``s[a:b]`` ends with the code points of ``suffix``."""
+    cdef Py_ssize_t k, n = suffix.size
+    if n > b - a:
+        return False
+    for k in range(n):
+        if s[b - n + k] != suffix.points[k]:
+            return False
+    return True
+
+
 cdef int scan_pieces(
-    str text, Py_ssize_t newlines, _PieceStats out, str bullets, tuple ellipses, str closers, str marks
+    const char_t *s, Py_ssize_t size, const uint8_t *table, Py_ssize_t newlines, const LineMarks *marks,
+    _PieceStats out
 ) except -1:
     """The pieces of ``text.split("\\n" * newlines)``, stripped (``str.strip``), empty ones left out:
-    their number, distinct ones and characters; for lines (``bullets`` not None) also those that
-    start with a bullet, end with an ellipsis, or end a sentence (a mark past any closers)."""
-    cdef Text t
-    cdef Spans s
-    cdef Py_ssize_t pos = 0, cut, a, b, e, k, i
+    their number, distinct ones and characters; for lines also those that start with a bullet, end
+    with an ellipsis, or end a sentence (a mark past any closers)."""
+    cdef Spans spans
+    cdef Py_ssize_t pos = 0, cut, a, b, e, k, i, before
     cdef uint64_t h
-    open_text(&t, text)
-    spans_init(&s)
+    cdef uint8_t seen = KNOWN
+    spans_init(&spans)
     try:
-        while pos <= t.size:
+        while pos <= size:
             # the next separator at or after pos (the end of the text when there is none)
             cut = pos
-            while cut < t.size:
-                if at(&t, cut) == 10:
-                    k = 1
-                    while k < newlines and cut + k < t.size and at(&t, cut + k) == 10:
-                        k += 1
-                    if k == newlines:
-                        break
+            while True:
+                while cut < size and s[cut] != 10:
+                    cut += 1
+                k = 1
+                while k < newlines and cut + k < size and s[cut + k] == 10:
+                    k += 1
+                if cut >= size or k == newlines:
+                    break
                 cut += 1
             a, b = pos, cut
             pos = cut + newlines
-            while a < b and Py_UNICODE_ISSPACE(at(&t, a)):
+            while a < b:
+                seen &= table[s[a]]
+                if not table[s[a]] & SPACE:
+                    break
                 a += 1
-            while b > a and Py_UNICODE_ISSPACE(at(&t, b - 1)):
+            while b > a:
+                seen &= table[s[b - 1]]
+                if not table[s[b - 1]] & SPACE:
+                    break
                 b -= 1
             if a == b:
                 continue
-            h = FNV_OFFSET
-            for i in range(a, b):
-                h = fnv(h, at(&t, i))
-            k = s.count
-            spans_add(&s, &t, a, b - a, h)
+            h = line_hash(s, a, b)
+            before = spans.count
+            spans_add(&spans, <const char *>s, sizeof(char_t), a, b - a, h)
             out.pieces += 1
             out.chars += b - a
-            if s.count > k:
+            if spans.count > before:
                 out.distinct_chars += b - a
-            if bullets is None:
+            if not marks.lines:
                 continue
-            out.bullets += member(at(&t, a), bullets)
-            for suffix in ellipses:
-                if ends_with(&t, a, b, suffix):
+            out.bullets += has(&marks.bullets, s[a])
+            for k in range(marks.n_ellipses):
+                if ends_with(s, a, b, &marks.ellipses[k]):
                     out.ellipses += 1
                     break
             e = b
-            while e > a and member(at(&t, e - 1), closers):
+            while e > a and has(&marks.closers, s[e - 1]):
                 e -= 1
-            out.ends += e > a and member(at(&t, e - 1), marks)
-        out.distinct = s.count
+            out.ends += e > a and has(&marks.marks, s[e - 1])
+        out.distinct = spans.count
     finally:
-        spans_free(&s)
-    return 0
+        spans_free(&spans)
+    return check_learnt(seen)
 
 
-def line_stats(str text not None, str bullets not None, tuple ellipses not None, str closers not None,
-               str marks not None) -> tuple:
+cdef int pieces_of(str text, const uint8_t *table, Py_ssize_t newlines, const LineMarks *marks, _PieceStats out) except -1:
+    cdef Text t
+    open_text(&t, text)
+    if t.kind == 1:
+        return scan_pieces(<const uint8_t *>t.data, t.size, table, newlines, marks, out)
+    if t.kind == 2:
+        return scan_pieces(<const uint16_t *>t.data, t.size, table, newlines, marks, out)
+    return scan_pieces(<const uint32_t *>t.data, t.size, table, newlines, marks, out)
+
+
+def line_stats(
+    str text not None, const uint8_t[::1] flags not None, str bullets not None, tuple ellipses not None,
+    str closers not None, str marks not None
+) -> tuple:
     """Over the non-empty stripped lines: (lines, distinct lines, characters, characters of the
     first occurrences, lines starting with one of ``bullets``, lines ending with one of
-    ``ellipses``, lines whose last character past any of ``closers`` is one of ``marks``)."""
+    ``ellipses`` (at most four str), lines whose last character past any of ``closers`` is one of
+    ``marks``)."""
+    cdef const uint8_t *table = flag_table(flags)
+    cdef LineMarks m
+    cdef Py_ssize_t k
+    if len(ellipses) > 4:
+        raise ValueError(f"{len(ellipses)} ellipses: at most 4")
     for suffix in ellipses:
         if not isinstance(suffix, str):
             raise TypeError(f"an ellipsis is a str, not {type(suffix).__name__}")
+    memset(&m, 0, sizeof(LineMarks))
+    m.lines = True
     out = _PieceStats()
-    scan_pieces(text, 1, out, bullets, ellipses, closers, marks)
+    try:
+        charset_init(&m.bullets, bullets)
+        charset_init(&m.closers, closers)
+        charset_init(&m.marks, marks)
+        for suffix in ellipses:
+            charset_init(&m.ellipses[m.n_ellipses], suffix)
+            m.n_ellipses += 1
+        pieces_of(text, table, 1, &m, out)
+    finally:
+        PyMem_Free(m.bullets.points)
+        PyMem_Free(m.closers.points)
+        PyMem_Free(m.marks.points)
+        for k in range(m.n_ellipses):
+            PyMem_Free(m.ellipses[k].points)
     return out.pieces, out.distinct, out.chars, out.distinct_chars, out.bullets, out.ellipses, out.ends
 
 
-def paragraph_stats(str text not None) -> tuple:
+def paragraph_stats(str text not None, const uint8_t[::1] flags not None) -> tuple:
     """Over the non-empty stripped paragraphs (``text.split("\\n\\n")``): (paragraphs, distinct
     paragraphs, characters, characters of the first occurrences)."""
+    cdef const uint8_t *table = flag_table(flags)
+    cdef LineMarks m
+    memset(&m, 0, sizeof(LineMarks))
     out = _PieceStats()
-    scan_pieces(text, 2, out, None, (), "", "")
+    pieces_of(text, table, 2, &m, out)
     return out.pieces, out.distinct, out.chars, out.distinct_chars
 
 
 # ---- repeated n-grams ----
 
+cdef struct Gram:
+    uint64_t key  # the n-gram's hash
+    uint32_t call  # the counting call that wrote this slot (older ones read as free)
+    int32_t count
+
+
 cdef class Repetition:
     """Gopher's repetition shares over the n-grams of a sequence of token numbers.
 
     An n-gram is one 64-bit hash, ``sum((ids[i + j] + 1) * mult[j % len(mult)])`` mod 2^64 over its
-    tokens; the sums of a shorter n are kept, so the rules' growing n each add one term. Equal hashes
-    count as equal n-grams (counted in an open-addressing table per n)."""
+    tokens, and equal hashes count as equal n-grams (as quality.py's rules assume). So an n-gram can
+    repeat only where the shorter one at the same place repeats: each call for a larger n hashes and
+    counts only the windows whose last count repeated (adding the missing terms to their sums), and
+    a call for a smaller n starts over from every window."""
 
     cdef const uint64_t[::1] _ids
     cdef const int64_t[::1] _lens  # None: every token is one character
     cdef const uint64_t[::1] _mult
-    cdef Py_ssize_t _size, _terms, _cap
+    cdef Py_ssize_t _size, _terms, _mask, _ncand
     cdef int64_t _total
     cdef int _shift
-    cdef uint64_t[::1] _acc, _keys
-    cdef Py_ssize_t[::1] _counts, _first, _slot_of
+    cdef uint32_t _calls
+    cdef bint _every  # every window is a candidate (no count yet since the sums started)
+    cdef uint64_t[::1] _acc  # per window start: the sum of its first _terms terms
+    cdef int32_t[::1] _cand  # the windows whose last count repeated, ascending (_ncand of them)
+    cdef int32_t[::1] _slot_of
+    cdef Gram *_grams
+    cdef Gram _best
+
+    def __cinit__(self):
+        self._grams = NULL
 
     def __init__(self, const uint64_t[::1] ids not None, const int64_t[::1] lens, const uint64_t[::1] mult not None):
         if lens is not None and lens.shape[0] != ids.shape[0]:
             raise ValueError(f"{lens.shape[0]} lengths for {ids.shape[0]} tokens")
         if mult.shape[0] == 0:
             raise ValueError("no multipliers")
+        if ids.shape[0] >= 2**30:
+            raise ValueError(f"{ids.shape[0]} tokens: read at most 2^30 (a prefix)")
         self._ids, self._lens, self._mult = ids, lens, mult
         self._size = ids.shape[0]
         cdef Py_ssize_t i
@@ -418,42 +725,96 @@ cdef class Repetition:
                 total += lens[i]
         self._total = total
         self._terms = 0
-        self._shift = shift_for(self._size)
-        self._cap = <Py_ssize_t>1 << (64 - self._shift)
-        self._acc = np.zeros(self._size, dtype=np.uint64)
-        self._keys = np.empty(self._cap, dtype=np.uint64)
-        self._counts = np.empty(self._cap, dtype=np.intp)
-        self._first = np.empty(self._cap, dtype=np.intp)
-        self._slot_of = np.empty(self._size, dtype=np.intp)
+        self._every = True
+        self._ncand = 0
+        self._calls = 0
+        self._shift = 64
+        while (<Py_ssize_t>1 << (64 - self._shift)) < self._size + self._size // 2 + 1:  # load <= 2/3
+            self._shift -= 1
+        self._mask = (<Py_ssize_t>1 << (64 - self._shift)) - 1
+        self._acc = np.zeros(self._size + 1, dtype=np.uint64)
+        self._cand = np.empty(self._size + 1, dtype=np.int32)
+        self._slot_of = np.empty(self._size + 1, dtype=np.int32)
+        PyMem_Free(self._grams)  # __init__ may run twice
+        self._grams = <Gram *>PyMem_Calloc(self._mask + 1, sizeof(Gram))
+        if self._grams == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self._grams)
 
     cdef inline int64_t _len(self, Py_ssize_t i) noexcept:
         return 1 if self._lens is None else self._lens[i]
 
-    cdef Py_ssize_t _count(self, Py_ssize_t n) except -1:
-        """Hash the windows of ``n`` tokens and count each distinct hash; the number of windows."""
-        cdef Py_ssize_t i, j, s, m = self._size - n + 1
-        cdef Py_ssize_t mask = self._cap - 1
+    cdef int _count(self, Py_ssize_t n) except -1:
+        """Count the n-grams at the candidate windows (all of them, or those whose last count
+        repeated), keep those that repeat as the candidates, and the most frequent n-gram (the
+        smallest hash among equally frequent ones) in ``_best``. Needs 1 <= n <= size."""
+        cdef Py_ssize_t i, j, k, s, w, size = self._size, m = self._size - n + 1, mask = self._mask
+        cdef int shift = self._shift
         cdef uint64_t h, mul
-        if n < self._terms:
+        cdef uint64_t *acc = &self._acc[0]
+        cdef const uint64_t *ids = &self._ids[0]
+        cdef const uint64_t *mult = &self._mult[0]
+        cdef Py_ssize_t nmult = self._mult.shape[0]
+        cdef int32_t *cand = &self._cand[0]
+        cdef int32_t *slot_of = &self._slot_of[0]
+        cdef Gram *grams = self._grams
+        cdef Gram *g
+        cdef Gram best
+        cdef uint32_t call
+        if n < self._terms:  # a shorter n-gram than the last: start over
             self._acc[:] = 0
             self._terms = 0
-        for j in range(self._terms, min(n, self._size)):
-            mul = self._mult[j % self._mult.shape[0]]
-            for i in range(self._size - j):
-                self._acc[i] += (self._ids[i + j] + 1) * mul
+            self._every = True
+        if self._every:  # every window: sums term by term
+            for j in range(self._terms, min(n, size)):
+                mul = mult[j % nmult]
+                for i in range(size - j):
+                    acc[i] += (ids[i + j] + 1) * mul
+            w = m
+            for i in range(m):
+                cand[i] = <int32_t>i
+        else:  # the candidates that still fit: their missing terms
+            w = 0
+            for k in range(self._ncand):
+                i = cand[k]
+                if i >= m:
+                    break
+                for j in range(self._terms, n):
+                    acc[i] += (ids[i + j] + 1) * mult[j % nmult]
+                w += 1
         self._terms = n
-        self._counts[:] = 0
-        for i in range(m):
-            h = self._acc[i]
-            s = slot(h, self._shift)
-            while self._counts[s] != 0 and self._keys[s] != h:
+        self._calls += 1
+        if self._calls == 0:  # wrapped: clear the table so no old slot reads as this call's
+            memset(grams, 0, (mask + 1) * sizeof(Gram))
+            self._calls = 1
+        call = self._calls
+        best.count = 0
+        best.key = 0
+        for k in range(w):
+            if k + AHEAD < w:  # the table outgrows the caches: ask for a later window's slot now
+                m3_prefetch(&grams[slot(acc[cand[k + AHEAD]], SLOT_MULT, shift)])
+            h = acc[cand[k]]
+            s = slot(h, SLOT_MULT, shift)
+            while grams[s].call == call and grams[s].key != h:
                 s = (s + 1) & mask
-            if self._counts[s] == 0:
-                self._keys[s] = h
-                self._first[s] = i
-            self._counts[s] += 1
-            self._slot_of[i] = s
-        return m
+            g = &grams[s]
+            if g.call != call:
+                g.call, g.key, g.count = call, h, 0
+            g.count += 1
+            slot_of[k] = <int32_t>s
+            # counts only grow: the best is the smallest hash among those that reached the top count
+            if g.count > best.count or (g.count == best.count and h < best.key):
+                best = g[0]
+        self._best = best
+        j = 0  # the windows that repeat, in order, become the candidates
+        for k in range(w):
+            cand[j] = cand[k]
+            j += grams[slot_of[k]].count >= 2
+        self._ncand = j
+        self._every = False
+        return 0
 
     def top_fraction(self, Py_ssize_t n) -> float:
         """Characters covered by the most frequent n-gram (the smallest hash among equally frequent
@@ -462,21 +823,16 @@ cdef class Repetition:
             raise ValueError(f"n-gram size {n} is not positive")
         if self._size < n or self._total == 0:
             return 0.0
-        cdef Py_ssize_t i, s, best = -1, m = self._count(n)
-        cdef int64_t chars = 0
-        for i in range(m):
-            s = self._slot_of[i]
-            if (
-                best < 0
-                or self._counts[s] > self._counts[best]
-                or (self._counts[s] == self._counts[best] and self._keys[s] < self._keys[best])
-            ):
-                best = s
-        if self._counts[best] < 2:
+        self._count(n)
+        if self._best.count < 2:
             return 0.0
-        for i in range(self._first[best], self._first[best] + n):
+        cdef Py_ssize_t i, k = 0
+        cdef int64_t chars = 0
+        while self._acc[self._cand[k]] != self._best.key:  # its first window (a candidate)
+            k += 1
+        for i in range(self._cand[k], self._cand[k] + n):
             chars += self._len(i)
-        return <double>(self._counts[best] * chars) / <double>self._total
+        return <double>(self._best.count * chars) / <double>self._total
 
     def dup_fraction(self, Py_ssize_t n) -> float:
         """Characters of tokens inside n-grams that occur more than once, over all characters."""
@@ -484,11 +840,11 @@ cdef class Repetition:
             raise ValueError(f"n-gram size {n} is not positive")
         if self._size < n or self._total == 0:
             return 0.0
-        cdef Py_ssize_t t, end = 0, m = self._count(n)
+        self._count(n)
+        cdef Py_ssize_t k, t, end = 0
         cdef int64_t covered = 0
-        for t in range(self._size):
-            if t < m and self._counts[self._slot_of[t]] >= 2 and t + n > end:
-                end = t + n
-            if t < end:
+        for k in range(self._ncand):  # the repeated windows, in order: their union's characters
+            for t in range(max(end, self._cand[k]), self._cand[k] + n):
                 covered += self._len(t)
+            end = max(end, self._cand[k] + n)
         return <double>covered / <double>self._total

@@ -37,7 +37,7 @@ from pydantic import Field
 from m3.strict import StrictModel
 
 from . import _minhash
-from .charclass import flags_for
+from .charclass import flags_for, fold_table
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 def normalize_for_hash(text: str) -> str:
     """Case, punctuation, symbols and whitespace do not make a document different: the case-folded
     text with punctuation and symbols as spaces, runs of white space as one space, stripped."""
-    folded = text.casefold()
-    return _minhash.normalize(folded, flags_for(folded))
+    return _minhash.normalize(text, flags_for(text), fold_table())
 
 
 def _h64(data: str) -> int:
@@ -107,10 +106,14 @@ class Signer:
         return FIRST_BAND_COL + self.bands
 
     def shingles(self, norm: str, unspaced: bool) -> np.ndarray:
-        """Distinct hashes of the n-grams of normalised tokens (``\\w`` runs, or characters for
-        CJK/Thai), in order of first occurrence; ``[0]`` when there is no token."""
+        """Hashes of the n-grams of normalised tokens (``\\w`` runs, or characters for CJK/Thai),
+        each at least once (most repeats left out), in order of first occurrence; ``[0]`` when
+        there is no token."""
+        return self._shingles(norm, unspaced, flags_for(norm))
+
+    def _shingles(self, norm: str, unspaced: bool, flags: np.ndarray) -> np.ndarray:
         n = self.config.ngram * 3 if unspaced else self.config.ngram
-        return _minhash.shingles(norm, flags_for(norm), unspaced, n, self.shingle_mult)
+        return _minhash.shingles(norm, flags, unspaced, n, self.shingle_mult)
 
     def minhash(self, shingles: np.ndarray) -> np.ndarray:
         """Per permutation, the least ``(a x + b) mod 2^64 >> 32`` over the shingles."""
@@ -122,7 +125,8 @@ class Signer:
         out[COL_EXACT] = _h64(norm)
         out[COL_ID] = _h64(doc_id)
         if self.config.near:
-            signature = self.minhash(self.shingles(norm, unspaced))
+            # norm holds the text's code points, their foldings and spaces: all learnt
+            signature = self.minhash(self._shingles(norm, unspaced, flags_for(" ")))
             out[FIRST_BAND_COL:] = _minhash.band_keys(signature, self.band_mult)
         return out
 

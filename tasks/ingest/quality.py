@@ -25,8 +25,8 @@ from pydantic import Field, model_validator
 
 from m3.strict import StrictModel
 
-from ._textstats import Repetition, Units, Words, line_stats, paragraph_stats, space_counts
-from .charclass import flags_for
+from ._textstats import Repetition, Units, Words, folded_contains, line_stats, paragraph_stats, space_counts
+from .charclass import flags_for, fold_table
 
 # Languages written without spaces between words (ISO 639-1, plus 639-3 where no 639-1 exists).
 UNSPACED_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "dz", "wuu", "yue", "lzh"})
@@ -60,6 +60,8 @@ _ELLIPSES = ("...", "…")  # a line that ends with one of these is an ellipsis 
 
 
 _MAX_GRAM_TOKENS = 50_000  # the n-gram rules read a document's first units only
+_SPACE_SAMPLE = 5000  # characters whose spaces tell whether a text separates words by spaces
+_LOREM_WITHIN = 100_000  # characters searched for "lorem ipsum"
 
 Share = Annotated[float, Field(ge=0, le=1)]
 NgramSize = Annotated[int, Field(ge=1)]
@@ -126,7 +128,13 @@ def is_unspaced(text: str, lang: str | None) -> bool:
     """True when words are not separated by spaces (known language, or spaces too rare)."""
     if lang in UNSPACED_LANGS:
         return True
-    visible, spaces = space_counts(text, 5000)  # str.isspace: what str.split() cuts at
+    sample = text[:_SPACE_SAMPLE]
+    return _spaces_rare(sample, flags_for(sample))
+
+
+def _spaces_rare(text: str, flags: np.ndarray) -> bool:
+    """Whether spaces and newlines are too rare among the text's first characters to mark words."""
+    visible, spaces = space_counts(text, _SPACE_SAMPLE, flags)  # visible: not str.isspace
     return visible >= 50 and spaces / visible < 0.03
 
 
@@ -146,7 +154,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
     if not cfg.enabled:
         return None
     flags = flags_for(text)
-    unspaced = is_unspaced(text, lang)
+    unspaced = lang in UNSPACED_LANGS or _spaces_rare(text, flags)
     if unspaced:  # the units are characters, numbered in order of first use
         chars = Units(text, flags)
         n = chars.count
@@ -171,7 +179,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
     if per and symbols / per > cfg.max_symbol_ratio:
         return "gopher:symbol_ratio"
     lines, *line_dups, bullets, ellipses, sentence_ends = line_stats(
-        text, _BULLETS, _ELLIPSES, _CLOSERS, _SENTENCE_MARKS
+        text, flags, _BULLETS, _ELLIPSES, _CLOSERS, _SENTENCE_MARKS
     )
     if lines:
         if bullets / lines > cfg.max_bullet_lines:
@@ -188,7 +196,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
         if unspaced:
             folded = {c.casefold() for c in chars.distinct()}
         elif n:  # case folding never shortens a word: longer words cannot fold into a stop word
-            folded = {w.casefold() for w in words.distinct(max(map(len, stops)))}
+            folded = words.folded(max(map(len, stops)), fold_table())
         else:
             folded = {""}
         if len(folded & set(stops)) < cfg.min_stop_words:
@@ -197,7 +205,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
     dup_lines, dup_line_chars = _dup_fraction(lines, *line_dups)
     if dup_lines > cfg.max_dup_line_fraction or dup_line_chars > cfg.max_dup_line_char_fraction:
         return "gopher:dup_lines"
-    dup_paras, dup_para_chars = _dup_fraction(*paragraph_stats(text))
+    dup_paras, dup_para_chars = _dup_fraction(*paragraph_stats(text, flags))
     if dup_paras > cfg.max_dup_para_fraction or dup_para_chars > cfg.max_dup_para_char_fraction:
         return "gopher:dup_paragraphs"
     # n-grams of about n words: 3 characters per word in CJK/Thai, 2 syllables in Vietnamese
@@ -217,7 +225,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
         if bound > limit:
             return "gopher:dup_ngram"
     # C4 page rules.
-    if cfg.lorem_ipsum and "lorem ipsum" in text[:100_000].casefold():
+    if cfg.lorem_ipsum and folded_contains(text, _LOREM_WITHIN, "lorem ipsum", flags, fold_table()):
         return "c4:lorem_ipsum"
     if lines and lang not in NO_SENTENCE_MARK_LANGS and sentence_ends / lines < cfg.min_punct_lines:
         return "c4:punct_lines"

@@ -763,6 +763,7 @@ cdef class Repetition:
         cdef Gram *g
         cdef Gram best
         cdef uint32_t call
+        cdef uint64_t[::1] at
         if n < self._terms:  # a shorter n-gram than the last: start over
             self._acc[:] = 0
             self._terms = 0
@@ -777,12 +778,16 @@ cdef class Repetition:
                 cand[i] = <int32_t>i
         else:  # the candidates that still fit: their missing terms
             w = 0
+            muls = np.empty(n - self._terms + 1, dtype=np.uint64)  # the multiplier per new term
+            at = muls
+            for j in range(self._terms, n):
+                at[j - self._terms] = mult[j % nmult]
             for k in range(self._ncand):
                 i = cand[k]
                 if i >= m:
                     break
                 for j in range(self._terms, n):
-                    acc[i] += (ids[i + j] + 1) * mult[j % nmult]
+                    acc[i] += (ids[i + j] + 1) * at[j - self._terms]
                 w += 1
         self._terms = n
         self._calls += 1

@@ -83,8 +83,8 @@ def normalize_for_hash(text: str) -> str:
     return _minhash.normalize(text, flags_for(text), fold_table())
 
 
-def _h64(data: str) -> int:
-    return int.from_bytes(hashlib.blake2b(data.encode("utf-8"), digest_size=8).digest(), "little")
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 class Signer:
@@ -105,15 +105,16 @@ class Signer:
     def width(self) -> int:
         return FIRST_BAND_COL + self.bands
 
-    def shingles(self, norm: str, unspaced: bool) -> np.ndarray:
-        """Hashes of the n-grams of normalised tokens (``\\w`` runs, or characters for CJK/Thai),
-        each at least once (most repeats left out), in order of first occurrence; ``[0]`` when
-        there is no token."""
-        return self._shingles(norm, unspaced, flags_for(norm))
+    def shingles(self, text: str, unspaced: bool) -> np.ndarray:
+        """Hashes of the n-grams of the normalised text's tokens (``\\w`` runs, or characters for
+        CJK/Thai), each at least once (most repeats left out), in order of first occurrence;
+        ``[0]`` when there is no token."""
+        return self._hash_input(text, unspaced, near=True)[1]
 
-    def _shingles(self, norm: str, unspaced: bool, flags: np.ndarray) -> np.ndarray:
+    def _hash_input(self, text: str, unspaced: bool, near: bool) -> tuple[bytes | None, np.ndarray]:
         n = self.config.ngram * 3 if unspaced else self.config.ngram
-        return _minhash.shingles(norm, flags, unspaced, n, self.shingle_mult)
+        mult = self.shingle_mult if near else None
+        return _minhash.hash_input(text, flags_for(text), fold_table(), unspaced, n, mult)
 
     def minhash(self, shingles: np.ndarray) -> np.ndarray:
         """Per permutation, the least ``(a x + b) mod 2^64 >> 32`` over the shingles."""
@@ -121,13 +122,13 @@ class Signer:
 
     def row(self, text: str, doc_id: str, unspaced: bool) -> np.ndarray:
         out = np.zeros(self.width, dtype=np.uint64)
-        norm = normalize_for_hash(text)
+        norm, shingles = self._hash_input(text, unspaced, self.config.near)
+        if norm is None:  # a lone surrogate: strict UTF-8 refuses it (raises), as it always did
+            norm = normalize_for_hash(text).encode("utf-8")
         out[COL_EXACT] = _h64(norm)
-        out[COL_ID] = _h64(doc_id)
+        out[COL_ID] = _h64(doc_id.encode("utf-8"))
         if self.config.near:
-            # norm holds the text's code points, their foldings and spaces: all learnt
-            signature = self.minhash(self._shingles(norm, unspaced, flags_for(" ")))
-            out[FIRST_BAND_COL:] = _minhash.band_keys(signature, self.band_mult)
+            out[FIRST_BAND_COL:] = _minhash.band_keys(self.minhash(shingles), self.band_mult)
         return out
 
 

@@ -131,6 +131,7 @@ cdef int spans_index(Spans *s) except -1:
 
 
 cdef int spans_init(Spans *s) except -1:
+    """An empty table; whatever happens, every pointer is then one spans_free may free."""
     s.slots = NULL
     s.count = 0
     s.room = FIRST_ROOM
@@ -138,6 +139,7 @@ cdef int spans_init(Spans *s) except -1:
     s.lens = <Py_ssize_t *>PyMem_Malloc(s.room * sizeof(Py_ssize_t))
     s.hashes = <uint64_t *>PyMem_Malloc(s.room * sizeof(uint64_t))
     if s.starts == NULL or s.lens == NULL or s.hashes == NULL:
+        spans_free(s)
         raise MemoryError()
     return spans_index(s)
 
@@ -407,8 +409,6 @@ cdef class Units:
         cdef const uint8_t *table = flag_table(flags)
         cdef Text t
         open_text(&t, text)
-        if t.size >= 2**31:
-            raise ValueError(f"{t.size} characters: at most 2^31 - 1")
         ids_arr = np.empty(t.size + 1, dtype=np.uint64)
         cdef uint64_t[::1] ids = ids_arr
         cdef uint32_t *points = <uint32_t *>PyMem_Malloc((t.size + 1) * sizeof(uint32_t))  # distinct
@@ -564,8 +564,9 @@ cdef int scan_pieces(
     cdef Py_ssize_t pos = 0, cut, a, b, e, k, i, before
     cdef uint64_t h
     cdef uint8_t seen = KNOWN
-    spans_init(&spans)
+    spans.slots = spans.starts = spans.lens = spans.hashes = NULL
     try:
+        spans_init(&spans)
         while pos <= size:
             # the next separator at or after pos (the end of the text when there is none)
             cut = pos

@@ -3,7 +3,7 @@
 """The per-document MinHash work of dedup.py in C: normalised text, shingle hashes (CRC32 of each
 token's UTF-8, a polynomial over each window), the least hash per permutation and the LSH band keys.
 
-Each loop is linear in the text (the permutation product in the distinct shingles times the
+Each loop is linear in the text (the permutation product: the shingles kept times the
 permutations), every index stays inside an array sized for the most the text can hold (bounds
 checks are off), and nothing recurses.
 """
@@ -99,7 +99,7 @@ cdef int fold_text(const char_t *s, Py_ssize_t size, const uint8_t *table, const
     cdef uint64_t packed
     cdef uint32_t d, crc = 0xFFFFFFFFU
     cdef uint8_t f, seen = KNOWN
-    cdef bint gap = False, token = False
+    cdef bint gap = False, token = False, emitted = False
     for i in range(size):
         seen &= table[s[i]]  # learnt, so its folding is too
         packed = folds[s[i]]
@@ -111,14 +111,14 @@ cdef int fold_text(const char_t *s, Py_ssize_t size, const uint8_t *table, const
             if f & (PUNCT | SPACE):
                 gap = True
             else:
-                if gap and (out.n_points or out.n_bytes or token):  # a space between two runs
+                if gap and emitted:  # one space between two runs
                     if out.points != NULL:
                         out.points[out.n_points] = 32
                         out.n_points += 1
                     if out.utf8 != NULL:
                         out.utf8[out.n_bytes] = 32
                         out.n_bytes += 1
-                gap = False
+                gap, emitted = False, True
                 if out.points != NULL:
                     out.points[out.n_points] = d
                     out.n_points += 1

@@ -160,7 +160,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
         n = chars.count
         if not cfg.min_chars_unspaced <= n <= cfg.max_chars_unspaced:
             return "gopher:word_count"
-        grams = Repetition(chars.ids[:_MAX_GRAM_TOKENS], None, _GRAM_MULT)
+        ids, lens = chars.ids, None  # every unit is one character
     else:  # words, numbered in order of first use
         words = Words(text, flags, _WORD_JOINERS)
         n = words.count
@@ -172,8 +172,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
         )
         if not low <= mean <= high:
             return "gopher:mean_word_length"
-        # bounded cost; repetition shows early
-        grams = Repetition(words.ids[:_MAX_GRAM_TOKENS], words.lens[:_MAX_GRAM_TOKENS], _GRAM_MULT)
+        ids, lens = words.ids, words.lens[:_MAX_GRAM_TOKENS]
     symbols = text.count("#") + text.count("...") + text.count("…")
     per = n if not unspaced else max(1, n // 2)  # about two characters per word in CJK/Thai
     if per and symbols / per > cfg.max_symbol_ratio:
@@ -211,6 +210,7 @@ def quality_issue(text: str, lang: str | None, cfg: QualityConfig) -> str | None
     # n-grams of about n words: 3 characters per word in CJK/Thai, 2 syllables in Vietnamese
     # (calibrated so the share of real Wikipedia articles flagged matches the spaced languages).
     scale = 3 if unspaced else 2 if lang in SYLLABLE_SPACED_LANGS else 1
+    grams = Repetition(ids[:_MAX_GRAM_TOKENS], lens, _GRAM_MULT)  # bounded cost; repetition shows early
     for k, limit in sorted(cfg.top_ngram_max_fraction.items()):
         if grams.top_fraction(k * scale) > limit:
             return "gopher:top_ngram"

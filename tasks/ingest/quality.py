@@ -25,7 +25,8 @@ from pydantic import Field, model_validator
 
 from m3.strict import StrictModel
 
-from ._textstats import Repetition, Units, Words, folded_contains, line_stats, paragraph_stats, space_counts
+from ._ngrams import Repetition
+from ._textstats import Units, Words, folded_contains, line_stats, paragraph_stats, space_counts
 from .charclass import flags_for, fold_table
 
 # Languages written without spaces between words (ISO 639-1, plus 639-3 where no 639-1 exists).

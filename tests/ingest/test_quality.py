@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import regex
 
-from tasks.ingest._textstats import Repetition, Units, Words, folded_contains, line_stats, paragraph_stats
+from tasks.ingest._ngrams import Repetition
+from tasks.ingest._textstats import Units, Words, folded_contains, line_stats, paragraph_stats
 from tasks.ingest.charclass import flags_for, fold_table
 from tasks.ingest.quality import QualityConfig, is_unspaced, quality_issue
 

@@ -1,81 +1,84 @@
-"""Per-character classes of a whole text at C speed: the text as a NumPy array of code points and
-a lookup table per class, so the filters and the MinHash rows classify a page's characters without
-a Python call per character (``str.translate`` with a dict, a regex per character and
-``unicodedata.category`` in a loop cost more than the rest of those steps together).
+"""Character classes and case folding of every code point as two tables, for the compiled filters
+and MinHash kernels (``_textstats``, ``_minhash``): they read a page's characters in C and look a
+character up instead of calling Python (``unicodedata.category``, a regex, ``str.casefold``) for it.
 
-A table learns each code point the first time a text holds it, from the same predicate the
-per-character code used (``unicodedata`` for categories, the ``regex`` module for ``\\w``), so a
-class is the same bit for bit whichever way it is computed, and a process pays only for the
-characters it meets.
+The tables learn each code point the first time a text holds it, from the same predicates the
+per-character code used (``unicodedata`` for categories, the ``regex`` module for ``\\w`` and
+``\\p{L}``, ``str.isspace``, ``str.casefold``, which folds each character on its own), so a class
+is the same bit for bit whichever way it is computed, and a process pays only for the characters
+it meets. The bits are declared once, in ``_textscan.pxd``.
 """
 
 from __future__ import annotations
 
-import functools
 import unicodedata
-from collections.abc import Callable
 
 import numpy as np
 import regex
 
-CODE_POINTS = 0x110000
-_UNKNOWN, _NO, _YES = 0, 1, 2
+from ._charflags import (
+    FOLD_SHIFT,
+    KNOWN_BIT,
+    LETTER_BIT,
+    PUNCT_BIT,
+    SPACE_BIT,
+    TABLE_SIZE,
+    UNIT_BIT,
+    WORD_BIT,
+    unlearned,
+)
+
+# the regex module has its own Unicode tables (and keeps Indic vowel signs in \w, unlike ``re``)
+_WORD = regex.compile(r"\w")
+_LETTER = regex.compile(r"\p{L}")
+# punctuation and symbols count as such in the planes that hold assigned characters in practice
+# (BMP, SMP, SIP); normalisation for hashing turns them into spaces
+_PUNCT_BELOW = 0x30000
+_MAX_FOLD = 3  # str.casefold() gives at most three code points for one (Unicode's full folding)
+
+# caches, 0 until a code point is learnt (zeroed pages cost no memory until written)
+_FLAGS = np.zeros(TABLE_SIZE, dtype=np.uint8)
+_FOLD = np.zeros(TABLE_SIZE, dtype=np.uint64)
 
 
-def code_points(text: str) -> np.ndarray:
-    """The code points of ``text`` (``uint32``; lone surrogates included as they are)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+def flags_of(char: str) -> int:
+    """The flag bits of one character, from the predicates the table stands for."""
+    major = unicodedata.category(char)[0]
+    bits = KNOWN_BIT
+    if _WORD.fullmatch(char):
+        bits |= WORD_BIT
+    if _LETTER.fullmatch(char):
+        bits |= LETTER_BIT
+    if char.isspace():
+        bits |= SPACE_BIT
+    elif major in "LNM":  # what unspaced text counts as a character
+        bits |= UNIT_BIT
+    if major in "PS" and ord(char) < _PUNCT_BELOW:
+        bits |= PUNCT_BIT
+    return bits
 
 
-def from_code_points(points: np.ndarray) -> str:
-    """The string of ``points`` (the inverse of :func:`code_points`)."""
-    return np.ascontiguousarray(points, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+def packed_fold(char: str) -> int:
+    """``char.casefold()`` as one integer: its code points, FOLD_SHIFT bits each, first lowest."""
+    folded = char.casefold()
+    if not 1 <= len(folded) <= _MAX_FOLD:
+        raise ValueError(f"U+{ord(char):04X} folds to {len(folded)} code points")
+    return sum(ord(c) << (FOLD_SHIFT * i) for i, c in enumerate(folded))
 
 
-class CharClass:
-    """A character predicate evaluated once per code point, then looked up for whole arrays."""
-
-    def __init__(self, test: Callable[[str], bool]):
-        self._test = test
-        self._table = np.zeros(CODE_POINTS, dtype=np.uint8)
-
-    def __call__(self, points: np.ndarray) -> np.ndarray:
-        """``test(chr(p))`` for every code point of ``points``, as a bool array."""
-        known = self._table[points]
-        if not known.all():
-            new = np.unique(points[known == _UNKNOWN])
-            self._table[new] = [_YES if self._test(chr(p)) else _NO for p in new.tolist()]
-            known = self._table[points]
-        return known == _YES
+def flags_for(text: str) -> np.ndarray:
+    """The flag table (one ``uint8`` per code point), with every code point of ``text`` learnt, and
+    so is every code point its case folding gives (in the fold table, :func:`fold_table`)."""
+    missing = unlearned(text, _FLAGS)
+    while missing:
+        chars = [chr(p) for p in missing]
+        _FOLD[missing] = [packed_fold(c) for c in chars]
+        _FLAGS[missing] = [flags_of(c) for c in chars]  # last: KNOWN says both entries are in
+        missing = unlearned("".join(c.casefold() for c in chars), _FLAGS)
+    return _FLAGS
 
 
-def _category_in(first_letters: str, below: int = CODE_POINTS) -> Callable[[str], bool]:
-    return lambda c: ord(c) < below and unicodedata.category(c)[0] in first_letters
-
-
-@functools.cache
-def whitespace() -> CharClass:
-    """``str.isspace`` (what ``str.split()`` cuts at)."""
-    return CharClass(str.isspace)
-
-
-@functools.cache
-def punct_symbol() -> CharClass:
-    """Punctuation and symbols (Unicode P* and S*) in the planes that hold assigned characters in
-    practice (BMP, SMP, SIP): what normalisation for hashing turns into spaces."""
-    return CharClass(_category_in("PS", below=0x30000))
-
-
-@functools.cache
-def unit_char() -> CharClass:
-    """Letters, digits and marks that are not white space: the units of text without spaces."""
-    letter_digit_mark = _category_in("LNM")
-    return CharClass(lambda c: not c.isspace() and letter_digit_mark(c))
-
-
-@functools.cache
-def regex_class(pattern: str) -> CharClass:
-    """Where the ``regex`` module's one-character ``pattern`` (``\\w``, ``\\p{L}``) matches; that
-    module has its own Unicode tables (and keeps Indic vowel signs in ``\\w``, unlike ``re``)."""
-    compiled = regex.compile(pattern)
-    return CharClass(lambda c: compiled.fullmatch(c) is not None)
+def fold_table() -> np.ndarray:
+    """The fold table (one ``uint64`` per code point, see :func:`packed_fold`); its entries are
+    those of the code points :func:`flags_for` has learnt."""
+    return _FOLD

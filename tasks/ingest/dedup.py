@@ -28,25 +28,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import regex
 from pydantic import Field
 
 from m3.strict import StrictModel
 
-from .charclass import code_points, from_code_points, punct_symbol, regex_class
+from . import _minhash
+from .charclass import flags_for, fold_table
 
 logger = logging.getLogger(__name__)
-
-_WORD = regex.compile(r"\w+")
-
-
-_MINHASH_BLOCK = 256  # shingles per block of the MinHash product (256 x 128 uint64: 256 KiB)
-
 
 COL_EXACT, COL_ID, FIRST_BAND_COL = 0, 1, 2
 
@@ -85,30 +78,13 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def normalize_for_hash(text: str) -> str:
-    """Case, punctuation, symbols and whitespace do not make a document different. Punctuation and
-    symbols become spaces through a code-point table (a ``str.translate`` dict costs a lookup per
-    character)."""
-    folded = text.casefold()
-    points = code_points(folded)
-    punct = punct_symbol()(points)
-    if punct.any():
-        folded = from_code_points(np.where(punct, np.uint32(32), points))
-    return " ".join(folded.split())
+    """Case, punctuation, symbols and whitespace do not make a document different: the case-folded
+    text with punctuation and symbols as spaces, runs of white space as one space, stripped."""
+    return _minhash.normalize(text, flags_for(text), fold_table())
 
 
-def _words(norm: str) -> list[str]:
-    """``\\w`` runs of normalised text: its space-separated pieces when every other character is
-    a word character (the usual case), else the regex."""
-    if not norm:
-        return []
-    points = code_points(norm)
-    if regex_class(r"\w")(points[points != 32]).all():
-        return norm.split(" ")
-    return _WORD.findall(norm)
-
-
-def _h64(data: str) -> int:
-    return int.from_bytes(hashlib.blake2b(data.encode("utf-8"), digest_size=8).digest(), "little")
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 class Signer:
@@ -129,50 +105,30 @@ class Signer:
     def width(self) -> int:
         return FIRST_BAND_COL + self.bands
 
-    def shingles(self, norm: str, unspaced: bool) -> np.ndarray:
-        """Hashes of the n-grams of normalised tokens (words, or characters for CJK/Thai)."""
-        if unspaced:
-            tokens, n = list(norm.replace(" ", "")), self.config.ngram * 3
-        else:
-            tokens, n = _words(norm), self.config.ngram
-        if not tokens:
-            return np.zeros(1, dtype=np.uint64)
-        vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}  # ids in order of first use
-        local = np.fromiter(map(vocab.__getitem__, tokens), dtype=np.int64, count=len(tokens))
-        token_hash = np.fromiter(map(zlib.crc32, map(str.encode, vocab)), dtype=np.uint64, count=len(vocab))
-        ids = token_hash[local]
-        n = min(n, len(ids))
-        m = len(ids) - n + 1
-        with np.errstate(over="ignore"):
-            acc = np.zeros(m, dtype=np.uint64)
-            for j in range(n):  # polynomial hash of each window, mod 2^64
-                acc += ids[j : j + m] * self.shingle_mult[j % 64]
-        return np.unique(acc)
+    def shingles(self, text: str, unspaced: bool) -> np.ndarray:
+        """Hashes of the n-grams of the normalised text's tokens (``\\w`` runs, or characters for
+        CJK/Thai), each at least once (most repeats left out), in order of first occurrence;
+        ``[0]`` when there is no token."""
+        return self._hash_input(text, unspaced, near=True)[1]
+
+    def _hash_input(self, text: str, unspaced: bool, near: bool) -> tuple[bytes | None, np.ndarray]:
+        n = self.config.ngram * 3 if unspaced else self.config.ngram
+        mult = self.shingle_mult if near else None
+        return _minhash.hash_input(text, flags_for(text), fold_table(), unspaced, n, mult)
 
     def minhash(self, shingles: np.ndarray) -> np.ndarray:
-        """Per permutation, the least ``(a x + b) mod 2^64 >> 32`` over the shingles. The shift is
-        monotone, so it is taken of the least value, not of every one; shingles go in blocks that
-        stay in cache."""
-        least = np.full(len(self.a), np.iinfo(np.uint64).max, dtype=np.uint64)
-        block = np.empty((min(len(shingles), _MINHASH_BLOCK), len(self.a)), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for start in range(0, len(shingles), _MINHASH_BLOCK):
-                part = shingles[start : start + _MINHASH_BLOCK]
-                values = block[: len(part)]
-                np.multiply(part[:, None], self.a[None, :], out=values)
-                values += self.b[None, :]
-                np.minimum(least, values.min(axis=0), out=least)
-        return least >> np.uint64(32)
+        """Per permutation, the least ``(a x + b) mod 2^64 >> 32`` over the shingles."""
+        return _minhash.minhash(shingles, self.a, self.b)
 
     def row(self, text: str, doc_id: str, unspaced: bool) -> np.ndarray:
         out = np.zeros(self.width, dtype=np.uint64)
-        norm = normalize_for_hash(text)
+        norm, shingles = self._hash_input(text, unspaced, self.config.near)
+        if norm is None:  # a lone surrogate: strict UTF-8 refuses it (raises), as it always did
+            norm = normalize_for_hash(text).encode("utf-8")
         out[COL_EXACT] = _h64(norm)
-        out[COL_ID] = _h64(doc_id)
+        out[COL_ID] = _h64(doc_id.encode("utf-8"))
         if self.config.near:
-            sig = self.minhash(self.shingles(norm, unspaced)).reshape(self.bands, self.rows)
-            with np.errstate(over="ignore"):
-                out[FIRST_BAND_COL:] = (sig * self.band_mult[None, :]).sum(axis=1, dtype=np.uint64)
+            out[FIRST_BAND_COL:] = _minhash.band_keys(self.minhash(shingles), self.band_mult)
         return out
 
 

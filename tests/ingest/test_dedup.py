@@ -12,14 +12,26 @@ from __future__ import annotations
 import functools
 import json
 import random
+import time
+import unicodedata
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import regex
 
-from tasks.ingest import IngestConfig, InputFile, QualityConfig, iter_documents
-from tasks.ingest.dedup import DedupConfig, Forest, Signer, components, merge_forests, optimal_bands
+from tasks.ingest import IngestConfig, InputFile, QualityConfig, _minhash, iter_documents
+from tasks.ingest.dedup import (
+    DedupConfig,
+    Forest,
+    Signer,
+    components,
+    merge_forests,
+    normalize_for_hash,
+    optimal_bands,
+)
 from tasks.ingest.shards import FileJob, check_identity, ingest_to_shard, local_submit, run_ingest
 from tests.support.paths import SHARED_DATA
 
@@ -217,6 +229,80 @@ def test_minhash_estimates_jaccard():
     a, b = universe[:1000], universe[500:1500]  # Jaccard 500/1500 = 1/3
     est = float((signer.minhash(np.unique(a)) == signer.minhash(np.unique(b))).mean())
     assert abs(est - 1 / 3) < 0.1
+
+
+def test_minhash_is_the_same_with_or_without_vector_instructions():
+    signer = Signer()
+    rng = np.random.default_rng(1)
+    for size in (0, 1, 7, 8, 9, 1000):
+        values = rng.integers(0, 2**64, size=size, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            products = values[:, None] * signer.a[None, :] + signer.b[None, :]
+        expected = products.min(axis=0) >> np.uint64(32) if size else np.full(len(signer.a), 2**32 - 1)
+        assert (_minhash.minhash(values, signer.a, signer.b, vector=False) == expected).all()
+        assert (signer.minhash(values) == expected).all()
+
+
+NORMALISE = [
+    "Hello, World!  THE  end...",
+    "Straße ſtraße ΣΊΣΥΦΟΣ İstanbul ﬁne K",
+    "tab\tsep\r\nCRLF\u2028sep\u00a0nbsp\u3000ideo\x85",
+    "emoji 😀👍🏽 #tag ²½ e\u0301 日本語、テキスト。ภาษาไทย",
+    "   ",
+    "",
+    "¿¡«»—–·•… only punctuation ‽ ⁂",
+]
+
+
+@pytest.mark.parametrize("text", NORMALISE, ids=range(len(NORMALISE)))
+def test_hash_normalisation_folds_case_and_drops_punctuation_and_spacing(text):
+    def plain(c: str) -> str:
+        return " " if unicodedata.category(c)[0] in "PS" and ord(c) < 0x30000 else c
+
+    expected = " ".join("".join(map(plain, text.casefold())).split())
+    assert normalize_for_hash(text) == expected
+
+
+@pytest.mark.parametrize("text", NORMALISE, ids=range(len(NORMALISE)))
+@pytest.mark.parametrize("unspaced", [False, True])
+def test_shingles_hash_windows_of_token_crcs(text, unspaced):
+    signer = Signer(DedupConfig(ngram=2))
+    norm = normalize_for_hash(text)
+    tokens = list(norm.replace(" ", "")) if unspaced else regex.findall(r"\w+", norm)
+    ids = [zlib.crc32(t.encode()) for t in tokens]
+    n = min(2 * 3 if unspaced else 2, len(ids))
+    mult = [int(m) for m in signer.shingle_mult]
+    windows = {sum(ids[i + j] * mult[j] for j in range(n)) % 2**64 for i in range(len(ids) - n + 1)}
+    assert set(signer.shingles(text, unspaced).tolist()) == (windows or {0})
+
+
+def test_a_lone_surrogate_stops_the_row_as_utf8_would():
+    with pytest.raises(UnicodeEncodeError):
+        Signer().row("text with a lone \ud800 surrogate", "id", unspaced=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word " * 200_000,
+        "".join(f"w{i} " for i in range(150_000)),
+        "ß" * 300_000,
+        "語" * 300_000,
+        "'-" * 300_000,
+    ],
+    ids=["one word", "distinct words", "folding", "unspaced", "punctuation"],
+)
+def test_rows_of_hostile_pages_cost_linear_time(text):
+    signer = Signer()
+    signer.row(text[:1000], "warm", unspaced=False)
+    costs = []
+    for part in (text[: len(text) // 4], text):
+        start = time.process_time()
+        for unspaced in (False, True):
+            signer.row(part, "id", unspaced)
+        costs.append(time.process_time() - start)
+    assert costs[1] < 3.0, costs
+    assert costs[1] < 10 * costs[0] + 0.05, costs
 
 
 def test_band_layout_follows_threshold():

@@ -1,0 +1,112 @@
+"""The character passes of :func:`tasks.ingest.clean.clean_text`, compiled: each reads the text once.
+
+As regular expressions they were seven substitutions, and the space ones matched at every space of
+a document (one replacement each): together the largest single cost of ingesting a wiki page.
+Each pass here does exactly what its expressions did, in the same order (the tests hold them to
+the expressions).
+"""
+
+from cpython.unicode cimport Py_UNICODE_ISSPACE
+
+from ._strbuf cimport Buf, View, at, buf_free, buf_init, buf_put, buf_str, view_of
+
+
+cdef inline bint is_break(Py_UCS4 c) noexcept:
+    """Line separators other than CR: U+2028, U+2029, NEL, VT, FF."""
+    return c == 0x2028 or c == 0x2029 or c == 0x85 or c == 0x0B or c == 0x0C
+
+
+cdef inline bint is_control(Py_UCS4 c) noexcept:
+    """C0/C1 controls except tab, newline and the breaks above; BOM; lone surrogates."""
+    if c < 0x20:
+        return c <= 0x08 or c >= 0x0E
+    if c < 0x7F:
+        return False
+    if c <= 0x9F:
+        return c != 0x85
+    return c == 0xFEFF or 0xD800 <= c <= 0xDFFF
+
+
+cdef inline bint is_space(Py_UCS4 c) noexcept:
+    """The spaces that collapse to one: space, NBSP, U+2000-U+200A, U+202F, U+205F."""
+    return c == 0x20 or c == 0xA0 or 0x2000 <= c <= 0x200A or c == 0x202F or c == 0x205F
+
+
+def normalize_breaks(str text) -> str:
+    """Every line break as ``\\n`` (``\\r\\n``, ``\\r``, U+2028/9, NEL, VT, FF) and control characters,
+    the BOM and lone surrogates removed: the substitutions ``\\r\\n?|[\\u2028\\u2029\\x85\\x0b\\x0c]``
+    → ``\\n`` then ``[\\x00-\\x08\\x0e-\\x1f\\x7f-\\x84\\x86-\\x9f\\ufeff\\ud800-\\udfff]`` → nothing.
+    Text that needs neither is returned as it is."""
+    cdef View v = view_of(text)
+    cdef Py_ssize_t i = 0
+    cdef Py_UCS4 c
+    cdef Buf out
+    while i < v.n:
+        c = at(&v, i)
+        if c == 0x0D or is_break(c) or is_control(c):
+            break
+        i += 1
+    if i == v.n:
+        return text
+    buf_init(&out, v.n)
+    try:
+        for i in range(v.n):
+            c = at(&v, i)
+            if c == 0x0D:
+                buf_put(&out, 0x0A)
+            elif c == 0x0A and at(&v, i - 1) == 0x0D:
+                continue  # the LF of a CRLF: its CR gave the line break
+            elif is_break(c):
+                buf_put(&out, 0x0A)
+            elif not is_control(c):
+                buf_put(&out, c)
+        return buf_str(&out)
+    finally:
+        buf_free(&out)
+
+
+def collapse_spaces(str text) -> str:
+    """Runs of spaces as one space, lines without leading spaces or trailing spaces and tabs, at most
+    one blank line in a row: the substitutions ``[ \\u00a0\\u2000-\\u200a\\u202f\\u205f]+`` → ``" "``,
+    ``^ +`` → nothing, ``[ \\t]+$`` → nothing (MULTILINE) and ``\\n{3,}`` → ``\\n\\n``, in that order."""
+    cdef View v = view_of(text)
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t blank_from = -1  # where the output's trailing run of spaces and tabs starts
+    cdef int newlines = 0  # how many newlines the output ends with
+    cdef bint line_start = True
+    cdef Py_UCS4 c
+    cdef Buf out
+    buf_init(&out, v.n)
+    try:
+        while i < v.n:
+            c = at(&v, i)
+            i += 1
+            if c == 0x0A:
+                if blank_from >= 0:
+                    out.n = blank_from
+                    blank_from = -1
+                if newlines < 2:
+                    buf_put(&out, c)
+                    newlines += 1
+                line_start = True
+                continue
+            if is_space(c):
+                while is_space(at(&v, i)):
+                    i += 1
+                c = 0x20
+                if line_start:  # a line's leading spaces: one run, so one space after collapsing
+                    line_start = False
+                    continue
+            line_start = False
+            if c == 0x20 or c == 0x09:
+                if blank_from < 0:
+                    blank_from = out.n
+            else:
+                blank_from = -1
+                newlines = 0
+            buf_put(&out, c)
+        if blank_from >= 0:
+            out.n = blank_from
+        return buf_str(&out)
+    finally:
+        buf_free(&out)

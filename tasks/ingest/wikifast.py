@@ -20,9 +20,11 @@ from __future__ import annotations
 import functools
 import html
 import re
+from collections.abc import Iterable
 
+from ._wikibrackets import LinkRenderer, drop_tables, render_templates, split_top
 from .clean import Substitutions, join_sections, substitute
-from .render_limits import MAX_DEPTH, too_deep
+from .render_limits import DEFAULT_PAGE_SECONDS
 from .wikitext import _DROP_TAGS, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, BaseWikitextCleaner
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
@@ -32,9 +34,6 @@ _NOWIKI = re.compile(r"<nowiki\s*>(.*?)</nowiki\s*>|<nowiki\s*/>", re.IGNORECASE
 _NOWIKI_TAG = re.compile(r"</?nowiki", re.IGNORECASE)
 _NOWIKI_CLOSE = re.compile(r"</nowiki\s*>", re.IGNORECASE)
 _NOWIKI_EMPTY = re.compile(r"<nowiki\s*/>", re.IGNORECASE)
-_BRACES = re.compile(r"\{\{|\}\}")
-# A whole link with no bracket inside (most links) is one token; other "[[" and "]]" are tokens.
-_LINK_TOKENS = re.compile(r"\[\[([^\[\]]*)\]\]|\[\[|\]\]")
 # An external link's start: "[" and the URL ("[https://x", "[//x", "[mailto:a@b"); see _external_links.
 _EXT_START = re.compile(r"\[(?:(?:https?:|ftp:)?//[^\s\]\[]*|mailto:[^\s\]]+)")
 _SPACE_RUN = re.compile(r"\s+")
@@ -52,12 +51,24 @@ _MAGIC = re.compile(r"__[^\W_]\w*?__")
 _LIST_MARK = re.compile(r"^[*#:;]+\s*", re.MULTILINE)
 _RULE = re.compile(r"^-{4,}\s*$", re.MULTILINE)
 _STRAY = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}")
-_TABLE_LINE = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+)")
-# A table opens at a line start, possibly indented (":{|") or after block tags ("<center>{|").
-_TABLE_OPEN = re.compile(r"^([\s:]*(?:<[a-zA-Z][^<>]*>\s*)*)\{\|")
-_TABLE_CLOSE = re.compile(r"^[\s:]*\|\}")
 _PIPE_TRICK = re.compile(r"\s*\([^)]*\)\s*$")
 _TEMPLATE_ARG = re.compile(r"\{\{\{[^{}]*\}\}\}")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _kept_params(name: str) -> tuple[int, ...] | None:
+    """The positional parameters a template keeps, by the text before its first ``|`` (None: the
+    template is dropped, as most are)."""
+    name = name.strip().replace("_", " ").casefold()
+    positions = _KEEP_TEMPLATE_PARAMS.get(name)
+    if positions is None and name.startswith("lang-"):
+        positions = (1,)
+    return positions
+
+
+def _pipe_trick(target: str) -> str:
+    """``[[Paris (France)|]]`` shows "Paris"."""
+    return _PIPE_TRICK.sub("", target)
 
 
 def _escape_nowiki(m: re.Match[str]) -> str:
@@ -194,31 +205,6 @@ def _unwrap_markup(text: str) -> str:
     return substitute(text, _AFTER_TAGS)
 
 
-def _split_top(inner: str) -> list[str]:
-    """Split at ``|`` that are not inside nested ``{{ }}`` or ``[[ ]]``."""
-    if "|" not in inner:
-        return [inner]
-    if "{" not in inner and "[" not in inner:
-        return inner.split("|")
-    parts, depth, start, i, n = [], 0, 0, 0, len(inner)
-    while i < n:
-        two = inner[i : i + 2]
-        if two in ("{{", "[["):
-            depth += 1
-            i += 2
-            continue
-        if two in ("}}", "]]"):
-            depth = max(0, depth - 1)
-            i += 2
-            continue
-        if inner[i] == "|" and depth == 0:
-            parts.append(inner[start:i])
-            start = i + 1
-        i += 1
-    parts.append(inner[start:])
-    return parts
-
-
 class FastWikitextCleaner(BaseWikitextCleaner):
     """Render wikitext to plain text without building a parse tree."""
 
@@ -234,127 +220,34 @@ class FastWikitextCleaner(BaseWikitextCleaner):
         text = _STRAY.sub("", html.unescape(_STRAY.sub("", text)))
         return self._sections(text)
 
+    def __init__(self, drop_namespaces: Iterable[str] = (), page_seconds: float = DEFAULT_PAGE_SECONDS):
+        super().__init__(drop_namespaces, page_seconds)
+        self._link_renderer = LinkRenderer(self._drops_link_prefix, _pipe_trick, self._check)
+
+    def _check(self, step: str) -> None:
+        self.budget.check(step)  # the page's budget: a new one per page
+
     # -- templates: drop, except the few that wrap prose ---------------------------------------
     def _templates(self, text: str) -> str:
-        """Templates dropped (prose ones unwrapped). An unclosed ``{{`` loses only its braces and
-        the text after it is scanned again: a loop, whose rounds the nesting bound limits."""
-        if "{{" not in text:
-            return text
-        out: list[str] = []
-        while "{{" in text:
-            self.budget.check("templates")  # per page, per nested template kept, per round
-            depth, pos, start = 0, 0, 0
-            for m in _BRACES.finditer(text):
-                if m.group() == "{{":
-                    if depth == 0:
-                        out.append(text[pos : m.start()])
-                        start = m.start()
-                    depth += 1
-                    if depth > MAX_DEPTH:
-                        raise too_deep("templates", text, m.start())
-                elif depth:
-                    depth -= 1
-                    if depth == 0:
-                        out.append(self._template(text[start + 2 : m.start()]))
-                        pos = m.end()
-            if not depth:
-                out.append(text[pos:])
-                return "".join(out)
-            text = text[start + 2 :]
-        out.append(text)
-        return "".join(out)
+        return render_templates(text, _kept_params, self._kept_template, self.budget.check)
 
-    def _template(self, inner: str) -> str:
-        head = inner.split("|", 1)[0]
-        name = head.strip().replace("_", " ").casefold()
-        positions = _KEEP_TEMPLATE_PARAMS.get(name)
-        if positions is None and name.startswith("lang-"):
-            positions = (1,)
-        if positions is None:
-            return ""
-        params = [p for p in _split_top(inner)[1:] if "=" not in p.split("[[", 1)[0].split("{{", 1)[0]]
+    def _kept_template(self, inner: str, positions: tuple[int, ...]) -> str:
+        """A prose template's kept positional parameters (``{{lang|fr|bonjour}}`` → ``bonjour``)."""
+        params = [p for p in split_top(inner)[1:] if "=" not in p.split("[[", 1)[0].split("{{", 1)[0]]
         kept = [params[p - 1].strip() for p in positions if p - 1 < len(params)]
         return self._templates(" ".join(kept))
 
     # -- tables: drop {| ... |} blocks (nested ones too) ---------------------------------------
     def _tables(self, text: str) -> str:
-        if "{|" not in text and "\n|" not in text:
-            return text
-        lines, depth = [], 0
-        for line in text.split("\n"):
-            opened = _TABLE_OPEN.match(line)
-            if opened:
-                depth += 1
-                if depth == 1 and opened.group(1).strip():  # keep an HTML tag before the table
-                    lines.append(opened.group(1))
-            if depth == 0 and not _TABLE_LINE.match(line):
-                lines.append(line)
-            if depth and _TABLE_CLOSE.match(line):
-                depth -= 1
-        return "\n".join(lines)
+        return drop_tables(text)
 
     # -- links: label or target; files, categories and interlanguage links dropped ------------
     def _links(self, text: str) -> str:
-        """Links rendered. After an unclosed ``[[`` the text is kept, its brackets dropped (with its
-        line, for a file link), and scanned again: a loop, whose rounds the nesting bound limits."""
-        if "[[" not in text:
-            return text
-        out: list[str] = []
-        while "[[" in text:
-            self.budget.check("links")  # per page, per nested label, per round
-            stack: list[int] = []
-            pos = 0
-            for m in _LINK_TOKENS.finditer(text):
-                inner = m.group(1)
-                if inner is not None:  # "[[" and its "]]" at once
-                    if len(stack) >= MAX_DEPTH:
-                        raise too_deep("links", text, m.start())
-                    if not stack:
-                        out.append(text[pos : m.start()])
-                        out.append(self._link(inner))
-                        pos = m.end()
-                elif m.group() == "[[":
-                    if not stack:
-                        out.append(text[pos : m.start()])
-                    stack.append(m.start())
-                    if len(stack) > MAX_DEPTH:
-                        raise too_deep("links", text, m.start())
-                elif stack:
-                    start = stack.pop()
-                    if not stack:
-                        out.append(self._link(text[start + 2 : m.start()]))
-                        pos = m.end()
-            if not stack:
-                out.append(text[pos:])
-                return "".join(out)
-            text = text[stack[0] + 2 :]
-            if self._dropped_target(text.split("|", 1)[0]):  # an unclosed file link: drop its line
-                text = text.split("\n", 1)[1] if "\n" in text else ""
-        out.append(text)
-        return "".join(out)
+        return self._link_renderer(text)
 
-    def _link(self, inner: str) -> str:
-        parts = _split_top(inner)
-        target = parts[0].strip()
-        if self._dropped_target(target):
-            return ""
-        if len(parts) > 1:
-            label = parts[-1]
-            if label.strip():
-                return self._links(label)
-            target = _PIPE_TRICK.sub("", target)
-        target = target.lstrip(":")
-        if "#" in target and not target.startswith("#"):
-            target = target.split("#", 1)[0]
-        return target.lstrip("#").replace("_", " ")
-
-    def _dropped_target(self, target: str) -> bool:
-        """File, category and interlanguage link targets (``File:x.jpg``, ``de:Seite``)."""
-        target = target.strip()
-        if target.startswith(":") or ":" not in target:
-            return False
-        prefix = target.split(":", 1)[0].strip().replace("_", " ").casefold()
-        return self._drops_prefix(prefix)
+    def _drops_link_prefix(self, prefix: str) -> bool:
+        """A link target's namespace prefix as written (``File``, `` Category ``, ``de``) drops it."""
+        return self._drops_prefix(prefix.strip().replace("_", " ").casefold())
 
     # -- sections: headings on their own line; headings of empty sections dropped -------------
     def _sections(self, text: str) -> str:

@@ -1,0 +1,393 @@
+"""The bracket scanners of :mod:`tasks.ingest.wikifast`, compiled: templates, tables and links.
+
+Each is the Python loop it replaced, step for step (same tokens, same rounds after an unclosed
+bracket, same errors), with the per-character and per-link work in C. Python is called only for
+what needs its tables: whether a template is one of the few kept ones (cached by its name), what a
+kept one renders to, whether a namespaced link target (``File:``, ``de:``) is dropped, and the
+budget check of each round.
+"""
+
+from cpython.unicode cimport Py_UNICODE_ISSPACE
+from libc.stdlib cimport free, malloc
+
+from ._strbuf cimport NONE, Buf, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, buf_text, view_of
+
+from .render_limits import MAX_DEPTH as _MAX_DEPTH
+from .render_limits import too_deep
+
+cdef Py_ssize_t MAX_DEPTH = _MAX_DEPTH
+cdef Py_ssize_t PREFIX_CACHE = 1 << 14  # distinct link prefixes remembered per cleaner
+
+
+cdef inline Py_ssize_t find2(const View *v, Py_ssize_t i, Py_ssize_t end, Py_UCS4 a, Py_UCS4 b) noexcept:
+    """The first position from ``i`` where ``a`` then ``b`` stand, both before ``end``; -1 if none."""
+    while i + 1 < end:
+        if at(v, i) == a and at(v, i + 1) == b:
+            return i
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t find1(const View *v, Py_ssize_t i, Py_ssize_t end, Py_UCS4 a) noexcept:
+    while i < end:
+        if at(v, i) == a:
+            return i
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t skip_space(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
+    while i < end and Py_UNICODE_ISSPACE(at(v, i)):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t skip_space_back(const View *v, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """``end`` moved back over the white space before it, not past ``start``."""
+    while end > start and Py_UNICODE_ISSPACE(at(v, end - 1)):
+        end -= 1
+    return end
+
+
+cdef inline bint has2(const View *v, Py_ssize_t i, Py_UCS4 a, Py_UCS4 b) noexcept:
+    return at(v, i) == a and at(v, i + 1) == b
+
+
+# -- splitting at top-level "|" ----------------------------------------------------------------------
+
+cdef Py_ssize_t top_bars(const View *v, Py_ssize_t a, Py_ssize_t b, Py_ssize_t *last) noexcept:
+    """The first and (in ``last``) the last ``|`` of ``v[a:b]`` outside nested ``{{ }}`` and ``[[ ]]``
+    (-1 for none). A pair never reaches past ``b``: the scan splits the inner text alone."""
+    cdef Py_ssize_t depth = 0, first = -1, i = a
+    cdef Py_UCS4 c, d
+    last[0] = -1
+    while i < b:
+        c = at(v, i)
+        d = at(v, i + 1) if i + 1 < b else NONE
+        if (c == 0x7B and d == 0x7B) or (c == 0x5B and d == 0x5B):  # {{ [[
+            depth += 1
+            i += 2
+            continue
+        if (c == 0x7D and d == 0x7D) or (c == 0x5D and d == 0x5D):  # }} ]]
+            if depth:
+                depth -= 1
+            i += 2
+            continue
+        if c == 0x7C and depth == 0:  # |
+            if first < 0:
+                first = i
+            last[0] = i
+        i += 1
+    return first
+
+
+def split_top(str inner) -> list:
+    """``inner`` split at the ``|`` that are not inside nested ``{{ }}`` or ``[[ ]]``."""
+    cdef View v = view_of(inner)
+    cdef Py_ssize_t depth = 0, start = 0, i = 0
+    cdef Py_UCS4 c, d
+    cdef list parts = []
+    while i < v.n:
+        c = at(&v, i)
+        d = at(&v, i + 1)
+        if (c == 0x7B and d == 0x7B) or (c == 0x5B and d == 0x5B):
+            depth += 1
+            i += 2
+            continue
+        if (c == 0x7D and d == 0x7D) or (c == 0x5D and d == 0x5D):
+            if depth:
+                depth -= 1
+            i += 2
+            continue
+        if c == 0x7C and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+        i += 1
+    parts.append(inner[start:])
+    return parts
+
+
+# -- templates ----------------------------------------------------------------------------------------
+
+def render_templates(str text, object kept_params, object render_kept, object check) -> str:
+    """Templates dropped, the kept ones rendered: ``kept_params(name)`` (the text before a template's
+    first ``|``) gives the positions of the parameters it keeps, or None to drop it;
+    ``render_kept(inner, positions)`` renders a kept one. An unclosed ``{{`` loses only its braces
+    and the text after it is scanned again: a loop, whose rounds the nesting bound limits."""
+    cdef View v
+    cdef Py_ssize_t depth, pos, start, i, bar
+    cdef Py_UCS4 c, d
+    cdef Buf out
+    cdef object positions
+    if text.find("{{") < 0:
+        return text
+    buf_init(&out, len(text))
+    try:
+        while text.find("{{") >= 0:
+            check("templates")  # per page, per nested template kept, per round
+            v = view_of(text)
+            depth = pos = start = i = 0
+            while i + 1 < v.n:
+                c = at(&v, i)
+                d = at(&v, i + 1)
+                if c == 0x7B and d == 0x7B:
+                    if depth == 0:
+                        buf_copy(&out, &v, pos, i)
+                        start = i
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        raise too_deep("templates", text, i)
+                    i += 2
+                elif c == 0x7D and d == 0x7D:
+                    if depth:
+                        depth -= 1
+                        if depth == 0:
+                            bar = find1(&v, start + 2, i, 0x7C)
+                            positions = kept_params(text[start + 2 : bar if bar >= 0 else i])
+                            if positions is not None:
+                                buf_text(&out, render_kept(text[start + 2 : i], positions))
+                            pos = i + 2
+                    i += 2
+                else:
+                    i += 1
+            if depth == 0:
+                buf_copy(&out, &v, pos, v.n)
+                return buf_str(&out)
+            text = text[start + 2 :]
+        buf_text(&out, text)
+        return buf_str(&out)
+    finally:
+        buf_free(&out)
+
+
+# -- tables -------------------------------------------------------------------------------------------
+
+cdef inline bint is_ascii_letter(Py_UCS4 c) noexcept:
+    return (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A)
+
+
+cdef Py_ssize_t table_open(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
+    """Where ``^([\\s:]*(?:<[a-zA-Z][^<>]*>\\s*)*)\\{\\|`` has its group end on the line ``v[i:end]``
+    (the ``{|``), or -1 where it does not match."""
+    cdef Py_ssize_t k
+    cdef Py_UCS4 c
+    while i < end:
+        c = at(v, i)
+        if not (c == 0x3A or Py_UNICODE_ISSPACE(c)):
+            break
+        i += 1
+    while i + 1 < end and at(v, i) == 0x3C and is_ascii_letter(at(v, i + 1)):  # <tag ...>
+        k = i + 2
+        while k < end and at(v, k) != 0x3C and at(v, k) != 0x3E:
+            k += 1
+        if k >= end or at(v, k) != 0x3E:
+            return -1
+        i = skip_space(v, k + 1, end)
+    if i + 1 < end and at(v, i) == 0x7B and at(v, i + 1) == 0x7C:
+        return i
+    return -1
+
+
+cdef bint table_line(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
+    """``^\\s*(?:\\{\\||\\|\\}|\\|-|\\|\\+)`` on the line ``v[i:end]``: a table's own markup line."""
+    cdef Py_UCS4 c, d
+    i = skip_space(v, i, end)
+    if i + 1 >= end:
+        return False
+    c = at(v, i)
+    d = at(v, i + 1)
+    return (c == 0x7B and d == 0x7C) or (c == 0x7C and (d == 0x7D or d == 0x2D or d == 0x2B))
+
+
+cdef bint table_close(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
+    """``^[\\s:]*\\|\\}`` on the line ``v[i:end]``."""
+    cdef Py_UCS4 c
+    while i < end:
+        c = at(v, i)
+        if not (c == 0x3A or Py_UNICODE_ISSPACE(c)):
+            break
+        i += 1
+    return i + 1 < end and at(v, i) == 0x7C and at(v, i + 1) == 0x7D
+
+
+def drop_tables(str text) -> str:
+    """``{| … |}`` blocks (nested ones too) and stray table lines dropped, line by line; an HTML tag
+    before a table's ``{|`` (``<center>{|``) is kept on a line of its own."""
+    cdef View v = view_of(text)
+    cdef Py_ssize_t line, end, opened, depth = 0
+    cdef bint first = True
+    cdef Buf out
+    if text.find("{|") < 0 and text.find("\n|") < 0:
+        return text
+    buf_init(&out, v.n)
+    try:
+        line = 0
+        while line <= v.n:
+            end = find1(&v, line, v.n, 0x0A)
+            if end < 0:
+                end = v.n
+            opened = table_open(&v, line, end)
+            if opened >= 0:
+                depth += 1
+                if depth == 1 and skip_space(&v, line, opened) < opened:
+                    if not first:
+                        buf_put(&out, 0x0A)
+                    buf_copy(&out, &v, line, opened)
+                    first = False
+            if depth == 0 and not table_line(&v, line, end):
+                if not first:
+                    buf_put(&out, 0x0A)
+                buf_copy(&out, &v, line, end)
+                first = False
+            if depth and table_close(&v, line, end):
+                depth -= 1
+            line = end + 1
+        return buf_str(&out)
+    finally:
+        buf_free(&out)
+
+
+# -- links --------------------------------------------------------------------------------------------
+
+cdef class LinkRenderer:
+    """Links rendered: the label, else the target; file, category and interlanguage links dropped.
+    ``drops_prefix(prefix)`` says whether a target's namespace prefix (the text before its first
+    ``:``, as written) drops the link, and is asked once per prefix; ``pipe_trick(target)`` is
+    the target of ``[[target|]]``; ``check(step)`` is the page's budget."""
+
+    cdef object drops_prefix, pipe_trick, check
+    cdef dict prefixes
+
+    def __init__(self, drops_prefix, pipe_trick, check):
+        self.drops_prefix, self.pipe_trick, self.check = drops_prefix, pipe_trick, check
+        self.prefixes = {}
+
+    def __call__(self, str text) -> str:
+        return self.render(text)
+
+    cdef bint dropped(self, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
+        """Whether the target ``text[a:b]`` is a dropped one (``File:x.jpg``, ``de:Seite``)."""
+        cdef Py_ssize_t colon
+        cdef object hit
+        cdef str prefix
+        a = skip_space(v, a, b)
+        b = skip_space_back(v, a, b)
+        if a >= b or at(v, a) == 0x3A:
+            return False
+        colon = find1(v, a, b, 0x3A)
+        if colon < 0:
+            return False
+        prefix = text[a:colon]
+        hit = self.prefixes.get(prefix)
+        if hit is None:
+            hit = bool(self.drops_prefix(prefix))
+            if len(self.prefixes) >= PREFIX_CACHE:
+                self.prefixes.clear()
+            self.prefixes[prefix] = hit
+        return hit is True
+
+    cdef int target(self, Buf *out, const View *v, Py_ssize_t a, Py_ssize_t b) except -1:
+        """A target as shown: without leading ``:``, its ``#section`` and leading ``#`` dropped,
+        ``_`` as spaces."""
+        cdef Py_ssize_t i, hash_at
+        cdef Py_UCS4 c
+        while a < b and at(v, a) == 0x3A:
+            a += 1
+        if a < b and at(v, a) != 0x23:
+            hash_at = find1(v, a, b, 0x23)
+            if hash_at >= 0:
+                b = hash_at
+        while a < b and at(v, a) == 0x23:
+            a += 1
+        for i in range(a, b):
+            c = at(v, i)
+            buf_put(out, 0x20 if c == 0x5F else c)
+        return 0
+
+    cdef int link(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
+        """``[[text[a:b]]]`` rendered into ``out``."""
+        cdef Py_ssize_t last, first, t0, t1
+        cdef View tv
+        first = top_bars(v, a, b, &last)
+        t1 = first if first >= 0 else b
+        t0 = skip_space(v, a, t1)
+        t1 = skip_space_back(v, t0, t1)
+        if self.dropped(v, text, t0, t1):
+            return 0
+        if first >= 0:
+            if skip_space(v, last + 1, b) < b:  # a label: rendered, links inside it too
+                if find2(v, last + 1, b, 0x5B, 0x5B) >= 0:
+                    buf_text(out, self.render(text[last + 1 : b]))
+                else:
+                    buf_copy(out, v, last + 1, b)
+                return 0
+            trick = self.pipe_trick(text[t0:t1])  # [[Paris (France)|]] shows "Paris"
+            tv = view_of(trick)
+            return self.target(out, &tv, 0, tv.n)
+        return self.target(out, v, t0, t1)
+
+    cdef str render(self, str text):
+        """After an unclosed ``[[`` the text is kept, its brackets dropped (with its line, for a file
+        link), and scanned again: a loop, whose rounds the nesting bound limits."""
+        cdef View v
+        cdef Py_ssize_t i, j, pos, sp
+        cdef Py_ssize_t *stack
+        cdef Buf out
+        cdef Py_UCS4 c, d
+        if text.find("[[") < 0:
+            return text
+        stack = <Py_ssize_t *>malloc((MAX_DEPTH + 1) * sizeof(Py_ssize_t))
+        if stack == NULL:
+            raise MemoryError()
+        buf_init(&out, len(text))
+        try:
+            while text.find("[[") >= 0:
+                self.check("links")  # per page, per nested label, per round
+                v = view_of(text)
+                sp = pos = i = 0
+                while i + 1 < v.n:
+                    c = at(&v, i)
+                    d = at(&v, i + 1)
+                    if c == 0x5B and d == 0x5B:
+                        j = i + 2
+                        while j < v.n and at(&v, j) != 0x5B and at(&v, j) != 0x5D:
+                            j += 1
+                        if has2(&v, j, 0x5D, 0x5D):  # "[[", no bracket, "]]": a whole link
+                            if sp >= MAX_DEPTH:
+                                raise too_deep("links", text, i)
+                            if sp == 0:
+                                buf_copy(&out, &v, pos, i)
+                                self.link(&out, &v, text, i + 2, j)
+                                pos = j + 2
+                            i = j + 2
+                            continue
+                        if sp == 0:
+                            buf_copy(&out, &v, pos, i)
+                        if sp >= MAX_DEPTH:
+                            raise too_deep("links", text, i)
+                        stack[sp] = i
+                        sp += 1
+                        i += 2
+                    elif c == 0x5D and d == 0x5D:
+                        if sp:
+                            sp -= 1
+                            if sp == 0:
+                                self.link(&out, &v, text, stack[0] + 2, i)
+                                pos = i + 2
+                        i += 2
+                    else:
+                        i += 1
+                if sp == 0:
+                    buf_copy(&out, &v, pos, v.n)
+                    return buf_str(&out)
+                text = text[stack[0] + 2 :]
+                v = view_of(text)
+                j = find1(&v, 0, v.n, 0x7C)
+                if self.dropped(&v, text, 0, j if j >= 0 else v.n):  # an unclosed file link: its line goes
+                    j = find1(&v, 0, v.n, 0x0A)
+                    text = text[j + 1 :] if j >= 0 else ""
+            buf_text(&out, text)
+            return buf_str(&out)
+        finally:
+            buf_free(&out)
+            free(stack)

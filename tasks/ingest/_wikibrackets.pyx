@@ -8,7 +8,6 @@ budget check of each round.
 """
 
 from cpython.unicode cimport Py_UNICODE_ISSPACE
-from libc.stdlib cimport free, malloc
 
 from ._strbuf cimport NONE, Buf, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, buf_text, view_of
 
@@ -47,10 +46,6 @@ cdef inline Py_ssize_t skip_space_back(const View *v, Py_ssize_t start, Py_ssize
     while end > start and Py_UNICODE_ISSPACE(at(v, end - 1)):
         end -= 1
     return end
-
-
-cdef inline bint has2(const View *v, Py_ssize_t i, Py_UCS4 a, Py_UCS4 b) noexcept:
-    return at(v, i) == a and at(v, i + 1) == b
 
 
 # -- splitting at top-level "|" ----------------------------------------------------------------------
@@ -107,57 +102,90 @@ def split_top(str inner) -> list:
     return parts
 
 
-# -- templates ----------------------------------------------------------------------------------------
+# -- templates and links: one scan of nested pairs ------------------------------------------------------
 
-def render_templates(str text, object kept_params, object render_kept, object check) -> str:
+cdef class PairRenderer:
+    """Nested bracket pairs (``{{ }}``, ``[[ ]]``) rendered by ``closed``, the outermost of each nest
+    at once, the text between kept. A closing pair outside any is kept as text. After an unclosed
+    opening pair the text is kept without it (``unclosed`` may cut more) and scanned again: a loop,
+    whose rounds the nesting bound limits. ``check(step)`` is the page's budget."""
+
+    cdef Py_UCS4 opening, closing
+    cdef str what
+    cdef object check
+
+    cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
+        """Render the pair around ``text[a:b]`` into ``out``."""
+        raise NotImplementedError
+
+    cdef str unclosed(self, str rest):
+        """The text after an unclosed opening pair, as it is scanned again."""
+        return rest
+
+    def __call__(self, str text) -> str:
+        return self.render(text)
+
+    cdef str render(self, str text):
+        cdef View v
+        cdef Py_ssize_t depth, pos, start, i
+        cdef Py_UCS4 c, d
+        cdef Buf out
+        cdef str pair = self.opening * 2
+        if text.find(pair) < 0:
+            return text
+        buf_init(&out, len(text))
+        try:
+            while text.find(pair) >= 0:
+                self.check(self.what)  # per page, per nested pair rendered, per round
+                v = view_of(text)
+                depth = pos = start = i = 0
+                while i + 1 < v.n:
+                    c = at(&v, i)
+                    d = at(&v, i + 1)
+                    if c == self.opening and d == c:
+                        if depth == 0:
+                            buf_copy(&out, &v, pos, i)
+                            start = i
+                        if depth >= MAX_DEPTH:
+                            raise too_deep(self.what, text, i)
+                        depth += 1
+                        i += 2
+                    elif c == self.closing and d == c:
+                        if depth:
+                            depth -= 1
+                            if depth == 0:
+                                self.closed(&out, &v, text, start + 2, i)
+                                pos = i + 2
+                        i += 2
+                    else:
+                        i += 1
+                if depth == 0:
+                    buf_copy(&out, &v, pos, v.n)
+                    return buf_str(&out)
+                text = self.unclosed(text[start + 2 :])
+            buf_text(&out, text)
+            return buf_str(&out)
+        finally:
+            buf_free(&out)
+
+
+cdef class TemplateRenderer(PairRenderer):
     """Templates dropped, the kept ones rendered: ``kept_params(name)`` (the text before a template's
     first ``|``) gives the positions of the parameters it keeps, or None to drop it;
-    ``render_kept(inner, positions)`` renders a kept one. An unclosed ``{{`` loses only its braces
-    and the text after it is scanned again: a loop, whose rounds the nesting bound limits."""
-    cdef View v
-    cdef Py_ssize_t depth, pos, start, i, bar
-    cdef Py_UCS4 c, d
-    cdef Buf out
-    cdef object positions
-    if text.find("{{") < 0:
-        return text
-    buf_init(&out, len(text))
-    try:
-        while text.find("{{") >= 0:
-            check("templates")  # per page, per nested template kept, per round
-            v = view_of(text)
-            depth = pos = start = i = 0
-            while i + 1 < v.n:
-                c = at(&v, i)
-                d = at(&v, i + 1)
-                if c == 0x7B and d == 0x7B:
-                    if depth == 0:
-                        buf_copy(&out, &v, pos, i)
-                        start = i
-                    depth += 1
-                    if depth > MAX_DEPTH:
-                        raise too_deep("templates", text, i)
-                    i += 2
-                elif c == 0x7D and d == 0x7D:
-                    if depth:
-                        depth -= 1
-                        if depth == 0:
-                            bar = find1(&v, start + 2, i, 0x7C)
-                            positions = kept_params(text[start + 2 : bar if bar >= 0 else i])
-                            if positions is not None:
-                                buf_text(&out, render_kept(text[start + 2 : i], positions))
-                            pos = i + 2
-                    i += 2
-                else:
-                    i += 1
-            if depth == 0:
-                buf_copy(&out, &v, pos, v.n)
-                return buf_str(&out)
-            text = text[start + 2 :]
-        buf_text(&out, text)
-        return buf_str(&out)
-    finally:
-        buf_free(&out)
+    ``render_kept(inner, positions)`` renders a kept one."""
+
+    cdef object kept_params, render_kept
+
+    def __init__(self, kept_params, render_kept, check):
+        self.opening, self.closing, self.what = 0x7B, 0x7D, "templates"
+        self.kept_params, self.render_kept, self.check = kept_params, render_kept, check
+
+    cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
+        cdef Py_ssize_t bar = find1(v, a, b, 0x7C)
+        positions = self.kept_params(text[a : bar if bar >= 0 else b])
+        if positions is not None:
+            buf_text(out, self.render_kept(text[a:b], positions))
+        return 0
 
 
 # -- tables -------------------------------------------------------------------------------------------
@@ -166,16 +194,22 @@ cdef inline bint is_ascii_letter(Py_UCS4 c) noexcept:
     return (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A)
 
 
-cdef Py_ssize_t table_open(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
-    """Where ``^([\\s:]*(?:<[a-zA-Z][^<>]*>\\s*)*)\\{\\|`` has its group end on the line ``v[i:end]``
-    (the ``{|``), or -1 where it does not match."""
-    cdef Py_ssize_t k
+cdef inline Py_ssize_t skip_indent(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
+    """Past ``[\\s:]*``: a line's white space and ``:`` indentation."""
     cdef Py_UCS4 c
     while i < end:
         c = at(v, i)
         if not (c == 0x3A or Py_UNICODE_ISSPACE(c)):
             break
         i += 1
+    return i
+
+
+cdef Py_ssize_t table_open(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
+    """Where ``^([\\s:]*(?:<[a-zA-Z][^<>]*>\\s*)*)\\{\\|`` has its group end on the line ``v[i:end]``
+    (the ``{|``), or -1 where it does not match."""
+    cdef Py_ssize_t k
+    i = skip_indent(v, i, end)
     while i + 1 < end and at(v, i) == 0x3C and is_ascii_letter(at(v, i + 1)):  # <tag ...>
         k = i + 2
         while k < end and at(v, k) != 0x3C and at(v, k) != 0x3E:
@@ -201,12 +235,7 @@ cdef bint table_line(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
 
 cdef bint table_close(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
     """``^[\\s:]*\\|\\}`` on the line ``v[i:end]``."""
-    cdef Py_UCS4 c
-    while i < end:
-        c = at(v, i)
-        if not (c == 0x3A or Py_UNICODE_ISSPACE(c)):
-            break
-        i += 1
+    i = skip_indent(v, i, end)
     return i + 1 < end and at(v, i) == 0x7C and at(v, i + 1) == 0x7D
 
 
@@ -249,21 +278,19 @@ def drop_tables(str text) -> str:
 
 # -- links --------------------------------------------------------------------------------------------
 
-cdef class LinkRenderer:
-    """Links rendered: the label, else the target; file, category and interlanguage links dropped.
-    ``drops_prefix(prefix)`` says whether a target's namespace prefix (the text before its first
-    ``:``, as written) drops the link, and is asked once per prefix; ``pipe_trick(target)`` is
-    the target of ``[[target|]]``; ``check(step)`` is the page's budget."""
+cdef class LinkRenderer(PairRenderer):
+    """Links rendered: the label, else the target; file, category and interlanguage links dropped
+    (after an unclosed file link, its line too). ``drops_prefix(prefix)`` says whether a target's
+    namespace prefix (the text before its first ``:``, as written) drops the link, and is asked
+    once per prefix; ``pipe_trick(target)`` is the target of ``[[target|]]``."""
 
-    cdef object drops_prefix, pipe_trick, check
+    cdef object drops_prefix, pipe_trick
     cdef dict prefixes
 
     def __init__(self, drops_prefix, pipe_trick, check):
+        self.opening, self.closing, self.what = 0x5B, 0x5D, "links"
         self.drops_prefix, self.pipe_trick, self.check = drops_prefix, pipe_trick, check
         self.prefixes = {}
-
-    def __call__(self, str text) -> str:
-        return self.render(text)
 
     cdef bint dropped(self, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
         """Whether the target ``text[a:b]`` is a dropped one (``File:x.jpg``, ``de:Seite``)."""
@@ -304,7 +331,7 @@ cdef class LinkRenderer:
             buf_put(out, 0x20 if c == 0x5F else c)
         return 0
 
-    cdef int link(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
+    cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
         """``[[text[a:b]]]`` rendered into ``out``."""
         cdef Py_ssize_t last, first, t0, t1
         cdef View tv
@@ -326,68 +353,11 @@ cdef class LinkRenderer:
             return self.target(out, &tv, 0, tv.n)
         return self.target(out, v, t0, t1)
 
-    cdef str render(self, str text):
-        """After an unclosed ``[[`` the text is kept, its brackets dropped (with its line, for a file
-        link), and scanned again: a loop, whose rounds the nesting bound limits."""
-        cdef View v
-        cdef Py_ssize_t i, j, pos, sp
-        cdef Py_ssize_t *stack
-        cdef Buf out
-        cdef Py_UCS4 c, d
-        if text.find("[[") < 0:
-            return text
-        stack = <Py_ssize_t *>malloc((MAX_DEPTH + 1) * sizeof(Py_ssize_t))
-        if stack == NULL:
-            raise MemoryError()
-        buf_init(&out, len(text))
-        try:
-            while text.find("[[") >= 0:
-                self.check("links")  # per page, per nested label, per round
-                v = view_of(text)
-                sp = pos = i = 0
-                while i + 1 < v.n:
-                    c = at(&v, i)
-                    d = at(&v, i + 1)
-                    if c == 0x5B and d == 0x5B:
-                        j = i + 2
-                        while j < v.n and at(&v, j) != 0x5B and at(&v, j) != 0x5D:
-                            j += 1
-                        if has2(&v, j, 0x5D, 0x5D):  # "[[", no bracket, "]]": a whole link
-                            if sp >= MAX_DEPTH:
-                                raise too_deep("links", text, i)
-                            if sp == 0:
-                                buf_copy(&out, &v, pos, i)
-                                self.link(&out, &v, text, i + 2, j)
-                                pos = j + 2
-                            i = j + 2
-                            continue
-                        if sp == 0:
-                            buf_copy(&out, &v, pos, i)
-                        if sp >= MAX_DEPTH:
-                            raise too_deep("links", text, i)
-                        stack[sp] = i
-                        sp += 1
-                        i += 2
-                    elif c == 0x5D and d == 0x5D:
-                        if sp:
-                            sp -= 1
-                            if sp == 0:
-                                self.link(&out, &v, text, stack[0] + 2, i)
-                                pos = i + 2
-                        i += 2
-                    else:
-                        i += 1
-                if sp == 0:
-                    buf_copy(&out, &v, pos, v.n)
-                    return buf_str(&out)
-                text = text[stack[0] + 2 :]
-                v = view_of(text)
-                j = find1(&v, 0, v.n, 0x7C)
-                if self.dropped(&v, text, 0, j if j >= 0 else v.n):  # an unclosed file link: its line goes
-                    j = find1(&v, 0, v.n, 0x0A)
-                    text = text[j + 1 :] if j >= 0 else ""
-            buf_text(&out, text)
-            return buf_str(&out)
-        finally:
-            buf_free(&out)
-            free(stack)
+    cdef str unclosed(self, str rest):
+        cdef View v = view_of(rest)
+        cdef Py_ssize_t bar = find1(&v, 0, v.n, 0x7C)
+        cdef Py_ssize_t newline
+        if not self.dropped(&v, rest, 0, bar if bar >= 0 else v.n):
+            return rest
+        newline = find1(&v, 0, v.n, 0x0A)  # an unclosed file link: its line goes
+        return rest[newline + 1 :] if newline >= 0 else ""

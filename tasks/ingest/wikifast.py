@@ -22,7 +22,7 @@ import html
 import re
 from collections.abc import Iterable
 
-from ._wikibrackets import LinkRenderer, drop_tables, render_templates, split_top
+from ._wikibrackets import LinkRenderer, TemplateRenderer, drop_tables, split_top
 from .clean import Substitutions, join_sections, substitute
 from .render_limits import DEFAULT_PAGE_SECONDS
 from .wikitext import _DROP_TAGS, _KEEP_TEMPLATE_PARAMS, _RE_CUT_REF, BaseWikitextCleaner
@@ -222,6 +222,7 @@ class FastWikitextCleaner(BaseWikitextCleaner):
 
     def __init__(self, drop_namespaces: Iterable[str] = (), page_seconds: float = DEFAULT_PAGE_SECONDS):
         super().__init__(drop_namespaces, page_seconds)
+        self._template_renderer = TemplateRenderer(_kept_params, self._kept_template, self._check)
         self._link_renderer = LinkRenderer(self._drops_link_prefix, _pipe_trick, self._check)
 
     def _check(self, step: str) -> None:
@@ -229,7 +230,7 @@ class FastWikitextCleaner(BaseWikitextCleaner):
 
     # -- templates: drop, except the few that wrap prose ---------------------------------------
     def _templates(self, text: str) -> str:
-        return render_templates(text, _kept_params, self._kept_template, self.budget.check)
+        return self._template_renderer(text)
 
     def _kept_template(self, inner: str, positions: tuple[int, ...]) -> str:
         """A prose template's kept positional parameters (``{{lang|fr|bonjour}}`` → ``bonjour``)."""

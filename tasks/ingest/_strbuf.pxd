@@ -116,3 +116,20 @@ cdef inline int buf_text(Buf *b, str text) except -1:
 
 cdef inline str buf_str(const Buf *b):
     return PyUnicode_FromKindAndData(4, b.p, b.n)
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_Find(object text, object sub, Py_ssize_t start, Py_ssize_t end, int direction) except -2
+    Py_ssize_t PyUnicode_FindChar(object text, Py_UCS4 c, Py_ssize_t start, Py_ssize_t end, int direction) except -2
+
+
+cdef inline Py_ssize_t find_str(str text, str sub, Py_ssize_t start) except -2:
+    """``text.find(sub, start)`` at C speed."""
+    return PyUnicode_Find(text, sub, start, len(text), 1)
+
+
+cdef inline Py_ssize_t find_char(str text, Py_UCS4 c, Py_ssize_t start) except -2:
+    """``text.find(c, start)`` at C speed."""
+    if start >= len(text):
+        return -1
+    return PyUnicode_FindChar(text, c, start, len(text), 1)

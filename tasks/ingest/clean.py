@@ -10,10 +10,9 @@ downstream sees clean ``\\n\\n`` boundaries). The character passes are compiled
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 
-from ._textclean import collapse_spaces, normalize_breaks
+from ._textclean import collapse_spaces, nfc, normalize_breaks
 
 # (pattern, replacement) steps applied in order by :func:`substitute`; a replacement is a string or
 # a function of the match, as for ``re.sub``.
@@ -31,7 +30,7 @@ def clean_text(text: str) -> str:
     """Return ``text`` NFC-normalised, without control characters, with collapsed whitespace."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFC", normalize_breaks(text))
+    text = nfc(normalize_breaks(text))
     return collapse_spaces(text).strip()
 
 

@@ -1,13 +1,15 @@
-"""``clean_text``'s compiled passes give what the regular expressions they replaced gave (issue 28),
-and a long run of tabs inside a line costs one pass, not one per tab (issue 26)."""
+"""``clean_text``'s compiled passes give what the regular expressions they replaced gave, NFC by
+pieces is NFC of the whole (issue 28), and a long run of tabs inside a line costs one pass, not one
+per tab (issue 26)."""
 
 from __future__ import annotations
 
 import random
 import re
 import time
+import unicodedata
 
-from tasks.ingest._textclean import collapse_spaces, normalize_breaks
+from tasks.ingest._textclean import collapse_spaces, nfc, normalize_breaks
 from tasks.ingest.clean import clean_text
 
 # What the passes replaced: the specification, applied in this order.
@@ -51,3 +53,30 @@ def test_a_run_of_tabs_is_one_pass():
     assert clean_text("a" + "\t" * 200_000 + "b \t\n  c") == "a" + "\t" * 200_000 + "b\nc"
     assert clean_text("a" + " \t" * 200_000 + "b") == "a" + " \t" * 200_000 + "b"
     assert time.thread_time() - start < 1.0  # 20,000 tabs took 3.7 s, 200,000 minutes
+
+
+def test_nfc_pieces_are_cut_where_nothing_composes_across():
+    """The pieces are cut before characters below U+0300: each is a starter NFC keeps, and none is
+    the second character of a canonical composition (so nothing before it can combine with it)."""
+    seconds = set()
+    for code in range(0x110000):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(int(parts[1], 16))
+    assert min(seconds) >= 0x300
+    for code in range(0x300):
+        assert unicodedata.combining(chr(code)) == 0 and unicodedata.normalize("NFC", chr(code)) == chr(code)
+
+
+def test_nfc_by_pieces_is_nfc_of_the_whole():
+    tokens = [
+        "e", "\u0301", "\u0323", "a", " ", "\n", "\u1100", "\u1161", "\u11a8", "\uac00", "\u0344", "\u212b",
+        "\u0958", "\u093c", "\u0bc6", "\u0bbe", "\u3099", "\u304b", "\u1f71", "\u0439", "\u0438", "\u0306",
+        "\U0001d157", "\U0001d165", "x" * 7, "\u03b1" * 90,
+    ]  # fmt: skip
+    rng = random.Random(28)
+    for _ in range(3000):
+        text = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 600)))
+        assert nfc(text) == unicodedata.normalize("NFC", text), repr(text)
+    plain = "Καλημέρα κόσμε\n" * 200
+    assert nfc(plain) is plain

@@ -75,8 +75,18 @@ _CANONICAL_NS = {
 }
 
 
+_LOCAL_NAMES: dict[str, str] = {}  # tag -> local name: a dump has a few dozen tags
+_MAX_LOCAL_NAMES = 1024  # whatever a file holds
+
+
 def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
+    """``{namespace}name`` → ``name`` (remembered: every element of a dump asks)."""
+    name = _LOCAL_NAMES.get(tag)
+    if name is None:
+        name = tag.rsplit("}", 1)[-1]
+        if len(_LOCAL_NAMES) < _MAX_LOCAL_NAMES:
+            _LOCAL_NAMES[tag] = name
+    return name
 
 
 def _child(elem: ET.Element, name: str) -> ET.Element | None:
@@ -88,6 +98,22 @@ def _child(elem: ET.Element, name: str) -> ET.Element | None:
 
 def _child_text(elem: ET.Element, name: str) -> str | None:
     c = _child(elem, name)
+    return c.text if c is not None else None
+
+
+def _children(elem: ET.Element | None) -> dict[str, ET.Element]:
+    """Children by local name: the first of each name, but the last ``revision`` (history dumps hold
+    several, the newest last)."""
+    found: dict[str, ET.Element] = {}
+    for c in elem if elem is not None else ():
+        name = _local(c.tag)
+        if name not in found or name == "revision":
+            found[name] = c
+    return found
+
+
+def _text_of(found: dict[str, ET.Element], name: str) -> str | None:
+    c = found.get(name)
     return c.text if c is not None else None
 
 
@@ -193,8 +219,7 @@ class _WikiFile:
                 return host
         return f"{self.wiki_code() or lang}.wikipedia.org"
 
-    def namespace_of(self, page: ET.Element, title: str) -> int:
-        ns = _child_text(page, "ns")
+    def namespace_of(self, ns: str | None, title: str) -> int:
         if ns is not None and ns.strip().lstrip("-").isdigit():
             return int(ns)
         if ":" in title:  # old exports have no <ns>: infer it from the title prefix
@@ -206,24 +231,25 @@ class _WikiFile:
         return 0
 
     def page_item(self, page: ET.Element) -> dict[str, Any] | Skipped:
-        title = (_child_text(page, "title") or "").strip()
-        ns = self.namespace_of(page, title)
+        fields = _children(page)
+        title = (_text_of(fields, "title") or "").strip()
+        ns = self.namespace_of(_text_of(fields, "ns"), title)
         if ns != 0:
             return Skipped("namespace", {"title": title, "ns": ns, "lang": self.file_lang()[0]})
-        revisions = [c for c in page if _local(c.tag) == "revision"]
-        rev = revisions[-1] if revisions else None  # history dumps: the newest revision is last
-        wikitext = (_child_text(rev, "text") if rev is not None else None) or ""
-        if _child(page, "redirect") is not None or _REDIRECT_TEXT.match(wikitext):
+        rev = fields.get("revision")
+        rev_fields = _children(rev)
+        wikitext = _text_of(rev_fields, "text") or ""
+        if "redirect" in fields or _REDIRECT_TEXT.match(wikitext):
             return Skipped("redirect", {"title": title, "lang": self.file_lang()[0]})
-        model = _child_text(rev, "model") if rev is not None else None
+        model = _text_of(rev_fields, "model")
         if model and model.strip() != "wikitext":
             return Skipped("content_model", {"title": title, "model": model, "lang": self.file_lang()[0]})
 
         text = self.cleaner(wikitext)
         lang, lang_source = self.file_lang()
         meta: dict[str, Any] = {
-            "page_id": _int_or_none(_child_text(page, "id")),
-            "revision_id": _int_or_none(_child_text(rev, "id")) if rev is not None else None,
+            "page_id": _int_or_none(_text_of(fields, "id")),
+            "revision_id": _int_or_none(_text_of(rev_fields, "id")) if rev is not None else None,
             "wiki": self.site.dbname or self.wiki_code(),
         }
         record = make_record(
@@ -231,7 +257,7 @@ class _WikiFile:
             text=text,
             url="",
             title=title,
-            timestamp=iso_timestamp(_child_text(rev, "timestamp")) if rev is not None else None,
+            timestamp=iso_timestamp(_text_of(rev_fields, "timestamp")) if rev is not None else None,
             lang=lang,
             lang_source=lang_source,
             meta=meta,
@@ -320,6 +346,51 @@ def _read_head(pieces: Iterator[bytes | StreamFault]) -> tuple[bytes, StreamFaul
     return head, None
 
 
+class _Input:
+    """A file's bytes as the parser is fed them. The parser reads UTF-8, so a UTF-8 file is fed its
+    own bytes, once a strict decoder has found them valid (decoding them to text the parser would
+    encode again cost as much as the parse's own reading); from the first invalid byte on, and for
+    other encodings, it is fed text decoded with replacement characters, as every file once was."""
+
+    def __init__(self, encoding: str) -> None:
+        self.strict = codecs.getincrementaldecoder("utf-8")() if encoding == "utf-8" else None
+        self.lenient = None if self.strict else codecs.getincrementaldecoder(encoding)(errors="replace")
+
+    def _lenient(self) -> codecs.IncrementalDecoder:
+        """The replacing decoder, taking over the strict one's state (the bytes it holds) if any."""
+        if self.strict is not None:
+            self.lenient = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self.lenient.setstate(self.strict.getstate())
+            self.strict = None
+        assert self.lenient is not None
+        return self.lenient
+
+    def decoded(self, piece: bytes) -> str:
+        """``piece`` as text (the bytes of a character cut at its end wait for the next piece)."""
+        if self.strict is not None:
+            held = self.strict.getstate()
+            try:
+                return self.strict.decode(piece)
+            except UnicodeDecodeError:
+                self.strict.setstate(held)
+        return self._lenient().decode(piece)
+
+    def feed(self, piece: bytes) -> bytes | str:
+        """What to feed the parser for ``piece``: its bytes where they are valid UTF-8, else its text."""
+        if self.strict is None:
+            return self.decoded(piece)
+        held = self.strict.getstate()[0]
+        text = self.decoded(piece)
+        if self.strict is None:
+            return text
+        data = held + piece
+        return data[: len(data) - len(self.strict.getstate()[0])]
+
+    def final(self) -> str:
+        """What is left at the end of the bytes (a character cut there: a replacement character)."""
+        return self._lenient().decode(b"", final=True)
+
+
 def _new_parser() -> ET.XMLPullParser:
     """A pull parser inside a wrapper element, so a parser started mid-file reads a sequence of pages."""
     p: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
@@ -340,9 +411,9 @@ class _PageReader:
         self.parser = _new_parser()
         self.resync: _Resync | None = None
         self.encoding, bom = _sniff_encoding(head)
-        self.decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        self.input = _Input(self.encoding)
         self.consumed = len(head)
-        self.parser.feed(_XML_DECL.sub("", self.decoder.decode(head[bom:]), count=1))
+        self.parser.feed(_XML_DECL.sub("", self.input.decoded(head[bom:]), count=1))
 
     def read(
         self, pieces: Iterator[bytes | StreamFault], fault: StreamFault | None
@@ -362,8 +433,10 @@ class _PageReader:
                     break
                 else:
                     self.consumed += len(piece)
-                    text = self.decoder.decode(piece)
-                    self.parser.feed(self.resync.feed(text) if self.resync else text)
+                    if self.resync:
+                        self.parser.feed(self.resync.feed(self.input.decoded(piece)))
+                    else:
+                        self.parser.feed(self.input.feed(piece))
                     continue
             if not (yield from self.fault(fault)):
                 return
@@ -373,7 +446,7 @@ class _PageReader:
     def fault(self, fault: StreamFault) -> Generator[dict | Skipped | Quarantined, None, bool]:
         """Finish what was decoded before ``fault`` and record it; True when reading goes on after it
         (with a fresh parser, from the next ``<page>``)."""
-        self.parser.feed(self.decoder.decode(b"", final=True))
+        self.parser.feed(self.input.final())
         with contextlib.suppress(ET.ParseError):  # the fault itself is what we report
             yield from self.drain()
         yield self.quarantine(fault.reason, fault.detail, fault.offset, fault.excerpt)
@@ -382,12 +455,12 @@ class _PageReader:
         self.parser, self.resync = _new_parser(), _Resync()
         self.stack.clear()
         self.in_page, self.page_title = False, None
-        self.decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        self.input = _Input(self.encoding)
         return True
 
     def finish(self) -> Iterator[dict | Skipped | Quarantined]:
         """The pages left at the end; a document that only fails here was cut (``truncated``)."""
-        tail = self.decoder.decode(b"", final=True)
+        tail = self.input.final()
         self.parser.feed((self.resync.feed(tail) + self.resync.flush()) if self.resync else tail)
         self.parser.feed(f"</{_WRAPPER}>")
         try:

@@ -5,6 +5,7 @@
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_FromKindAndData, PyUnicode_KIND, PyUnicode_READ
 from libc.stdint cimport uint8_t, uint16_t
 from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
 
 # What a read outside the text returns: above every code point, so it equals no character.
 cdef enum:
@@ -33,19 +34,26 @@ cdef inline Py_UCS4 at(const View *v, Py_ssize_t i) noexcept:
 
 
 cdef struct Buf:
-    Py_UCS4 *p
+    char *p  # ``kind`` bytes a character
     Py_ssize_t n
     Py_ssize_t cap
+    int kind
 
 
-cdef inline int buf_init(Buf *b, Py_ssize_t cap) except -1:
+cdef inline int kind_of(Py_UCS4 c) noexcept:
+    return 1 if c < 0x100 else 2 if c < 0x10000 else 4
+
+
+cdef inline int buf_init(Buf *b, Py_ssize_t cap, int kind) except -1:
+    """An empty buffer of ``kind`` (1, 2 or 4 bytes a character: the text's, so copies are memcpy)."""
     if cap < 64:
         cap = 64
-    b.p = <Py_UCS4 *>malloc(cap * sizeof(Py_UCS4))
+    b.p = <char *>malloc(cap * kind)
     if b.p == NULL:
         raise MemoryError()
     b.n = 0
     b.cap = cap
+    b.kind = kind
     return 0
 
 
@@ -58,12 +66,12 @@ cdef inline void buf_free(Buf *b) noexcept:
 cdef inline int buf_reserve(Buf *b, Py_ssize_t extra) except -1:
     """Room for ``extra`` more characters."""
     cdef Py_ssize_t cap = b.cap
-    cdef Py_UCS4 *p
+    cdef char *p
     if extra <= cap - b.n:
         return 0
     while cap - b.n < extra:
         cap *= 2
-    p = <Py_UCS4 *>realloc(b.p, cap * sizeof(Py_UCS4))
+    p = <char *>realloc(b.p, cap * b.kind)
     if p == NULL:
         raise MemoryError()
     b.p = p
@@ -71,10 +79,33 @@ cdef inline int buf_reserve(Buf *b, Py_ssize_t extra) except -1:
     return 0
 
 
+cdef inline int buf_widen(Buf *b, int kind) except -1:
+    """The buffer as ``kind``, wider than its own: every character rewritten, the last first."""
+    cdef Py_ssize_t i
+    cdef char *p = <char *>realloc(b.p, b.cap * kind)
+    if p == NULL:
+        raise MemoryError()
+    b.p = p
+    for i in range(b.n - 1, -1, -1):
+        if kind == 4:
+            (<Py_UCS4 *>p)[i] = (<uint16_t *>p)[i] if b.kind == 2 else (<uint8_t *>p)[i]
+        else:
+            (<uint16_t *>p)[i] = (<uint8_t *>p)[i]
+    b.kind = kind
+    return 0
+
+
 cdef inline int buf_put(Buf *b, Py_UCS4 c) except -1:
     if b.n >= b.cap:
         buf_reserve(b, 1)
-    b.p[b.n] = c
+    if kind_of(c) > b.kind:
+        buf_widen(b, kind_of(c))
+    if b.kind == 1:
+        (<uint8_t *>b.p)[b.n] = <uint8_t>c
+    elif b.kind == 2:
+        (<uint16_t *>b.p)[b.n] = <uint16_t>c
+    else:
+        (<Py_UCS4 *>b.p)[b.n] = c
     b.n += 1
     return 0
 
@@ -82,9 +113,6 @@ cdef inline int buf_put(Buf *b, Py_UCS4 c) except -1:
 cdef inline int buf_copy(Buf *b, const View *v, Py_ssize_t start, Py_ssize_t end) except -1:
     """Append ``v[start:end]``, the bounds clipped to the text."""
     cdef Py_ssize_t i, k
-    cdef const uint8_t *s1
-    cdef const uint16_t *s2
-    cdef const Py_UCS4 *s4
     if start < 0:
         start = 0
     if end > v.n:
@@ -92,19 +120,17 @@ cdef inline int buf_copy(Buf *b, const View *v, Py_ssize_t start, Py_ssize_t end
     if end <= start:
         return 0
     buf_reserve(b, end - start)
+    if v.kind > b.kind:
+        buf_widen(b, v.kind)
     k = b.n
-    if v.kind == 1:
-        s1 = <const uint8_t *>v.data
+    if v.kind == b.kind:
+        memcpy(b.p + k * b.kind, <const char *>v.data + start * v.kind, (end - start) * v.kind)
+    elif b.kind == 4:
         for i in range(start, end):
-            b.p[k + i - start] = s1[i]
-    elif v.kind == 2:
-        s2 = <const uint16_t *>v.data
+            (<Py_UCS4 *>b.p)[k + i - start] = PyUnicode_READ(v.kind, <void *>v.data, i)
+    else:  # a one-byte text into a two-byte buffer
         for i in range(start, end):
-            b.p[k + i - start] = s2[i]
-    else:
-        s4 = <const Py_UCS4 *>v.data
-        for i in range(start, end):
-            b.p[k + i - start] = s4[i]
+            (<uint16_t *>b.p)[k + i - start] = (<const uint8_t *>v.data)[i]
     b.n = k + end - start
     return 0
 
@@ -115,7 +141,7 @@ cdef inline int buf_text(Buf *b, str text) except -1:
 
 
 cdef inline str buf_str(const Buf *b):
-    return PyUnicode_FromKindAndData(4, b.p, b.n)
+    return PyUnicode_FromKindAndData(b.kind, b.p, b.n)
 
 
 cdef extern from "Python.h":
@@ -133,3 +159,42 @@ cdef inline Py_ssize_t find_char(str text, Py_UCS4 c, Py_ssize_t start) except -
     if start >= len(text):
         return -1
     return PyUnicode_FindChar(text, c, start, len(text), 1)
+
+
+# A set of ASCII characters to stop at: stop[c] for c < 128.
+ctypedef unsigned char Stops[128]
+
+ctypedef fused char_t:
+    uint8_t
+    uint16_t
+    Py_UCS4
+
+
+cdef inline Py_ssize_t _skip(const char_t *p, Py_ssize_t i, Py_ssize_t n, const unsigned char *stop) noexcept:
+    while i < n:
+        if p[i] < 128 and stop[p[i]]:
+            return i
+        i += 1
+    return n
+
+
+cdef inline Py_ssize_t skip_to(const View *v, Py_ssize_t i, const unsigned char *stop) noexcept:
+    """The first position from ``i`` whose character is in ``stop``; the text's length if none.
+    One loop per character width, so the step is a load and a table look-up."""
+    if i < 0:
+        i = 0
+    if v.kind == 1:
+        return _skip(<const uint8_t *>v.data, i, v.n, stop)
+    if v.kind == 2:
+        return _skip(<const uint16_t *>v.data, i, v.n, stop)
+    return _skip(<const Py_UCS4 *>v.data, i, v.n, stop)
+
+
+cdef inline void stops_of(unsigned char *stop, const char *chars) noexcept:
+    """``stop`` set to the ASCII characters of ``chars`` (NUL-terminated)."""
+    cdef int k
+    for k in range(128):
+        stop[k] = 0
+    while chars[0]:
+        stop[<unsigned char>chars[0]] = 1
+        chars += 1

@@ -53,7 +53,7 @@ def normalize_breaks(str text) -> str:
         i += 1
     if i == v.n:
         return text
-    buf_init(&out, v.n)
+    buf_init(&out, v.n, v.kind)
     try:
         for i in range(v.n):
             c = at(&v, i)
@@ -81,7 +81,7 @@ def collapse_spaces(str text) -> str:
     cdef bint line_start = True
     cdef Py_UCS4 c
     cdef Buf out
-    buf_init(&out, v.n)
+    buf_init(&out, v.n, v.kind)
     try:
         while i < v.n:
             c = at(&v, i)
@@ -125,7 +125,7 @@ def nfc(str text) -> str:
     cdef View v = view_of(text)
     cdef Py_ssize_t start = 0, last = 0, i, cut
     cdef list parts = []
-    if text.isascii():
+    if v.kind == 1:  # every character below U+0100
         return text
     while start < v.n:
         cut = start + NFC_PIECE

@@ -9,7 +9,8 @@ budget check of each round.
 
 from cpython.unicode cimport Py_UNICODE_ISSPACE
 
-from ._strbuf cimport NONE, Buf, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, buf_text, view_of
+from ._strbuf cimport NONE, Buf, Stops, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, buf_text
+from ._strbuf cimport find_char, skip_to, view_of
 
 from .render_limits import MAX_DEPTH as _MAX_DEPTH
 from .render_limits import too_deep
@@ -111,8 +112,16 @@ cdef class PairRenderer:
     whose rounds the nesting bound limits. ``check(step)`` is the page's budget."""
 
     cdef Py_UCS4 opening, closing
+    cdef Stops brackets  # the opening and closing characters
     cdef str what
     cdef object check
+
+    cdef void pair(self, Py_UCS4 opening, Py_UCS4 closing, str what) noexcept:
+        self.opening, self.closing, self.what = opening, closing, what
+        cdef int k
+        for k in range(128):
+            self.brackets[k] = 0
+        self.brackets[opening] = self.brackets[closing] = 1
 
     cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
         """Render the pair around ``text[a:b]`` into ``out``."""
@@ -133,13 +142,16 @@ cdef class PairRenderer:
         cdef str pair = self.opening * 2
         if text.find(pair) < 0:
             return text
-        buf_init(&out, len(text))
+        buf_init(&out, len(text), view_of(text).kind)
         try:
             while text.find(pair) >= 0:
                 self.check(self.what)  # per page, per nested pair rendered, per round
                 v = view_of(text)
                 depth = pos = start = i = 0
-                while i + 1 < v.n:
+                while True:
+                    i = skip_to(&v, i, self.brackets)
+                    if i + 1 >= v.n:
+                        break
                     c = at(&v, i)
                     d = at(&v, i + 1)
                     if c == self.opening and d == c:
@@ -177,7 +189,7 @@ cdef class TemplateRenderer(PairRenderer):
     cdef object kept_params, render_kept
 
     def __init__(self, kept_params, render_kept, check):
-        self.opening, self.closing, self.what = 0x7B, 0x7D, "templates"
+        self.pair(0x7B, 0x7D, "templates")
         self.kept_params, self.render_kept, self.check = kept_params, render_kept, check
 
     cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
@@ -248,11 +260,11 @@ def drop_tables(str text) -> str:
     cdef Buf out
     if text.find("{|") < 0 and text.find("\n|") < 0:
         return text
-    buf_init(&out, v.n)
+    buf_init(&out, v.n, v.kind)
     try:
         line = 0
         while line <= v.n:
-            end = find1(&v, line, v.n, 0x0A)
+            end = find_char(text, 0x0A, line)
             if end < 0:
                 end = v.n
             opened = table_open(&v, line, end)
@@ -288,7 +300,7 @@ cdef class LinkRenderer(PairRenderer):
     cdef dict prefixes
 
     def __init__(self, drops_prefix, pipe_trick, check):
-        self.opening, self.closing, self.what = 0x5B, 0x5D, "links"
+        self.pair(0x5B, 0x5D, "links")
         self.drops_prefix, self.pipe_trick, self.check = drops_prefix, pipe_trick, check
         self.prefixes = {}
 

@@ -16,7 +16,8 @@ import re
 
 from cpython.unicode cimport Py_UNICODE_ISALNUM, Py_UNICODE_ISSPACE
 
-from ._strbuf cimport Buf, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, find_char, find_str, view_of
+from ._strbuf cimport NONE, Buf, Stops, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, find_char
+from ._strbuf cimport find_str, skip_to, stops_of, view_of
 
 from .wikitext import _BLOCK_TAGS, _BREAK_TAGS, _DROP_TAGS, _RE_CUT_REF
 
@@ -299,7 +300,7 @@ def external_links(str text) -> str:
     i = find_char(text, 0x5B, 0)
     if i < 0:
         return text
-    buf_init(&out, v.n)
+    buf_init(&out, v.n, v.kind)
     try:
         while i >= 0:
             u = url_end(&v, i, &mailto_from, &mailto_to)
@@ -379,25 +380,15 @@ def drop_html_tags(str text) -> str:
 def drop_bold_italic(str text) -> str:
     """``'{2,}`` removed: bold and italic quotes."""
     cdef View v = view_of(text)
-    cdef Py_ssize_t i = find_str(text, "''", 0), j
-    cdef Buf out
-    if i < 0:
-        return text
-    buf_init(&out, v.n)
-    try:
-        buf_copy(&out, &v, 0, i)
-        while i < v.n:
-            if at(&v, i) == 0x27 and at(&v, i + 1) == 0x27:
-                j = i + 2
-                while at(&v, j) == 0x27:
-                    j += 1
-                i = j
-                continue
-            buf_put(&out, at(&v, i))
-            i += 1
-        return buf_str(&out)
-    finally:
-        buf_free(&out)
+    cdef Py_ssize_t i = find_str(text, "''", 0), last = 0
+    cdef list parts = []
+    while i >= 0:
+        parts.append(text[last:i])
+        last = i + 2
+        while at(&v, last) == 0x27:
+            last += 1
+        i = find_str(text, "''", last)
+    return spliced(text, parts, last)
 
 
 cdef inline bint is_list_mark(Py_UCS4 c) noexcept:
@@ -493,35 +484,68 @@ def unwrap_markup(str text) -> str:
     return drop_list_marks(drop_rules(drop_magic_words(text)))
 
 
-def drop_stray(str text) -> str:
-    """``\\{\\{|\\}\\}|\\[\\[|\\]\\]|\\{\\||\\|\\}`` removed: brackets no scan could pair."""
-    cdef View v = view_of(text)
+cdef Stops STRAY_CHARS
+stops_of(STRAY_CHARS, b"{}[]|")
+
+
+cdef inline bint is_stray(Py_UCS4 c, Py_UCS4 d) noexcept:
+    """``{{``, ``}}``, ``[[``, ``]]``, ``{|`` or ``|}``."""
+    return ((c == 0x7B and (d == 0x7B or d == 0x7C)) or (c == 0x7D and d == 0x7D) or (c == 0x5B and d == 0x5B)
+            or (c == 0x5D and d == 0x5D) or (c == 0x7C and d == 0x7D))
+
+
+cdef Py_ssize_t first_stray(const View *v) noexcept:
+    """Where the first pair to drop starts; the text's length if none."""
     cdef Py_ssize_t i = 0
-    cdef Py_UCS4 c, d
-    cdef Buf out
-    cdef bint found = False
-    while i + 1 < v.n:
-        c = at(&v, i)
-        d = at(&v, i + 1)
-        if ((c == 0x7B and (d == 0x7B or d == 0x7C)) or (c == 0x7D and d == 0x7D) or (c == 0x5B and d == 0x5B)
-                or (c == 0x5D and d == 0x5D) or (c == 0x7C and d == 0x7D)):
-            found = True
-            break
+    while True:
+        i = skip_to(v, i, STRAY_CHARS)
+        if i + 1 >= v.n:
+            return v.n
+        if is_stray(at(v, i), at(v, i + 1)):
+            return i
         i += 1
-    if not found:
+
+
+cdef inline int then_drop(Buf *out, Py_UCS4 *held, Py_UCS4 c) except -1:
+    """The second pass, fed the first's output a character at a time: it holds one back, and drops
+    it with ``c`` when the two make a pair."""
+    if held[0] != NONE and is_stray(held[0], c):
+        held[0] = NONE
+        return 0
+    if held[0] != NONE:
+        buf_put(out, held[0])
+    held[0] = c
+    return 0
+
+
+def drop_stray(str text, bint twice=False) -> str:
+    """``\\{\\{|\\}\\}|\\[\\[|\\]\\]|\\{\\||\\|\\}`` removed: brackets no scan could pair. ``twice``:
+    removed again from what that leaves (a pair can close over one removed), in the same pass."""
+    cdef View v = view_of(text)
+    cdef Py_ssize_t i = first_stray(&v)
+    cdef Py_UCS4 c, held = NONE
+    cdef Buf out
+    if i >= v.n:
         return text
-    buf_init(&out, v.n)
+    buf_init(&out, v.n, v.kind)
     try:
-        buf_copy(&out, &v, 0, i)
+        if twice and i > 0:  # the text before the first pair passes both; the second holds its end back
+            buf_copy(&out, &v, 0, i - 1)
+            held = at(&v, i - 1)
+        else:
+            buf_copy(&out, &v, 0, i)
         while i < v.n:
             c = at(&v, i)
-            d = at(&v, i + 1)
-            if ((c == 0x7B and (d == 0x7B or d == 0x7C)) or (c == 0x7D and d == 0x7D) or (c == 0x5B and d == 0x5B)
-                    or (c == 0x5D and d == 0x5D) or (c == 0x7C and d == 0x7D)):
+            if is_stray(c, at(&v, i + 1)):
                 i += 2
                 continue
-            buf_put(&out, c)
+            if twice:
+                then_drop(&out, &held, c)
+            else:
+                buf_put(&out, c)
             i += 1
+        if held != NONE:
+            buf_put(&out, held)
         return buf_str(&out)
     finally:
         buf_free(&out)

@@ -450,10 +450,9 @@ class _PageReader:
         self, reason: str, detail: str, offset: int | None = None, raw: str = "", page: Page | None = None
     ) -> Quarantined:
         """A quarantine note naming ``page`` (as noted when it ended), else the page being read."""
+        record = self.stream.page_title if self.stream.in_page else None
         if page is not None:
             record = page.note
-        else:
-            record = self.stream.page_title if self.stream.in_page else None
         return Quarantined(
             self.path,
             reason,

@@ -43,6 +43,14 @@ def _kept_params(name: str) -> tuple[int, ...] | None:
     return positions
 
 
+def _drop_stray(text: str) -> str:
+    """Brackets no scan could pair dropped, before and after entities are decoded (one may decode
+    to a bracket); without entities both passes are one."""
+    if "&" not in text:
+        return drop_stray(text, twice=True)
+    return drop_stray(html.unescape(drop_stray(text)))
+
+
 def _pipe_trick(target: str) -> str:
     """``[[Paris (France)|]]`` shows "Paris"."""
     return _PIPE_TRICK.sub("", target)
@@ -65,8 +73,7 @@ class FastWikitextCleaner(BaseWikitextCleaner):
         text = self._links(self._tables(text))
         check("links")
         text = unwrap_markup(text)
-        text = drop_stray(html.unescape(drop_stray(text)))
-        return self._sections(text)
+        return self._sections(_drop_stray(text))
 
     def _check(self, step: str) -> None:
         self.budget.check(step)  # the page's budget: a new one per page

@@ -26,6 +26,14 @@ cdef inline View view_of(str text):
     return v
 
 
+cdef inline void clip(const View *v, Py_ssize_t *start, Py_ssize_t *end) noexcept:
+    """``start`` and ``end`` moved into the text (``0 <= start``, ``end <= n``)."""
+    if start[0] < 0:
+        start[0] = 0
+    if end[0] > v.n:
+        end[0] = v.n
+
+
 cdef inline Py_UCS4 at(const View *v, Py_ssize_t i) noexcept:
     """The character at ``i``, or NONE outside the text."""
     if i < 0 or i >= v.n:
@@ -95,11 +103,8 @@ cdef inline int buf_widen(Buf *b, int kind) except -1:
     return 0
 
 
-cdef inline int buf_put(Buf *b, Py_UCS4 c) except -1:
-    if b.n >= b.cap:
-        buf_reserve(b, 1)
-    if kind_of(c) > b.kind:
-        buf_widen(b, kind_of(c))
+cdef inline int buf_write(Buf *b, Py_UCS4 c) noexcept:
+    """``c`` appended where the room and the width are known to be there."""
     if b.kind == 1:
         (<uint8_t *>b.p)[b.n] = <uint8_t>c
     elif b.kind == 2:
@@ -110,13 +115,25 @@ cdef inline int buf_put(Buf *b, Py_UCS4 c) except -1:
     return 0
 
 
+cdef inline int buf_put_wide(Buf *b, Py_UCS4 c) except -1:
+    """``buf_put`` where the buffer is full or ``c`` is wider than its characters."""
+    if b.n >= b.cap:
+        buf_reserve(b, 1)
+    if kind_of(c) > b.kind:
+        buf_widen(b, kind_of(c))
+    return buf_write(b, c)
+
+
+cdef inline int buf_put(Buf *b, Py_UCS4 c) except -1:
+    if b.n >= b.cap or kind_of(c) > b.kind:
+        return buf_put_wide(b, c)
+    return buf_write(b, c)
+
+
 cdef inline int buf_copy(Buf *b, const View *v, Py_ssize_t start, Py_ssize_t end) except -1:
     """Append ``v[start:end]``, the bounds clipped to the text."""
     cdef Py_ssize_t i, k
-    if start < 0:
-        start = 0
-    if end > v.n:
-        end = v.n
+    clip(v, &start, &end)
     if end <= start:
         return 0
     buf_reserve(b, end - start)
@@ -198,3 +215,42 @@ cdef inline void stops_of(unsigned char *stop, const char *chars) noexcept:
     while chars[0]:
         stop[<unsigned char>chars[0]] = 1
         chars += 1
+
+
+cdef inline Py_ssize_t _find(const char_t *p, Py_ssize_t i, Py_ssize_t end, Py_UCS4 c) noexcept:
+    while i < end:
+        if p[i] == c:
+            return i
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t find_in(const View *v, Py_ssize_t i, Py_ssize_t end, Py_UCS4 c) noexcept:
+    """The first position of ``c`` in ``v[i:end]`` (the bounds clipped to the text), or -1."""
+    clip(v, &i, &end)
+    if v.kind == 1:
+        return _find(<const uint8_t *>v.data, i, end, c)
+    if v.kind == 2:
+        return _find(<const uint16_t *>v.data, i, end, c)
+    return _find(<const Py_UCS4 *>v.data, i, end, c)
+
+
+cdef inline void _replace(char_t *p, Py_ssize_t i, Py_ssize_t end, Py_UCS4 old, Py_UCS4 new) noexcept:
+    while i < end:
+        if p[i] == old:
+            p[i] = <char_t>new
+        i += 1
+
+
+cdef inline int buf_copy_replacing(Buf *b, const View *v, Py_ssize_t start, Py_ssize_t end,
+                                   Py_UCS4 old, Py_UCS4 new) except -1:
+    """Append ``v[start:end]`` with every ``old`` as ``new`` (``new`` ASCII)."""
+    cdef Py_ssize_t k = b.n
+    buf_copy(b, v, start, end)
+    if b.kind == 1:
+        _replace(<uint8_t *>b.p, k, b.n, old, new)
+    elif b.kind == 2:
+        _replace(<uint16_t *>b.p, k, b.n, old, new)
+    else:
+        _replace(<Py_UCS4 *>b.p, k, b.n, old, new)
+    return 0

@@ -8,7 +8,16 @@ the expressions).
 
 import unicodedata
 
+from cpython.unicode cimport PyUnicode_FromKindAndData
+from libc.stdint cimport uint8_t, uint16_t
+from libc.stdlib cimport free, malloc
+
 from ._strbuf cimport Buf, View, at, buf_free, buf_init, buf_put, buf_str, view_of
+
+ctypedef fused char_t:
+    uint8_t
+    uint16_t
+    Py_UCS4
 
 # Below this code point every character is a starter (combining class 0) that NFC leaves as it is
 # and that composes with nothing before it: text can be normalised in pieces cut before any of them.
@@ -37,20 +46,34 @@ cdef inline bint is_space(Py_UCS4 c) noexcept:
     return c == 0x20 or c == 0xA0 or 0x2000 <= c <= 0x200A or c == 0x202F or c == 0x205F
 
 
+cdef Py_ssize_t _first_break(const char_t *p, Py_ssize_t n) noexcept:
+    """Where the first character that ``normalize_breaks`` changes stands; ``n`` if none."""
+    cdef Py_ssize_t i
+    cdef Py_UCS4 c
+    for i in range(n):
+        c = p[i]
+        if 0x20 <= c < 0x7F or 0xA0 <= c < 0x2028:
+            continue
+        if c == 0x0D or is_break(c) or is_control(c):
+            return i
+    return n
+
+
 def normalize_breaks(str text) -> str:
     """Every line break as ``\\n`` (``\\r\\n``, ``\\r``, U+2028/9, NEL, VT, FF) and control characters,
     the BOM and lone surrogates removed: the substitutions ``\\r\\n?|[\\u2028\\u2029\\x85\\x0b\\x0c]``
     → ``\\n`` then ``[\\x00-\\x08\\x0e-\\x1f\\x7f-\\x84\\x86-\\x9f\\ufeff\\ud800-\\udfff]`` → nothing.
     Text that needs neither is returned as it is."""
     cdef View v = view_of(text)
-    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t i
     cdef Py_UCS4 c
     cdef Buf out
-    while i < v.n:
-        c = at(&v, i)
-        if c == 0x0D or is_break(c) or is_control(c):
-            break
-        i += 1
+    if v.kind == 1:
+        i = _first_break(<const uint8_t *>v.data, v.n)
+    elif v.kind == 2:
+        i = _first_break(<const uint16_t *>v.data, v.n)
+    else:
+        i = _first_break(<const Py_UCS4 *>v.data, v.n)
     if i == v.n:
         return text
     buf_init(&out, v.n, v.kind)
@@ -70,51 +93,83 @@ def normalize_breaks(str text) -> str:
         buf_free(&out)
 
 
+cdef Py_ssize_t _collapse(const char_t *src, Py_ssize_t n, char_t *dst) noexcept:
+    """``collapse_spaces`` from ``src`` into ``dst`` (room for ``n``: every character read writes at
+    most one, so the output never passes the input); the output's length."""
+    cdef Py_ssize_t i = 0, o = 0
+    cdef Py_ssize_t blank_from = -1  # where the output's trailing run of spaces and tabs starts
+    cdef int newlines = 0  # how many newlines the output ends with
+    cdef bint line_start = True
+    cdef Py_UCS4 c
+    while i < n:
+        c = src[i]
+        i += 1
+        if c > 0x20 and not is_space(c):  # most characters: kept, and they end any run
+            dst[o] = src[i - 1]
+            o += 1
+            blank_from = -1
+            newlines = 0
+            line_start = False
+            continue
+        if c == 0x0A:
+            if blank_from >= 0:
+                o = blank_from
+                blank_from = -1
+            if newlines < 2:
+                dst[o] = src[i - 1]
+                o += 1
+                newlines += 1
+            line_start = True
+            continue
+        if is_space(c):
+            while i < n and is_space(src[i]):
+                i += 1
+            c = 0x20
+            if line_start:  # a line's leading spaces: one run, so one space after collapsing
+                line_start = False
+                continue
+        line_start = False
+        if c == 0x20 or c == 0x09:
+            if blank_from < 0:
+                blank_from = o
+        else:
+            blank_from = -1
+            newlines = 0
+        dst[o] = <char_t>c
+        o += 1
+    if blank_from >= 0:
+        o = blank_from
+    return o
+
+
 def collapse_spaces(str text) -> str:
     """Runs of spaces as one space, lines without leading spaces or trailing spaces and tabs, at most
     one blank line in a row: the substitutions ``[ \\u00a0\\u2000-\\u200a\\u202f\\u205f]+`` → ``" "``,
     ``^ +`` → nothing, ``[ \\t]+$`` → nothing (MULTILINE) and ``\\n{3,}`` → ``\\n\\n``, in that order."""
     cdef View v = view_of(text)
-    cdef Py_ssize_t i = 0
-    cdef Py_ssize_t blank_from = -1  # where the output's trailing run of spaces and tabs starts
-    cdef int newlines = 0  # how many newlines the output ends with
-    cdef bint line_start = True
-    cdef Py_UCS4 c
-    cdef Buf out
-    buf_init(&out, v.n, v.kind)
+    cdef Py_ssize_t n
+    cdef char *dst = <char *>malloc(v.n * v.kind + 1)
+    if dst == NULL:
+        raise MemoryError()
     try:
-        while i < v.n:
-            c = at(&v, i)
-            i += 1
-            if c == 0x0A:
-                if blank_from >= 0:
-                    out.n = blank_from
-                    blank_from = -1
-                if newlines < 2:
-                    buf_put(&out, c)
-                    newlines += 1
-                line_start = True
-                continue
-            if is_space(c):
-                while is_space(at(&v, i)):
-                    i += 1
-                c = 0x20
-                if line_start:  # a line's leading spaces: one run, so one space after collapsing
-                    line_start = False
-                    continue
-            line_start = False
-            if c == 0x20 or c == 0x09:
-                if blank_from < 0:
-                    blank_from = out.n
-            else:
-                blank_from = -1
-                newlines = 0
-            buf_put(&out, c)
-        if blank_from >= 0:
-            out.n = blank_from
-        return buf_str(&out)
+        if v.kind == 1:
+            n = _collapse(<const uint8_t *>v.data, v.n, <uint8_t *>dst)
+        elif v.kind == 2:
+            n = _collapse(<const uint16_t *>v.data, v.n, <uint16_t *>dst)
+        else:
+            n = _collapse(<const Py_UCS4 *>v.data, v.n, <Py_UCS4 *>dst)
+        return PyUnicode_FromKindAndData(v.kind, dst, n)
     finally:
-        buf_free(&out)
+        free(dst)
+
+
+cdef Py_ssize_t _first_at_least(const char_t *p, Py_ssize_t i, Py_ssize_t end, Py_UCS4 limit) noexcept:
+    """The first position in ``p[i:end]`` of a character at or above ``limit``; ``end`` if none."""
+    while i < end:
+        if p[i] >= limit:
+            return i
+        i += 1
+    return end
 
 
 def nfc(str text) -> str:
@@ -133,15 +188,17 @@ def nfc(str text) -> str:
             cut += 1
         if cut > v.n:
             cut = v.n
-        for i in range(start, cut):
-            if at(&v, i) >= NFC_INERT_BELOW:
-                piece = text[start:cut]
-                normal = unicodedata.normalize("NFC", piece)
-                if normal != piece:
-                    parts.append(text[last:start])
-                    parts.append(normal)
-                    last = cut
-                break
+        if v.kind == 2:
+            i = _first_at_least(<const uint16_t *>v.data, start, cut, NFC_INERT_BELOW)
+        else:
+            i = _first_at_least(<const Py_UCS4 *>v.data, start, cut, NFC_INERT_BELOW)
+        if i < cut:
+            piece = text[start:cut]
+            normal = unicodedata.normalize("NFC", piece)
+            if normal != piece:
+                parts.append(text[last:start])
+                parts.append(normal)
+                last = cut
         start = cut
     if not parts:
         return text

@@ -10,7 +10,7 @@ budget check of each round.
 from cpython.unicode cimport Py_UNICODE_ISSPACE
 
 from ._strbuf cimport NONE, Buf, Stops, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, buf_text
-from ._strbuf cimport find_char, skip_to, view_of
+from ._strbuf cimport buf_copy_replacing, clip, find_char, find_in, skip_to, view_of
 
 from .render_limits import MAX_DEPTH as _MAX_DEPTH
 from .render_limits import too_deep
@@ -23,14 +23,6 @@ cdef inline Py_ssize_t find2(const View *v, Py_ssize_t i, Py_ssize_t end, Py_UCS
     """The first position from ``i`` where ``a`` then ``b`` stand, both before ``end``; -1 if none."""
     while i + 1 < end:
         if at(v, i) == a and at(v, i + 1) == b:
-            return i
-        i += 1
-    return -1
-
-
-cdef inline Py_ssize_t find1(const View *v, Py_ssize_t i, Py_ssize_t end, Py_UCS4 a) noexcept:
-    while i < end:
-        if at(v, i) == a:
             return i
         i += 1
     return -1
@@ -54,8 +46,10 @@ cdef inline Py_ssize_t skip_space_back(const View *v, Py_ssize_t start, Py_ssize
 cdef Py_ssize_t top_bars(const View *v, Py_ssize_t a, Py_ssize_t b, Py_ssize_t *last) noexcept:
     """The first and (in ``last``) the last ``|`` of ``v[a:b]`` outside nested ``{{ }}`` and ``[[ ]]``
     (-1 for none). A pair never reaches past ``b``: the scan splits the inner text alone."""
-    cdef Py_ssize_t depth = 0, first = -1, i = a
+    cdef Py_ssize_t depth = 0, first = -1, i
     cdef Py_UCS4 c, d
+    clip(v, &a, &b)
+    i = a
     last[0] = -1
     while i < b:
         c = at(v, i)
@@ -193,7 +187,7 @@ cdef class TemplateRenderer(PairRenderer):
         self.kept_params, self.render_kept, self.check = kept_params, render_kept, check
 
     cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
-        cdef Py_ssize_t bar = find1(v, a, b, 0x7C)
+        cdef Py_ssize_t bar = find_in(v, a, b, 0x7C)
         positions = self.kept_params(text[a : bar if bar >= 0 else b])
         if positions is not None:
             buf_text(out, self.render_kept(text[a:b], positions))
@@ -305,15 +299,13 @@ cdef class LinkRenderer(PairRenderer):
         self.prefixes = {}
 
     cdef bint dropped(self, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
-        """Whether the target ``text[a:b]`` is a dropped one (``File:x.jpg``, ``de:Seite``)."""
+        """Whether the target ``text[a:b]``, stripped, is a dropped one (``File:x.jpg``, ``de:Seite``)."""
         cdef Py_ssize_t colon
         cdef object hit
         cdef str prefix
-        a = skip_space(v, a, b)
-        b = skip_space_back(v, a, b)
         if a >= b or at(v, a) == 0x3A:
             return False
-        colon = find1(v, a, b, 0x3A)
+        colon = find_in(v, a, b, 0x3A)
         if colon < 0:
             return False
         prefix = text[a:colon]
@@ -328,20 +320,16 @@ cdef class LinkRenderer(PairRenderer):
     cdef int target(self, Buf *out, const View *v, Py_ssize_t a, Py_ssize_t b) except -1:
         """A target as shown: without leading ``:``, its ``#section`` and leading ``#`` dropped,
         ``_`` as spaces."""
-        cdef Py_ssize_t i, hash_at
-        cdef Py_UCS4 c
+        cdef Py_ssize_t hash_at
         while a < b and at(v, a) == 0x3A:
             a += 1
         if a < b and at(v, a) != 0x23:
-            hash_at = find1(v, a, b, 0x23)
+            hash_at = find_in(v, a, b, 0x23)
             if hash_at >= 0:
                 b = hash_at
         while a < b and at(v, a) == 0x23:
             a += 1
-        for i in range(a, b):
-            c = at(v, i)
-            buf_put(out, 0x20 if c == 0x5F else c)
-        return 0
+        return buf_copy_replacing(out, v, a, b, 0x5F, 0x20)
 
     cdef int closed(self, Buf *out, const View *v, str text, Py_ssize_t a, Py_ssize_t b) except -1:
         """``[[text[a:b]]]`` rendered into ``out``."""
@@ -367,9 +355,12 @@ cdef class LinkRenderer(PairRenderer):
 
     cdef str unclosed(self, str rest):
         cdef View v = view_of(rest)
-        cdef Py_ssize_t bar = find1(&v, 0, v.n, 0x7C)
+        cdef Py_ssize_t bar = find_in(&v, 0, v.n, 0x7C)
+        cdef Py_ssize_t start = skip_space(&v, 0, v.n)
         cdef Py_ssize_t newline
-        if not self.dropped(&v, rest, 0, bar if bar >= 0 else v.n):
+        if bar < 0:
+            bar = v.n
+        if not self.dropped(&v, rest, start, skip_space_back(&v, start, bar)):
             return rest
-        newline = find1(&v, 0, v.n, 0x0A)  # an unclosed file link: its line goes
+        newline = find_in(&v, 0, v.n, 0x0A)  # an unclosed file link: its line goes
         return rest[newline + 1 :] if newline >= 0 else ""

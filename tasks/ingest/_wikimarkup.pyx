@@ -191,6 +191,18 @@ def _closing_tag(name: str):
     return re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
 
 
+cdef object closing_tag(str text, object pattern, Py_ssize_t start):
+    """``pattern.search(text, start)`` for a closing tag's expression (it starts with ``</``): asked
+    only where ``</`` stands, as its own search, in any case, reads every character."""
+    cdef Py_ssize_t i = find_str(text, "</", start)
+    while i >= 0:
+        m = pattern.match(text, i)
+        if m is not None:
+            return m
+        i = find_str(text, "</", i + 1)
+    return None
+
+
 def drop_elements(str text) -> str:
     """Dropped elements (``<ref>…</ref>``, ``<math>…</math>``) removed up to their first closing tag
     of the same name (any case); one that never closes is left to the later steps. A name found
@@ -206,7 +218,7 @@ def drop_elements(str text) -> str:
         name = m.group(1)
         close = None
         if name not in unclosed:
-            close = _closing_tag(name).search(text, gt + 1)
+            close = closing_tag(text, _closing_tag(name), gt + 1)
         if close is None:
             unclosed.add(name)
             start = m.start() + 1

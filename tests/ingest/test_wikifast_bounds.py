@@ -69,6 +69,8 @@ def test_the_scans_drop_exactly_what_the_regular_expressions_dropped():
         assert markup.external_links(text) == want, text
         for scan, (expression, replacement) in REGEX_PASSES.items():
             assert scan(text) == expression.sub(replacement, text), (scan.__name__, text)
+        stray = REGEX_PASSES[markup.drop_stray][0]
+        assert markup.drop_stray(text, twice=True) == stray.sub("", stray.sub("", text)), text
 
 
 HEADING_TOKENS = ["=", "==", "===", "=======", " ", "  ", "\t", "\n", "\n\n", "a", "b c", "\u00a0", " \n "]

@@ -3,39 +3,20 @@
 All sources end up in one corpus, so they must agree on one form: NFC (so the same word has the
 same code points whatever the source), no control characters (they break tokenizers and JSON
 tooling), single spaces and at most one blank line between paragraphs (so paragraph splitting
-downstream sees clean ``\\n\\n`` boundaries).
+downstream sees clean ``\\n\\n`` boundaries). The character passes are compiled
+(:mod:`._textclean`): as regular expressions they were the largest cost of ingesting a page.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
+
+from ._textclean import collapse_spaces, nfc, normalize_breaks
 
 # (pattern, replacement) steps applied in order by :func:`substitute`; a replacement is a string or
 # a function of the match, as for ``re.sub``.
 Substitutions = Sequence[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]
-
-_NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85\x0b\x0c]")
-# Cc = control characters; keep \n and \t. Also drop the BOM / zero-width no-break space and
-# unassigned surrogates, which only appear as encoding debris.
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ufeff\ud800-\udfff]")
-_SPACES = re.compile(r"[ \u00a0\u2000-\u200a\u202f\u205f]+")
-_BLANK_RUNS = re.compile(r"\n{3,}")
-_BEFORE_NFC: Substitutions = ((_NEWLINES, "\n"), (_CONTROL, ""))
-
-
-_LEADING_SPACES = re.compile(r"^ +", re.MULTILINE)
-# A run of trailing spaces and tabs, matched from its first character only: the look-behind fails at
-# once inside a run, so a long run that does not end its line is read once, not once per character.
-_TRAILING_BLANKS = re.compile(r"(?<![ \t])[ \t]+$", re.MULTILINE)
-
-
-def _strip_lines(text: str) -> str:
-    """Each line without its leading spaces and trailing spaces and tabs. (The expression
-    ``^[ ]+|[ \\t]+$`` did the same, but tried every tab of a run that does not end its line: a
-    document with 200,000 tabs in a row took minutes.)"""
-    return _TRAILING_BLANKS.sub("", _LEADING_SPACES.sub("", text))
 
 
 def substitute(text: str, steps: Substitutions) -> str:
@@ -49,8 +30,8 @@ def clean_text(text: str) -> str:
     """Return ``text`` NFC-normalised, without control characters, with collapsed whitespace."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFC", substitute(text, _BEFORE_NFC))
-    return _BLANK_RUNS.sub("\n\n", _strip_lines(_SPACES.sub(" ", text))).strip()
+    text = nfc(normalize_breaks(text))
+    return collapse_spaces(text).strip()
 
 
 def join_sections(sections: list[tuple[int, str, str]]) -> str:

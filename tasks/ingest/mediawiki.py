@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
+import pyexpat
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Generator, Iterator
@@ -37,6 +38,7 @@ from .language import (
     wiki_code_from_filename,
     wiki_code_from_url,
 )
+from .mediawiki_xml import WRAPPER, Page, XmlStream, local_name
 from .render_limits import DEFAULT_PAGE_SECONDS, RenderLimit
 from .wikifast import FastWikitextCleaner
 from .wikitext import WikitextCleaner
@@ -44,7 +46,6 @@ from .wikitext import WikitextCleaner
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
-_WRAPPER = "m3-stream"
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
 _DECL_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""")
 # "#REDIRECT [[Target]]" and its localised forms (#WEITERLEITUNG, #перенаправление, #転送 ...);
@@ -75,13 +76,9 @@ _CANONICAL_NS = {
 }
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
 def _child(elem: ET.Element, name: str) -> ET.Element | None:
     for c in elem:
-        if _local(c.tag) == name:
+        if local_name(c.tag) == name:
             return c
     return None
 
@@ -193,8 +190,7 @@ class _WikiFile:
                 return host
         return f"{self.wiki_code() or lang}.wikipedia.org"
 
-    def namespace_of(self, page: ET.Element, title: str) -> int:
-        ns = _child_text(page, "ns")
+    def namespace_of(self, ns: str | None, title: str) -> int:
         if ns is not None and ns.strip().lstrip("-").isdigit():
             return int(ns)
         if ":" in title:  # old exports have no <ns>: infer it from the title prefix
@@ -205,25 +201,25 @@ class _WikiFile:
                 return _CANONICAL_NS[prefix]
         return 0
 
-    def page_item(self, page: ET.Element) -> dict[str, Any] | Skipped:
-        title = (_child_text(page, "title") or "").strip()
-        ns = self.namespace_of(page, title)
+    def page_item(self, page: Page) -> dict[str, Any] | Skipped:
+        title = (page.fields.get("title") or "").strip()
+        ns = self.namespace_of(page.fields.get("ns"), title)
         if ns != 0:
             return Skipped("namespace", {"title": title, "ns": ns, "lang": self.file_lang()[0]})
-        revisions = [c for c in page if _local(c.tag) == "revision"]
-        rev = revisions[-1] if revisions else None  # history dumps: the newest revision is last
-        wikitext = (_child_text(rev, "text") if rev is not None else None) or ""
-        if _child(page, "redirect") is not None or _REDIRECT_TEXT.match(wikitext):
+        rev = page.revision
+        rev_fields = rev or {}
+        wikitext = rev_fields.get("text") or ""
+        if page.redirect or _REDIRECT_TEXT.match(wikitext):
             return Skipped("redirect", {"title": title, "lang": self.file_lang()[0]})
-        model = _child_text(rev, "model") if rev is not None else None
+        model = rev_fields.get("model")
         if model and model.strip() != "wikitext":
             return Skipped("content_model", {"title": title, "model": model, "lang": self.file_lang()[0]})
 
         text = self.cleaner(wikitext)
         lang, lang_source = self.file_lang()
         meta: dict[str, Any] = {
-            "page_id": _int_or_none(_child_text(page, "id")),
-            "revision_id": _int_or_none(_child_text(rev, "id")) if rev is not None else None,
+            "page_id": _int_or_none(page.fields.get("id")),
+            "revision_id": _int_or_none(rev_fields.get("id")) if rev is not None else None,
             "wiki": self.site.dbname or self.wiki_code(),
         }
         record = make_record(
@@ -231,7 +227,7 @@ class _WikiFile:
             text=text,
             url="",
             title=title,
-            timestamp=iso_timestamp(_child_text(rev, "timestamp")) if rev is not None else None,
+            timestamp=iso_timestamp(rev_fields.get("timestamp")) if rev is not None else None,
             lang=lang,
             lang_source=lang_source,
             meta=meta,
@@ -320,29 +316,64 @@ def _read_head(pieces: Iterator[bytes | StreamFault]) -> tuple[bytes, StreamFaul
     return head, None
 
 
-def _new_parser() -> ET.XMLPullParser:
-    """A pull parser inside a wrapper element, so a parser started mid-file reads a sequence of pages."""
-    p: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
-    p.feed(f"<{_WRAPPER}>")
-    return p
+class _Input:
+    """A file's bytes as the parser is fed them. The parser reads UTF-8, so a UTF-8 file is fed its
+    own bytes, once a strict decoder has found them valid (decoding them to text the parser would
+    encode again cost as much as the parse's own reading); from the first invalid byte on, and for
+    other encodings, it is fed text decoded with replacement characters, as every file once was."""
+
+    def __init__(self, encoding: str) -> None:
+        self.strict = codecs.getincrementaldecoder("utf-8")() if encoding == "utf-8" else None
+        self.lenient = None if self.strict else codecs.getincrementaldecoder(encoding)(errors="replace")
+
+    def _lenient(self) -> codecs.IncrementalDecoder:
+        """The replacing decoder, taking over the strict one's state (the bytes it holds) if any."""
+        if self.strict is not None:
+            self.lenient = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self.lenient.setstate(self.strict.getstate())
+            self.strict = None
+        assert self.lenient is not None
+        return self.lenient
+
+    def decoded(self, piece: bytes) -> str:
+        """``piece`` as text (the bytes of a character cut at its end wait for the next piece)."""
+        if self.strict is not None:
+            held = self.strict.getstate()
+            try:
+                return self.strict.decode(piece)
+            except UnicodeDecodeError:
+                self.strict.setstate(held)
+        return self._lenient().decode(piece)
+
+    def feed(self, piece: bytes) -> bytes | str:
+        """What to feed the parser for ``piece``: its bytes where they are valid UTF-8, else its text."""
+        if self.strict is None:
+            return self.decoded(piece)
+        held = self.strict.getstate()[0]
+        text = self.decoded(piece)
+        if self.strict is None:
+            return text
+        data = held + piece
+        return data[: len(data) - len(self.strict.getstate()[0])]
+
+    def final(self) -> str:
+        """What is left at the end of the bytes (a character cut there: a replacement character)."""
+        return self._lenient().decode(b"", final=True)
 
 
 class _PageReader:
-    """One file's text through an XML pull parser, and what a quarantine note needs: the page being
-    read, the bytes consumed. After a fault that decoding resumes from, it reads on with a new parser."""
+    """One file's text through the XML stream, and what a quarantine note needs: the page being read,
+    the bytes consumed. After a fault that decoding resumes from, it reads on with a new stream."""
 
     def __init__(self, path: str, wiki: _WikiFile, head: bytes) -> None:
         self.path, self.wiki = path, wiki
-        self.stack: list[ET.Element] = []
-        self.page_title: str | None = None  # title of the page being parsed, for a quarantine note
-        self.in_page = False
         self.root_lang: str | None = None
-        self.parser = _new_parser()
+        self.stream = XmlStream()
         self.resync: _Resync | None = None
         self.encoding, bom = _sniff_encoding(head)
-        self.decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        self.input = _Input(self.encoding)
         self.consumed = len(head)
-        self.parser.feed(_XML_DECL.sub("", self.decoder.decode(head[bom:]), count=1))
+        self.stream.feed(_XML_DECL.sub("", self.input.decoded(head[bom:]), count=1))
 
     def read(
         self, pieces: Iterator[bytes | StreamFault], fault: StreamFault | None
@@ -351,7 +382,7 @@ class _PageReader:
         while True:
             try:
                 yield from self.drain()
-            except ET.ParseError as exc:
+            except pyexpat.ExpatError as exc:
                 yield self.quarantine("malformed_xml", str(exc))
                 return
             if fault is None:
@@ -362,8 +393,10 @@ class _PageReader:
                     break
                 else:
                     self.consumed += len(piece)
-                    text = self.decoder.decode(piece)
-                    self.parser.feed(self.resync.feed(text) if self.resync else text)
+                    if self.resync:
+                        self.stream.feed(self.resync.feed(self.input.decoded(piece)))
+                    else:
+                        self.stream.feed(self.input.feed(piece))
                     continue
             if not (yield from self.fault(fault)):
                 return
@@ -372,64 +405,59 @@ class _PageReader:
 
     def fault(self, fault: StreamFault) -> Generator[dict | Skipped | Quarantined, None, bool]:
         """Finish what was decoded before ``fault`` and record it; True when reading goes on after it
-        (with a fresh parser, from the next ``<page>``)."""
-        self.parser.feed(self.decoder.decode(b"", final=True))
-        with contextlib.suppress(ET.ParseError):  # the fault itself is what we report
+        (with a fresh stream, from the next ``<page>``)."""
+        self.stream.feed(self.input.final())
+        with contextlib.suppress(pyexpat.ExpatError):  # the fault itself is what we report
             yield from self.drain()
         yield self.quarantine(fault.reason, fault.detail, fault.offset, fault.excerpt)
         if fault.resumed_at is None:
             return False
-        self.parser, self.resync = _new_parser(), _Resync()
-        self.stack.clear()
-        self.in_page, self.page_title = False, None
-        self.decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        self.stream, self.resync = XmlStream(), _Resync()
+        self.input = _Input(self.encoding)
         return True
 
     def finish(self) -> Iterator[dict | Skipped | Quarantined]:
         """The pages left at the end; a document that only fails here was cut (``truncated``)."""
-        tail = self.decoder.decode(b"", final=True)
-        self.parser.feed((self.resync.feed(tail) + self.resync.flush()) if self.resync else tail)
-        self.parser.feed(f"</{_WRAPPER}>")
+        tail = self.input.final()
+        self.stream.feed((self.resync.feed(tail) + self.resync.flush()) if self.resync else tail)
+        self.stream.feed(f"</{WRAPPER}>")
         try:
             yield from self.drain()
-            self.parser.close()
-        except ET.ParseError as exc:
+            self.stream.close()
+        except pyexpat.ExpatError as exc:
             yield self.quarantine("truncated", str(exc))
 
     def drain(self) -> Iterator[dict | Skipped | Quarantined]:
-        """The items of the parser's pending events: one per finished ``<page>``."""
-        events: Iterator[Any] = self.parser.read_events()  # start/end only: (event, Element)
-        for event, elem in events:
-            name = _local(elem.tag)
-            if event == "start":
-                self.stack.append(elem)
-                if name == "page":
-                    self.in_page, self.page_title = True, None
-                elif name == "mediawiki":
-                    self.root_lang = elem.get("{http://www.w3.org/XML/1998/namespace}lang")
-                    self.wiki.site.xml_lang = self.root_lang
-                continue
-            self.stack.pop()
-            if name == "title" and self.in_page:
-                self.page_title = elem.text
-            elif name == "siteinfo":
-                self.wiki.set_site(_SiteInfo.from_element(elem, self.root_lang))
-                _discard(elem, self.stack)
-            elif name == "page":
+        """The items of what the stream finished: one per ``<page>``; then its error, if any."""
+        for kind, value in self.stream.take():
+            if kind == "root":
+                self.root_lang = value  # type: ignore[assignment]  # the root's xml:lang
+                self.wiki.site.xml_lang = self.root_lang
+            elif kind == "site":
+                self.wiki.set_site(_SiteInfo.from_element(value, self.root_lang))  # type: ignore[arg-type]
+            else:
+                page: Page = value  # type: ignore[assignment]
                 try:
-                    item: dict | Skipped | Quarantined = self.wiki.page_item(elem)
+                    item: dict | Skipped | Quarantined = self.wiki.page_item(page)
                 except RenderLimit as exc:  # this page only: the file reads on
-                    item = self.quarantine(exc.reason, exc.detail, raw=exc.excerpt)
-                self.in_page = False
+                    item = self.quarantine(exc.reason, exc.detail, raw=exc.excerpt, page=page)
                 yield item
-                _discard(elem, self.stack)
+        if self.stream.error is not None:
+            error, self.stream.error = self.stream.error, None
+            raise error
 
-    def quarantine(self, reason: str, detail: str, offset: int | None = None, raw: str = "") -> Quarantined:
+    def quarantine(
+        self, reason: str, detail: str, offset: int | None = None, raw: str = "", page: Page | None = None
+    ) -> Quarantined:
+        """A quarantine note naming ``page`` (as noted when it ended), else the page being read."""
+        record = self.stream.page_title if self.stream.in_page else None
+        if page is not None:
+            record = page.note
         return Quarantined(
             self.path,
             reason,
             offset=self.consumed if offset is None else offset,
-            record=self.page_title if self.in_page else None,
+            record=record,
             detail=detail,
             excerpt=raw or None,
         )
@@ -453,11 +481,3 @@ def _pieces(decoded: Iterator[bytes | StreamFault]) -> Iterator[bytes | StreamFa
             buf, size = [], 0
     if buf:
         yield b"".join(buf)
-
-
-def _discard(elem: ET.Element, stack: list[ET.Element]) -> None:
-    """Free a finished element: clear it and unlink it from its parent (bounded memory)."""
-    elem.clear()
-    if stack:
-        with contextlib.suppress(ValueError):
-            stack[-1].remove(elem)

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3.recipe import MCLS_INTERVAL
-from model.attention import use_blockwise_attention
 from model.config import POSITION_OFFSET, ModelSpec
 
 if TYPE_CHECKING:
@@ -287,6 +286,8 @@ class M3Model(nn.Module):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+        from model.attention import use_blockwise_attention  # transformers is loaded by now; not at CLI start
+
         use_blockwise_attention(backbone)  # long passages in CPU training: linear, not L^2, attention memory
         self.backbone = backbone
         self.tokenizer = tokenizer

@@ -34,6 +34,7 @@ PHASES = {
     "lzma.py": "reading",
     "_compression.py": "reading",
     "codecs.py": "reading",
+    "mediawiki_xml.py": "XML",
     "mediawiki.py": "XML",
     "ElementTree.py": "XML",
     "wikifast.py": "wikitext rendering",

@@ -4,12 +4,12 @@ backward, so dropout does not cost heads x L^2 memory.
 PyTorch's CPU ``scaled_dot_product_attention`` takes its flash kernel only without dropout; BERT and
 XLM-R train with attention dropout 0.1, so on CPU every layer falls back to the math path and holds
 several heads x L x L matrices (about 12 GiB for one 8192-token passage of a 12-head model, measured in
-bench/RESULTS.md). Here the queries are cut into blocks of ``BLOCK`` rows; each block's attention runs
-under activation checkpointing, which keeps only its inputs and replays the same dropout mask (the RNG
-state is saved) when the backward needs the probabilities. Peak memory becomes heads x BLOCK x L per
-layer, at the price of one more attention forward in the backward — the trade FlashAttention (Dao et
-al., 2022) makes inside one kernel. On a GPU, and without dropout, plain SDPA already streams and is
-used as is.
+bench/RESULTS.md). Here the queries are cut into blocks of ``BLOCK`` rows; with gradients on, each
+block's attention runs under activation checkpointing, which keeps only its inputs and replays the
+same dropout mask (the RNG state is saved) when the backward needs the probabilities. Peak memory
+becomes heads x BLOCK x L per layer, at the price of one more attention forward in the backward — the
+trade FlashAttention (Dao et al., 2022) makes inside one kernel. On a GPU, and without dropout, plain
+SDPA already streams and is used as is.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ BLOCK = 512  # query rows per block: 12 heads x 512 x 8192 x 4 B = 192 MiB per s
 
 
 def _needs_blocks(query: torch.Tensor, dropout: float) -> bool:
-    return dropout > 0.0 and query.device.type == "cpu" and query.shape[2] > BLOCK and torch.is_grad_enabled()
+    return dropout > 0.0 and query.device.type == "cpu" and query.shape[2] > BLOCK
 
 
 def _block(
@@ -63,11 +63,10 @@ def blockwise_sdpa_forward(
         mask = attention_mask
         if mask is not None and mask.shape[2] > 1:  # a per-query mask; (b, 1, 1, kv) broadcasts as is
             mask = mask[:, :, rows]
-        outs.append(
-            checkpoint(
-                _block, module, query[:, :, rows], key, value, mask, dropout, scaling, use_reentrant=False
-            )
-        )
+        args = (module, query[:, :, rows], key, value, mask, dropout, scaling)
+        # without a graph (gradient caching's first pass in train mode) a block is simply freed
+        graph = torch.is_grad_enabled()
+        outs.append(checkpoint(_block, *args, use_reentrant=False) if graph else _block(*args))
     return torch.cat(outs, dim=1), None
 
 

@@ -84,3 +84,14 @@ def test_padding_is_masked_as_under_sdpa(tok_dir) -> None:
     alone = model.encode(texts[:1], batch_size=1)["dense_vecs"]
     np.testing.assert_allclose(ours, ref, atol=1e-6)
     np.testing.assert_allclose(ours[0], alone[0], atol=1e-5)
+
+
+def test_without_a_graph_blocks_match_the_graph_forward() -> None:
+    """Gradient caching's no-grad pass in train mode takes the blocks too, with the same dropout draws."""
+    q, k, v = qkv(BLOCK + 100)
+    torch.manual_seed(3)
+    with_graph, _ = blockwise_sdpa_forward(torch.nn.Module(), q, k, v, None, dropout=0.2, scaling=None)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        without, _ = blockwise_sdpa_forward(torch.nn.Module(), q, k, v, None, dropout=0.2, scaling=None)
+    assert torch.equal(with_graph.detach(), without)

@@ -10,7 +10,7 @@ budget check of each round.
 from cpython.unicode cimport Py_UNICODE_ISSPACE
 
 from ._strbuf cimport NONE, Buf, Stops, View, at, buf_copy, buf_free, buf_init, buf_put, buf_str, buf_text
-from ._strbuf cimport buf_copy_replacing, clip, find_char, find_in, skip_to, view_of
+from ._strbuf cimport buf_copy_replacing, clip, find_char, find_in, skip_to, stops_of, view_of
 
 from .render_limits import MAX_DEPTH as _MAX_DEPTH
 from .render_limits import too_deep
@@ -245,6 +245,22 @@ cdef bint table_close(const View *v, Py_ssize_t i, Py_ssize_t end) noexcept:
     return i + 1 < end and at(v, i) == 0x7C and at(v, i + 1) == 0x7D
 
 
+cdef Stops TABLE_MARK_STARTS
+stops_of(TABLE_MARK_STARTS, b"{\n")
+
+
+cdef bint has_table_marks(const View *v) noexcept:
+    """Whether ``{|`` or ``\\n|`` stands in the text: without either there is no table line to drop."""
+    cdef Py_ssize_t i = 0
+    while True:
+        i = skip_to(v, i, TABLE_MARK_STARTS)
+        if i + 1 >= v.n:
+            return False
+        if at(v, i + 1) == 0x7C:
+            return True
+        i += 1
+
+
 def drop_tables(str text) -> str:
     """``{| … |}`` blocks (nested ones too) and stray table lines dropped, line by line; an HTML tag
     before a table's ``{|`` (``<center>{|``) is kept on a line of its own."""
@@ -252,7 +268,7 @@ def drop_tables(str text) -> str:
     cdef Py_ssize_t line, end, opened, depth = 0
     cdef bint first = True
     cdef Buf out
-    if text.find("{|") < 0 and text.find("\n|") < 0:
+    if not has_table_marks(&v):
         return text
     buf_init(&out, v.n, v.kind)
     try:

@@ -506,9 +506,8 @@ cdef inline bint is_stray(Py_UCS4 c, Py_UCS4 d) noexcept:
             or (c == 0x5D and d == 0x5D) or (c == 0x7C and d == 0x7D))
 
 
-cdef Py_ssize_t first_stray(const View *v) noexcept:
-    """Where the first pair to drop starts; the text's length if none."""
-    cdef Py_ssize_t i = 0
+cdef Py_ssize_t first_stray(const View *v, Py_ssize_t i) noexcept:
+    """Where the first pair to drop starts from ``i``; the text's length if none."""
     while True:
         i = skip_to(v, i, STRAY_CHARS)
         if i + 1 >= v.n:
@@ -518,15 +517,20 @@ cdef Py_ssize_t first_stray(const View *v) noexcept:
         i += 1
 
 
-cdef inline int then_drop(Buf *out, Py_UCS4 *held, Py_UCS4 c) except -1:
-    """The second pass, fed the first's output a character at a time: it holds one back, and drops
-    it with ``c`` when the two make a pair."""
-    if held[0] != NONE and is_stray(held[0], c):
-        held[0] = NONE
+cdef int then_drop(Buf *out, const View *v, Py_ssize_t start, Py_ssize_t end, Py_UCS4 *held) except -1:
+    """The second pass fed ``v[start:end]``, a stretch the first kept whole: it holds the last
+    character back, and drops the one it held with the stretch's first when the two make a pair
+    (no two characters inside the stretch do, or the first pass would have dropped them)."""
+    if end <= start:
         return 0
-    if held[0] != NONE:
+    if held[0] != NONE and is_stray(held[0], at(v, start)):
+        start += 1
+    elif held[0] != NONE:
         buf_put(out, held[0])
-    held[0] = c
+    held[0] = NONE
+    if start < end:
+        buf_copy(out, v, start, end - 1)
+        held[0] = at(v, end - 1)
     return 0
 
 
@@ -534,28 +538,22 @@ def drop_stray(str text, bint twice=False) -> str:
     """``\\{\\{|\\}\\}|\\[\\[|\\]\\]|\\{\\||\\|\\}`` removed: brackets no scan could pair. ``twice``:
     removed again from what that leaves (a pair can close over one removed), in the same pass."""
     cdef View v = view_of(text)
-    cdef Py_ssize_t i = first_stray(&v)
-    cdef Py_UCS4 c, held = NONE
+    cdef Py_ssize_t pos = 0, i = first_stray(&v, 0)
+    cdef Py_UCS4 held = NONE
     cdef Buf out
     if i >= v.n:
         return text
     buf_init(&out, v.n, v.kind)
     try:
-        if twice and i > 0:  # the text before the first pair passes both; the second holds its end back
-            buf_copy(&out, &v, 0, i - 1)
-            held = at(&v, i - 1)
-        else:
-            buf_copy(&out, &v, 0, i)
-        while i < v.n:
-            c = at(&v, i)
-            if is_stray(c, at(&v, i + 1)):
-                i += 2
-                continue
+        while True:  # [pos, i) holds no pair; one starts at i, or i is the end
             if twice:
-                then_drop(&out, &held, c)
+                then_drop(&out, &v, pos, i, &held)
             else:
-                buf_put(&out, c)
-            i += 1
+                buf_copy(&out, &v, pos, i)
+            if i >= v.n:
+                break
+            pos = i + 2
+            i = first_stray(&v, pos)
         if held != NONE:
             buf_put(&out, held)
         return buf_str(&out)

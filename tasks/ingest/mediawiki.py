@@ -3,9 +3,9 @@
 Real inputs are messier than the schema: compressed or not (gzip/bz2/xz by magic bytes), UTF-8 or
 UTF-16 with a BOM, bare ``<page>`` elements without the ``<mediawiki>`` wrapper (several may be
 concatenated), no ``<siteinfo>``, old exports without ``<ns>``, and dumps cut off mid-page. The
-reader wraps the stream in a synthetic root element so all of those parse the same way, feeds a
-pull parser chunk by chunk and clears every finished page, so memory stays bounded by the largest
-page, never the dump.
+reader wraps the stream in a synthetic root element so all of those parse the same way, and feeds
+expat chunk by chunk (a UTF-8 file as its own bytes); :mod:`.mediawiki_xml` keeps of each page only
+the fields a record needs, so memory stays bounded by the largest page, never the dump.
 
 A cut (truncated compressed stream or unclosed XML at end of file) keeps every complete page and
 yields one :class:`Quarantined` with reason ``truncated``; a compressed stream that does not decode

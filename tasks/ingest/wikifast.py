@@ -1,4 +1,4 @@
-"""Fast wikitext -> plain text: a single-pass bracket scanner plus C-speed regexes.
+"""Fast wikitext -> plain text: compiled scans of the brackets, tags and inline markup.
 
 mwparserfromhell builds a full node tree per page, which costs more than everything else in
 ingestion together (~5 ms per KB of wikitext). For corpus text we only need to *delete* furniture
@@ -8,6 +8,11 @@ formatting, which a scanner over the bracket tokens does in one pass, the way Wi
 :class:`tasks.ingest.wikitext.WikitextCleaner` on the cases that matter (see tests): section
 headings on their own line, empty sections dropped, link labels kept, a few inline prose
 templates (``{{lang}}``, ``{{nowrap}}``, ``{{convert}}``) kept.
+
+The scans are compiled (:mod:`._wikibrackets`: templates, tables, links; :mod:`._wikimarkup`: tags
+and inline markup; :mod:`._wikiheadings`), each doing exactly what the Python loop or regular
+expression it replaced did; this module keeps the order of the steps and what needs Python's own
+tables (which templates are kept, which link prefixes are dropped, HTML entities, sections).
 
 Every step is linear in the page or bounded (:mod:`.render_limits`): brackets nested deeper than
 MediaWiki's own limit quarantine the page, and the patterns that would backtrack over a page of

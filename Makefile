@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile torch==2.13.0          # the CPU wheel first; a loose pin pulls CUDA
-	$(BIN)/pip install --quiet "cython==3.3.2" "setuptools==84.2.1"  # to rebuild the .pyx scanners in place (`make setup`)
+	$(BIN)/pip install --quiet cython "setuptools>=75" -c constraints.txt  # to rebuild the .pyx scanners in place (`make setup`)
 	$(BIN)/pip install --quiet --no-compile -e ".[test]" -c constraints.txt   # known-good versions: no backtracking
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true  # as pip would, on every core (a few files are for newer Pythons)
 	touch $(STAMP)

@@ -57,15 +57,14 @@ def blockwise_sdpa_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    outs = []
+    # without a graph (gradient caching's first pass in train mode) a block is simply freed
+    graph, outs = torch.is_grad_enabled(), []
     for start in range(0, query.shape[2], BLOCK):
         rows = slice(start, start + BLOCK)
         mask = attention_mask
         if mask is not None and mask.shape[2] > 1:  # a per-query mask; (b, 1, 1, kv) broadcasts as is
             mask = mask[:, :, rows]
         args = (module, query[:, :, rows], key, value, mask, dropout, scaling)
-        # without a graph (gradient caching's first pass in train mode) a block is simply freed
-        graph = torch.is_grad_enabled()
         outs.append(checkpoint(_block, *args, use_reentrant=False) if graph else _block(*args))
     return torch.cat(outs, dim=1), None
 

@@ -328,17 +328,22 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 def _snapshot(target: Path) -> Path:
-    """A copy of the checkout (tracked and untracked, not ignored files) for the deployment.
+    """A copy of the checkout (tracked and untracked, not ignored files, plus the compiled
+    extensions `make setup` built beside their sources) for the deployment.
 
     Stage cache keys hash the stages' code, so the deployed code must not change while the test
-    runs (say, edited in the working tree meanwhile): the deployment runs from this copy.
+    runs (say, edited in the working tree meanwhile): the deployment runs from this copy. The
+    extensions are git-ignored build outputs, yet `tasks` cannot be imported without them.
     """
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
     ).stdout
-    for rel in filter(None, listed.decode().split("\0")):
-        src = REPO / rel
+    files = [REPO / rel for rel in filter(None, listed.decode().split("\0"))]
+    built = sorted((REPO / "tasks").rglob("*.so"))
+    assert built, "no compiled extensions under tasks/: run `make setup` first"
+    for src in files + built:
         if src.is_file():
+            rel = src.relative_to(REPO)
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target / rel)
     return target
@@ -429,7 +434,7 @@ def _api(stack, method: str, path: str, body=None):
         time.sleep(1)
 
 
-def _run_deployment(stack, parameters: dict, timeout: float = 900) -> dict:
+def _run_deployment(stack, parameters: dict, timeout: float = 600) -> dict:
     dep = _api(stack, "GET", "/deployments/name/pipeline/pipeline-demo")
     run = _api(stack, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})
     return _wait_final(stack, run["id"], timeout)

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from tasks.language import normalize_code
 
+from ._utf8 import utf8_valid_prefix
 from .common import Quarantined, Skipped, doc_id, iso_timestamp, make_record
 from .files import StreamFault, iter_decoded
 from .language import (
@@ -318,43 +319,46 @@ def _read_head(pieces: Iterator[bytes | StreamFault]) -> tuple[bytes, StreamFaul
 
 class _Input:
     """A file's bytes as the parser is fed them. The parser reads UTF-8, so a UTF-8 file is fed its
-    own bytes, once a strict decoder has found them valid (decoding them to text the parser would
-    encode again cost as much as the parse's own reading); from the first invalid byte on, and for
-    other encodings, it is fed text decoded with replacement characters, as every file once was."""
+    own bytes once they are found well-formed (decoding them to text the parser would encode again
+    cost as much as the parse's own reading; :func:`utf8_valid_prefix` judges them without making
+    text); from the first invalid byte on, and for other encodings, it is fed text decoded with
+    replacement characters, as every file once was."""
 
     def __init__(self, encoding: str) -> None:
-        self.strict = codecs.getincrementaldecoder("utf-8")() if encoding == "utf-8" else None
-        self.lenient = None if self.strict else codecs.getincrementaldecoder(encoding)(errors="replace")
+        self.held = b""  # while the bytes are valid UTF-8: a character cut at the last piece's end
+        self.lenient: codecs.IncrementalDecoder | None = None
+        if encoding != "utf-8":
+            self.lenient = codecs.getincrementaldecoder(encoding)(errors="replace")
+
+    def _valid(self, piece: bytes) -> bytes | None:
+        """The held bytes and ``piece`` up to the last whole character, when well-formed; None from
+        the first invalid byte on (the replacing decoder takes over, the held bytes with it)."""
+        data = self.held + piece if self.held else piece
+        n, invalid = utf8_valid_prefix(data)
+        if invalid:
+            self._lenient()
+            return None
+        self.held = data[n:]
+        return data if n == len(data) else data[:n]
 
     def _lenient(self) -> codecs.IncrementalDecoder:
-        """The replacing decoder, taking over the strict one's state (the bytes it holds) if any."""
-        if self.strict is not None:
+        if self.lenient is None:
             self.lenient = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            self.lenient.setstate(self.strict.getstate())
-            self.strict = None
-        assert self.lenient is not None
+            self.lenient.setstate((self.held, 0))
+            self.held = b""
         return self.lenient
 
     def decoded(self, piece: bytes) -> str:
         """``piece`` as text (the bytes of a character cut at its end wait for the next piece)."""
-        if self.strict is not None:
-            held = self.strict.getstate()
-            try:
-                return self.strict.decode(piece)
-            except UnicodeDecodeError:
-                self.strict.setstate(held)
+        if self.lenient is None and (valid := self._valid(piece)) is not None:
+            return valid.decode("utf-8")
         return self._lenient().decode(piece)
 
     def feed(self, piece: bytes) -> bytes | str:
         """What to feed the parser for ``piece``: its bytes where they are valid UTF-8, else its text."""
-        if self.strict is None:
-            return self.decoded(piece)
-        held = self.strict.getstate()[0]
-        text = self.decoded(piece)
-        if self.strict is None:
-            return text
-        data = held + piece
-        return data[: len(data) - len(self.strict.getstate()[0])]
+        if self.lenient is None and (valid := self._valid(piece)) is not None:
+            return valid
+        return self._lenient().decode(piece)
 
     def final(self) -> str:
         """What is left at the end of the bytes (a character cut there: a replacement character)."""

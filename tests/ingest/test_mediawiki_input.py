@@ -33,8 +33,20 @@ def test_what_is_fed_is_the_file_decoded_with_replacement():
         b"\xc3",
         b"\xed\xa0\x80",
         b"\x80",
+        # leads whose second byte has a narrower range, cut or complete; overlong; beyond U+10FFFF
+        b"\xe0",
+        b"\xe0\x80",
+        b"\xe0\xa0\x80",
+        b"\xed",
+        b"\xed\x9f\xbf",
+        b"\xf0\x8f",
+        b"\xf0\x9f",
+        b"\xf4\x8f\xbf\xbf",
+        b"\xf4\x90",
+        b"\xc0\xaf",
+        b"plain ASCII, a word or more",
     ]
-    for _ in range(3000):
+    for _ in range(20000):
         data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 6))))
         assert fed_text(data, cuts) == data.decode("utf-8", "replace"), (data, cuts)

@@ -1,0 +1,3 @@
+"""Types of the compiled module (_utf8.pyx)."""
+
+def utf8_valid_prefix(data: bytes) -> tuple[int, bool]: ...

@@ -443,14 +443,21 @@ def _run_deployment(stack, parameters: dict, timeout: float = 600) -> dict:
 def _wait_final(stack, run_id: str, timeout: float, min_runs: int = 1) -> dict:
     def final():
         run = _api(stack, "GET", f"/flow_runs/{run_id}")
-        done = run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-        return run if done and run["run_count"] >= min_runs else None
+        state = run["state"]["type"]
+        done = state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+        # a run that crashed loading its flow (say, an import error) never counted a run
+        return run if done and (run["run_count"] >= min_runs or state == "CRASHED") else None
 
     try:
         return _wait(final, timeout, f"flow run {run_id}", every=1)
     except AssertionError:
-        print((stack["logs"] / "worker.log").read_text()[-6000:])
+        print(_worker_log(stack))
         raise
+
+
+def _worker_log(stack) -> str:
+    """The end of the worker's log: where a flow run that could not start says why."""
+    return (stack["logs"] / "worker.log").read_text()[-6000:]
 
 
 def _pipeline_log(stack, run_id: str, until=None, timeout: float = 60) -> str:
@@ -484,7 +491,7 @@ def test_deployed_pipeline_fails_on_a_corrupt_input_and_a_retry_resumes_at_the_f
 
     # 1. the data stages run through the deployment and its worker
     first = _run_deployment(stack, {**params, "only": ["ingest", "synthesize"]})
-    assert first["state"]["type"] == "COMPLETED", first["state"]
+    assert first["state"]["type"] == "COMPLETED", (first["state"], _worker_log(stack))
     store = Store(str(store_dir), cache_dir=stack["base"] / "cache")
     queries = store.manifest(store.resolve("queries/tiny"))
 

@@ -1,3 +1,1 @@
-"""Types of the compiled module (_utf8.pyx)."""
-
 def utf8_valid_prefix(data: bytes) -> tuple[int, bool]: ...

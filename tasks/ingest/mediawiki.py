@@ -342,6 +342,7 @@ class _Input:
         return data if n == len(data) else data[:n]
 
     def _lenient(self) -> codecs.IncrementalDecoder:
+        """The replacing decoder; made at the first invalid byte, it starts from the held bytes."""
         if self.lenient is None:
             self.lenient = codecs.getincrementaldecoder("utf-8")(errors="replace")
             self.lenient.setstate((self.held, 0))
@@ -350,9 +351,8 @@ class _Input:
 
     def decoded(self, piece: bytes) -> str:
         """``piece`` as text (the bytes of a character cut at its end wait for the next piece)."""
-        if self.lenient is None and (valid := self._valid(piece)) is not None:
-            return valid.decode("utf-8")
-        return self._lenient().decode(piece)
+        fed = self.feed(piece)
+        return fed.decode("utf-8") if isinstance(fed, bytes) else fed
 
     def feed(self, piece: bytes) -> bytes | str:
         """What to feed the parser for ``piece``: its bytes where they are valid UTF-8, else its text."""

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from contextlib import closing
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from uuid import uuid4
 
@@ -339,8 +340,11 @@ def _snapshot(target: Path) -> Path:
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
     ).stdout
     files = [REPO / rel for rel in filter(None, listed.decode().split("\0"))]
-    built = sorted((REPO / "tasks").rglob("*.so"))
-    assert built, "no compiled extensions under tasks/: run `make setup` first"
+    built = []  # each .pyx's extension module, as setup.py builds it beside its source
+    for source in (f for f in files if f.suffix == ".pyx"):
+        found = [source.with_suffix(x) for x in EXTENSION_SUFFIXES if source.with_suffix(x).is_file()]
+        assert found, f"{source.relative_to(REPO)} is not built: run `make setup` first"
+        built += found
     for src in files + built:
         if src.is_file():
             rel = src.relative_to(REPO)
